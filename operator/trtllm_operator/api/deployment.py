@@ -1,0 +1,265 @@
+"""LLMDeployment: serve a built LLMEngine with trtllm-serve behind a Service.
+
+Pods land only on nodes of a GPU type the engine was built for, each with tensor x pipeline
+GPUs. ``spec.replicas`` is exposed through the ``/scale`` subresource, so ``kubectl scale`` and
+a HorizontalPodAutoscaler work on an LLMDeployment directly.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Final, Literal
+
+from pydantic import ConfigDict, Field, StringConstraints
+
+from trtllm_operator import trtllm_facts as facts
+from trtllm_operator.api.common import (
+    AGE_COLUMN,
+    ENV_LIST_SCHEMA,
+    MAX_ENV,
+    CliArgument,
+    ConditionList,
+    DNSSubdomain,
+    EnvVar,
+    FreeformObject,
+    GPUProduct,
+    ImageReference,
+    IntOrString,
+    KindInfo,
+    LabelMap,
+    PrinterColumn,
+    PullSecretList,
+    ResourceModel,
+    ResourceRequirements,
+    ScaleSubresource,
+    SpecModel,
+    StatusModel,
+    TolerationList,
+    cel,
+    default_empty_object,
+    env_rule,
+    gpu_product_rule,
+    no_gpu_resources_rule,
+    no_operator_flags_rule,
+    ready_columns,
+    validations,
+)
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+DEFAULT_REPLICAS: Final = 1
+
+
+class EngineReference(SpecModel):
+    """The LLMEngine an LLMDeployment serves."""
+
+    name: DNSSubdomain
+    """Name of the LLMEngine, in the LLMDeployment's namespace."""
+
+
+class ServeSpec(SpecModel):
+    """trtllm-serve settings. Runtime limits may be lower than the engine's built limits,
+    never higher; unset limits use the engine's."""
+
+    port: Port = facts.DEFAULT_SERVE_PORT
+    """Container port trtllm-serve listens on."""
+    kv_cache_free_gpu_memory_fraction: Annotated[float, Field(gt=0, le=1)] | None = None
+    """Share of the GPU memory left after loading the engine that goes to the KV cache
+    (--kv_cache_free_gpu_memory_fraction, default 0.9). Lower it if something else shares
+    the GPU."""
+    max_batch_size: Annotated[int, Field(ge=1)] | None = None
+    """Most requests scheduled together (--max_batch_size)."""
+    max_num_tokens: Annotated[int, Field(ge=1)] | None = None
+    """Most tokens in one scheduled batch (--max_num_tokens)."""
+    max_seq_len: Annotated[int, Field(ge=1)] | None = None
+    """Longest prompt plus output in tokens (--max_seq_len)."""
+    max_beam_width: Annotated[int, Field(ge=1)] | None = None
+    """Most beams for beam search (--max_beam_width)."""
+    log_level: facts.ServeLogLevel | None = None
+    """trtllm-serve log level (--log_level)."""
+    extra_args: Annotated[
+        tuple[CliArgument, ...],
+        Field(max_length=32, json_schema_extra=validations(no_operator_flags_rule(
+            "spec.serve.extraArgs", facts.SERVE_FLAGS_SET_BY_OPERATOR,
+            "the fields of spec.serve"))),
+    ] = ()
+    """More trtllm-serve arguments, one per entry, e.g. ["--num_postprocess_workers", "2"]."""
+    extra_llm_api_options: FreeformObject | None = None
+    """LLM API options written to a YAML file for --extra_llm_api_options, e.g.
+    {kv_cache_config: {enable_block_reuse: true}}."""
+
+
+class ServiceSpec(SpecModel):
+    """The Service in front of the serving pods (OpenAI-compatible HTTP API)."""
+
+    type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = "ClusterIP"
+    """Service type."""
+    port: Port = facts.DEFAULT_SERVE_PORT
+    """Port clients connect to."""
+    annotations: Annotated[
+        dict[str, Annotated[str, StringConstraints(max_length=4096)]], Field(max_length=32)
+    ] | None = None
+    """Annotations of the Service, e.g. for a cloud load balancer."""
+
+
+class RollingUpdate(SpecModel):
+    """How many pods a rolling update may add or take away at a time."""
+
+    max_surge: IntOrString | None = None
+    """Extra pods during an update (number or percentage; Kubernetes default 25%). Each needs
+    a full set of GPUs: with no spare GPUs, use 0 and a non-zero maxUnavailable."""
+    max_unavailable: IntOrString | None = None
+    """Pods that may be unavailable during an update (number or percentage; default 25%)."""
+
+
+class Strategy(SpecModel):
+    """How serving pods are replaced when the engine, image or settings change."""
+
+    model_config = ConfigDict(json_schema_extra=validations(cel(
+        "self.type == 'RollingUpdate' || !has(self.rollingUpdate)",
+        "spec.strategy.rollingUpdate is only allowed with spec.strategy.type RollingUpdate: "
+        "remove rollingUpdate or set type RollingUpdate",
+        field_path=".rollingUpdate",
+    )))
+
+    type: Literal["RollingUpdate", "Recreate"] = "RollingUpdate"
+    """RollingUpdate replaces pods gradually (needs spare GPUs unless maxSurge is 0);
+    Recreate stops every old pod first (downtime, no spare GPUs needed)."""
+    rolling_update: RollingUpdate | None = None
+    """Rolling update parameters."""
+
+
+class LLMDeploymentSpec(SpecModel):
+    """An engine to serve, how many replicas, and how to reach them."""
+
+    engine_ref: EngineReference
+    """The LLMEngine to serve, in the same namespace."""
+    gpu: Annotated[
+        GPUProduct, Field(json_schema_extra=validations(gpu_product_rule("spec.gpu")))
+    ] | None = None
+    """GPU type to run on: one of the engine's spec.targets. Unset picks the engine's first
+    built target."""
+    replicas: Annotated[int, Field(ge=0)] = DEFAULT_REPLICAS
+    """Number of serving pods, each with tensor x pipeline GPUs. Also set through the scale
+    subresource (kubectl scale, HorizontalPodAutoscaler): leave it out of GitOps manifests
+    when an autoscaler owns it."""
+    image: ImageReference | None = None
+    """Serving image; defaults to the engine's build image. Must be the same TensorRT-LLM
+    release the engine was built with."""
+    image_pull_secrets: PullSecretList = ()
+    """Secrets for pulling the image from a private registry."""
+    serve: Annotated[
+        ServeSpec, Field(default_factory=ServeSpec, json_schema_extra=default_empty_object())
+    ]
+    """trtllm-serve settings."""
+    resources: Annotated[
+        ResourceRequirements,
+        Field(json_schema_extra=validations(no_gpu_resources_rule(
+            "spec.resources", "the engine's spec.build.parallelism"))),
+    ] | None = None
+    """CPU and memory of each serving pod. GPUs come from the engine's parallelism."""
+    tolerations: TolerationList = ()
+    """Tolerations of the serving pods (the operator adds nvidia.com/gpu itself)."""
+    affinity: FreeformObject | None = None
+    """Affinity of the serving pods, as in a Pod (e.g. spread replicas across zones)."""
+    node_selector: LabelMap | None = None
+    """More node labels the serving pods require, on top of the GPU type."""
+    env: Annotated[
+        tuple[EnvVar, ...],
+        Field(max_length=MAX_ENV, json_schema_extra={
+            **ENV_LIST_SCHEMA, **validations(env_rule("spec.env"))}),
+    ] = ()
+    """More environment variables for trtllm-serve."""
+    service: Annotated[
+        ServiceSpec, Field(default_factory=ServiceSpec, json_schema_extra=default_empty_object())
+    ]
+    """The Service in front of the pods."""
+    strategy: Annotated[
+        Strategy, Field(default_factory=Strategy, json_schema_extra=default_empty_object())
+    ]
+    """How pods are replaced on a change."""
+
+
+# --------------------------------------------------------------------------- status
+
+
+class DeploymentConditionType(StrEnum):
+    """Condition types of an LLMDeployment."""
+
+    ENGINE_READY = "EngineReady"
+    """The engine is built for the chosen GPU type."""
+    AVAILABLE = "Available"
+    """At least the minimum number of replicas answer requests."""
+    PROGRESSING = "Progressing"
+    """A rollout is under way (new engine, image or settings)."""
+    READY = "Ready"
+    """All desired replicas run the current engine and spec, and answer requests."""
+
+
+class LLMDeploymentStatus(StatusModel):
+    """What the operator observed about the serving pods."""
+
+    observed_generation: Annotated[int, Field(ge=0)] | None = None
+    """metadata.generation of the spec this status describes."""
+    conditions: ConditionList = ()
+    """EngineReady, Available, Progressing and Ready, with reason and message."""
+    replicas: Annotated[int, Field(ge=0)] | None = None
+    """Serving pods that exist (the scale subresource reads it)."""
+    ready_replicas: Annotated[int, Field(ge=0)] | None = None
+    """Serving pods that answer requests."""
+    replica_summary: Annotated[str, StringConstraints(max_length=32)] | None = None
+    """Ready over desired replicas, e.g. 2/3."""
+    selector: Annotated[str, StringConstraints(max_length=1024)] | None = None
+    """Label selector of the serving pods, for the scale subresource (autoscalers)."""
+    gpu: GPUProduct | None = None
+    """GPU type the pods run on."""
+    engine_fingerprint: Annotated[str, StringConstraints(max_length=64)] | None = None
+    """Fingerprint of the engine the pods serve."""
+    endpoint: Annotated[str, StringConstraints(max_length=1024)] | None = None
+    """Base URL of the OpenAI-compatible API, e.g. http://llama.team-a.svc:8000/v1."""
+
+
+class LLMDeployment(ResourceModel):
+    """A whole LLMDeployment object, as a handler receives it."""
+
+    api_version: Literal["trtllm.dev/v1alpha1"] = "trtllm.dev/v1alpha1"
+    kind: Literal["LLMDeployment"] = "LLMDeployment"
+    spec: LLMDeploymentSpec
+    status: LLMDeploymentStatus = Field(default_factory=LLMDeploymentStatus)
+
+
+DEPLOYMENT_KIND = KindInfo(
+    kind="LLMDeployment",
+    plural="llmdeployments",
+    singular="llmdeployment",
+    short_names=("llmd",),
+    description=(
+        "LLMDeployment serves a built LLMEngine with trtllm-serve on nodes of one of its GPU "
+        "types, behind a Service with an OpenAI-compatible API."
+    ),
+    spec_model=LLMDeploymentSpec,
+    status_model=LLMDeploymentStatus,
+    printer_columns=(
+        ready_columns()[0],
+        PrinterColumn("Replicas", "string", ".status.replicaSummary",
+                      "Ready replicas over desired replicas."),
+        PrinterColumn("Engine", "string", ".spec.engineRef.name", "The LLMEngine served."),
+        PrinterColumn("GPU", "string", ".status.gpu", "GPU type the pods run on."),
+        AGE_COLUMN,
+        PrinterColumn("Endpoint", "string", ".status.endpoint",
+                      "Base URL of the OpenAI-compatible API.", priority=1),
+        *ready_columns()[1:],
+    ),
+    scale=ScaleSubresource(
+        spec_replicas_path=".spec.replicas",
+        status_replicas_path=".status.replicas",
+        label_selector_path=".status.selector",
+    ),
+    name_rules=(
+        cel(
+            "self.size() <= 63 && self.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",
+            "metadata.name must be a DNS-1035 label (lowercase letters, digits and '-', "
+            "starting with a letter, at most 63 characters): it names the Service; rename "
+            "the LLMDeployment",
+        ),
+    ),
+)

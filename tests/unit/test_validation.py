@@ -1,0 +1,286 @@
+"""The checks admission cannot make: GPU capabilities, node sizes, releases, pinning."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from trtllm_operator.api import LLMDeploymentSpec, LLMEngineSpec
+from trtllm_operator.validation import (
+    ClusterFacts,
+    Finding,
+    GPUPool,
+    Reason,
+    Severity,
+    errors,
+    for_gpu,
+    validate_deployment,
+    validate_engine,
+)
+
+H100 = "NVIDIA-H100-80GB-HBM3"
+A100 = "NVIDIA-A100-SXM4-80GB"
+L40S = "NVIDIA-L40S"
+B200 = "NVIDIA-B200"
+SHA = "8afb486c1db24fe5011ec46dfbe5b5dccdb575c2"
+
+CLUSTER = ClusterFacts(pools={
+    H100: GPUPool(node_gpus=(8, 8), compute_capability=(9, 0)),
+    A100: GPUPool(node_gpus=(8,), compute_capability=(8, 0)),
+    L40S: GPUPool(node_gpus=(4, 2), compute_capability=(8, 9)),
+})
+
+
+def engine(targets: tuple[str, ...] = (H100,), *, fmt: str | None = None, tp: int = 1,
+           pp: int = 1, image: str | None = None, revision: str | None = SHA,
+           limits: dict[str, int] | None = None) -> LLMEngineSpec:
+    build: dict[str, Any] = {"parallelism": {"tensor": tp, "pipeline": pp}}
+    if fmt:
+        build["quantization"] = {"format": fmt}
+    if image:
+        build["image"] = image
+    if limits:
+        build["limits"] = limits
+    hf: dict[str, Any] = {"repo": "meta-llama/Meta-Llama-3-8B-Instruct"}
+    if revision:
+        hf["revision"] = revision
+    return LLMEngineSpec.model_validate({
+        "model": {"huggingFace": hf}, "build": build, "targets": list(targets),
+        "storage": {"claimName": "engines"},
+    })
+
+
+def deployment(**spec: Any) -> LLMDeploymentSpec:
+    return LLMDeploymentSpec.model_validate({"engineRef": {"name": "llama"}, **spec})
+
+
+def only(findings: tuple[Finding, ...]) -> Finding:
+    assert len(findings) == 1, findings
+    return findings[0]
+
+
+# --------------------------------------------------------------------------- LLMEngine
+
+
+def test_a_valid_engine_on_a_matching_cluster_has_no_findings() -> None:
+    assert validate_engine(engine((H100, L40S), fmt="fp8"), CLUSTER) == ()
+
+
+def test_fp8_on_a100_names_the_field_the_target_and_the_fix() -> None:
+    finding = only(validate_engine(engine((H100, A100), fmt="fp8"), CLUSTER))
+
+    assert finding.reason == "QuantizationUnsupported"
+    assert finding.severity is Severity.ERROR
+    assert finding.field == "spec.build.quantization.format"
+    assert finding.gpu == A100
+    assert finding.message == (
+        "spec.build.quantization.format fp8 needs compute capability >= 8.9; target "
+        "NVIDIA-A100-SXM4-80GB is 8.0: remove it from spec.targets or choose int4_awq")
+
+
+@pytest.mark.parametrize(("fmt", "gpu", "suggestion"), [
+    ("nvfp4", H100, "choose fp8"),
+    ("w4a8_awq", A100, "choose int4_awq"),
+    ("nvfp4", L40S, "choose fp8"),
+])
+def test_the_suggested_format_runs_on_that_gpu(fmt: str, gpu: str, suggestion: str) -> None:
+    finding = only(validate_engine(engine((gpu,), fmt=fmt), CLUSTER))
+
+    assert finding.reason == Reason.QUANTIZATION_UNSUPPORTED
+    assert finding.message.endswith(suggestion)
+
+
+@pytest.mark.parametrize(("fmt", "gpu"), [
+    ("fp8", L40S), ("w4a8_awq", H100), ("int4_awq", A100), ("int8_sq", A100),
+    ("int8_wo", A100), ("int4_wo", A100), ("nvfp4", B200),
+])
+def test_formats_on_gpus_that_run_them_pass(fmt: str, gpu: str) -> None:
+    cluster = ClusterFacts(pools={**CLUSTER.pools, B200: GPUPool(node_gpus=(8,))})
+
+    assert validate_engine(engine((gpu,), fmt=fmt), cluster) == ()
+
+
+def test_compute_capability_comes_from_node_labels_before_the_catalog() -> None:
+    t4 = "Tesla-T4"
+    cluster = ClusterFacts(pools={t4: GPUPool(node_gpus=(1,), compute_capability=(7, 5))})
+
+    finding = only(validate_engine(engine((t4,), fmt="int4_awq"), cluster))
+
+    assert "target Tesla-T4 is 7.5: remove it from spec.targets" in finding.message
+    assert "choose" not in finding.message, "no format runs on 7.5: nothing to suggest"
+
+
+def test_a_catalog_gpu_is_judged_before_any_node_of_it_joins() -> None:
+    findings = validate_engine(engine((A100,), fmt="fp8"), ClusterFacts())
+
+    assert [f.reason for f in findings] == [Reason.GPU_NOT_IN_CLUSTER,
+                                            Reason.QUANTIZATION_UNSUPPORTED]
+    assert [f.severity for f in findings] == [Severity.WARNING, Severity.ERROR]
+
+
+def test_a_gpu_type_without_nodes_is_a_warning_that_says_how_to_check_the_name() -> None:
+    finding = only(validate_engine(engine((H100, "H100"),), CLUSTER))
+
+    assert finding.reason == "GPUNotInCluster"
+    assert finding.severity is Severity.WARNING
+    assert finding.gpu == "H100"
+    assert "kubectl get nodes -L nvidia.com/gpu.product" in finding.message
+
+
+def test_parallelism_larger_than_every_node_of_a_target_is_an_error() -> None:
+    finding = only(validate_engine(engine((H100, L40S), tp=4, pp=2), CLUSTER))
+
+    assert finding.reason == "ParallelismExceedsNode"
+    assert finding.field == "spec.build.parallelism"
+    assert finding.gpu == L40S
+    assert finding.message == (
+        "spec.build.parallelism: tensor 4 x pipeline 2 needs 8 GPUs on one node, but the "
+        "largest NVIDIA-L40S node has 4: lower spec.build.parallelism or remove NVIDIA-L40S "
+        "from spec.targets")
+
+
+def test_parallelism_that_fits_the_largest_node_passes() -> None:
+    assert validate_engine(engine((L40S,), tp=4), CLUSTER) == ()
+
+
+@pytest.mark.parametrize("tag", ["1.3.0", "1.3.0rc6", "2.0.0"])
+def test_a_builder_image_without_trtllm_build_is_an_error(tag: str) -> None:
+    image = f"nvcr.io/nvidia/tensorrt-llm/release:{tag}"
+
+    finding = only(validate_engine(engine(image=image), CLUSTER))
+
+    assert finding.reason == "BuilderImageUnsupported"
+    assert finding.field == "spec.build.image"
+    assert "no longer ships trtllm-build" in finding.message
+    assert "nvcr.io/nvidia/tensorrt-llm/release:1.2.0" in finding.message
+
+
+def test_a_builder_image_older_than_1_0_is_an_error() -> None:
+    finding = only(validate_engine(engine(image="nvcr.io/nvidia/tensorrt-llm/release:0.21.0"),
+                                   CLUSTER))
+
+    assert "older than 1.0" in finding.message
+
+
+@pytest.mark.parametrize("image", [
+    "nvcr.io/nvidia/tensorrt-llm/release:1.0.0",
+    "nvcr.io/nvidia/tensorrt-llm/release:1.2.1",
+    "registry.local:5000/mirror/tensorrt-llm:1.2.0rc2",
+    "registry.local/tensorrt-llm:latest",
+    "nvcr.io/nvidia/tensorrt-llm/release@sha256:" + "0" * 64,
+])
+def test_builder_images_that_build_or_cannot_be_judged_pass(image: str) -> None:
+    assert validate_engine(engine(image=image), CLUSTER) == ()
+
+
+@pytest.mark.parametrize(("revision", "shown"), [(None, "is unset"), ("main", "is main"),
+                                                 ("v1.0", "is v1.0")])
+def test_an_unpinned_revision_is_a_warning(revision: str | None, shown: str) -> None:
+    finding = only(validate_engine(engine(revision=revision), CLUSTER))
+
+    assert finding.reason == "UnpinnedRevision"
+    assert finding.severity is Severity.WARNING
+    assert finding.field == "spec.model.huggingFace.revision"
+    assert shown in finding.message
+    assert "https://huggingface.co/meta-llama/Meta-Llama-3-8B-Instruct/commits/main" in (
+        finding.message)
+
+
+def test_a_volume_checkpoint_has_no_revision_to_pin() -> None:
+    spec = LLMEngineSpec.model_validate({
+        "model": {"volume": {"claimName": "models", "path": "llama"}},
+        "targets": [H100], "storage": {"claimName": "engines"},
+    })
+
+    assert validate_engine(spec, CLUSTER) == ()
+
+
+def test_errors_and_per_gpu_filters() -> None:
+    findings = validate_engine(engine((H100, A100, "H100"), fmt="fp8", revision=None), CLUSTER)
+
+    assert [f.reason for f in errors(findings)] == [Reason.QUANTIZATION_UNSUPPORTED]
+    assert [f.reason for f in for_gpu(findings, H100)] == [Reason.UNPINNED_REVISION]
+    assert [f.reason for f in for_gpu(findings, A100)] == [Reason.UNPINNED_REVISION,
+                                                           Reason.QUANTIZATION_UNSUPPORTED]
+
+
+# --------------------------------------------------------------------------- LLMDeployment
+
+
+def test_a_valid_deployment_has_no_findings() -> None:
+    spec = deployment(gpu=H100, serve={"maxBatchSize": 64},
+                      image="nvcr.io/nvidia/tensorrt-llm/release:1.2.0")
+
+    assert validate_deployment(spec, engine((H100, L40S)), CLUSTER) == ()
+
+
+def test_a_missing_engine_is_named() -> None:
+    finding = only(validate_deployment(deployment(), None, CLUSTER))
+
+    assert finding.reason == "EngineNotFound"
+    assert finding.field == "spec.engineRef.name"
+    assert finding.message.startswith("spec.engineRef.name llama: there is no LLMEngine")
+
+
+def test_a_gpu_the_engine_is_not_built_for_lists_the_choices() -> None:
+    finding = only(validate_deployment(deployment(gpu=A100), engine((H100, L40S)), CLUSTER))
+
+    assert finding.reason == "GPUNotATarget"
+    assert finding.field == "spec.gpu"
+    assert f"(targets: {H100}, {L40S})" in finding.message
+
+
+@pytest.mark.parametrize(("serve", "limits", "field", "built"), [
+    ({"maxBatchSize": 128}, {"maxBatchSize": 64}, "spec.serve.maxBatchSize", "the 64"),
+    ({"maxBatchSize": 4096}, None, "spec.serve.maxBatchSize", "the 2048"),
+    ({"maxNumTokens": 9000}, None, "spec.serve.maxNumTokens", "the 8192"),
+    ({"maxBeamWidth": 4}, None, "spec.serve.maxBeamWidth", "the 1"),
+    ({"maxSeqLen": 16384}, {"maxSeqLen": 8192}, "spec.serve.maxSeqLen", "the 8192"),
+])
+def test_serve_limits_above_the_engine_are_errors(serve: dict[str, int],
+                                                  limits: dict[str, int] | None, field: str,
+                                                  built: str) -> None:
+    finding = only(validate_deployment(deployment(serve=serve), engine(limits=limits), CLUSTER))
+
+    assert finding.reason == "ServeLimitExceedsEngine"
+    assert finding.field == field
+    assert f"{built} LLMEngine llama is built for" in finding.message
+
+
+def test_max_seq_len_is_not_judged_when_the_engine_takes_the_models_own() -> None:
+    assert validate_deployment(deployment(serve={"maxSeqLen": 131072}), engine(), CLUSTER) == ()
+
+
+def test_a_serving_image_of_another_release_than_the_build_is_an_error() -> None:
+    spec = deployment(image="nvcr.io/nvidia/tensorrt-llm/release:1.1.0")
+
+    finding = only(validate_deployment(spec, engine(), CLUSTER))
+
+    assert finding.reason == "ImageReleaseMismatch"
+    assert finding.field == "spec.image"
+    assert "built with 1.2.0" in finding.message
+
+
+def test_the_same_release_from_a_mirror_is_fine() -> None:
+    spec = deployment(image="mirror.local/nvidia/tensorrt-llm/release:1.2.0")
+
+    assert validate_deployment(spec, engine(), CLUSTER) == ()
+
+
+def test_a_serving_image_without_the_tensorrt_backend_is_an_error() -> None:
+    image = "nvcr.io/nvidia/tensorrt-llm/release:1.3.0"
+    spec = deployment(image=image)
+
+    findings = validate_deployment(spec, engine(image=image), CLUSTER)
+
+    assert [f.reason for f in findings] == [Reason.SERVING_IMAGE_UNSUPPORTED]
+
+
+def test_an_engine_too_wide_for_the_chosen_gpu_nodes_is_an_error() -> None:
+    finding = only(validate_deployment(deployment(gpu=L40S), engine((H100, L40S), tp=8),
+                                       CLUSTER))
+
+    assert finding.reason == "ParallelismExceedsNode"
+    assert finding.field == "spec.gpu"
+    assert "choose another GPU type in spec.gpu" in finding.message
