@@ -1,0 +1,1 @@
+../../../build-jobs/trtllm_build_job.py

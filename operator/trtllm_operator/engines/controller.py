@@ -1,0 +1,317 @@
+"""LLMEngine reconcile: observe (from memory) -> plan -> apply what differs -> report status.
+
+Everything read here comes from the operator's in-memory view of the cluster (kopf indexes,
+see :mod:`trtllm_operator.handlers`); the only API calls are writes: a build Job or the
+entrypoint ConfigMap when missing, a Job deletion for a removed target, and the status patch
+when the status differs from what is stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from trtllm_operator import conditions as cond
+from trtllm_operator import metrics
+from trtllm_operator.api import ConditionStatus, EngineTargetStatus, LLMEngine, LLMEngineStatus
+from trtllm_operator.api.engine import EngineConditionType
+from trtllm_operator.engines import jobs
+from trtllm_operator.engines.planning import TargetPlan, plan_target
+from trtllm_operator.engines.status import (
+    AUTO_TARGET,
+    Decision,
+    Observed,
+    decide_target,
+    resolve_targets,
+)
+from trtllm_operator.validation import ClusterFacts, Finding, Severity, validate_engine
+from trtllm_operator.workqueue import Result
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]  # (namespace, name)
+
+# While a build runs, look again this often even without events (a safety net only: Job and
+# pod events drive progress).
+BUILDING_RESYNC_SECONDS = 120.0
+JUST_CREATED_SECONDS = 30.0
+
+
+IN_USE_FINALIZER = "trtllm.dev/in-use-protection"
+
+
+class Writer(Protocol):
+    async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]: ...
+    async def create_if_absent(self, manifest: dict[str, Any]) -> None: ...
+    async def set_finalizers(self, kind: str, namespace: str, name: str,
+                             finalizers: list[str], resource_version: str | None) -> None: ...
+    async def patch_status(self, kind: str, namespace: str, name: str,
+                           status: dict[str, Any]) -> None: ...
+    async def delete(self, resource: Any, namespace: str, name: str) -> bool: ...
+
+
+class View(Protocol):
+    """The in-memory view of the cluster the reconcile reads."""
+
+    def engine(self, key: Key) -> Mapping[str, Any] | None: ...
+    def cluster_facts(self) -> ClusterFacts: ...
+    def job(self, namespace: str, name: str) -> Mapping[str, Any] | None: ...
+    def newest_pod(self, namespace: str, job_name: str) -> Mapping[str, Any] | None: ...
+    def built_elsewhere(self, namespace: str, job_name: str,
+                        but_not: str) -> EngineTargetStatus | None: ...
+    def jobs_of_engine(self, namespace: str, engine: str) -> list[str]: ...
+    def deployments_using(self, namespace: str, engine: str) -> list[str]: ...
+    def job_wanted_by_others(self, namespace: str, job_name: str, but_not: str) -> bool: ...
+    def has_configmap(self, namespace: str, name: str) -> bool: ...
+    def note_configmap(self, namespace: str, name: str) -> None: ...
+
+
+EventSink = Callable[[Mapping[str, Any], str, str, str], None]
+"""(object body, type Normal|Warning, reason, message) -> posts a Kubernetes Event."""
+
+
+@dataclass
+class EngineController:
+    view: View
+    writer: Writer
+    events: EventSink
+    job_resource: Any
+    script: str = field(default_factory=jobs.entrypoint_script)
+    active_deadline_seconds: int = 6 * 3600
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    applied_jobs: dict[tuple[str, str], float] = field(default_factory=dict)
+    """Build Jobs created but not yet seen in the view, with when: applying them again (and
+    counting another build) until the watch catches up would be wrong. Entries expire, so a Job
+    deleted before it was ever seen is still recreated."""
+    written: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    """The status last written per object. A reconcile can run on a view that does not yet
+    show our own last write (events from a Job arrive before the status patch's); computing
+    the same status again then must neither re-write it nor re-announce its transitions."""
+
+    async def reconcile(self, key: Key) -> Result | None:
+        body = self.view.engine(key)
+        if body is None:
+            metrics.record_ready("LLMEngine", key, None)
+            self.written.pop(key, None)
+            return None  # deleted: garbage collection removes its Jobs
+        engine = LLMEngine.model_validate(body)
+        namespace, name = key
+        if engine.metadata.deletion_timestamp is not None:
+            return await self._deleting(engine, body)  # start nothing new
+        if IN_USE_FINALIZER not in engine.metadata.finalizers:
+            await self.writer.set_finalizers(
+                "LLMEngine", namespace, name, [*engine.metadata.finalizers, IN_USE_FINALIZER],
+                engine.metadata.resource_version)
+        facts = self.view.cluster_facts()
+
+        findings = validate_engine(engine.spec.model_copy(update={"targets": tuple(
+            t for t in engine.spec.targets if t != AUTO_TARGET)}), facts)
+        auto_findings = self._auto_candidates(engine, facts)
+        eligible = {gpu: not any(f.severity == Severity.ERROR for f in fs)
+                    for gpu, fs in auto_findings.items()}
+        targets = resolve_targets(engine.spec, facts, eligible)
+        by_gpu: dict[str, list[Finding]] = {}
+        for f in (*findings, *[f for fs in auto_findings.values() for f in fs]):
+            if f.gpu is not None:
+                by_gpu.setdefault(f.gpu, []).append(f)
+
+        previous = {t.gpu: t for t in engine.status.targets}
+        plans: list[TargetPlan] = []
+        decisions: list[Decision] = []
+        for gpu in targets:
+            plan = plan_target(engine, gpu)
+            plans.append(plan)
+            observed = Observed(
+                job=self.view.job(namespace, plan.job_name),
+                pod=self.view.newest_pod(namespace, plan.job_name),
+                built_elsewhere=self.view.built_elsewhere(namespace, plan.job_name, name),
+                previous=previous.get(gpu),
+            )
+            decisions.append(decide_target(plan, engine.spec.build.image, namespace,
+                                           by_gpu.get(gpu, []), observed, facts))
+
+        if any(d.create_job for d in decisions):
+            await self._ensure_script(namespace)
+        now = time.monotonic()
+        for plan, decision in zip(plans, decisions, strict=True):
+            job_key = (namespace, plan.job_name)
+            if not decision.create_job:
+                self.applied_jobs.pop(job_key, None)
+                continue
+            if now - self.applied_jobs.get(job_key, -JUST_CREATED_SECONDS) < JUST_CREATED_SECONDS:
+                continue  # created a moment ago; the watch has not shown it yet
+            await self.writer.apply(jobs.build_job(
+                engine, plan, jobs.script_configmap_name(self.script),
+                self.active_deadline_seconds))
+            self.applied_jobs[job_key] = now
+            metrics.BUILDS_STARTED.labels(plan.gpu).inc()
+        await self._delete_unplanned_jobs(namespace, name, {p.job_name for p in plans})
+
+        statuses = tuple(d.status for d in decisions)
+        new_status = self._status(engine, statuses, findings)
+        metrics.record_ready("LLMEngine", key, cond.is_true(new_status.conditions,
+                                                            EngineConditionType.READY))
+        old_wire = engine.status.to_wire()
+        new_wire = new_status.to_wire()
+        if new_wire != old_wire and new_wire != self.written.get(key):
+            patch: dict[str, Any] = dict(new_wire)
+            for k in old_wire:
+                patch.setdefault(k, None)  # merge patch: clear what is gone
+            await self.writer.patch_status("LLMEngine", namespace, name, patch)
+            self.written[key] = new_wire
+            self._emit_transitions(body, previous, statuses)
+        if any(s.state in ("Building", "Pending", "Unschedulable") for s in statuses):
+            return Result(requeue_after=BUILDING_RESYNC_SECONDS)
+        return None
+
+    # ------------------------------------------------------------------ pieces
+
+    async def _deleting(self, engine: LLMEngine, body: Mapping[str, Any]) -> Result | None:
+        """Deletion waits while an LLMDeployment serves this engine (in-use protection)."""
+        namespace, name = engine.metadata.namespace or "", engine.metadata.name
+        if IN_USE_FINALIZER not in engine.metadata.finalizers:
+            return None
+        users = sorted(self.view.deployments_using(namespace, name))
+        if not users:
+            await self.writer.set_finalizers(
+                "LLMEngine", namespace, name,
+                [f for f in engine.metadata.finalizers if f != IN_USE_FINALIZER],
+                engine.metadata.resource_version)
+            return None
+        message = (f"deletion waits: in use by LLMDeployment {', '.join(users)}; delete or "
+                   f"re-point {'it' if len(users) == 1 else 'them'} first")
+        conds = cond.set_condition(engine.status.conditions, EngineConditionType.READY,
+                                   "False", "InUse", message,
+                                   observed_generation=engine.metadata.generation,
+                                   now=self.clock())
+        status = engine.status.model_copy(update={"conditions": conds})
+        if status.to_wire() != engine.status.to_wire():
+            await self.writer.patch_status("LLMEngine", namespace, name,
+                                           {"conditions": status.to_wire()["conditions"]})
+            self.events(body, "Warning", "DeletionBlocked", message)
+        return Result(requeue_after=BUILDING_RESYNC_SECONDS)
+
+    def _auto_candidates(self, engine: LLMEngine,
+                         facts: ClusterFacts) -> dict[str, list[Finding]]:
+        """Findings for every GPU type present, when ``auto`` asks to consider them all."""
+        if AUTO_TARGET not in engine.spec.targets:
+            return {}
+        explicit = set(engine.spec.targets)
+        candidates = tuple(p for p in facts.pools if p not in explicit)
+        if not candidates:
+            return {}
+        spec = engine.spec.model_copy(update={"targets": candidates})
+        out: dict[str, list[Finding]] = {p: [] for p in candidates}
+        for f in validate_engine(spec, facts):
+            if f.gpu in out:
+                out[f.gpu].append(f)
+        return out
+
+    async def _ensure_script(self, namespace: str) -> None:
+        name = jobs.script_configmap_name(self.script)
+        if not self.view.has_configmap(namespace, name):
+            await self.writer.create_if_absent(jobs.script_configmap(namespace, self.script))
+            self.view.note_configmap(namespace, name)
+
+    async def _delete_unplanned_jobs(self, namespace: str, engine: str,
+                                     planned: set[str]) -> None:
+        """A target removed from the spec (or whose inputs changed) stops its running Job,
+        unless another LLMEngine waits on the same build."""
+        for job_name in self.view.jobs_of_engine(namespace, engine):
+            if job_name in planned:
+                continue
+            if self.view.job_wanted_by_others(namespace, job_name, engine):
+                continue
+            job = self.view.job(namespace, job_name) or {}
+            finished = any(c.get("status") == "True" and c.get("type") in ("Complete", "Failed")
+                           for c in (job.get("status") or {}).get("conditions") or [])
+            if not finished:
+                log.info("stopping build Job %s/%s: no longer planned by %s",
+                         namespace, job_name, engine)
+                await self.writer.delete(self.job_resource, namespace, job_name)
+
+    def _status(self, engine: LLMEngine, targets: tuple[EngineTargetStatus, ...],
+                findings: tuple[Finding, ...]) -> LLMEngineStatus:
+        gen = engine.metadata.generation
+        now = self.clock()
+        total = len(targets)
+        built = sum(t.state == "Built" for t in targets)
+        states = {t.state for t in targets}
+        conds = engine.status.conditions
+
+        if total == 0:
+            reason, message = "NoTargets", ("spec.targets resolved to no GPU type: auto found "
+                                            "no GPU node that can run this build")
+            ready: ConditionStatus = "False"
+        elif built == total:
+            ready, reason, message = "True", "AllTargetsBuilt", f"{built}/{total} targets built"
+        else:
+            ready = "False"
+            worst = next((s for s in ("Invalid", "Failed", "Unschedulable", "Building",
+                                      "Pending") if s in states), "Pending")
+            reason = {"Invalid": "TargetInvalid", "Failed": "BuildFailed",
+                      "Unschedulable": "TargetUnschedulable", "Building": "Building",
+                      "Pending": "BuildPending"}[worst]
+            details = "; ".join(f"{t.gpu}: {t.state} ({t.reason})" for t in targets
+                                if t.state != "Built")
+            message = f"{built}/{total} targets built; {details}"
+        conds = cond.set_condition(conds, EngineConditionType.READY, ready, reason, message,
+                                   observed_generation=gen, now=now)
+        conds = cond.set_condition(conds, EngineConditionType.BUILT, ready, reason, message,
+                                   observed_generation=gen, now=now)
+        building = [t for t in targets if t.state == "Building"]
+        conds = cond.set_condition(
+            conds, EngineConditionType.BUILDING, "True" if building else "False",
+            "BuildRunning" if building else "NoBuildRunning",
+            (f"building for {', '.join(t.gpu for t in building)}" if building
+             else "no build Job is running"),
+            observed_generation=gen, now=now)
+        warnings = [f.message for f in findings if f.severity == Severity.WARNING
+                    and f.gpu is None]
+        if warnings:
+            conds = cond.set_condition(conds, "SpecWarning", "True", "UnpinnedRevision"
+                                       if any("revision" in w for w in warnings) else "Warning",
+                                       "; ".join(warnings), observed_generation=gen, now=now)
+        else:
+            conds = cond.remove_condition(conds, "SpecWarning")
+        return LLMEngineStatus(
+            observed_generation=gen, conditions=conds, targets=targets,
+            built_targets=f"{built}/{total}", model=_model_line(engine))
+
+    def _emit_transitions(self, body: Mapping[str, Any],
+                          previous: Mapping[str, EngineTargetStatus],
+                          targets: tuple[EngineTargetStatus, ...]) -> None:
+        for t in targets:
+            old = previous.get(t.gpu)
+            if old is not None and (old.state, old.fingerprint) == (t.state, t.fingerprint):
+                continue
+            kind = "Warning" if t.state in ("Failed", "Invalid", "Unschedulable") else "Normal"
+            reason = {"Pending": "BuildPending", "Building": "BuildStarted", "Built": "Built",
+                      "Failed": "BuildFailed", "Invalid": "TargetInvalid",
+                      "Unschedulable": "TargetUnschedulable"}[t.state]
+            self.events(body, kind, reason, f"{t.gpu}: {t.message}"[:1024])
+            _count_build_outcome(t)
+
+
+def _count_build_outcome(t: EngineTargetStatus) -> None:
+    """Metrics of a target that just reached Built or Failed through a build of its own."""
+    if t.state == "Failed":
+        metrics.BUILDS_FAILED.labels(t.gpu).inc()
+    elif t.state == "Built" and t.reason == "Built" and t.start_time and t.completion_time:
+        metrics.BUILDS_SUCCEEDED.labels(t.gpu).inc()
+        metrics.BUILD_SECONDS.labels(t.gpu).observe(
+            (t.completion_time - t.start_time).total_seconds())
+
+
+def _model_line(engine: LLMEngine) -> str:
+    hf = engine.spec.model.hugging_face
+    if hf is not None:
+        rev = (hf.revision or "main")[:12]
+        return f"{hf.repo}@{rev}"
+    vol = engine.spec.model.volume
+    assert vol is not None
+    return f"pvc://{vol.claim_name}/{vol.path}"

@@ -1,0 +1,203 @@
+"""Build planning: what one (LLMEngine, GPU type) pair must build, and where it goes. Pure.
+
+The fingerprint is a sha256 over everything the engine's bytes depend on -- model identity and
+revision, every build setting, the builder image and the GPU product -- and nothing else.
+Scheduling knobs (resources, tolerations, node selector, pull secrets, env, build GPU count)
+are left out: changing them must not rebuild. Settings are hashed without their defaults, so a
+new optional field in a later operator release does not change every fingerprint (and rebuild
+every engine) on upgrade.
+
+From the fingerprint follow the engine folder in the shared volume and the build Job's name.
+Both are deterministic, which is what makes builds shared and crash-safe: two LLMEngines with
+identical inputs (any names, same namespace and storage) plan the same Job and the same folder,
+and an operator restarted mid-build finds its Job instead of launching another.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Final
+
+from trtllm_operator.api import LLMEngine, LLMEngineSpec
+
+FINGERPRINT_SCHEMA: Final = 1
+"""Bumped only when the meaning of the fingerprint changes (forces rebuilds)."""
+
+ENGINES_MOUNT: Final = "/engines"
+"""Where the engines claim is mounted in build and serving pods."""
+MODELS_MOUNT: Final = "/models"
+"""Where a checkpoint claim is mounted in build pods."""
+SCRATCH_MOUNT: Final = "/scratch"
+"""Node-local scratch space of a build pod (downloads, converted checkpoints)."""
+JOB_PREFIX: Final = "trtllm-build-"
+
+
+@dataclass(frozen=True)
+class TargetPlan:
+    """The build of one engine for one GPU type."""
+
+    gpu: str
+    """nvidia.com/gpu.product value."""
+    fingerprint: str
+    """sha256 hex of the engine's inputs."""
+    path: str
+    """Engine folder inside the storage claim."""
+    job_name: str
+    build_gpus: int
+    world_size: int
+    """tensor x pipeline: GPUs a server of this engine needs."""
+
+    @property
+    def mount_path(self) -> str:
+        """The engine folder as build and serving pods see it."""
+        return f"{ENGINES_MOUNT}/{self.path}"
+
+    @property
+    def short(self) -> str:
+        return self.fingerprint[:16]
+
+
+def _dump(model: Any) -> Any:
+    if model is None:
+        return None
+    return model.model_dump(mode="json", by_alias=True, exclude_defaults=True, exclude_none=True)
+
+
+def model_identity(spec: LLMEngineSpec) -> dict[str, Any]:
+    """Which checkpoint, as a fingerprint sees it (no credentials: they do not change bytes)."""
+    hf = spec.model.hugging_face
+    if hf is not None:
+        return {"huggingFace": {"repo": hf.repo, "revision": hf.revision or "main"}}
+    vol = spec.model.volume
+    assert vol is not None  # exactly one source: the CRD's CEL rule and the model both say so
+    return {"volume": {"claimName": vol.claim_name, "path": vol.path}}
+
+
+def fingerprint_inputs(spec: LLMEngineSpec, gpu: str) -> dict[str, Any]:
+    """The canonical inputs hashed into a target's fingerprint."""
+    build = spec.build
+    return {
+        "schema": FINGERPRINT_SCHEMA,
+        "model": model_identity(spec),
+        "image": build.image,
+        "gpuProduct": gpu,
+        "dtype": build.dtype,
+        "quantization": _dump(build.quantization),
+        "parallelism": {"tensor": build.parallelism.tensor,
+                        "pipeline": build.parallelism.pipeline},
+        "limits": _dump(build.limits),
+        "plugins": _dump(build.plugins),
+        "extraArgs": list(build.extra_args),
+    }
+
+
+def fingerprint(spec: LLMEngineSpec, gpu: str) -> str:
+    """sha256 hex of :func:`fingerprint_inputs` as canonical JSON."""
+    canonical = json.dumps(fingerprint_inputs(spec, gpu), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def model_slug(spec: LLMEngineSpec) -> str:
+    """A short, path-safe, human name of the checkpoint: ``meta-llama-3-8b-instruct``."""
+    hf = spec.model.hugging_face
+    if hf is not None:
+        raw = hf.repo.rsplit("/", 1)[-1]
+    else:
+        assert spec.model.volume is not None
+        raw = spec.model.volume.path.rstrip("/").rsplit("/", 1)[-1]
+    slug = re.sub(r"[^a-z0-9.-]+", "-", raw.lower()).strip("-.")
+    return slug[:63] or "model"
+
+
+def job_name(fp: str, spec: LLMEngineSpec) -> str:
+    """``trtllm-build-<12 hex>``: from the fingerprint and the storage it publishes into.
+
+    Storage is part of the name because two LLMEngines with identical inputs but different
+    claims need two builds (each volume gets its own copy).
+    """
+    storage = f"{spec.storage.claim_name}\0{spec.storage.path_prefix}"
+    return JOB_PREFIX + hashlib.sha256(f"{fp}\0{storage}".encode()).hexdigest()[:12]
+
+
+def plan_target(engine: LLMEngine, gpu: str) -> TargetPlan:
+    """Plan the build of ``engine`` for GPU product ``gpu``."""
+    spec = engine.spec
+    fp = fingerprint(spec, gpu)
+    world = spec.build.parallelism.world_size
+    path = f"{spec.storage.path_prefix.strip('/')}/{model_slug(spec)}/{gpu}/{fp[:16]}"
+    return TargetPlan(gpu=gpu, fingerprint=fp, path=path, job_name=job_name(fp, spec),
+                      build_gpus=spec.build.gpus or world, world_size=world)
+
+
+def extra_args_as_options(args: tuple[str, ...]) -> dict[str, str | bool | list[str]]:
+    """``["--strip_plan", "--logits_dtype", "float32"]`` -> ``{"strip_plan": True, ...}``.
+
+    A flag takes the tokens up to the next flag: none makes it a switch, one its value,
+    several a list (for flags such as --lora_target_modules). Also accepts ``--flag=value``.
+    """
+    options: dict[str, str | bool | list[str]] = {}
+    name: str | None = None
+    values: list[str] = []
+
+    def flush() -> None:
+        if name is not None:
+            options[name] = True if not values else values[0] if len(values) == 1 else values
+
+    for token in args:
+        if token.startswith("--"):
+            flush()
+            flag, eq, value = token[2:].partition("=")
+            name, values = flag, ([value] if eq else [])
+        elif name is not None:
+            values.append(token)
+    flush()
+    return options
+
+
+def build_job_spec(engine: LLMEngine, plan: TargetPlan) -> dict[str, Any]:
+    """The build-spec JSON the build-job entrypoint (build-jobs/) reads from TRTLLM_BUILD_SPEC.
+
+    No secret ever goes in here: the Hugging Face token reaches the pod as a secretKeyRef.
+    """
+    spec = engine.spec
+    build = spec.build
+    hf = spec.model.hugging_face
+    model: dict[str, Any]
+    if hf is not None:
+        model = {"source": "huggingFace", "repo": hf.repo, "revision": hf.revision or "main"}
+    else:
+        assert spec.model.volume is not None
+        model = {"source": "volume", "path": f"{MODELS_MOUNT}/{spec.model.volume.path}"}
+    quant = build.quantization
+    quantization = None
+    if quant is not None:
+        quantization = {"format": quant.format, "kvCacheDtype": quant.kv_cache_dtype,
+                        "calibration": _dump(quant.calibration) or None}
+    options: dict[str, Any] = dict(_dump(build.plugins) or {})
+    options = {re.sub(r"(?<!^)([A-Z])", r"_\1", k).lower(): v for k, v in options.items()}
+    options |= extra_args_as_options(build.extra_args)
+    limits = build.limits
+    return {
+        "version": 1,
+        "fingerprint": plan.fingerprint,
+        "gpuProduct": plan.gpu,
+        "outputDir": plan.mount_path,
+        "workDir": SCRATCH_MOUNT,
+        "model": model,
+        "modelFamily": None,
+        "dtype": build.dtype,
+        "quantization": quantization,
+        "tensorParallel": build.parallelism.tensor,
+        "pipelineParallel": build.parallelism.pipeline,
+        "limits": {
+            "maxBatchSize": limits.max_batch_size if limits else None,
+            "maxInputLen": limits.max_input_len if limits else None,
+            "maxSeqLen": limits.max_seq_len if limits else None,
+            "maxNumTokens": limits.max_num_tokens if limits else None,
+            "maxBeamWidth": limits.max_beam_width if limits else None,
+        },
+        "buildOptions": options,
+    }

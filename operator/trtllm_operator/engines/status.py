@@ -1,0 +1,206 @@
+"""What each build target's state is, and whether a Job must be created. Pure.
+
+Inputs are observations (the build Job, its newest pod, the same build recorded Built by
+another LLMEngine, this LLMEngine's previous status) and the validation findings; the output is
+the target's status and one decision: create the Job or not. Times come only from observed
+objects (Job start and completion), never from the clock, so reconciling twice with nothing
+changed produces the same status and nothing is written.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
+
+from trtllm_operator.api import EngineTargetStatus, LLMEngineSpec
+from trtllm_operator.api.engine import BuildVersions
+from trtllm_operator.engines.planning import TargetPlan
+from trtllm_operator.validation import ClusterFacts, Finding, Reason, Severity
+
+AUTO_TARGET: Final = "auto"
+
+# Findings that leave a target Unschedulable rather than Invalid: more or bigger nodes fix them.
+_UNSCHEDULABLE_REASONS: Final = frozenset({Reason.PARALLELISM_EXCEEDS_NODE})
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the operator sees of one target's build."""
+
+    job: Mapping[str, Any] | None = None
+    pod: Mapping[str, Any] | None = None
+    """The newest pod of the Job."""
+    built_elsewhere: EngineTargetStatus | None = None
+    """The same build (same Job name: fingerprint and storage) recorded Built by another
+    LLMEngine of the namespace."""
+    previous: EngineTargetStatus | None = None
+    """This LLMEngine's last recorded status for the GPU type."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    status: EngineTargetStatus
+    create_job: bool = False
+
+
+def resolve_targets(spec: LLMEngineSpec, cluster: ClusterFacts,
+                    eligible: Mapping[str, bool]) -> tuple[str, ...]:
+    """The GPU types to build for: explicit entries, plus for ``auto`` every GPU type present
+    in the cluster that ``eligible`` (no Error finding for it) allows, sorted for stability."""
+    explicit = tuple(t for t in spec.targets if t != AUTO_TARGET)
+    if AUTO_TARGET not in spec.targets:
+        return explicit
+    discovered = sorted(p for p, pool in cluster.pools.items()
+                        if pool.node_gpus and p not in explicit and eligible.get(p, False))
+    return (*explicit, *discovered)
+
+
+def termination_summary(pod: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The build entrypoint's JSON summary from the pod's termination message, if any."""
+    if not pod:
+        return None
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        terminated = (cs.get("state") or {}).get("terminated") or {}
+        message = terminated.get("message")
+        if not message:
+            continue
+        try:
+            summary = json.loads(message)
+        except ValueError:
+            return {"logTail": message}  # FallbackToLogsOnError: the log, not our JSON
+        return summary if isinstance(summary, dict) else None
+    return None
+
+
+def _job_condition(job: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
+    for c in (job.get("status") or {}).get("conditions") or []:
+        if c.get("type") == type_ and c.get("status") == "True":
+            return dict(c)
+    return None
+
+
+def _time(value: Any) -> datetime | None:
+    if not value:
+        return None
+    if isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+
+
+def _unschedulable_message(pod: Mapping[str, Any] | None) -> str | None:
+    for c in ((pod or {}).get("status") or {}).get("conditions") or []:
+        if c.get("type") == "PodScheduled" and c.get("status") == "False" \
+                and c.get("reason") == "Unschedulable":
+            return str(c.get("message") or "no node fits the build pod")
+    return None
+
+
+def _base(plan: TargetPlan, image: str, job: bool = True) -> dict[str, Any]:
+    return {"gpu": plan.gpu, "fingerprint": plan.fingerprint, "path": plan.path,
+            "job": plan.job_name if job else None, "image": image}
+
+
+def built_status(plan: TargetPlan, image: str, job: Mapping[str, Any] | None,
+                 summary: Mapping[str, Any] | None) -> EngineTargetStatus:
+    """A Built target, with what the build reported about itself."""
+    s = summary or {}
+    status = (job or {}).get("status") or {}
+    versions = None
+    if s.get("tensorrtLlmVersion") or s.get("tensorrtVersion"):
+        versions = BuildVersions(tensorrt_llm=s.get("tensorrtLlmVersion"),
+                                 tensorrt=s.get("tensorrtVersion"))
+    cache = " (the engine was already in the volume)" if s.get("phase") == "CacheHit" else ""
+    return EngineTargetStatus(
+        **_base(plan, image), state="Built", reason="Built",
+        message=f"engine published at {plan.path}{cache}",
+        model_revision=s.get("resolvedRevision"),
+        start_time=_time(status.get("startTime")),
+        completion_time=_time(status.get("completionTime")),
+        engine_bytes=s.get("engineBytes"), total_bytes=s.get("totalBytes"),
+        versions=versions,
+    )
+
+
+def failed_status(plan: TargetPlan, image: str, namespace: str, job: Mapping[str, Any],
+                  summary: Mapping[str, Any] | None) -> EngineTargetStatus:
+    """A Failed target: the entrypoint's reason when it gave one, else the Job's; and a fix."""
+    s = summary or {}
+    failed = _job_condition(job, "Failed") or {}
+    reason = str(s.get("reason") or failed.get("reason") or "BuildFailed")
+    what = str(s.get("message") or failed.get("message") or "the build Job failed")
+    tail = str(s.get("logTail") or "").strip()
+    retry = (f"fix the cause, then delete the Job to retry (kubectl delete job -n {namespace} "
+             f"{plan.job_name}) or change the spec")
+    message = f"{what}. {retry}"
+    if tail:
+        message += f"\nlast log lines:\n{tail[-2000:]}"
+    status = job.get("status") or {}
+    return EngineTargetStatus(**_base(plan, image), state="Failed", reason=reason,
+                              message=message, start_time=_time(status.get("startTime")))
+
+
+def decide_target(plan: TargetPlan, image: str, namespace: str,
+                  findings: Sequence[Finding], observed: Observed,
+                  cluster: ClusterFacts) -> Decision:
+    """The status of one target, and whether its build Job must be created now."""
+    errors = [f for f in findings if f.severity == Severity.ERROR]
+    if errors:
+        first = errors[0]
+        state = "Unschedulable" if first.reason in _UNSCHEDULABLE_REASONS else "Invalid"
+        message = "; ".join(f.message for f in errors)
+        return Decision(EngineTargetStatus(**_base(plan, image, job=False), state=state,
+                                           reason=first.reason.value, message=message))
+
+    job = observed.job
+    summary = termination_summary(observed.pod)
+    if job is None:
+        if observed.built_elsewhere is not None and observed.built_elsewhere.state == "Built":
+            reused = observed.built_elsewhere.model_copy(update={
+                "message": f"engine published at {plan.path} (built for another LLMEngine "
+                           f"with identical inputs)"})
+            return Decision(reused)
+        prev = observed.previous
+        if prev is not None and prev.state == "Built" and prev.fingerprint == plan.fingerprint:
+            return Decision(prev)  # the Job was cleaned up; the engine is still in the volume
+        return Decision(EngineTargetStatus(
+            **_base(plan, image), state="Pending", reason="JobCreated",
+            message=f"build Job {plan.job_name} created; waiting for a node with "
+                    f"{plan.build_gpus} free {plan.gpu} GPU(s)"), create_job=True)
+
+    if _job_condition(job, "Complete"):
+        return Decision(built_status(plan, image, job, summary))
+    if _job_condition(job, "Failed"):
+        return Decision(failed_status(plan, image, namespace, job, summary))
+
+    pool = cluster.pools.get(plan.gpu)
+    pending_reason = _unschedulable_message(observed.pod)
+    if pool is None or not pool.node_gpus:
+        return Decision(EngineTargetStatus(
+            **_base(plan, image), state="Unschedulable", reason="NoNodeOfGPUType",
+            message=f"no node has nvidia.com/gpu.product={plan.gpu}; the build Job waits "
+                    f"for one (a cluster autoscaler may add it now that the Job asks)"))
+    if pool.largest_node < plan.build_gpus:
+        return Decision(EngineTargetStatus(
+            **_base(plan, image), state="Unschedulable", reason="InsufficientGPUsPerNode",
+            message=f"the build needs {plan.build_gpus} GPUs on one node but the largest "
+                    f"{plan.gpu} node has {pool.largest_node}: add bigger nodes, or lower "
+                    f"spec.build.gpus"))
+    pod_phase = ((observed.pod or {}).get("status") or {}).get("phase")
+    if pending_reason is not None:
+        return Decision(EngineTargetStatus(
+            **_base(plan, image), state="Pending", reason="WaitingForGPUs",
+            message=f"build Job {plan.job_name} waits for {plan.build_gpus} free {plan.gpu} "
+                    f"GPU(s): {pending_reason}"))
+    if pod_phase in ("Running", "Succeeded", "Failed"):
+        # A finished pod whose Job is not yet marked Complete/Failed is still this build.
+        started = _time((job.get("status") or {}).get("startTime"))
+        return Decision(EngineTargetStatus(
+            **_base(plan, image), state="Building", reason="Building",
+            message=f"trtllm-build running in Job {plan.job_name}", start_time=started))
+    return Decision(EngineTargetStatus(
+        **_base(plan, image), state="Pending", reason="JobStarting",
+        message=f"build Job {plan.job_name} is starting",
+        start_time=_time((job.get("status") or {}).get("startTime"))))
