@@ -1,0 +1,280 @@
+"""LLMDeployment reconcile: engine target -> Deployment + Service -> honest status.
+
+- The target is ``spec.gpu`` if given (it must be one of the engine's targets), else the
+  engine's first Built target in ``spec.targets`` order.
+- Until that target is Built, no Deployment is created or changed: a running fleet keeps
+  serving the engine it has while a new one builds, and rolls only once the new one is Built.
+- Children are written by server-side apply on every reconcile: unchanged manifests are no-ops
+  for the API server (nothing is stored), and a hand edit or a deleted child is put back.
+- ``Ready`` is True only when the current spec is rolled out and every desired replica is
+  available: never earlier.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from trtllm_operator import conditions as cond
+from trtllm_operator import metrics
+from trtllm_operator.api import (
+    ConditionStatus,
+    EngineTargetStatus,
+    LLMDeployment,
+    LLMDeploymentStatus,
+    LLMEngine,
+)
+from trtllm_operator.api.deployment import DeploymentConditionType
+from trtllm_operator.api.engine import BuiltLimits
+from trtllm_operator.deployments import builders
+from trtllm_operator.validation import (
+    ClusterFacts,
+    Finding,
+    Severity,
+    check_parallelism_fits,
+    validate_deployment,
+)
+from trtllm_operator.workqueue import Result
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]
+NOT_READY_RESYNC_SECONDS = 60.0
+
+
+class Writer(Protocol):
+    async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]: ...
+    async def patch_status(self, kind: str, namespace: str, name: str,
+                           status: dict[str, Any]) -> None: ...
+
+
+class View(Protocol):
+    def deployment_body(self, key: Key) -> Mapping[str, Any] | None: ...
+    def engine(self, key: Key) -> Mapping[str, Any] | None: ...
+    def cluster_facts(self) -> ClusterFacts: ...
+    def serving_deployment(self, namespace: str, name: str) -> Mapping[str, Any] | None: ...
+    def unschedulable_pod_message(self, namespace: str, name: str) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class EngineChoice:
+    """The engine target an LLMDeployment should serve, or why there is none yet."""
+
+    target: EngineTargetStatus | None
+    ready: ConditionStatus
+    reason: str
+    message: str
+
+
+def choose_target(d: LLMDeployment, engine: LLMEngine | None,
+                  findings: tuple[Finding, ...]) -> EngineChoice:
+    """Pick the engine target to serve (pure)."""
+    ref = d.spec.engine_ref.name
+    errors = [f for f in findings if f.severity == Severity.ERROR]
+    if engine is None:
+        return EngineChoice(None, "False", "EngineNotFound",
+                            f"LLMEngine {ref} does not exist in this namespace: create it or "
+                            f"correct spec.engineRef.name")
+    if errors:
+        return EngineChoice(None, "False", errors[0].reason.value,
+                            "; ".join(f.message for f in errors))
+    by_gpu = {t.gpu: t for t in engine.status.targets}
+    if d.spec.gpu is not None:
+        t = by_gpu.get(d.spec.gpu)
+        if t is not None and t.state == "Built":
+            return EngineChoice(t, "True", "EngineBuilt",
+                                f"engine for {t.gpu} built ({(t.fingerprint or '')[:12]})")
+        state = t.state if t is not None else "Pending"
+        detail = f": {t.message}" if t is not None and t.message else ""
+        return EngineChoice(None, "False", f"Engine{state}",
+                            f"LLMEngine {ref} has no built engine for {d.spec.gpu} yet "
+                            f"({state}{detail})")
+    order = [g for g in engine.spec.targets if g in by_gpu]
+    order += [t.gpu for t in engine.status.targets if t.gpu not in order]  # auto targets
+    for gpu in order:
+        t = by_gpu[gpu]
+        if t.state == "Built":
+            return EngineChoice(t, "True", "EngineBuilt",
+                                f"engine for {t.gpu} built ({(t.fingerprint or '')[:12]})")
+    states = ", ".join(f"{t.gpu}: {t.state}" for t in engine.status.targets) or "no targets yet"
+    return EngineChoice(None, "False", "EngineNotBuilt",
+                        f"LLMEngine {ref} has no built target yet ({states}); the deployment "
+                        f"starts as soon as one is built")
+
+
+def serving_for(engine: LLMEngine, target: EngineTargetStatus) -> builders.Serving:
+    par = engine.spec.build.parallelism
+    spec_limits = engine.spec.build.limits
+    built = target.limits or BuiltLimits(
+        max_batch_size=spec_limits.max_batch_size if spec_limits else None,
+        max_input_len=spec_limits.max_input_len if spec_limits else None,
+        max_seq_len=spec_limits.max_seq_len if spec_limits else None,
+        max_num_tokens=spec_limits.max_num_tokens if spec_limits else None,
+        max_beam_width=spec_limits.max_beam_width if spec_limits else None,
+    )
+    assert target.fingerprint and target.path
+    return builders.Serving(gpu=target.gpu, fingerprint=target.fingerprint, path=target.path,
+                            limits=built, world_size=par.world_size, tensor=par.tensor,
+                            pipeline=par.pipeline)
+
+
+def _dep_condition(dep: Mapping[str, Any] | None, type_: str) -> Mapping[str, Any] | None:
+    for c in ((dep or {}).get("status") or {}).get("conditions") or []:
+        if c.get("type") == type_:
+            return dict(c)
+    return None
+
+
+@dataclass
+class DeploymentController:
+    view: View
+    writer: Writer
+    events: Callable[[Mapping[str, Any], str, str, str], None]
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    written: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    """The status last written per object (see EngineController.written)."""
+
+    async def reconcile(self, key: Key) -> Result | None:
+        body = self.view.deployment_body(key)
+        if body is None:
+            metrics.record_ready("LLMDeployment", key, None)
+            self.written.pop(key, None)
+            return None
+        d = LLMDeployment.model_validate(body)
+        if d.metadata.deletion_timestamp is not None:
+            return None  # garbage collection removes the Deployment and Service
+        namespace, name = key
+        engine_body = self.view.engine((namespace, d.spec.engine_ref.name))
+        engine = LLMEngine.model_validate(engine_body) if engine_body else None
+        facts = self.view.cluster_facts()
+        findings = validate_deployment(d.spec, engine.spec if engine else None, facts)
+        choice = choose_target(d, engine, findings)
+
+        preflight: Finding | None = None
+        observed = self.view.serving_deployment(namespace, name)
+        if choice.target is not None and engine is not None:
+            fits = check_parallelism_fits(
+                engine.spec.build.parallelism, choice.target.gpu, facts,
+                field_name="spec.gpu", fix="choose a GPU type with bigger nodes in spec.gpu")
+            preflight = fits[0] if fits else None
+            if preflight is None:
+                serving = serving_for(engine, choice.target)
+                claim = engine.spec.storage.claim_name
+                options = builders.options_configmap(d, engine.metadata.name)
+                if options is not None:
+                    await self.writer.apply(options)
+                observed = await self.writer.apply(builders.deployment(d, engine, serving, claim))
+                await self.writer.apply(builders.service(d, engine.metadata.name))
+
+        status = self._status(d, choice, preflight, observed, facts)
+        metrics.record_ready("LLMDeployment", key, cond.is_true(
+            status.conditions, DeploymentConditionType.READY))
+        old_wire, new_wire = d.status.to_wire(), status.to_wire()
+        if new_wire != old_wire and new_wire != self.written.get(key):
+            patch: dict[str, Any] = dict(new_wire)
+            for k in old_wire:
+                patch.setdefault(k, None)
+            await self.writer.patch_status("LLMDeployment", namespace, name, patch)
+            self.written[key] = new_wire
+            self._emit(body, d.status, status)
+        if not cond.is_true(status.conditions, DeploymentConditionType.READY):
+            return Result(requeue_after=NOT_READY_RESYNC_SECONDS)
+        return None
+
+    def _status(self, d: LLMDeployment, choice: EngineChoice, preflight: Finding | None,
+                dep: Mapping[str, Any] | None, facts: ClusterFacts) -> LLMDeploymentStatus:
+        gen = d.metadata.generation
+        now = self.clock()
+        conds = d.status.conditions
+
+        def put(type_: str, status: ConditionStatus, reason: str, message: str) -> None:
+            nonlocal conds
+            conds = cond.set_condition(conds, type_, status, reason, message,
+                                       observed_generation=gen, now=now)
+
+        put(DeploymentConditionType.ENGINE_READY, choice.ready, choice.reason, choice.message)
+        dstatus = (dep or {}).get("status") or {}
+        desired = d.spec.replicas
+        replicas = int(dstatus.get("replicas") or 0)
+        ready = int(dstatus.get("readyReplicas") or 0)
+        available = int(dstatus.get("availableReplicas") or 0)
+        updated = int(dstatus.get("updatedReplicas") or 0)
+
+        avail = _dep_condition(dep, "Available")
+        if dep is None:
+            put(DeploymentConditionType.AVAILABLE, "False", "NoDeployment",
+                "no trtllm-serve Deployment yet")
+        elif avail is not None:
+            put(DeploymentConditionType.AVAILABLE, avail.get("status", "Unknown"),
+                avail.get("reason") or "Unknown", avail.get("message") or "")
+        else:
+            put(DeploymentConditionType.AVAILABLE, "Unknown", "Pending",
+                "the Deployment has not reported availability yet")
+
+        meta = (dep or {}).get("metadata") or {}
+        observed_gen = int(dstatus.get("observedGeneration") or 0)
+        current = dep is not None and observed_gen >= int(meta.get("generation") or 0)
+        rolled_out = (current and updated == desired and replicas == desired
+                      and available == desired and ready == desired)
+        prog = _dep_condition(dep, "Progressing")
+        if dep is None:
+            put(DeploymentConditionType.PROGRESSING, "False", "NoDeployment",
+                "nothing to roll out until the engine is built")
+        elif not rolled_out:
+            put(DeploymentConditionType.PROGRESSING, "True",
+                (prog or {}).get("reason") or "RollingOut",
+                f"{updated}/{desired} updated, {available}/{desired} available"
+                + (f": {prog.get('message')}" if prog and prog.get("message") else ""))
+        else:
+            put(DeploymentConditionType.PROGRESSING, "False", "RolloutComplete",
+                f"{desired} replica(s) on the current engine and settings")
+
+        r_status: ConditionStatus
+        unschedulable = self.view.unschedulable_pod_message(d.metadata.namespace or "",
+                                                             d.metadata.name)
+        if choice.ready != "True":
+            r_status, r_reason, r_msg = "False", choice.reason, choice.message
+        elif preflight is not None:
+            r_status, r_reason, r_msg = "False", preflight.reason.value, preflight.message
+        elif not rolled_out and unschedulable:
+            r_status, r_reason = "False", "PodsUnschedulable"
+            r_msg = f"serving pods cannot be scheduled: {unschedulable}"
+        elif not rolled_out:
+            r_status, r_reason = "False", "RollingOut"
+            r_msg = f"{ready}/{desired} ready, {updated}/{desired} updated"
+        else:
+            r_status, r_reason = "True", "Ready"
+            r_msg = f"{ready}/{desired} replicas ready"
+        put(DeploymentConditionType.READY, r_status, r_reason, r_msg)
+
+        template_meta = (((dep or {}).get("spec") or {}).get("template") or {}).get(
+            "metadata") or {}
+        fingerprint = (template_meta.get("annotations") or {}).get(
+            builders.FINGERPRINT_ANNOTATION)
+        gpu = (((((dep or {}).get("spec") or {}).get("template") or {}).get("spec") or {})
+               .get("nodeSelector") or {}).get("nvidia.com/gpu.product")
+        return LLMDeploymentStatus(
+            observed_generation=gen, conditions=conds,
+            replicas=replicas, ready_replicas=ready,
+            replica_summary=f"{ready}/{desired}",
+            selector=builders.selector_string(d),
+            gpu=gpu or (choice.target.gpu if choice.target else None),
+            engine_fingerprint=fingerprint,
+            endpoint=builders.endpoint(d) if dep is not None else None,
+        )
+
+    def _emit(self, body: Mapping[str, Any], old: LLMDeploymentStatus,
+              new: LLMDeploymentStatus) -> None:
+        for type_ in (DeploymentConditionType.ENGINE_READY, DeploymentConditionType.READY):
+            before = cond.find_condition(old.conditions, type_)
+            after = cond.find_condition(new.conditions, type_)
+            if after is None or (before is not None and (before.status, before.reason)
+                                 == (after.status, after.reason)):
+                continue
+            waiting = after.reason in ("RollingOut", "EngineNotBuilt", "EnginePending",
+                                       "EngineBuilding")
+            kind = "Normal" if after.status == "True" or waiting else "Warning"
+            self.events(body, kind, after.reason[:128], after.message[:1024])
