@@ -1,0 +1,134 @@
+{{/*
+Chart name, truncated to the 63 characters a label value allows.
+*/}}
+{{- define "trtllm-operator.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Full name of the release's objects. It contains the release name, so cluster-scoped objects
+(ClusterRole, ClusterRoleBinding) of two releases do not collide.
+*/}}
+{{- define "trtllm-operator.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "trtllm-operator.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Labels on every object of the release. managed-by is Helm here: the operator marks what *it*
+creates with app.kubernetes.io/managed-by=trtllm-operator, and its own objects must not look
+like its children.
+*/}}
+{{- define "trtllm-operator.labels" -}}
+helm.sh/chart: {{ include "trtllm-operator.chart" . }}
+{{ include "trtllm-operator.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | trunc 63 | trimSuffix "-" | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: trtllm-operator
+{{- end }}
+
+{{- define "trtllm-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "trtllm-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "trtllm-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "trtllm-operator.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "trtllm-operator.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+{{- end }}
+
+{{/*
+RBAC, in one place. The rules the operator needs in every namespace it watches: the cluster-wide
+ClusterRole renders them, and so does each per-namespace Role when watchNamespaces is set.
+Least privilege, verb by verb:
+- its own kinds: read and watch, patch metadata (finalizers on LLMEngine) and status; never
+  create, update or delete a user's object;
+- Jobs, Deployments, Services it owns: written with server-side apply (patch), created,
+  deleted when a target or deployment goes away;
+- pods: read only (build results, serving readiness);
+- ConfigMaps: the build entrypoint ConfigMap, created once and never deleted (shared, immutable);
+- Events: posted on the objects it reconciles.
+*/}}
+{{- /*
+The operator's permissions, one rule per capability, each proven necessary by
+tests/e2e/test_rbac.py (removing any one breaks part of the engine-build and serving flow).
+Reads are list+watch only (kopf watches, keeps indexes; never GETs). Writes are server-side
+apply (create+patch), the immutable build-entrypoint ConfigMap (create), deletions of Jobs of
+removed targets, status and finalizer patches, and Events.
+*/}}
+{{- define "trtllm-operator.namespacedRules" -}}
+- apiGroups: ["trtllm.dev"]
+  resources: ["llmengines"]
+  verbs: ["list", "watch"]
+- apiGroups: ["trtllm.dev"]
+  resources: ["llmengines"]
+  verbs: ["patch"]
+- apiGroups: ["trtllm.dev"]
+  resources: ["llmengines/status"]
+  verbs: ["patch"]
+- apiGroups: ["trtllm.dev"]
+  resources: ["llmdeployments"]
+  verbs: ["list", "watch"]
+- apiGroups: ["trtllm.dev"]
+  resources: ["llmdeployments/status"]
+  verbs: ["patch"]
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["list", "watch"]
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["create", "patch"]
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["delete"]
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list", "watch"]
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["create"]
+- apiGroups: ["apps"]
+  resources: ["deployments"]
+  verbs: ["list", "watch"]
+- apiGroups: ["apps"]
+  resources: ["deployments"]
+  verbs: ["create", "patch"]
+- apiGroups: [""]
+  resources: ["services"]
+  verbs: ["list", "watch"]
+- apiGroups: [""]
+  resources: ["services"]
+  verbs: ["create", "patch"]
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create"]
+{{- end }}
+
+{{- define "trtllm-operator.clusterRules" -}}
+- apiGroups: [""]
+  resources: ["nodes"]
+  verbs: ["list", "watch"]
+{{- end }}

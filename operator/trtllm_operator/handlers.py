@@ -1,0 +1,505 @@
+"""kopf registrations: in-memory indexes of cluster facts, and thin event handlers that enqueue.
+
+Why this shape:
+
+- **Indexes, not LISTs.** GPU nodes, build Jobs and their pods, and what each LLMEngine has
+  built are kept in kopf indexes, fed by watches. A reconcile reads memory only. kopf starts no
+  handler before every index has been fully listed, so no reconcile ever judges a half-known
+  cluster (for example, "no H100 node" a second after start).
+- **Event handlers that only enqueue.** kopf calls a handler for the object an event is about;
+  the controllers are level-triggered and need "this LLMEngine, again" when its Job, a build
+  pod or the GPU node pools change. Handlers put keys on a de-duplicating queue
+  (:mod:`trtllm_operator.workqueue`); workers reconcile. Using only ``on.event`` (no
+  ``on.create``/``on.update``) also means kopf stores no handler progress or last-handled
+  configuration on users' objects: GitOps tools see no drift.
+- **Filtering.** Index functions keep only what the operator owns or needs (its labels, GPU
+  nodes) and only the fields it reads, so memory stays flat in objects it does not own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+from lightkube import ApiError
+from lightkube.resources.batch_v1 import Job
+
+from trtllm_operator import gpus, labels, metrics
+from trtllm_operator.api import API_GROUP, API_VERSION, EngineTargetStatus
+from trtllm_operator.deployments import builders as serving
+from trtllm_operator.deployments.controller import DeploymentController
+from trtllm_operator.engines import jobs as jobbuilder
+from trtllm_operator.engines.controller import EngineController, Key
+from trtllm_operator.kube import Kube, make_client, namespace_terminating
+from trtllm_operator.settings import OperatorSettings
+from trtllm_operator.validation import ClusterFacts, GPUPool
+from trtllm_operator.workqueue import WorkQueue
+
+log = logging.getLogger(__name__)
+
+BUILD_LABELS = {labels.MANAGED_BY: labels.MANAGER, labels.COMPONENT: jobbuilder.BUILD_COMPONENT}
+SERVING_LABELS = {labels.MANAGED_BY: labels.MANAGER, labels.COMPONENT: serving.SERVING_COMPONENT}
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
+
+NodeFact = tuple[str, int, tuple[int, int] | None]
+"""(product, allocatable nvidia.com/gpu, compute capability) of one GPU node."""
+
+
+# --------------------------------------------------------------------------- the view
+
+
+def _first(index: Any, key: Any) -> Any:
+    if index is None or key not in index:
+        return None
+    return next(iter(index[key]), None)
+
+
+class IndexView:
+    """The reconcilers' read-only view of the cluster, backed by kopf's indexes."""
+
+    def __init__(self) -> None:
+        self.indexes: dict[str, Any] = {}
+        self._facts: ClusterFacts | None = None
+        self._seen_nodes: dict[str, NodeFact] = {}
+        self.configmaps: set[tuple[str, str]] = set()
+
+    def bind(self, kwargs: Mapping[str, Any]) -> None:
+        """Take the live index objects kopf passes to every handler."""
+        for name in ("engine_bodies", "engine_builds", "gpu_nodes", "build_jobs",
+                     "engine_jobs", "build_pods", "deployment_bodies",
+                     "deployments_by_engine", "serving_deployments", "serving_pods"):
+            if name in kwargs:
+                self.indexes[name] = kwargs[name]
+
+    def engine(self, key: Key) -> Mapping[str, Any] | None:
+        body: Mapping[str, Any] | None = _first(self.indexes.get("engine_bodies"), key)
+        return body
+
+    def node_changed(self, name: str, fact: NodeFact | None) -> bool:
+        """Note a GPU node event; True if anything a build decision uses changed (heartbeats
+        change nothing)."""
+        old = self._seen_nodes.get(name)
+        if fact is None:
+            self._seen_nodes.pop(name, None)
+        else:
+            self._seen_nodes[name] = fact
+        if old != fact:
+            self._facts = None
+            return True
+        return False
+
+    def cluster_facts(self) -> ClusterFacts:
+        """GPU pools from the node index (complete before any handler runs), cached until a
+        node event changes a fact."""
+        if self._facts is None:
+            index = self.indexes.get("gpu_nodes")
+            pools: dict[str, GPUPool] = {}
+            for product in (list(index.keys()) if index is not None else []):
+                facts: list[NodeFact] = list(index[product])  # type: ignore[index]
+                caps = [f[2] for f in facts if f[2] is not None]
+                pools[product] = GPUPool(tuple(sorted(f[1] for f in facts)),
+                                         caps[0] if caps else None)
+            self._facts = ClusterFacts(pools)
+        return self._facts
+
+    def job(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        job: Mapping[str, Any] | None = _first(self.indexes.get("build_jobs"), (namespace, name))
+        return job
+
+    def newest_pod(self, namespace: str, job_name: str) -> Mapping[str, Any] | None:
+        index = self.indexes.get("build_pods")
+        if index is None or (namespace, job_name) not in index:
+            return None
+        pods = list(index[(namespace, job_name)])
+        return max(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "",
+                   default=None)
+
+    def built_elsewhere(self, namespace: str, job_name: str,
+                        but_not: str) -> EngineTargetStatus | None:
+        index = self.indexes.get("engine_builds")
+        if index is None or (namespace, job_name) not in index:
+            return None
+        for engine, target in index[(namespace, job_name)]:
+            if engine != but_not and target.get("state") == "Built":
+                return EngineTargetStatus.model_validate(target)
+        return None
+
+    def jobs_of_engine(self, namespace: str, engine: str) -> list[str]:
+        index = self.indexes.get("engine_jobs")
+        if index is None or (namespace, engine) not in index:
+            return []
+        return list(index[(namespace, engine)])
+
+    def job_wanted_by_others(self, namespace: str, job_name: str, but_not: str) -> bool:
+        index = self.indexes.get("engine_builds")
+        if index is None or (namespace, job_name) not in index:
+            return False
+        return any(engine != but_not for engine, _ in index[(namespace, job_name)])
+
+    def engines_using_job(self, namespace: str, job_name: str) -> set[str]:
+        index = self.indexes.get("engine_builds")
+        if index is None or (namespace, job_name) not in index:
+            return set()
+        return {engine for engine, _ in index[(namespace, job_name)]}
+
+    def all_engine_keys(self) -> list[Key]:
+        index = self.indexes.get("engine_bodies")
+        return list(index.keys()) if index is not None else []
+
+    def has_configmap(self, namespace: str, name: str) -> bool:
+        return (namespace, name) in self.configmaps
+
+    def note_configmap(self, namespace: str, name: str) -> None:
+        self.configmaps.add((namespace, name))
+
+    def deployment_body(self, key: Key) -> Mapping[str, Any] | None:
+        body: Mapping[str, Any] | None = _first(self.indexes.get("deployment_bodies"), key)
+        return body
+
+    def deployments_using(self, namespace: str, engine: str) -> list[str]:
+        index = self.indexes.get("deployments_by_engine")
+        if index is None or (namespace, engine) not in index:
+            return []
+        return sorted(set(index[(namespace, engine)]))
+
+    def all_deployment_keys(self) -> list[Key]:
+        index = self.indexes.get("deployment_bodies")
+        return list(index.keys()) if index is not None else []
+
+    def serving_deployment(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        dep: Mapping[str, Any] | None = _first(self.indexes.get("serving_deployments"),
+                                               (namespace, name))
+        return dep
+
+    def unschedulable_pod_message(self, namespace: str, name: str) -> str | None:
+        index = self.indexes.get("serving_pods")
+        if index is None or (namespace, name) not in index:
+            return None
+        messages = sorted(m for m in index[(namespace, name)] if m)
+        return messages[0] if messages else None
+
+
+class Runtime:
+    """Everything the handlers share for one run of the operator."""
+
+    def __init__(self) -> None:
+        self.settings = OperatorSettings()
+        self.view = IndexView()
+        self.kube: Kube | None = None
+        self.engines: WorkQueue[Key] | None = None
+        self.deployments: WorkQueue[Key] | None = None
+        self.controller: EngineController | None = None
+
+
+RUNTIME = Runtime()
+
+
+def _post_event(body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+    raw: Any = dict(body)  # kopf only reads apiVersion, kind and metadata from it
+    kopf.event(kopf.Body(raw), type=type_, reason=reason, message=message)
+
+
+def _unless_namespace_goes(reconcile: Any) -> Any:
+    """Wrap a reconcile: a write refused because the namespace is being deleted ends it
+    quietly (the objects go with the namespace) instead of retrying with backoff."""
+    async def run(key: Key) -> Any:
+        try:
+            return await reconcile(key)
+        except ApiError as exc:
+            if namespace_terminating(exc):
+                log.debug("%s: namespace %s is being deleted", key[1], key[0])
+                return None
+            raise
+    return run
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """In a pod: the service account; elsewhere: the kubeconfig (--kubeconfig / KUBECONFIG)."""
+    if not RUNTIME.settings.kubeconfig:
+        info = kopf.login_with_service_account(**kwargs)
+        if info is not None:
+            return info
+    return kopf.login_with_kubeconfig(**kwargs)
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    cfg = RUNTIME.settings
+    settings.posting.level = logging.WARNING  # our Events are explicit (kopf.event)
+    settings.watching.server_timeout = 300
+    # The watched resources are fixed: no need to scan CRDs and namespaces at runtime (and
+    # no RBAC for them).
+    settings.scanning.disabled = True
+    settings.persistence.finalizer = f"{API_GROUP}/finalizer"
+    RUNTIME.kube = Kube(make_client(cfg.kubeconfig))
+    RUNTIME.controller = EngineController(
+        view=RUNTIME.view, writer=RUNTIME.kube, events=_post_event, job_resource=Job,
+        active_deadline_seconds=cfg.build_deadline_seconds)
+    # Workers start on the first event (see _bind): tasks inherit the context they are
+    # created in, and only handler contexts carry what kopf.event() needs to post Events.
+    RUNTIME.engines = WorkQueue("llmengine", _unless_namespace_goes(RUNTIME.controller.reconcile),
+                                workers=cfg.workers, on_result=metrics.observe_reconcile)
+    deployments = DeploymentController(view=RUNTIME.view, writer=RUNTIME.kube,
+                                       events=_post_event)
+    RUNTIME.deployments = WorkQueue("llmdeployment", _unless_namespace_goes(deployments.reconcile),
+                                    workers=cfg.workers, on_result=metrics.observe_reconcile)
+    metrics.serve(cfg.metrics_port, cfg.bind_address)
+
+
+@kopf.on.cleanup()
+async def cleanup(**_: Any) -> None:
+    for queue in (RUNTIME.engines, RUNTIME.deployments):
+        if queue:
+            await queue.stop()
+    if RUNTIME.kube:
+        await RUNTIME.kube.client.close()
+
+
+# --------------------------------------------------------------------------- indexes
+
+
+@kopf.index(API_GROUP, API_VERSION, "llmengines")
+def engine_bodies(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Key, Any]:
+    """Each LLMEngine as a plain dict, by (namespace, name)."""
+    return {(namespace or "", name): copy.deepcopy(dict(body))}
+
+
+@kopf.index(API_GROUP, API_VERSION, "llmengines")
+def engine_builds(namespace: str | None, name: str, status: kopf.Status,
+                  **_: Any) -> dict[tuple[str, str], Any] | None:
+    """Which LLMEngines record which build Job, and in what state: (namespace, job) ->
+    (engine, target status). Lets one engine reuse another's identical build."""
+    out: dict[tuple[str, str], Any] = {}
+    for target in status.get("targets") or []:
+        job = target.get("job")
+        if job:
+            out[(namespace or "", job)] = (name, copy.deepcopy(dict(target)))
+    return out or None
+
+
+@kopf.index("", "v1", "nodes", labels={gpus.PRODUCT_LABEL: kopf.PRESENT})
+def gpu_nodes(name: str, labels: kopf.Labels, status: kopf.Status,
+              **_: Any) -> dict[str, NodeFact] | None:
+    """GPU nodes by product: (name, allocatable GPUs, compute capability)."""
+    fact = node_fact(name, labels, status)
+    return {fact[0]: fact} if fact else None
+
+
+@kopf.index("batch", "v1", "jobs", labels=BUILD_LABELS)
+def build_jobs(namespace: str | None, name: str, body: kopf.Body,
+                     **_: Any) -> dict[tuple[str, str], Any]:
+    """Build Jobs by (namespace, name), metadata and status only."""
+    return {(namespace or "", name): {"metadata": {"name": name,
+                                             "labels": dict(body.metadata.labels)},
+                                "status": copy.deepcopy(dict(body.get("status") or {}))}}
+
+
+@kopf.index("batch", "v1", "jobs", labels=BUILD_LABELS)
+def engine_jobs(namespace: str | None, name: str, labels: kopf.Labels,
+                **_: Any) -> dict[tuple[str, str], str] | None:
+    """Build Jobs by the LLMEngine that created them."""
+    engine = labels.get("trtllm.dev/engine")
+    return {(namespace or "", engine): name} if engine else None
+
+
+@kopf.index("", "v1", "pods", labels=BUILD_LABELS)
+def build_pods(namespace: str | None, labels: kopf.Labels, body: kopf.Body,
+               **_: Any) -> dict[tuple[str, str], Any] | None:
+    """Build pods by (namespace, Job name): phase, conditions, termination messages."""
+    job = labels.get(JOB_NAME_LABEL) or labels.get("job-name")
+    if not job:
+        return None
+    status = body.get("status") or {}
+    return {(namespace or "", job): {
+        "metadata": {"name": body.metadata.name,
+                     "creationTimestamp": body.metadata.get("creationTimestamp")},
+        "status": {k: copy.deepcopy(status[k]) for k in ("phase", "conditions",
+                                                          "containerStatuses") if k in status},
+    }}
+
+
+# --------------------------------------------------------------------------- events
+
+
+def _bind(kwargs: Mapping[str, Any]) -> None:
+    RUNTIME.view.bind(kwargs)
+    for queue in (RUNTIME.engines, RUNTIME.deployments):
+        if queue is not None:
+            queue.start()  # idempotent
+
+
+@kopf.on.event(API_GROUP, API_VERSION, "llmengines")
+async def on_engine(namespace: str | None, name: str, type: str, **kwargs: Any) -> None:
+    _bind(kwargs)
+    assert RUNTIME.engines is not None
+    key = (namespace or "", name)
+    _enqueue_deployments_of(key[0], name)
+    if type == "DELETED":
+        RUNTIME.engines.forget(key)
+        return
+    RUNTIME.engines.add(key)
+
+
+def _enqueue_for_job(namespace: str, job_name: str, creator: str | None) -> None:
+    assert RUNTIME.engines is not None
+    names = RUNTIME.view.engines_using_job(namespace, job_name)
+    if creator:
+        names.add(creator)
+    for engine in names:
+        RUNTIME.engines.add((namespace, engine))
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=BUILD_LABELS)
+async def on_build_job(namespace: str | None, name: str, labels: kopf.Labels,
+                       **kwargs: Any) -> None:
+    _bind(kwargs)
+    _enqueue_for_job(namespace or "", name, labels.get("trtllm.dev/engine"))
+
+
+@kopf.on.event("", "v1", "pods", labels=BUILD_LABELS)
+async def on_build_pod(namespace: str | None, labels: kopf.Labels, **kwargs: Any) -> None:
+    _bind(kwargs)
+    job = labels.get(JOB_NAME_LABEL) or labels.get("job-name")
+    if job:
+        _enqueue_for_job(namespace or "", job, labels.get("trtllm.dev/engine"))
+
+
+def node_fact(name: str, labels: Mapping[str, str],
+              status: Mapping[str, Any]) -> NodeFact | None:
+    """(product, allocatable GPUs, compute capability) of a node, None if it has no GPU."""
+    product = labels.get(gpus.PRODUCT_LABEL)
+    if not product:
+        return None
+    try:
+        count = int((status.get("allocatable") or {}).get(gpus.GPU_RESOURCE, "0"))
+    except ValueError:
+        count = 0
+    try:
+        cap: tuple[int, int] | None = (int(labels[gpus.COMPUTE_MAJOR_LABEL]),
+                                       int(labels[gpus.COMPUTE_MINOR_LABEL]))
+    except (KeyError, ValueError):
+        cap = None
+    return (product, count, cap)
+
+
+@kopf.on.event("", "v1", "nodes", labels={gpus.PRODUCT_LABEL: kopf.PRESENT})
+async def on_node(name: str, type: str, labels: kopf.Labels, status: kopf.Status,
+                  **kwargs: Any) -> None:
+    """Re-evaluate engines when a GPU pool changes (not on heartbeats: facts must differ)."""
+    _bind(kwargs)
+    fact = None if type == "DELETED" else node_fact(name, labels, status)
+    if RUNTIME.view.node_changed(name, fact):
+        assert RUNTIME.engines is not None and RUNTIME.deployments is not None
+        for key in RUNTIME.view.all_engine_keys():
+            RUNTIME.engines.add(key)
+        for key in RUNTIME.view.all_deployment_keys():
+            RUNTIME.deployments.add(key)
+
+
+# --------------------------------------------------------------------------- deployments
+
+
+@kopf.index(API_GROUP, API_VERSION, "llmdeployments")
+def deployment_bodies(namespace: str | None, name: str, body: kopf.Body,
+                      **_: Any) -> dict[Key, Any]:
+    """Each LLMDeployment as a plain dict, by (namespace, name)."""
+    return {(namespace or "", name): copy.deepcopy(dict(body))}
+
+
+@kopf.index(API_GROUP, API_VERSION, "llmdeployments")
+def deployments_by_engine(namespace: str | None, name: str, spec: kopf.Spec,
+                          **_: Any) -> dict[Key, str] | None:
+    """Which LLMDeployments use which LLMEngine (in-use protection, re-evaluation)."""
+    engine = (spec.get("engineRef") or {}).get("name")
+    return {(namespace or "", engine): name} if engine else None
+
+
+@kopf.index("apps", "v1", "deployments", labels=SERVING_LABELS)
+def serving_deployments(namespace: str | None, name: str, body: kopf.Body,
+                        **_: Any) -> dict[Key, Any]:
+    """The operator's trtllm-serve Deployments: generation, template identity, status."""
+    spec = body.get("spec") or {}
+    template = spec.get("template") or {}
+    return {(namespace or "", name): {
+        "metadata": {"generation": body.metadata.get("generation")},
+        "spec": {"template": {
+            "metadata": {"annotations": dict((template.get("metadata") or {})
+                                             .get("annotations") or {})},
+            "spec": {"nodeSelector": dict((template.get("spec") or {})
+                                          .get("nodeSelector") or {})}}},
+        "status": copy.deepcopy(dict(body.get("status") or {})),
+    }}
+
+
+@kopf.index("", "v1", "pods", labels=SERVING_LABELS)
+def serving_pods(namespace: str | None, labels: kopf.Labels, status: kopf.Status,
+                 **_: Any) -> dict[Key, str | None] | None:
+    """Per LLMDeployment, the scheduler's message for each pod it cannot place (else None)."""
+    owner = labels.get("trtllm.dev/deployment")
+    if not owner:
+        return None
+    message = None
+    for c in status.get("conditions") or []:
+        if c.get("type") == "PodScheduled" and c.get("status") == "False" \
+                and c.get("reason") == "Unschedulable":
+            message = str(c.get("message") or "unschedulable")
+    return {(namespace or "", owner): message}
+
+
+def _enqueue_deployments_of(namespace: str, engine: str) -> None:
+    assert RUNTIME.deployments is not None
+    for name in RUNTIME.view.deployments_using(namespace, engine):
+        RUNTIME.deployments.add((namespace, name))
+
+
+@kopf.on.event(API_GROUP, API_VERSION, "llmdeployments")
+async def on_llm_deployment(namespace: str | None, name: str, type: str, spec: kopf.Spec,
+                            **kwargs: Any) -> None:
+    _bind(kwargs)
+    assert RUNTIME.deployments is not None and RUNTIME.engines is not None
+    key = (namespace or "", name)
+    engine = (spec.get("engineRef") or {}).get("name")
+    if engine:
+        # The engine's in-use protection and target retention depend on who uses it.
+        RUNTIME.engines.add((key[0], engine))
+    if type == "DELETED":
+        RUNTIME.deployments.forget(key)
+        return
+    RUNTIME.deployments.add(key)
+
+
+async def _on_serving_child(namespace: str | None, labels: kopf.Labels,
+                            kwargs: Mapping[str, Any]) -> None:
+    _bind(kwargs)
+    owner = labels.get("trtllm.dev/deployment")
+    if owner and RUNTIME.deployments is not None:
+        RUNTIME.deployments.add((namespace or "", owner))
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=SERVING_LABELS)
+async def on_serving_deployment(namespace: str | None, labels: kopf.Labels,
+                                **kwargs: Any) -> None:
+    """Status changes drive Ready; edits and deletions are drift, put back on reconcile."""
+    await _on_serving_child(namespace, labels, kwargs)
+
+
+@kopf.on.event("", "v1", "services", labels=SERVING_LABELS)
+async def on_serving_service(namespace: str | None, labels: kopf.Labels,
+                             **kwargs: Any) -> None:
+    await _on_serving_child(namespace, labels, kwargs)
+
+
+@kopf.on.event("", "v1", "pods", labels=SERVING_LABELS)
+async def on_serving_pod(namespace: str | None, labels: kopf.Labels, **kwargs: Any) -> None:
+    await _on_serving_child(namespace, labels, kwargs)
+
+
+async def wait_idle() -> None:
+    """For tests: until the engine queue has nothing queued or running."""
+    if RUNTIME.engines:
+        await asyncio.wait_for(RUNTIME.engines.wait_idle(), 60)

@@ -1,0 +1,127 @@
+"""The operator's one door to the Kubernetes API for writes (and the rare direct read).
+
+Reads of cluster facts come from kopf's watches kept in memory; this module only writes:
+children by server-side apply under one field manager, status through the status subresource
+(merge patch, and only when it differs), deletions. The client is lightkube's async client, so
+no call blocks kopf's event loop.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any, ParamSpec, TypeVar
+
+from lightkube import ApiError, AsyncClient, KubeConfig, codecs
+from lightkube.generic_resource import create_namespaced_resource
+from lightkube.types import CascadeType, PatchType
+
+from trtllm_operator import metrics
+from trtllm_operator.api import API_GROUP, API_VERSION
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+Async = Callable[P, Coroutine[Any, Any, R]]
+
+
+def _counted(operation: str) -> Callable[[Async[P, R]], Async[P, R]]:
+    """Count failed API calls in trtllm_operator_api_errors_total, then re-raise."""
+    def wrap(fn: Async[P, R]) -> Async[P, R]:
+        @functools.wraps(fn)
+        async def call(*args: P.args, **kwargs: P.kwargs) -> R:
+            try:
+                return await fn(*args, **kwargs)
+            except ApiError as exc:
+                metrics.API_ERRORS.labels(operation, str(exc.status.code)).inc()
+                raise
+        return call
+    return wrap
+
+log = logging.getLogger(__name__)
+
+FIELD_MANAGER = "trtllm-operator"
+
+LLMEngineResource = create_namespaced_resource(API_GROUP, API_VERSION, "LLMEngine",
+                                               "llmengines")
+LLMDeploymentResource = create_namespaced_resource(API_GROUP, API_VERSION, "LLMDeployment",
+                                                   "llmdeployments")
+_RESOURCES = {"LLMEngine": LLMEngineResource, "LLMDeployment": LLMDeploymentResource}
+_STATUS_RESOURCES = {"LLMEngine": LLMEngineResource.Status,
+                     "LLMDeployment": LLMDeploymentResource.Status}
+
+
+def namespace_terminating(exc: ApiError) -> bool:
+    """A write refused because its namespace is being deleted: nothing to do there anymore."""
+    return exc.status.code == 403 and "being terminated" in (exc.status.message or "")
+
+
+def make_client(kubeconfig: str | None = None) -> AsyncClient:
+    """An async client for a kubeconfig file, else the in-cluster service account.
+
+    ``trust_env=False``: the operator talks to its API server only, never through proxies
+    picked up from the environment.
+    """
+    config = KubeConfig.from_file(kubeconfig) if kubeconfig else KubeConfig.from_env()
+    return AsyncClient(config, field_manager=FIELD_MANAGER, trust_env=False)
+
+
+class Kube:
+    """Writes on behalf of the controllers."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self.client = client
+
+    @_counted("apply")
+    async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """Server-side apply ``manifest`` as the operator's field manager; return the object.
+
+        ``force``: the operator owns the fields it sets; a hand edit to one of them is drift
+        and is put back.
+        """
+        obj = codecs.from_dict(manifest)
+        applied = await self.client.apply(obj, force=True)
+        result: dict[str, Any] = applied.to_dict()  # type: ignore[no-untyped-call]
+        return result
+
+    @_counted("create")
+    async def create_if_absent(self, manifest: dict[str, Any]) -> None:
+        """Create an object that never changes once made (an immutable ConfigMap); one that
+        already exists is success. Needs only the create verb."""
+        try:
+            await self.client.create(codecs.from_dict(manifest))
+        except ApiError as exc:
+            if exc.status.code != 409:
+                raise
+
+    @_counted("patch_status")
+    async def patch_status(self, kind: str, namespace: str, name: str,
+                           status: dict[str, Any]) -> None:
+        """Merge-patch ``status`` of one of our custom resources (status subresource only)."""
+        await self.client.patch(_STATUS_RESOURCES[kind], name, {"status": status},
+                                namespace=namespace, patch_type=PatchType.MERGE)
+
+    @_counted("set_finalizers")
+    async def set_finalizers(self, kind: str, namespace: str, name: str,
+                             finalizers: list[str], resource_version: str | None) -> None:
+        """Replace metadata.finalizers (never spec). The resourceVersion makes it conditional:
+        a concurrent change to the list fails with 409 and the reconcile retries."""
+        meta: dict[str, Any] = {"finalizers": finalizers}
+        if resource_version:
+            meta["resourceVersion"] = resource_version
+        await self.client.patch(_RESOURCES[kind], name, {"metadata": meta},
+                                namespace=namespace, patch_type=PatchType.MERGE)
+
+    @_counted("delete")
+    async def delete(self, resource: Any, namespace: str, name: str) -> bool:
+        """Delete with background propagation; False if it was already gone."""
+        try:
+            await self.client.delete(resource, name, namespace=namespace,
+                                     cascade=CascadeType.BACKGROUND)
+        except ApiError as exc:
+            if exc.status.code == 404:
+                return False
+            raise
+        return True

@@ -1,0 +1,72 @@
+"""Prometheus metrics of the operator (prometheus_client), served on the metrics port.
+
+Names follow Prometheus conventions (``_total`` counters, ``_seconds`` units). Label values
+are bounded: kinds, outcomes, GPU products and HTTP status codes -- never object names, so the
+series count stays flat however many objects exist.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Hashable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+REGISTRY = CollectorRegistry()
+
+RECONCILES = Counter(
+    "trtllm_operator_reconciles_total", "Reconciles run, by kind and outcome.",
+    ["kind", "outcome"], registry=REGISTRY)
+RECONCILE_SECONDS = Histogram(
+    "trtllm_operator_reconcile_duration_seconds", "Time one reconcile took, by kind.",
+    ["kind"], registry=REGISTRY,
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+BUILDS_STARTED = Counter(
+    "trtllm_operator_builds_started_total", "Build Jobs created, by GPU type.",
+    ["gpu"], registry=REGISTRY)
+BUILDS_SUCCEEDED = Counter(
+    "trtllm_operator_builds_succeeded_total", "Builds that published an engine, by GPU type.",
+    ["gpu"], registry=REGISTRY)
+BUILDS_FAILED = Counter(
+    "trtllm_operator_builds_failed_total", "Builds that failed, by GPU type.",
+    ["gpu"], registry=REGISTRY)
+BUILD_SECONDS = Histogram(
+    "trtllm_operator_build_duration_seconds",
+    "Wall time of a build Job from start to publish, by GPU type.", ["gpu"], registry=REGISTRY,
+    buckets=(1, 10, 60, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800))
+OBJECTS = Gauge(
+    "trtllm_operator_objects", "LLMEngines and LLMDeployments the operator knows, by Ready.",
+    ["kind", "ready"], registry=REGISTRY)
+API_ERRORS = Counter(
+    "trtllm_operator_api_errors_total", "Kubernetes API calls that failed, by operation and code.",
+    ["operation", "code"], registry=REGISTRY)
+
+_QUEUE_KINDS = {"llmengine": "LLMEngine", "llmdeployment": "LLMDeployment"}
+_ready: dict[str, dict[Hashable, bool]] = {"LLMEngine": {}, "LLMDeployment": {}}
+_lock = threading.Lock()
+
+
+def observe_reconcile(queue: str, outcome: str, seconds: float) -> None:
+    """WorkQueue hook: one finished reconcile."""
+    kind = _QUEUE_KINDS.get(queue, queue)
+    RECONCILES.labels(kind, outcome).inc()
+    RECONCILE_SECONDS.labels(kind).observe(seconds)
+
+
+def record_ready(kind: str, key: Hashable, ready: bool | None) -> None:
+    """Track one object's Ready state (None: the object is gone) for the objects gauge."""
+    with _lock:
+        states = _ready[kind]
+        if ready is None:
+            states.pop(key, None)
+        else:
+            states[key] = ready
+        true = sum(states.values())
+        OBJECTS.labels(kind, "true").set(true)
+        OBJECTS.labels(kind, "false").set(len(states) - true)
+
+
+def serve(port: int, address: str) -> None:
+    """Expose /metrics (a daemon thread of prometheus_client)."""
+    if port:
+        start_http_server(port, addr=address, registry=REGISTRY)

@@ -1,0 +1,116 @@
+"""End-to-end fixtures: the operator running as its own process against the cluster under test
+(:class:`OperatorProcess`). Its log is kept in a file and attached to a failing test's report.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+
+from tests.conftest import ROOT, ClusterUnderTest, Kubectl
+from tests.support import wait_for
+from trtllm_operator.localcluster.cluster import static_rwx_claim
+from trtllm_operator.localcluster.operator_process import OperatorProcess
+
+ENGINES_CLAIM = "trtllm-engines"
+
+
+@pytest.fixture(scope="module")
+def running_operator(cluster: ClusterUnderTest, crds: list[str],
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    # One operator per test module: it never outlives the module that asked for it, so it
+    # cannot act on objects of later tests (integration tests set status by hand), and the
+    # RBAC tests run their own operators alone.
+    log = tmp_path_factory.mktemp("operator") / "operator.log"
+    op = OperatorProcess(cluster.kubeconfig, log)
+    op.start()
+    yield op
+    op.stop()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Iterator[None]:
+    """On failure, attach the operator's last log lines to the report."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call" and report.failed:
+        op = item.funcargs.get("running_operator") if hasattr(item, "funcargs") else None
+        if isinstance(op, OperatorProcess):
+            report.sections.append(("operator log (tail)", op.tail(80)))
+
+
+@pytest.fixture(scope="session")
+def gpu_fleet(cluster: ClusterUnderTest) -> dict[str, list[str]]:
+    """The simulated GPU nodes e2e tests share: 2 H100 (8 GPUs), 1 L40S (4), 1 A100 (8)."""
+    return {
+        "h100": cluster.add_nodes("h100", 2),
+        "l40s": cluster.add_nodes("l40s", 1),
+        "a100": cluster.add_nodes("a100", 1),
+    }
+
+
+@pytest.fixture
+def storage(core: client.CoreV1Api, namespace: str) -> Iterator[str]:
+    """A ReadWriteMany claim named trtllm-engines, bound to a static NFS PersistentVolume.
+
+    Nothing ever mounts it (kwok runs no container), so its server is never contacted.
+    """
+    pv_name = f"engines-{namespace}"[:63]
+    pv, pvc = static_rwx_claim(namespace, ENGINES_CLAIM, pv_name)
+    core.create_persistent_volume(pv)
+    core.create_namespaced_persistent_volume_claim(namespace, pvc)
+    wait_for(lambda: core.read_namespaced_persistent_volume_claim(
+        ENGINES_CLAIM, namespace).status.phase == "Bound", 60, "the engines claim to bind")
+    yield ENGINES_CLAIM
+    core.delete_persistent_volume(pv_name)
+
+
+def load_sample(name: str) -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load((ROOT / "samples" / name).read_text())
+    return doc
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:5]}"
+
+
+Getter = Callable[[str], dict[str, Any]]
+
+
+@pytest.fixture
+def get_engine(api_client: client.ApiClient, namespace: str) -> Getter:
+    objects = client.CustomObjectsApi(api_client)
+
+    def get(name: str) -> dict[str, Any]:
+        obj: dict[str, Any] = objects.get_namespaced_custom_object(
+            "trtllm.dev", "v1alpha1", namespace, "llmengines", name)
+        return obj
+
+    return get
+
+
+def apply(kubectl: Kubectl, namespace: str, obj: dict[str, Any]) -> None:
+    kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(obj))
+
+
+def condition(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
+    for c in (obj.get("status") or {}).get("conditions") or []:
+        if c["type"] == type_:
+            found: dict[str, Any] = c
+            return found
+    return None
+
+
+def targets(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {t["gpu"]: t for t in (obj.get("status") or {}).get("targets") or []}
+
+
+def settle(seconds: float = 1.0) -> None:
+    """Give the operator a moment to (not) act, for assertions that something did not happen."""
+    time.sleep(seconds)

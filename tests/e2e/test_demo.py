@@ -1,0 +1,71 @@
+"""``make demo`` as a newcomer runs it: from the repository, every sample Ready, clean exit."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, ClusterUnderTest
+
+
+@pytest.fixture(autouse=True)
+def _local_only(cluster: ClusterUnderTest) -> None:
+    cluster.require_local()  # the demo starts a local cluster of its own
+
+
+def _demo(*args: str) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+    return subprocess.Popen([sys.executable, "-m", "trtllm_operator.demo", *args], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+def _own_processes() -> set[int]:
+    """Pids of control-plane binaries and operators started from this checkout's caches."""
+    found = set()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if "trtllm-demo-" in cmdline:
+            found.add(int(proc.name))
+    return found
+
+
+def test_demo_exits_once_every_sample_is_ready() -> None:
+    demo = _demo("--exit-when-ready", "--timeout", "180", "--build-seconds", "3")
+    out, _ = demo.communicate(timeout=300)
+    assert demo.returncode == 0, out[-3000:]
+    assert "every engine built and every deployment Ready" in out
+    final = out.rsplit("---", 1)[-1].split("LLMDEPLOYMENT", 1)[1]
+    for name in ("llama-3-8b-h100", "llama-3-8b-l40s", "llama-3-70b-fp8", "llama-3-8b-int4-awq"):
+        line = next(line for line in final.splitlines() if line.startswith(name + " "))
+        assert " True " in line, line
+    assert "export KUBECONFIG=" in out
+
+
+def test_demo_tears_down_on_ctrl_c() -> None:
+    demo = _demo("--build-seconds", "3")
+    assert demo.stdout
+    deadline = time.monotonic() + 180
+    seen = []
+    for line in demo.stdout:
+        seen.append(line)
+        if "every engine built" in line or time.monotonic() > deadline:
+            break
+    assert any("every engine built" in line for line in seen), "".join(seen[-40:])
+    demo.send_signal(signal.SIGINT)
+    rest, _ = demo.communicate(timeout=120)
+    assert demo.returncode == 130, rest
+    assert "torn down" in rest
+    assert not _own_processes()
+    assert not list(Path("/tmp").glob("trtllm-demo-*"))
