@@ -99,9 +99,17 @@ class Kube:
     @_counted("patch_status")
     async def patch_status(self, kind: str, namespace: str, name: str,
                            status: dict[str, Any]) -> None:
-        """Merge-patch ``status`` of one of our custom resources (status subresource only)."""
-        await self.client.patch(_STATUS_RESOURCES[kind], name, {"status": status},
-                                namespace=namespace, patch_type=PatchType.MERGE)
+        """Merge-patch ``status`` of one of our custom resources (status subresource only).
+
+        An object deleted since it was read (404) has no status left to record; its deletion
+        event reconciles whatever remains, so that is not an error worth a retry."""
+        try:
+            await self.client.patch(_STATUS_RESOURCES[kind], name, {"status": status},
+                                    namespace=namespace, patch_type=PatchType.MERGE)
+        except ApiError as exc:
+            if exc.status.code != 404:
+                raise
+            log.debug("%s %s/%s is gone; status not written", kind, namespace, name)
 
     @_counted("set_finalizers")
     async def set_finalizers(self, kind: str, namespace: str, name: str,

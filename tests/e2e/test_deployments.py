@@ -195,13 +195,19 @@ def test_pending_pods_surface_the_schedulers_reason(
     apply(kubectl, namespace, _engine("big", [H100], parallelism={"tensor": 8}))
     apply(kubectl, namespace, _llmd("two-of-eight", "big", H100, replicas=2, pool=pool))
 
-    def unschedulable() -> dict[str, Any] | None:
-        c = condition(get_llmd("two-of-eight"), "Ready")
-        return c if c and c["reason"] == "PodsUnschedulable" else None
+    # The pod that fits becomes Ready a moment after the other is found unschedulable, so
+    # wait for the settled state: one serving, the other's scheduler reason in status.
+    def one_ready_one_unschedulable() -> dict[str, Any] | None:
+        obj = get_llmd("two-of-eight")
+        c = condition(obj, "Ready")
+        if not c or c["reason"] != "PodsUnschedulable":
+            return None
+        return obj if obj["status"].get("replicaSummary") == "1/2" else None
 
-    c = wait_for(unschedulable, 90, "the scheduler's reason in status")
+    obj = wait_for(one_ready_one_unschedulable, 90, "1/2 ready and the scheduler's reason")
+    c = condition(obj, "Ready")
+    assert c is not None and c["status"] == "False"
     assert "Insufficient nvidia.com/gpu" in c["message"]
-    assert get_llmd("two-of-eight")["status"]["replicaSummary"] == "1/2"
 
 
 def test_engine_in_use_cannot_be_deleted_until_its_user_goes(

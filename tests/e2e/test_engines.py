@@ -271,8 +271,11 @@ def test_spec_change_rebuilds_changed_targets_and_removed_target_stops_its_job(
                  if j.metadata.deletion_timestamp is None}
         return old[L40S]["job"] not in names and old[H100]["job"] in names
 
+    # The Job deletion and the status write are two API calls: wait for both.
     wait_for(l40s_job_gone, 60, "the removed target's Job to be deleted")
-    assert set(targets(get_engine("evolving"))) == {H100}
+    wait_for(lambda: set(targets(get_engine("evolving"))) == {H100}, 30,
+             "the removed target to leave status")
+    assert targets(get_engine("evolving"))[H100]["job"] == old[H100]["job"]
 
     # A build setting change gives H100 a new fingerprint, hence a new Job.
     changed["spec"]["build"]["limits"]["maxBatchSize"] = 32
