@@ -206,7 +206,8 @@ def test_pending_pods_surface_the_schedulers_reason(
 
     obj = wait_for(one_ready_one_unschedulable, 90, "1/2 ready and the scheduler's reason")
     c = condition(obj, "Ready")
-    assert c is not None and c["status"] == "False"
+    assert c is not None
+    assert c["status"] == "False"
     assert "Insufficient nvidia.com/gpu" in c["message"]
 
 
