@@ -12,11 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from trtllm_operator.localcluster.binaries import BinaryBuilder
@@ -98,7 +100,23 @@ def setup(kubectl: Kubectl, root: Path) -> None:
         kubectl("apply", "-f", "-", input=json.dumps(pvc))
 
 
+class _Stopped(Exception):
+    """SIGTERM or SIGHUP arrived: tear down as on Ctrl-C, then exit 128 + the signal."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop(signum: int, _frame: FrameType | None) -> None:
+    raise _Stopped(signum)
+
+
 def run(exit_when_ready: bool, timeout: float, build_seconds: float) -> int:
+    # `timeout`, a CI runner or a closed terminal stop the demo with SIGTERM or SIGHUP, whose
+    # default action would skip every cleanup below and leave the cluster's folder behind.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _stop)
     root = repo_root()
     tools = BinaryBuilder().ensure()
     workdir = Path(tempfile.mkdtemp(prefix="trtllm-demo-"))
@@ -129,6 +147,9 @@ def run(exit_when_ready: bool, timeout: float, build_seconds: float) -> int:
     except KeyboardInterrupt:
         print("\nstopped; everything torn down.")
         return 130
+    except _Stopped as stopped:
+        print(f"\n{signal.Signals(stopped.signum).name}: stopped; everything torn down.")
+        return 128 + stopped.signum
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

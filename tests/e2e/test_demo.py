@@ -53,7 +53,9 @@ def test_demo_exits_once_every_sample_is_ready() -> None:
     assert "export KUBECONFIG=" in out
 
 
-def test_demo_tears_down_on_ctrl_c() -> None:
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM],
+                         ids=["ctrl-c", "sigterm"])
+def test_demo_tears_down_on_ctrl_c_and_sigterm(signum: signal.Signals) -> None:
     demo = _demo("--build-seconds", "3")
     assert demo.stdout
     deadline = time.monotonic() + 180
@@ -63,9 +65,16 @@ def test_demo_tears_down_on_ctrl_c() -> None:
         if "every engine built" in line or time.monotonic() > deadline:
             break
     assert any("every engine built" in line for line in seen), "".join(seen[-40:])
-    demo.send_signal(signal.SIGINT)
+    kubeconfig = next(Path(line.split("=", 1)[1].strip()) for line in seen
+                      if "export KUBECONFIG=" in line)
+    oplog = next(Path(line.split("operator log:", 1)[1].split()[0]) for line in seen
+                 if "operator log:" in line)
+    assert kubeconfig.exists()
+    assert oplog.exists()
+    demo.send_signal(signum)
     rest, _ = demo.communicate(timeout=120)
-    assert demo.returncode == 130, rest
+    assert demo.returncode == 128 + signum, rest
     assert "torn down" in rest
     assert not _own_processes()
-    assert not list(Path("/tmp").glob("trtllm-demo-*"))
+    assert not oplog.parent.exists()  # the demo's folder
+    assert not kubeconfig.parent.exists()  # the cluster's own folder went with it
