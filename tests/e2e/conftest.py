@@ -15,10 +15,17 @@ from kubernetes import client
 
 from tests.conftest import ROOT, ClusterUnderTest, Kubectl
 from tests.support import wait_for
+from trtllm_operator import gpus
 from trtllm_operator.localcluster.cluster import static_rwx_claim
 from trtllm_operator.localcluster.operator_process import OperatorProcess
 
 ENGINES_CLAIM = "trtllm-engines"
+
+# nvidia.com/gpu.product values of the simulated fleet, from the node catalog.
+H100 = gpus.gpu_type("h100").product
+L40S = gpus.gpu_type("l40s").product
+A100 = gpus.gpu_type("a100").product
+B200 = gpus.gpu_type("b200").product
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +83,15 @@ def load_sample(name: str) -> dict[str, Any]:
     return doc
 
 
+def small_engine(name: str, targets: list[str], **build: Any) -> dict[str, Any]:
+    """The 8B sample engine under another name, with the given targets and build overrides."""
+    obj = load_sample("llmengine-llama-3-8b.yaml")
+    obj["metadata"] = {"name": name}
+    obj["spec"]["targets"] = targets
+    obj["spec"]["build"].update(build)
+    return obj
+
+
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:5]}"
 
@@ -83,16 +99,25 @@ def unique(prefix: str) -> str:
 Getter = Callable[[str], dict[str, Any]]
 
 
-@pytest.fixture
-def get_engine(api_client: client.ApiClient, namespace: str) -> Getter:
+def _getter(api_client: client.ApiClient, namespace: str, plural: str) -> Getter:
     objects = client.CustomObjectsApi(api_client)
 
     def get(name: str) -> dict[str, Any]:
         obj: dict[str, Any] = objects.get_namespaced_custom_object(
-            "trtllm.dev", "v1alpha1", namespace, "llmengines", name)
+            "trtllm.dev", "v1alpha1", namespace, plural, name)
         return obj
 
     return get
+
+
+@pytest.fixture
+def get_engine(api_client: client.ApiClient, namespace: str) -> Getter:
+    return _getter(api_client, namespace, "llmengines")
+
+
+@pytest.fixture
+def get_llmd(api_client: client.ApiClient, namespace: str) -> Getter:
+    return _getter(api_client, namespace, "llmdeployments")
 
 
 def apply(kubectl: Kubectl, namespace: str, obj: dict[str, Any]) -> None:

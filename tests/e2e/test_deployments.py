@@ -13,23 +13,12 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from tests.conftest import ClusterUnderTest, Kubectl
-from tests.e2e.conftest import Getter, apply, condition, load_sample, targets
+from tests.e2e.conftest import H100, L40S, Getter, apply, condition, small_engine, targets
 from tests.support import wait_for
 from trtllm_operator import gpus
 from trtllm_operator.localcluster import stages
 
-H100 = "NVIDIA-H100-80GB-HBM3"
-L40S = "NVIDIA-L40S"
-
 pytestmark = pytest.mark.usefixtures("running_operator", "gpu_fleet", "storage")
-
-
-def _engine(name: str, gpus_: list[str], **build: Any) -> dict[str, Any]:
-    obj = load_sample("llmengine-llama-3-8b.yaml")
-    obj["metadata"] = {"name": name}
-    obj["spec"]["targets"] = gpus_
-    obj["spec"]["build"].update(build)
-    return obj
 
 
 def _llmd(name: str, engine: str, gpu: str | None = None, replicas: int = 1,
@@ -44,18 +33,6 @@ def _llmd(name: str, engine: str, gpu: str | None = None, replicas: int = 1,
     if pool:
         obj["spec"]["nodeSelector"] = {"test-pool": pool}
     return obj
-
-
-@pytest.fixture
-def get_llmd(api_client: client.ApiClient, namespace: str) -> Getter:
-    objects = client.CustomObjectsApi(api_client)
-
-    def get(name: str) -> dict[str, Any]:
-        obj: dict[str, Any] = objects.get_namespaced_custom_object(
-            "trtllm.dev", "v1alpha1", namespace, "llmdeployments", name)
-        return obj
-
-    return get
 
 
 def _pods(core: client.CoreV1Api, namespace: str, name: str) -> list[client.V1Pod]:
@@ -75,7 +52,7 @@ def test_two_deployments_of_one_engine_land_on_their_gpu_types(
     pool = uuid.uuid4().hex[:8]
     cluster.add_nodes("h100", 1, labels={"test-pool": pool})
     cluster.add_nodes("l40s", 1, labels={"test-pool": pool})
-    apply(kubectl, namespace, _engine("llama", [H100, L40S], parallelism={"tensor": 2}))
+    apply(kubectl, namespace, small_engine("llama", [H100, L40S], parallelism={"tensor": 2}))
     apply(kubectl, namespace, _llmd("on-h100", "llama", H100, replicas=2, pool=pool))
     apply(kubectl, namespace, _llmd("on-l40s", "llama", L40S, replicas=2, pool=pool))
     _wait_ready(kubectl, namespace, "llmdeployment", "on-h100")
@@ -117,7 +94,7 @@ def test_two_deployments_of_one_engine_land_on_their_gpu_types(
 
 def test_deployment_waits_for_its_engine_then_becomes_ready(
         kubectl: Kubectl, namespace: str, get_llmd: Getter, api_client: client.ApiClient) -> None:
-    apply(kubectl, namespace, _engine("slow", [H100],
+    apply(kubectl, namespace, small_engine("slow", [H100],
                                       env=[{"name": stages.DURATION_ENV, "value": "6s"}]))
     apply(kubectl, namespace, _llmd("waiting", "slow"))
     wait_for(lambda: (condition(get_llmd("waiting"), "EngineReady") or {}).get("status")
@@ -138,7 +115,7 @@ def test_rebuild_rolls_pods_keeping_all_but_one_ready(
         get_llmd: Getter, api_client: client.ApiClient) -> None:
     pool = uuid.uuid4().hex[:8]
     cluster.add_nodes("h100", 1, labels={"test-pool": pool})
-    engine = _engine("rolling", [H100])
+    engine = small_engine("rolling", [H100])
     apply(kubectl, namespace, engine)
     apply(kubectl, namespace, _llmd("fleet", "rolling", H100, replicas=3, pool=pool))
     _wait_ready(kubectl, namespace, "llmdeployment", "fleet")
@@ -174,7 +151,7 @@ def test_rebuild_rolls_pods_keeping_all_but_one_ready(
 
 def test_parallelism_beyond_the_gpu_types_nodes_is_reported(
         kubectl: Kubectl, namespace: str, get_llmd: Getter) -> None:
-    apply(kubectl, namespace, _engine("wide", [L40S], parallelism={"tensor": 8}))
+    apply(kubectl, namespace, small_engine("wide", [L40S], parallelism={"tensor": 8}))
     apply(kubectl, namespace, _llmd("wide", "wide", L40S))
 
     def mismatch() -> dict[str, Any] | None:
@@ -192,7 +169,7 @@ def test_pending_pods_surface_the_schedulers_reason(
         cluster: ClusterUnderTest, kubectl: Kubectl, namespace: str, get_llmd: Getter) -> None:
     pool = uuid.uuid4().hex[:8]
     cluster.add_nodes("h100", 1, labels={"test-pool": pool})
-    apply(kubectl, namespace, _engine("big", [H100], parallelism={"tensor": 8}))
+    apply(kubectl, namespace, small_engine("big", [H100], parallelism={"tensor": 8}))
     apply(kubectl, namespace, _llmd("two-of-eight", "big", H100, replicas=2, pool=pool))
 
     # The pod that fits becomes Ready a moment after the other is found unschedulable, so
@@ -214,7 +191,7 @@ def test_pending_pods_surface_the_schedulers_reason(
 def test_engine_in_use_cannot_be_deleted_until_its_user_goes(
         kubectl: Kubectl, namespace: str, get_engine: Getter, api_client: client.ApiClient,
         core: client.CoreV1Api) -> None:
-    apply(kubectl, namespace, _engine("precious", [H100]))
+    apply(kubectl, namespace, small_engine("precious", [H100]))
     apply(kubectl, namespace, _llmd("user", "precious", H100))
     _wait_ready(kubectl, namespace, "llmdeployment", "user")
     kubectl("delete", "llmengine", "precious", "-n", namespace, "--wait=false")
@@ -254,7 +231,7 @@ def test_engine_in_use_cannot_be_deleted_until_its_user_goes(
 def test_hand_edits_are_put_back_and_deleted_children_recreated(
         kubectl: Kubectl, namespace: str, api_client: client.ApiClient,
         core: client.CoreV1Api) -> None:
-    apply(kubectl, namespace, _engine("steady", [H100]))
+    apply(kubectl, namespace, small_engine("steady", [H100]))
     apply(kubectl, namespace, _llmd("steady", "steady", H100))
     _wait_ready(kubectl, namespace, "llmdeployment", "steady")
     apps = client.AppsV1Api(api_client)
@@ -270,7 +247,7 @@ def test_hand_edits_are_put_back_and_deleted_children_recreated(
 
 def test_kubectl_scale_reaches_the_fleet(kubectl: Kubectl, namespace: str, get_llmd: Getter,
                                          api_client: client.ApiClient) -> None:
-    apply(kubectl, namespace, _engine("scaled", [H100]))
+    apply(kubectl, namespace, small_engine("scaled", [H100]))
     apply(kubectl, namespace, _llmd("scaled", "scaled", H100))
     _wait_ready(kubectl, namespace, "llmdeployment", "scaled")
     kubectl("scale", "llmdeployment", "scaled", "-n", namespace, "--replicas=2")

@@ -12,33 +12,23 @@ from kubernetes import client
 
 from tests.conftest import ClusterUnderTest, Kubectl
 from tests.e2e.conftest import (
+    A100,
+    B200,
+    H100,
+    L40S,
     Getter,
     OperatorProcess,
     apply,
     condition,
-    load_sample,
     settle,
+    small_engine,
     targets,
 )
 from tests.support import wait_for
 from trtllm_operator import gpus
 from trtllm_operator.localcluster import stages
 
-H100 = "NVIDIA-H100-80GB-HBM3"
-L40S = "NVIDIA-L40S"
-A100 = "NVIDIA-A100-SXM4-80GB"
-B200 = "NVIDIA-B200"
-
 pytestmark = pytest.mark.usefixtures("running_operator", "gpu_fleet", "storage")
-
-
-def _engine(name: str, gpus_: list[str], **build: Any) -> dict[str, Any]:
-    """A small engine: the 8B sample with the given targets and build overrides."""
-    obj = load_sample("llmengine-llama-3-8b.yaml")
-    obj["metadata"] = {"name": name}
-    obj["spec"]["targets"] = gpus_
-    obj["spec"]["build"].update(build)
-    return obj
 
 
 def _build_jobs(batch: client.BatchV1Api, namespace: str) -> list[client.V1Job]:
@@ -60,7 +50,7 @@ def test_sample_engine_builds_once_per_gpu_type_on_that_gpu_type(
     summary = {"phase": "Built", "engineBytes": 16_061_142_016, "totalBytes": 16_078_991_360,
                "tensorrtLlmVersion": "1.2.0", "tensorrtVersion": "10.13.3.9",
                "resolvedRevision": "8afb486c1db24fe5011ec46dfbe5b5dccdb575c2"}
-    obj = _engine("llama", [H100, L40S, A100],
+    obj = small_engine("llama", [H100, L40S, A100],
                   env=[{"name": stages.MESSAGE_ENV, "value": json.dumps(summary)}])
     apply(kubectl, namespace, obj)
 
@@ -118,10 +108,10 @@ def test_sample_engine_builds_once_per_gpu_type_on_that_gpu_type(
 def test_identical_engines_share_one_build(kubectl: Kubectl, namespace: str,
                                            get_engine: Getter,
                                            api_client: client.ApiClient) -> None:
-    apply(kubectl, namespace, _engine("first", [H100]))
+    apply(kubectl, namespace, small_engine("first", [H100]))
     kubectl("wait", "-n", namespace, "--for=condition=Ready", "llmengine/first",
             "--timeout=90s")
-    apply(kubectl, namespace, _engine("second", [H100]))
+    apply(kubectl, namespace, small_engine("second", [H100]))
     kubectl("wait", "-n", namespace, "--for=condition=Ready", "llmengine/second",
             "--timeout=60s")
     batch = client.BatchV1Api(api_client)
@@ -133,7 +123,7 @@ def test_identical_engines_share_one_build(kubectl: Kubectl, namespace: str,
 def test_restarting_the_operator_mid_build_makes_no_duplicate_job(
         kubectl: Kubectl, namespace: str, get_engine: Getter, api_client: client.ApiClient,
         running_operator: OperatorProcess) -> None:
-    obj = _engine("slow", [H100], env=[{"name": stages.DURATION_ENV, "value": "8s"}])
+    obj = small_engine("slow", [H100], env=[{"name": stages.DURATION_ENV, "value": "8s"}])
     apply(kubectl, namespace, obj)
     wait_for(lambda: targets(get_engine("slow")).get(H100, {}).get("state") == "Building", 60,
              "the build to be running")
@@ -160,10 +150,10 @@ def test_failed_target_does_not_block_the_others_and_says_what_to_do(
                           "logTail": "trtllm-build: command not found"})
     # The failure is steered through spec.build.env, which reaches every target of an
     # engine; so the failing build gets an engine of its own.
-    bad = _engine("bad", [L40S], env=[{"name": stages.EXIT_CODE_ENV, "value": "3"},
+    bad = small_engine("bad", [L40S], env=[{"name": stages.EXIT_CODE_ENV, "value": "3"},
                                       {"name": stages.MESSAGE_ENV, "value": summary}])
     apply(kubectl, namespace, bad)
-    good_and_fp8_on_a100 = _engine("mixed", [H100, A100],
+    good_and_fp8_on_a100 = small_engine("mixed", [H100, A100],
                                    quantization={"format": "fp8", "kvCacheDtype": "fp8"})
     apply(kubectl, namespace, good_and_fp8_on_a100)
 
@@ -202,8 +192,8 @@ def test_unschedulable_targets_say_which_and_build_when_nodes_arrive(
         cluster: ClusterUnderTest, kubectl: Kubectl, namespace: str, get_engine: Getter,
         api_client: client.ApiClient) -> None:
     cluster.require_local()
-    apply(kubectl, namespace, _engine("nob200", [B200]))
-    apply(kubectl, namespace, _engine("toowide", [H100], parallelism={"tensor": 16}))
+    apply(kubectl, namespace, small_engine("nob200", [B200]))
+    apply(kubectl, namespace, small_engine("toowide", [H100], parallelism={"tensor": 16}))
 
     def state(name: str, gpu: str) -> tuple[str, str] | None:
         t = targets(get_engine(name)).get(gpu)
@@ -233,7 +223,7 @@ def test_auto_targets_follow_the_gpu_pools(cluster: ClusterUnderTest, kubectl: K
                                            namespace: str, get_engine: Getter) -> None:
     cluster.require_local()
     # FP8 runs on H100, L40S, H200 (>= 8.9) but not A100: auto must leave A100 out.
-    apply(kubectl, namespace, _engine("everywhere", ["auto"],
+    apply(kubectl, namespace, small_engine("everywhere", ["auto"],
                                       quantization={"format": "fp8"}))
     kubectl("wait", "-n", namespace, "--for=condition=Ready", "llmengine/everywhere",
             "--timeout=90s")
@@ -253,7 +243,8 @@ def test_auto_targets_follow_the_gpu_pools(cluster: ClusterUnderTest, kubectl: K
 def test_spec_change_rebuilds_changed_targets_and_removed_target_stops_its_job(
         kubectl: Kubectl, namespace: str, get_engine: Getter,
         api_client: client.ApiClient) -> None:
-    obj = _engine("evolving", [H100, L40S], env=[{"name": stages.DURATION_ENV, "value": "30s"}])
+    obj = small_engine("evolving", [H100, L40S],
+                       env=[{"name": stages.DURATION_ENV, "value": "30s"}])
     apply(kubectl, namespace, obj)
     wait_for(lambda: len(targets(get_engine("evolving"))) == 2
              and all(t.get("job") for t in targets(get_engine("evolving")).values()), 60,

@@ -8,9 +8,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import Kubectl
-from tests.e2e.conftest import OperatorProcess, apply, load_sample
-
-H100 = "NVIDIA-H100-80GB-HBM3"
+from tests.e2e.conftest import H100, OperatorProcess, apply, load_sample
 
 pytestmark = pytest.mark.usefixtures("gpu_fleet", "storage")
 

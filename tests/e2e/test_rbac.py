@@ -22,14 +22,12 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from tests.conftest import ROOT, ClusterUnderTest, Kubectl
-from tests.e2e.conftest import load_sample
+from tests.e2e.conftest import H100, L40S, small_engine
 from trtllm_operator.localcluster import stages
 from trtllm_operator.localcluster.binaries import BinaryBuilder
 from trtllm_operator.localcluster.cluster import static_rwx_claim
 from trtllm_operator.localcluster.operator_process import OperatorProcess
 
-H100 = "NVIDIA-H100-80GB-HBM3"
-L40S = "NVIDIA-L40S"
 HEALTHY_DEADLINE = 120.0
 BROKEN_DEADLINE = 40.0  # well under the 60 s resync: a missing watch cannot hide behind it
 
@@ -61,10 +59,7 @@ class Flow:
     def _engine(self, name: str, targets: list[str], batch: int, **build: Any) -> dict[str, Any]:
         """An engine with its own fingerprint (``batch``): env is not a build input, so
         engines differing only in SIM_* env vars would share one build."""
-        obj = load_sample("llmengine-llama-3-8b.yaml")
-        obj["metadata"] = {"name": name}
-        obj["spec"]["targets"] = targets
-        obj["spec"]["build"].update(build)
+        obj = small_engine(name, targets, **build)
         obj["spec"]["build"]["limits"]["maxBatchSize"] = batch
         return obj
 
