@@ -30,6 +30,7 @@ from trtllm_operator.api import (
 from trtllm_operator.api.deployment import DeploymentConditionType
 from trtllm_operator.api.engine import BuiltLimits
 from trtllm_operator.deployments import builders
+from trtllm_operator.status_writes import StatusWrites
 from trtllm_operator.validation import (
     ClusterFacts,
     Finding,
@@ -134,14 +135,14 @@ class DeploymentController:
     writer: Writer
     events: Callable[[Mapping[str, Any], str, str, str], None]
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
-    written: dict[Key, dict[str, Any]] = field(default_factory=dict)
-    """The status last written per object (see EngineController.written)."""
+    status_writes: StatusWrites = field(
+        default_factory=lambda: StatusWrites("LLMDeployment"))
 
     async def reconcile(self, key: Key) -> Result | None:
         body = self.view.deployment_body(key)
         if body is None:
             metrics.record_ready("LLMDeployment", key, None)
-            self.written.pop(key, None)
+            self.status_writes.forget(key)
             return None
         d = LLMDeployment.model_validate(body)
         if d.metadata.deletion_timestamp is not None:
@@ -173,12 +174,7 @@ class DeploymentController:
         metrics.record_ready("LLMDeployment", key, cond.is_true(
             status.conditions, DeploymentConditionType.READY))
         old_wire, new_wire = d.status.to_wire(), status.to_wire()
-        if new_wire != old_wire and new_wire != self.written.get(key):
-            patch: dict[str, Any] = dict(new_wire)
-            for k in old_wire:
-                patch.setdefault(k, None)
-            await self.writer.patch_status("LLMDeployment", namespace, name, patch)
-            self.written[key] = new_wire
+        if await self.status_writes.publish(self.writer, key, old_wire, new_wire):
             self._emit(body, d.status, status)
         if not cond.is_true(status.conditions, DeploymentConditionType.READY):
             return Result(requeue_after=NOT_READY_RESYNC_SECONDS)

@@ -28,6 +28,7 @@ from trtllm_operator.engines.status import (
     decide_target,
     resolve_targets,
 )
+from trtllm_operator.status_writes import StatusWrites
 from trtllm_operator.validation import ClusterFacts, Finding, Severity, validate_engine
 from trtllm_operator.workqueue import Result
 
@@ -87,16 +88,13 @@ class EngineController:
     """Build Jobs created but not yet seen in the view, with when: applying them again (and
     counting another build) until the watch catches up would be wrong. Entries expire, so a Job
     deleted before it was ever seen is still recreated."""
-    written: dict[Key, dict[str, Any]] = field(default_factory=dict)
-    """The status last written per object. A reconcile can run on a view that does not yet
-    show our own last write (events from a Job arrive before the status patch's); computing
-    the same status again then must neither re-write it nor re-announce its transitions."""
+    status_writes: StatusWrites = field(default_factory=lambda: StatusWrites("LLMEngine"))
 
     async def reconcile(self, key: Key) -> Result | None:
         body = self.view.engine(key)
         if body is None:
             metrics.record_ready("LLMEngine", key, None)
-            self.written.pop(key, None)
+            self.status_writes.forget(key)
             return None  # deleted: garbage collection removes its Jobs
         engine = LLMEngine.model_validate(body)
         namespace, name = key
@@ -157,12 +155,7 @@ class EngineController:
                                                             EngineConditionType.READY))
         old_wire = engine.status.to_wire()
         new_wire = new_status.to_wire()
-        if new_wire != old_wire and new_wire != self.written.get(key):
-            patch: dict[str, Any] = dict(new_wire)
-            for k in old_wire:
-                patch.setdefault(k, None)  # merge patch: clear what is gone
-            await self.writer.patch_status("LLMEngine", namespace, name, patch)
-            self.written[key] = new_wire
+        if await self.status_writes.publish(self.writer, key, old_wire, new_wire):
             self._emit_transitions(body, previous, statuses)
         if any(s.state in ("Building", "Pending", "Unschedulable") for s in statuses):
             return Result(requeue_after=BUILDING_RESYNC_SECONDS)

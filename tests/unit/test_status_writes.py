@@ -1,0 +1,58 @@
+"""Status writes: only on change, never the same one twice, cleared keys set to null."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from trtllm_operator.status_writes import StatusWrites
+
+KEY = ("team-a", "llama")
+
+
+class Patcher:
+    def __init__(self) -> None:
+        self.patches: list[tuple[str, str, str, dict[str, Any]]] = []
+
+    async def patch_status(self, kind: str, namespace: str, name: str,
+                           status: dict[str, Any]) -> None:
+        self.patches.append((kind, namespace, name, status))
+
+
+def publish(writes: StatusWrites, patcher: Patcher, seen: dict[str, Any],
+            wanted: dict[str, Any]) -> bool:
+    return asyncio.run(writes.publish(patcher, KEY, seen, wanted))
+
+
+def test_a_change_is_written_as_a_merge_patch_clearing_what_is_gone() -> None:
+    writes, patcher = StatusWrites("LLMEngine"), Patcher()
+    assert publish(writes, patcher, {"builtTargets": "1/2", "message": "x"},
+                   {"builtTargets": "2/2"})
+    assert patcher.patches == [("LLMEngine", "team-a", "llama",
+                                {"builtTargets": "2/2", "message": None})]
+
+
+def test_what_the_view_already_shows_is_not_written() -> None:
+    writes, patcher = StatusWrites("LLMEngine"), Patcher()
+    assert not publish(writes, patcher, {"builtTargets": "2/2"}, {"builtTargets": "2/2"})
+    assert patcher.patches == []
+
+
+def test_our_own_last_write_is_not_repeated_while_the_view_lags() -> None:
+    writes, patcher = StatusWrites("LLMDeployment"), Patcher()
+    stale = {"replicaSummary": "0/1"}
+    assert publish(writes, patcher, stale, {"replicaSummary": "1/1"})
+    assert not publish(writes, patcher, stale, {"replicaSummary": "1/1"})
+    assert len(patcher.patches) == 1
+    # Something else changed meanwhile: that is written.
+    assert publish(writes, patcher, stale, {"replicaSummary": "0/1", "gpu": "NVIDIA-L40S"})
+    assert len(patcher.patches) == 2
+
+
+def test_a_forgotten_object_starts_again_from_the_view() -> None:
+    writes, patcher = StatusWrites("LLMEngine"), Patcher()
+    assert publish(writes, patcher, {}, {"builtTargets": "1/1"})
+    writes.forget(KEY)
+    # A new object of the same name whose status is empty gets its status written.
+    assert publish(writes, patcher, {}, {"builtTargets": "1/1"})
+    assert len(patcher.patches) == 2
