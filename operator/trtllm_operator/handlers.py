@@ -18,7 +18,6 @@ Why this shape:
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import logging
 from collections.abc import Mapping
@@ -44,18 +43,15 @@ log = logging.getLogger(__name__)
 BUILD_LABELS = {labels.MANAGED_BY: labels.MANAGER, labels.COMPONENT: jobbuilder.BUILD_COMPONENT}
 SERVING_LABELS = {labels.MANAGED_BY: labels.MANAGER, labels.COMPONENT: serving.SERVING_COMPONENT}
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
+# Handlers receive a ``labels`` argument that shadows the module inside them.
+ENGINE_LABEL = labels.ENGINE
+DEPLOYMENT_LABEL = labels.DEPLOYMENT
 
 NodeFact = tuple[str, int, tuple[int, int] | None]
 """(product, allocatable nvidia.com/gpu, compute capability) of one GPU node."""
 
 
 # --------------------------------------------------------------------------- the view
-
-
-def _first(index: Any, key: Any) -> Any:
-    if index is None or key not in index:
-        return None
-    return next(iter(index[key]), None)
 
 
 class IndexView:
@@ -67,6 +63,16 @@ class IndexView:
         self._seen_nodes: dict[str, NodeFact] = {}
         self.configmaps: set[tuple[str, str]] = set()
 
+    def _all(self, index_name: str, key: Any) -> list[Any]:
+        """What one kopf index holds under ``key`` ([] before the index exists)."""
+        index = self.indexes.get(index_name)
+        if index is None or key not in index:
+            return []
+        return list(index[key])
+
+    def _first(self, index_name: str, key: Any) -> Any:
+        return next(iter(self._all(index_name, key)), None)
+
     def bind(self, kwargs: Mapping[str, Any]) -> None:
         """Take the live index objects kopf passes to every handler."""
         for name in ("engine_bodies", "engine_builds", "gpu_nodes", "build_jobs",
@@ -76,7 +82,7 @@ class IndexView:
                 self.indexes[name] = kwargs[name]
 
     def engine(self, key: Key) -> Mapping[str, Any] | None:
-        body: Mapping[str, Any] | None = _first(self.indexes.get("engine_bodies"), key)
+        body: Mapping[str, Any] | None = self._first("engine_bodies", key)
         return body
 
     def node_changed(self, name: str, fact: NodeFact | None) -> bool:
@@ -107,44 +113,30 @@ class IndexView:
         return self._facts
 
     def job(self, namespace: str, name: str) -> Mapping[str, Any] | None:
-        job: Mapping[str, Any] | None = _first(self.indexes.get("build_jobs"), (namespace, name))
+        job: Mapping[str, Any] | None = self._first("build_jobs", (namespace, name))
         return job
 
     def newest_pod(self, namespace: str, job_name: str) -> Mapping[str, Any] | None:
-        index = self.indexes.get("build_pods")
-        if index is None or (namespace, job_name) not in index:
-            return None
-        pods = list(index[(namespace, job_name)])
+        pods = self._all("build_pods", (namespace, job_name))
         return max(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "",
                    default=None)
 
     def built_elsewhere(self, namespace: str, job_name: str,
                         but_not: str) -> EngineTargetStatus | None:
-        index = self.indexes.get("engine_builds")
-        if index is None or (namespace, job_name) not in index:
-            return None
-        for engine, target in index[(namespace, job_name)]:
+        for engine, target in self._all("engine_builds", (namespace, job_name)):
             if engine != but_not and target.get("state") == "Built":
                 return EngineTargetStatus.model_validate(target)
         return None
 
     def jobs_of_engine(self, namespace: str, engine: str) -> list[str]:
-        index = self.indexes.get("engine_jobs")
-        if index is None or (namespace, engine) not in index:
-            return []
-        return list(index[(namespace, engine)])
+        return [str(job) for job in self._all("engine_jobs", (namespace, engine))]
 
     def job_wanted_by_others(self, namespace: str, job_name: str, but_not: str) -> bool:
-        index = self.indexes.get("engine_builds")
-        if index is None or (namespace, job_name) not in index:
-            return False
-        return any(engine != but_not for engine, _ in index[(namespace, job_name)])
+        return any(engine != but_not
+                   for engine, _ in self._all("engine_builds", (namespace, job_name)))
 
     def engines_using_job(self, namespace: str, job_name: str) -> set[str]:
-        index = self.indexes.get("engine_builds")
-        if index is None or (namespace, job_name) not in index:
-            return set()
-        return {engine for engine, _ in index[(namespace, job_name)]}
+        return {engine for engine, _ in self._all("engine_builds", (namespace, job_name))}
 
     def all_engine_keys(self) -> list[Key]:
         index = self.indexes.get("engine_bodies")
@@ -157,29 +149,22 @@ class IndexView:
         self.configmaps.add((namespace, name))
 
     def deployment_body(self, key: Key) -> Mapping[str, Any] | None:
-        body: Mapping[str, Any] | None = _first(self.indexes.get("deployment_bodies"), key)
+        body: Mapping[str, Any] | None = self._first("deployment_bodies", key)
         return body
 
     def deployments_using(self, namespace: str, engine: str) -> list[str]:
-        index = self.indexes.get("deployments_by_engine")
-        if index is None or (namespace, engine) not in index:
-            return []
-        return sorted(set(index[(namespace, engine)]))
+        return sorted(set(self._all("deployments_by_engine", (namespace, engine))))
 
     def all_deployment_keys(self) -> list[Key]:
         index = self.indexes.get("deployment_bodies")
         return list(index.keys()) if index is not None else []
 
     def serving_deployment(self, namespace: str, name: str) -> Mapping[str, Any] | None:
-        dep: Mapping[str, Any] | None = _first(self.indexes.get("serving_deployments"),
-                                               (namespace, name))
+        dep: Mapping[str, Any] | None = self._first("serving_deployments", (namespace, name))
         return dep
 
     def unschedulable_pod_message(self, namespace: str, name: str) -> str | None:
-        index = self.indexes.get("serving_pods")
-        if index is None or (namespace, name) not in index:
-            return None
-        messages = sorted(m for m in index[(namespace, name)] if m)
+        messages = sorted(m for m in self._all("serving_pods", (namespace, name)) if m)
         return messages[0] if messages else None
 
 
@@ -303,15 +288,20 @@ def build_jobs(namespace: str | None, name: str, body: kopf.Body,
 def engine_jobs(namespace: str | None, name: str, labels: kopf.Labels,
                 **_: Any) -> dict[tuple[str, str], str] | None:
     """Build Jobs by the LLMEngine that created them."""
-    engine = labels.get("trtllm.dev/engine")
+    engine = labels.get(ENGINE_LABEL)
     return {(namespace or "", engine): name} if engine else None
+
+
+def _job_of(pod_labels: Mapping[str, str]) -> str | None:
+    """The Job a pod belongs to (``job-name`` is the label's name before Kubernetes 1.27)."""
+    return pod_labels.get(JOB_NAME_LABEL) or pod_labels.get("job-name")
 
 
 @kopf.index("", "v1", "pods", labels=BUILD_LABELS)
 def build_pods(namespace: str | None, labels: kopf.Labels, body: kopf.Body,
                **_: Any) -> dict[tuple[str, str], Any] | None:
     """Build pods by (namespace, Job name): phase, conditions, termination messages."""
-    job = labels.get(JOB_NAME_LABEL) or labels.get("job-name")
+    job = _job_of(labels)
     if not job:
         return None
     status = body.get("status") or {}
@@ -358,15 +348,15 @@ def _enqueue_for_job(namespace: str, job_name: str, creator: str | None) -> None
 async def on_build_job(namespace: str | None, name: str, labels: kopf.Labels,
                        **kwargs: Any) -> None:
     _bind(kwargs)
-    _enqueue_for_job(namespace or "", name, labels.get("trtllm.dev/engine"))
+    _enqueue_for_job(namespace or "", name, labels.get(ENGINE_LABEL))
 
 
 @kopf.on.event("", "v1", "pods", labels=BUILD_LABELS)
 async def on_build_pod(namespace: str | None, labels: kopf.Labels, **kwargs: Any) -> None:
     _bind(kwargs)
-    job = labels.get(JOB_NAME_LABEL) or labels.get("job-name")
+    job = _job_of(labels)
     if job:
-        _enqueue_for_job(namespace or "", job, labels.get("trtllm.dev/engine"))
+        _enqueue_for_job(namespace or "", job, labels.get(ENGINE_LABEL))
 
 
 def node_fact(name: str, labels: Mapping[str, str],
@@ -440,7 +430,7 @@ def serving_deployments(namespace: str | None, name: str, body: kopf.Body,
 def serving_pods(namespace: str | None, labels: kopf.Labels, status: kopf.Status,
                  **_: Any) -> dict[Key, str | None] | None:
     """Per LLMDeployment, the scheduler's message for each pod it cannot place (else None)."""
-    owner = labels.get("trtllm.dev/deployment")
+    owner = labels.get(DEPLOYMENT_LABEL)
     if not owner:
         return None
     message = None
@@ -476,7 +466,7 @@ async def on_llm_deployment(namespace: str | None, name: str, type: str, spec: k
 async def _on_serving_child(namespace: str | None, labels: kopf.Labels,
                             kwargs: Mapping[str, Any]) -> None:
     _bind(kwargs)
-    owner = labels.get("trtllm.dev/deployment")
+    owner = labels.get(DEPLOYMENT_LABEL)
     if owner and RUNTIME.deployments is not None:
         RUNTIME.deployments.add((namespace or "", owner))
 
@@ -497,9 +487,3 @@ async def on_serving_service(namespace: str | None, labels: kopf.Labels,
 @kopf.on.event("", "v1", "pods", labels=SERVING_LABELS)
 async def on_serving_pod(namespace: str | None, labels: kopf.Labels, **kwargs: Any) -> None:
     await _on_serving_child(namespace, labels, kwargs)
-
-
-async def wait_idle() -> None:
-    """For tests: until the engine queue has nothing queued or running."""
-    if RUNTIME.engines:
-        await asyncio.wait_for(RUNTIME.engines.wait_idle(), 60)

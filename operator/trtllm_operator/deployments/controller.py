@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from trtllm_operator import conditions as cond
-from trtllm_operator import metrics
+from trtllm_operator import gpus, metrics
 from trtllm_operator.api import (
     ConditionStatus,
     EngineTargetStatus,
@@ -83,11 +83,15 @@ def choose_target(d: LLMDeployment, engine: LLMEngine | None,
         return EngineChoice(None, "False", errors[0].reason.value,
                             "; ".join(f.message for f in errors))
     by_gpu = {t.gpu: t for t in engine.status.targets}
+
+    def built(t: EngineTargetStatus) -> EngineChoice:
+        return EngineChoice(t, "True", "EngineBuilt",
+                            f"engine for {t.gpu} built ({(t.fingerprint or '')[:12]})")
+
     if d.spec.gpu is not None:
         t = by_gpu.get(d.spec.gpu)
         if t is not None and t.state == "Built":
-            return EngineChoice(t, "True", "EngineBuilt",
-                                f"engine for {t.gpu} built ({(t.fingerprint or '')[:12]})")
+            return built(t)
         state = t.state if t is not None else "Pending"
         detail = f": {t.message}" if t is not None and t.message else ""
         return EngineChoice(None, "False", f"Engine{state}",
@@ -96,10 +100,8 @@ def choose_target(d: LLMDeployment, engine: LLMEngine | None,
     order = [g for g in engine.spec.targets if g in by_gpu]
     order += [t.gpu for t in engine.status.targets if t.gpu not in order]  # auto targets
     for gpu in order:
-        t = by_gpu[gpu]
-        if t.state == "Built":
-            return EngineChoice(t, "True", "EngineBuilt",
-                                f"engine for {t.gpu} built ({(t.fingerprint or '')[:12]})")
+        if by_gpu[gpu].state == "Built":
+            return built(by_gpu[gpu])
     states = ", ".join(f"{t.gpu}: {t.state}" for t in engine.status.targets) or "no targets yet"
     return EngineChoice(None, "False", "EngineNotBuilt",
                         f"LLMEngine {ref} has no built target yet ({states}); the deployment "
@@ -108,14 +110,10 @@ def choose_target(d: LLMDeployment, engine: LLMEngine | None,
 
 def serving_for(engine: LLMEngine, target: EngineTargetStatus) -> builders.Serving:
     par = engine.spec.build.parallelism
-    spec_limits = engine.spec.build.limits
-    built = target.limits or BuiltLimits(
-        max_batch_size=spec_limits.max_batch_size if spec_limits else None,
-        max_input_len=spec_limits.max_input_len if spec_limits else None,
-        max_seq_len=spec_limits.max_seq_len if spec_limits else None,
-        max_num_tokens=spec_limits.max_num_tokens if spec_limits else None,
-        max_beam_width=spec_limits.max_beam_width if spec_limits else None,
-    )
+    # A build that reported no limits (an older summary): serve with the requested ones.
+    requested = engine.spec.build.limits
+    built = target.limits or BuiltLimits.model_validate(
+        requested.model_dump() if requested else {})
     assert target.fingerprint and target.path
     return builders.Serving(gpu=target.gpu, fingerprint=target.fingerprint, path=target.path,
                             limits=built, world_size=par.world_size, tensor=par.tensor,
@@ -246,12 +244,10 @@ class DeploymentController:
             r_msg = f"{ready}/{desired} replicas ready"
         put(DeploymentConditionType.READY, r_status, r_reason, r_msg)
 
-        template_meta = (((dep or {}).get("spec") or {}).get("template") or {}).get(
-            "metadata") or {}
-        fingerprint = (template_meta.get("annotations") or {}).get(
+        template = ((dep or {}).get("spec") or {}).get("template") or {}
+        fingerprint = ((template.get("metadata") or {}).get("annotations") or {}).get(
             builders.FINGERPRINT_ANNOTATION)
-        gpu = (((((dep or {}).get("spec") or {}).get("template") or {}).get("spec") or {})
-               .get("nodeSelector") or {}).get("nvidia.com/gpu.product")
+        gpu = ((template.get("spec") or {}).get("nodeSelector") or {}).get(gpus.PRODUCT_LABEL)
         return LLMDeploymentStatus(
             observed_generation=gen, conditions=conds,
             replicas=replicas, ready_replicas=ready,
