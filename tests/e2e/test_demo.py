@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,8 +27,8 @@ def _demo(*args: str) -> subprocess.Popen[str]:
                             text=True)
 
 
-def _own_processes() -> set[int]:
-    """Pids of control-plane binaries and operators started from this checkout's caches."""
+def _own_processes(marker: str = "trtllm-demo-") -> set[int]:
+    """Pids of processes whose command line names ``marker`` (a demo's or cluster's folder)."""
     found = set()
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -36,7 +37,7 @@ def _own_processes() -> set[int]:
             cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
         except OSError:
             continue
-        if "trtllm-demo-" in cmdline:
+        if marker in cmdline:
             found.add(int(proc.name))
     return found
 
@@ -76,5 +77,31 @@ def test_demo_tears_down_on_ctrl_c_and_sigterm(signum: signal.Signals) -> None:
     assert demo.returncode == 128 + signum, rest
     assert "torn down" in rest
     assert not _own_processes()
+    assert not _own_processes(str(kubeconfig.parent))  # the operator and the control plane
     assert not oplog.parent.exists()  # the demo's folder
     assert not kubeconfig.parent.exists()  # the cluster's own folder went with it
+
+
+def test_a_killed_demo_leaves_no_process_behind() -> None:
+    """SIGKILL allows no cleanup: the children must still go (they die with their parent)."""
+    demo = _demo("--build-seconds", "3")
+    assert demo.stdout
+    seen = []
+    for line in demo.stdout:
+        seen.append(line)
+        if "operator log:" in line:
+            break
+    kubeconfig = next(Path(line.split("=", 1)[1].strip()) for line in seen
+                      if "export KUBECONFIG=" in line)
+    oplog = Path(seen[-1].split("operator log:", 1)[1].split()[0])
+    try:
+        assert _own_processes(str(kubeconfig.parent))  # the operator and the control plane
+        demo.kill()
+        demo.communicate(timeout=30)
+        deadline = time.monotonic() + 15
+        while _own_processes(str(kubeconfig.parent)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _own_processes(str(kubeconfig.parent))
+    finally:
+        for folder in (kubeconfig.parent, oplog.parent):  # no cleanup ran; tidy up here
+            shutil.rmtree(folder, ignore_errors=True)

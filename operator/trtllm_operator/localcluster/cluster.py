@@ -97,7 +97,7 @@ class _Component:
         return "\n".join(text.splitlines()[-lines:])
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Run in the child between fork and exec: get SIGKILL when the parent dies."""
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     PR_SET_PDEATHSIG = 1
@@ -336,7 +336,7 @@ class LocalCluster:
         with comp.log_path.open("wb") as out:
             comp.proc = subprocess.Popen(
                 comp.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                cwd=self.workdir, start_new_session=True, preexec_fn=_die_with_parent,
+                cwd=self.workdir, start_new_session=True, preexec_fn=die_with_parent,
             )
         self._components.append(comp)
 

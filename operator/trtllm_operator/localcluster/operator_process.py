@@ -13,7 +13,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from trtllm_operator.localcluster.cluster import free_ports
+from trtllm_operator.localcluster.cluster import die_with_parent, free_ports
 
 
 class OperatorProcess:
@@ -36,7 +36,8 @@ class OperatorProcess:
                 [sys.executable, "-m", "trtllm_operator.cli", "run",
                  f"--kubeconfig={self.kubeconfig}", f"--health-port={self.health_port}",
                  f"--metrics-port={self.metrics_port}", *self.extra_args],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                preexec_fn=die_with_parent)  # never outlives the test or demo that started it
         deadline = time.monotonic() + timeout
         while not self.healthy():
             if time.monotonic() > deadline:
