@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 
 from trtllm_operator import trtllm_facts as facts
+from trtllm_operator.engines import jobs
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_JOBS = REPO / "build-jobs"
@@ -40,7 +41,7 @@ REFERENCE = Path(os.environ.get("TRTLLM_CLI_REFERENCE")
 
 FINGERPRINT = "3f" * 32
 H100 = "NVIDIA-H100-80GB-HBM3"
-H100_SMI = "NVIDIA H100 80GB HBM3, 9.0"
+H100_SMI = "NVIDIA H100 80GB HBM3, 9.0, 81559"
 TOKEN = "hf_FakeTokenValue0123456789abcdefXYZ"
 TOKENIZER = {
     "tokenizer.json": b'{"model": {"type": "BPE"}}',
@@ -596,7 +597,7 @@ def test_missing_trtllm_build(harness: Harness) -> None:
 
 
 def test_gpu_mismatch(harness: Harness) -> None:
-    result = harness.run(STANDIN_GPUS="NVIDIA L40S, 8.9")
+    result = harness.run(STANDIN_GPUS="NVIDIA L40S, 8.9, 46068")
 
     assert_failed(result, "GpuMismatch", 4)
     assert "NVIDIA-L40S" in result.summary["message"]
@@ -616,7 +617,7 @@ def test_quantization_format_the_gpu_cannot_run(harness: Harness) -> None:
     a100 = "NVIDIA-A100-SXM4-80GB"
     spec = harness.spec(gpuProduct=a100, quantization={"format": "fp8"})
 
-    result = harness.run(spec, STANDIN_GPUS="NVIDIA A100-SXM4-80GB, 8.0")
+    result = harness.run(spec, STANDIN_GPUS="NVIDIA A100-SXM4-80GB, 8.0, 81920")
 
     assert_failed(result, "InvalidSpec", 2)
     assert "quantization.format" in result.summary["message"]
@@ -763,10 +764,15 @@ def test_fit_summary_trims_tail_then_message_and_stays_valid_json() -> None:
 def test_exit_codes_are_one_map() -> None:
     assert {r.value: job.exit_code(r) for r in job.EXIT_CODES} == {
         "InvalidSpec": 2, "TrtllmBuildMissing": 3, "GpuMismatch": 4, "DiskFull": 5,
-        "ModelNotFound": 6}
+        "ModelNotFound": 6, "ModelDoesNotFit": 7}
     assert job.exit_code(None) == 0
     assert job.exit_code(job.Reason.BUILD_FAILED) == 1
     assert all(re.fullmatch(r"[A-Z][A-Za-z]+", r.value) for r in job.Reason)
+
+
+def test_the_jobs_pod_failure_policy_knows_every_permanent_exit_code() -> None:
+    # The Job fails at once (no retry) exactly on the codes the entrypoint calls permanent.
+    assert sorted(jobs.PERMANENT_EXIT_CODES) == sorted(job.EXIT_CODES.values())
 
 
 # --------------------------------------------------------------------------- GPU names

@@ -29,8 +29,9 @@ CONTAINER: Final = "build"
 BUILD_COMPONENT: Final = "engine-build"
 
 # Exit codes of the entrypoint that no retry can fix (bad spec, no trtllm-build in the image,
-# wrong GPU, full disk, missing checkpoint): fail the Job at once instead of retrying.
-PERMANENT_EXIT_CODES: Final = (2, 3, 4, 5, 6)
+# wrong GPU, full disk, missing checkpoint, a model too big for the GPU): fail the Job at once
+# instead of retrying. The entrypoint's EXIT_CODES; a unit test keeps the two equal.
+PERMANENT_EXIT_CODES: Final = (2, 3, 4, 5, 6, 7)
 
 
 def entrypoint_script() -> str:
