@@ -1082,7 +1082,8 @@ def fit_fixes(spec: BuildSpec, checkpoint_bytes: int, gpu_bytes: int,
     fixes = []
     pp = spec.pipeline_parallel
     tp = spec.tensor_parallel * 2
-    while tp <= MAX_SUGGESTED_TENSOR_PARALLEL:
+    # A MIG slice is one GPU to a pod: engines of several ranks cannot run on slices.
+    while tp <= MAX_SUGGESTED_TENSOR_PARALLEL and "-MIG-" not in spec.gpu_product:
         if fit_need_bytes(checkpoint_bytes, spec.weights, tp * pp) <= gpu_bytes:
             fixes.append(f"spec.build.parallelism.tensor: {tp} ({tp * pp} GPUs per engine)")
             break
