@@ -12,7 +12,8 @@ Contract with the operator (see build-jobs/README.md):
   token, if any, in env ``HF_TOKEN``. The token is never printed, logged or written: stdout and
   stderr of this process pass through a redactor, and so does every tool's output.
 - steps: validate the spec -> cache hit? -> trtllm-build present? -> the GPU the spec names?
-  -> enough disk? -> resolve the checkpoint (Hugging Face commit, or a volume folder) ->
+  -> resolve the checkpoint (Hugging Face commit and file sizes, or a volume folder) -> do its
+  weights fit the GPU's memory? -> enough disk? -> download ->
   ``convert_checkpoint.py`` or ``quantize.py`` -> ``trtllm-build`` into a staging folder ->
   copy the tokenizer -> ``build-manifest.json`` -> fsync -> rename into place.
 - output: the engine folder at ``outputDir`` (a folder without a valid manifest is never an
