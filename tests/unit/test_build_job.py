@@ -341,6 +341,25 @@ def test_tensor_and_pipeline_parallel_build_every_rank(harness: Harness) -> None
     assert manifest["gpu"]["count"] == 4
 
 
+@pytest.mark.parametrize(("visible", "workers"), [(8, "8"), (1, None)])
+def test_more_ranks_than_gpus_are_built_in_turn(harness: Harness, visible: int,
+                                                workers: str | None) -> None:
+    # tp 8 x pp 2 = 16 ranks with spec.build.gpus 8 (or 1): trtllm-build gets one worker per
+    # visible GPU and gives rank r GPU r % workers, so each GPU builds its ranks one after
+    # another; every rank's engine must still be there.
+    spec = harness.spec(tensorParallel=8, pipelineParallel=2)
+    result = harness.run(spec, STANDIN_GPUS="|".join([H100_SMI] * visible))
+
+    manifest = assert_built(harness, result)
+    build = result.argv("trtllm_build")
+    if workers is None:
+        assert "--workers" not in build  # one GPU: trtllm-build's own sequential loop
+    else:
+        assert value_of(build, "--workers") == workers
+    assert {f"rank{r}.engine" for r in range(16)} <= {f["path"] for f in manifest["files"]}
+    assert manifest["gpu"]["count"] == visible
+
+
 def test_quantized_build_runs_quantize_not_convert(harness: Harness) -> None:
     spec = harness.spec(quantization={
         "format": "fp8", "kvCacheDtype": "fp8",
