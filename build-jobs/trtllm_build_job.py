@@ -1126,6 +1126,17 @@ def weight_bytes(files: Iterable[tuple[str, int]]) -> int:
     return sum(s for _, s in (safetensors or weights))
 
 
+def hub_bytes_at_16_bits(files: Sequence[tuple[str, int]], parameters: int | None) -> int:
+    """A hub checkpoint's weights at 16 bits per parameter, before anything is downloaded: 2 x
+    the parameter count when the hub reports one; else the safetensors' bytes (published in 16
+    bits almost always); else half the pickles' bytes, since those are often float32 (gpt2-era
+    repositories) and the fit check must not refuse what could fit."""
+    if parameters:
+        return 2 * parameters
+    stored = weight_bytes(files)
+    return stored if any(n.endswith(".safetensors") for n, _ in files) else stored // 2
+
+
 def hub_ignore_patterns(filenames: Iterable[str]) -> tuple[str, ...]:
     names = list(filenames)
     if any(n.endswith(".safetensors") and not n.startswith("original/") for n in names):
@@ -1232,9 +1243,8 @@ def locate_checkpoint(spec: BuildSpec) -> Checkpoint:
         kept = [(n, s) for n, s in hub_model.files if not any(fnmatch(n, p) for p in ignore)]
         folder = spec.work_dir / "download" / model.repo.replace("/", "--")
         stored = weight_bytes(kept)
-        at_16_bits = 2 * hub_model.parameters if hub_model.parameters else stored
-        return Checkpoint(folder, hub_model.sha, sum(s for _, s in kept), stored, at_16_bits,
-                          ignore)
+        return Checkpoint(folder, hub_model.sha, sum(s for _, s in kept), stored,
+                          hub_bytes_at_16_bits(kept, hub_model.parameters), ignore)
     assert model.path is not None
     folder = model.path
     if not folder.is_dir():

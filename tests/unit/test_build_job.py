@@ -607,6 +607,15 @@ def test_unknown_gpu_memory_skips_the_check_and_says_so(harness: Harness) -> Non
     assert result.summary["checkpointBytes"] == 10_000
 
 
+def test_hub_checkpoint_size_at_16_bits_without_a_download() -> None:
+    shards = [("model-00001-of-00002.safetensors", 8_000), ("model-00002-of-00002.safetensors",
+                                                            2_000), ("config.json", 700)]
+    assert job.hub_bytes_at_16_bits(shards, 4_000) == 8_000  # the hub's count wins
+    assert job.hub_bytes_at_16_bits(shards, None) == 10_000
+    # Pickles only and no count: maybe float32, so the lower bound.
+    assert job.hub_bytes_at_16_bits([("pytorch_model.bin", 10_000)], None) == 5_000
+
+
 def test_fit_formula_and_constants_equal_the_operators() -> None:
     assert dict(job.WEIGHT_BYTES_FACTOR) == facts.WEIGHT_BYTES_FACTOR
     assert set(facts.WEIGHT_BYTES_FACTOR) == {*typing.get_args(facts.Dtype),
