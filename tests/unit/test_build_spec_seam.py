@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import typing
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
@@ -22,7 +22,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import ROOT
-from tests.unit.test_build_job import FLAG_TABLE, job
+from tests.unit.test_build_job import FLAG_TABLE, Harness, _checkpoint, job
+from tests.unit.test_build_job import harness as harness  # the fixture, re-exported
 from trtllm_operator import gpus
 from trtllm_operator import trtllm_facts as facts
 from trtllm_operator.api import LLMEngine
@@ -199,6 +200,68 @@ def test_a_volume_model_reaches_the_entrypoint_as_a_mounted_folder() -> None:
     parsed = assert_seam(LLMEngine.model_validate(body), H100, None)
     assert str(parsed.model.path) == "/models/meta-llama/Meta-Llama-3-70B-Instruct"
     assert str(parsed.output_dir).startswith("/engines/team-a/engines/")
+
+
+# --------------------------------------------------------------------------- full runs
+
+
+def _remount(spec: dict[str, Any], root: Path) -> dict[str, Any]:
+    """The pod's mounts (/engines, /scratch, /models) as folders under ``root``."""
+    def moved(path: str, mount: str, to: str) -> str:
+        return str(root / to / PurePosixPath(path).relative_to(mount))
+
+    spec = copy.deepcopy(spec)
+    spec["outputDir"] = moved(spec["outputDir"], planning.ENGINES_MOUNT, "engines")
+    spec["workDir"] = str(root / "scratch")
+    if spec["model"]["source"] == "volume":
+        spec["model"]["path"] = moved(spec["model"]["path"], planning.MODELS_MOUNT, "models")
+    return spec
+
+
+RUNS = [(sample, gpu) for sample in SAMPLES
+        for gpu in yaml.safe_load(sample.read_text())["spec"]["targets"]]
+
+
+@pytest.mark.parametrize(("sample", "gpu"), RUNS,
+                         ids=[f"{s.stem}-{g}" for s, g in RUNS])
+def test_every_sample_builds_through_the_entrypoint_and_its_tool_stand_ins(
+        harness: Harness, sample: Path, gpu: str) -> None:
+    """Not just parsed: the operator's spec runs the whole entrypoint, whose converter,
+    quantize.py and trtllm-build stand-ins refuse any flag or value the flag table lacks."""
+    engine = LLMEngine.model_validate(_with_metadata(yaml.safe_load(sample.read_text())))
+    catalog = gpus.by_product(gpu)
+    assert catalog is not None
+    plan = planning.plan_target(engine, gpu)
+    manifest = jobs.build_job(engine, plan, "cm", gpu_memory_mib=catalog.memory_mib)
+    spec = _remount(_spec_env(manifest), harness.root)
+    if spec["model"]["source"] == "volume":
+        _checkpoint(Path(spec["model"]["path"]))
+    # nvidia-smi's view of that GPU type: GFD's label is the NVML name with '-' for spaces.
+    nvml = (f"{gpu.replace('-', ' ')}, {catalog.compute_major}.{catalog.compute_minor}, "
+            f"{catalog.memory_mib}")
+
+    result = harness.run(spec, STANDIN_GPUS="|".join([nvml] * plan.build_gpus))
+
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.summary["phase"] == "Built"
+    build = by_flag(result.argv("trtllm_build"))
+    for flag, values in by_flag(expected_build_options(engine)).items():
+        assert build[flag] == values, flag
+    limits = engine.spec.build.limits
+    assert limits is not None  # every sample sets some
+    for flag, value in (("--max_batch_size", limits.max_batch_size),
+                        ("--max_input_len", limits.max_input_len),
+                        ("--max_seq_len", limits.max_seq_len),
+                        ("--max_num_tokens", limits.max_num_tokens)):
+        assert build.get(flag) == ([str(value)] if value is not None else None), flag
+    quant = engine.spec.build.quantization
+    checkpoint_tool = "quantize_py" if quant is not None else "convert_checkpoint_llama"
+    argv = by_flag(result.argv(checkpoint_tool))
+    assert argv["--tp_size"] == [str(engine.spec.build.parallelism.tensor)]
+    if quant is not None:
+        assert argv["--qformat"] == [quant.format or "full_prec"]
+    assert result.summary["fit"]["gpuMemorySource"] == "spec"
+    assert result.summary["fit"]["gpuMemoryBytes"] == catalog.memory_mib << 20
 
 
 # --------------------------------------------------------------------------- generated specs
