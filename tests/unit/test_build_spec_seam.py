@@ -171,25 +171,34 @@ def _engine(**build: Any) -> LLMEngine:
     return LLMEngine.model_validate(body)
 
 
-@pytest.mark.parametrize("build", [
-    {},
-    {"dtype": "float16", "quantization": {"format": "int4_awq", "calibration": {
-        "dataset": "wikitext", "size": 64, "batchSize": 8, "maxSeqLength": 2048}}},
-    {"quantization": {"kvCacheDtype": "int8"}},
-    {"quantization": {"format": "nvfp4", "kvCacheDtype": "fp8"}},
-    {"plugins": {"gptAttentionPlugin": "float16", "gemmPlugin": "fp8", "tokensPerBlock": 32,
-                 "fp8RowwiseGemmPlugin": "auto", "lowLatencyGemmSwigluPlugin": "fp8",
-                 "fuseFp4Quant": "enable", "ppReduceScatter": "disable"}},
-    {"extraArgs": ["--strip_plan", "--logits_dtype", "float32", "--lora_target_modules",
-                   "attn_q", "attn_k", "--max_draft_len=4", "--weight_streaming"]},
-    {"limits": {"maxBatchSize": 1, "maxSeqLen": 131072}},
-    {"limits": {"maxBatchSize": 256, "maxInputLen": 8192, "maxSeqLen": 8192,
-                "maxNumTokens": 16384, "maxBeamWidth": 4}},
-    {"parallelism": {"tensor": 8, "pipeline": 2}, "gpus": 8},
-], ids=["defaults", "int4-calibrated", "kv-only", "nvfp4", "plugins", "extra-args",
-        "some-limits", "all-limits", "tp8-pp2"])
-def test_each_kind_of_setting_reaches_the_entrypoint(build: dict[str, Any]) -> None:
-    assert_seam(_engine(**build), H100, 81559)
+B200 = "NVIDIA-B200"
+BUILDS: dict[str, tuple[dict[str, Any], str]] = {
+    "defaults": ({}, H100),
+    "int4-calibrated": ({"dtype": "float16", "quantization": {
+        "format": "int4_awq", "calibration": {"dataset": "wikitext", "size": 64,
+                                              "batchSize": 8, "maxSeqLength": 2048}}}, H100),
+    "kv-only": ({"quantization": {"kvCacheDtype": "int8"}}, H100),
+    "nvfp4": ({"quantization": {"format": "nvfp4", "kvCacheDtype": "fp8"}}, B200),
+    "plugins": ({"plugins": {
+        "gptAttentionPlugin": "float16", "gemmPlugin": "fp8", "tokensPerBlock": 32,
+        "fp8RowwiseGemmPlugin": "auto", "lowLatencyGemmSwigluPlugin": "fp8",
+        "fuseFp4Quant": "enable", "ppReduceScatter": "disable"}}, H100),
+    "extra-args": ({"extraArgs": [
+        "--strip_plan", "--logits_dtype", "float32", "--lora_target_modules", "attn_q",
+        "attn_k", "--max_draft_len=4", "--weight_streaming"]}, H100),
+    "some-limits": ({"limits": {"maxBatchSize": 1, "maxSeqLen": 131072}}, H100),
+    "all-limits": ({"limits": {"maxBatchSize": 256, "maxInputLen": 8192, "maxSeqLen": 8192,
+                               "maxNumTokens": 16384, "maxBeamWidth": 4}}, H100),
+    "tp8-pp2": ({"parallelism": {"tensor": 8, "pipeline": 2}, "gpus": 8}, H100),
+}
+
+
+@pytest.mark.parametrize("name", BUILDS)
+def test_each_kind_of_setting_reaches_the_entrypoint(name: str) -> None:
+    build, gpu = BUILDS[name]
+    catalog = gpus.by_product(gpu)
+    assert catalog is not None
+    assert_seam(_engine(**build), gpu, catalog.memory_mib)
 
 
 def test_a_volume_model_reaches_the_entrypoint_as_a_mounted_folder() -> None:
@@ -222,13 +231,9 @@ RUNS = [(sample, gpu) for sample in SAMPLES
         for gpu in yaml.safe_load(sample.read_text())["spec"]["targets"]]
 
 
-@pytest.mark.parametrize(("sample", "gpu"), RUNS,
-                         ids=[f"{s.stem}-{g}" for s, g in RUNS])
-def test_every_sample_builds_through_the_entrypoint_and_its_tool_stand_ins(
-        harness: Harness, sample: Path, gpu: str) -> None:
+def run_through(harness: Harness, engine: LLMEngine, gpu: str) -> None:
     """Not just parsed: the operator's spec runs the whole entrypoint, whose converter,
     quantize.py and trtllm-build stand-ins refuse any flag or value the flag table lacks."""
-    engine = LLMEngine.model_validate(_with_metadata(yaml.safe_load(sample.read_text())))
     catalog = gpus.by_product(gpu)
     assert catalog is not None
     plan = planning.plan_target(engine, gpu)
@@ -248,20 +253,39 @@ def test_every_sample_builds_through_the_entrypoint_and_its_tool_stand_ins(
     for flag, values in by_flag(expected_build_options(engine)).items():
         assert build[flag] == values, flag
     limits = engine.spec.build.limits
-    assert limits is not None  # every sample sets some
-    for flag, value in (("--max_batch_size", limits.max_batch_size),
-                        ("--max_input_len", limits.max_input_len),
-                        ("--max_seq_len", limits.max_seq_len),
-                        ("--max_num_tokens", limits.max_num_tokens)):
+    for flag, value in (("--max_batch_size", limits and limits.max_batch_size),
+                        ("--max_input_len", limits and limits.max_input_len),
+                        ("--max_seq_len", limits and limits.max_seq_len),
+                        ("--max_num_tokens", limits and limits.max_num_tokens),
+                        ("--max_beam_width", limits and limits.max_beam_width)):
         assert build.get(flag) == ([str(value)] if value is not None else None), flag
+    if plan.build_gpus > 1:
+        assert build["--workers"] == [str(min(plan.build_gpus, plan.world_size))]
     quant = engine.spec.build.quantization
     checkpoint_tool = "quantize_py" if quant is not None else "convert_checkpoint_llama"
     argv = by_flag(result.argv(checkpoint_tool))
     assert argv["--tp_size"] == [str(engine.spec.build.parallelism.tensor)]
+    assert argv["--pp_size"] == [str(engine.spec.build.parallelism.pipeline)]
+    assert argv["--dtype"] == [engine.spec.build.dtype]
     if quant is not None:
         assert argv["--qformat"] == [quant.format or "full_prec"]
+        assert argv.get("--kv_cache_dtype") == ([quant.kv_cache_dtype] if quant.kv_cache_dtype
+                                                else None)
     assert result.summary["fit"]["gpuMemorySource"] == "spec"
     assert result.summary["fit"]["gpuMemoryBytes"] == catalog.memory_mib << 20
+
+
+@pytest.mark.parametrize(("sample", "gpu"), RUNS, ids=[f"{s.stem}-{g}" for s, g in RUNS])
+def test_every_sample_builds_through_the_entrypoint_and_its_tool_stand_ins(
+        harness: Harness, sample: Path, gpu: str) -> None:
+    engine = LLMEngine.model_validate(_with_metadata(yaml.safe_load(sample.read_text())))
+    run_through(harness, engine, gpu)
+
+
+@pytest.mark.parametrize("name", BUILDS)
+def test_each_kind_of_setting_builds_through_the_entrypoint(harness: Harness, name: str) -> None:
+    build, gpu = BUILDS[name]
+    run_through(harness, _engine(**build), gpu)
 
 
 # --------------------------------------------------------------------------- generated specs
