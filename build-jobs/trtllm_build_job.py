@@ -12,7 +12,8 @@ Contract with the operator (see build-jobs/README.md):
   token, if any, in env ``HF_TOKEN``. The token is never printed, logged or written: stdout and
   stderr of this process pass through a redactor, and so does every tool's output.
 - steps: validate the spec -> cache hit? -> trtllm-build present? -> the GPU the spec names?
-  -> enough disk? -> resolve the checkpoint (Hugging Face commit, or a volume folder) ->
+  -> resolve the checkpoint (Hugging Face commit and file sizes, or a volume folder) -> do its
+  weights fit the GPU's memory? -> enough disk? -> download ->
   ``convert_checkpoint.py`` or ``quantize.py`` -> ``trtllm-build`` into a staging folder ->
   copy the tokenizer -> ``build-manifest.json`` -> fsync -> rename into place.
 - output: the engine folder at ``outputDir`` (a folder without a valid manifest is never an
@@ -86,6 +87,7 @@ class Reason(StrEnum):
     GPU_MISMATCH = "GpuMismatch"
     DISK_FULL = "DiskFull"
     MODEL_NOT_FOUND = "ModelNotFound"
+    MODEL_DOES_NOT_FIT = "ModelDoesNotFit"
     GPU_UNAVAILABLE = "GpuUnavailable"
     EXAMPLES_NOT_FOUND = "ExamplesNotFound"
     DOWNLOAD_FAILED = "DownloadFailed"
@@ -103,8 +105,9 @@ EXIT_CODES: Final[Mapping[Reason, int]] = {
     Reason.GPU_MISMATCH: 4,
     Reason.DISK_FULL: 5,
     Reason.MODEL_NOT_FOUND: 6,
+    Reason.MODEL_DOES_NOT_FIT: 7,
 }
-"""The one reason -> exit code map. These five cannot be fixed by retrying the same pod
+"""The one reason -> exit code map. These six cannot be fixed by retrying the same pod
 (the operator fails the Job at once on them); every other failure exits 1; success exits 0."""
 
 
@@ -170,6 +173,31 @@ BUILD_OPTIONS_REFUSED: Final[Mapping[str, str]] = {
     "--dry_run": "it makes trtllm-build write no engine",
 }
 """Real trtllm-build flags that are not the operator's to set yet make no sense in a build Job."""
+
+WEIGHT_BYTES_FACTOR: Final[Mapping[str, float]] = {
+    "auto": 1.0,
+    "float16": 1.0,
+    "bfloat16": 1.0,
+    "float32": 2.0,
+    "fp8": 0.5,
+    "int8_sq": 0.5,
+    "int8_wo": 0.5,
+    "int4_awq": 0.2578125,
+    "w4a8_awq": 0.2578125,
+    "int4_wo": 0.2578125,
+    "nvfp4": 0.28125,
+}
+"""Engine weight bytes per checkpoint byte at 16 bits per parameter, by weight format (the
+quantization format, else the dtype). Why these numbers: trtllm_facts.py."""
+FIT_HEADROOM_FRACTION: Final = 0.10
+FIT_HEADROOM_BYTES: Final = 2 << 30
+
+
+def fit_need_bytes(checkpoint_bytes: int, weights: str, world_size: int) -> int:
+    """GPU memory each of ``world_size`` GPUs needs at least: its share of the weights plus
+    headroom (the operator's formula, trtllm_facts.fit_need_bytes)."""
+    per_gpu = checkpoint_bytes * WEIGHT_BYTES_FACTOR[weights] / world_size
+    return int(per_gpu * (1 + FIT_HEADROOM_FRACTION)) + FIT_HEADROOM_BYTES
 
 
 class Flag(NamedTuple):
@@ -411,15 +439,24 @@ class BuildSpec:
     limits: Mapping[str, int]
     build_options: tuple[str, ...]
     """buildOptions rendered as trtllm-build arguments."""
+    gpu_memory_mib: int | None = None
+    """Memory of one GPU of the target type (its nvidia.com/gpu.memory label), if known."""
 
     @property
     def world_size(self) -> int:
         return self.tensor_parallel * self.pipeline_parallel
 
+    @property
+    def weights(self) -> str:
+        """The engine's weight format: the quantization format, else the dtype."""
+        quant = self.quantization
+        return quant.format if quant is not None and quant.format else self.dtype
+
 
 _FIELDS: Final = frozenset({
     "version", "fingerprint", "gpuProduct", "outputDir", "workDir", "model", "modelFamily",
     "dtype", "quantization", "tensorParallel", "pipelineParallel", "limits", "buildOptions",
+    "gpuMemoryMiB",
 })
 
 
@@ -601,6 +638,8 @@ def parse_spec(raw: Any) -> BuildSpec:
                                         default=1),
         limits=parse_limits(obj.get("limits")),
         build_options=tuple(rendered),
+        gpu_memory_mib=(None if obj.get("gpuMemoryMiB") is None
+                        else _positive_int(obj["gpuMemoryMiB"], "gpuMemoryMiB")),
     )
 
 
@@ -646,6 +685,10 @@ class Report:
     engine_bytes: int | None = None
     total_bytes: int | None = None
     limits: dict[str, Any] | None = None
+    checkpoint_bytes: int | None = None
+    """Weight bytes of the checkpoint at 16 bits per parameter (the fit check's input)."""
+    fit: dict[str, Any] | None = None
+    """The fit check's numbers, see :func:`check_fit`."""
     steps: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def fail(self, failure: BuildFailure) -> None:
@@ -666,6 +709,8 @@ class Report:
         self.engine_bytes = manifest.get("engineBytes")
         self.total_bytes = manifest.get("totalBytes")
         self.limits = manifest.get("limits")
+        self.checkpoint_bytes = manifest.get("checkpointBytes")
+        self.fit = manifest.get("fit")
 
     def summary(self) -> dict[str, Any]:
         """The termination message's fields (unknown ones left out)."""
@@ -684,6 +729,8 @@ class Report:
                     if self.gpu_name else None),
             "resolvedRevision": self.resolved_revision,
             "limits": self.limits,
+            "checkpointBytes": self.checkpoint_bytes,
+            "fit": self.fit,
             "logTail": self.log_tail,
         }
         return {k: v for k, v in fields.items() if v not in (None, "")}
@@ -801,6 +848,8 @@ class Gpu(NamedTuple):
     """NVML name, e.g. ``NVIDIA H100 80GB HBM3``."""
     compute_capability: str
     """e.g. ``9.0``."""
+    memory_mib: int | None = None
+    """Total memory (NVML), None when nvidia-smi does not say (``[N/A]``)."""
 
     @property
     def product(self) -> str:
@@ -827,7 +876,8 @@ def product_matches(actual: str, wanted: str) -> bool:
 
 def probe_gpus() -> list[Gpu]:
     """The GPUs this pod sees, from nvidia-smi."""
-    argv = ["nvidia-smi", "--query-gpu=name,compute_cap", "--format=csv,noheader"]
+    argv = ["nvidia-smi", "--query-gpu=name,compute_cap,memory.total",
+            "--format=csv,noheader,nounits"]
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
     except FileNotFoundError:
@@ -843,8 +893,9 @@ def probe_gpus() -> list[Gpu]:
     gpus = []
     for line in done.stdout.splitlines():
         if line.strip():
-            name, _, cap = line.rpartition(",")
-            gpus.append(Gpu(name.strip() or cap.strip(), cap.strip() if name else ""))
+            # The name comes first and is the only field that could hold a comma.
+            name, cap, memory = ([f.strip() for f in line.rsplit(",", 2)] + ["", ""])[:3]
+            gpus.append(Gpu(name, cap, int(memory) if memory.isdigit() else None))
     if not gpus:
         raise BuildFailure(Reason.GPU_UNAVAILABLE, "nvidia-smi lists no GPU: the build pod "
                            "needs nvidia.com/gpu resources")
@@ -981,6 +1032,76 @@ def check_disk(spec: BuildSpec, download_bytes: int, weight_bytes: int) -> str:
                      for w, n in needs.items())
 
 
+# --------------------------------------------------------------------------- memory fit
+
+MAX_SUGGESTED_TENSOR_PARALLEL: Final = 64
+
+
+def gpu_memory_mib(spec: BuildSpec, gpus: Sequence[Gpu]) -> tuple[int | None, str]:
+    """(memory of one GPU in MiB, where that came from): the spec's gpuMemoryMiB (the GPU type's
+    nvidia.com/gpu.memory label, which for a MIG slice is the slice's), else the smallest GPU
+    nvidia-smi reports, else (None, "")."""
+    if spec.gpu_memory_mib is not None:
+        return spec.gpu_memory_mib, "spec"
+    known = [g.memory_mib for g in gpus if g.memory_mib is not None]
+    if gpus and len(known) == len(gpus):
+        return min(known), "nvidia-smi"
+    return None, ""
+
+
+def check_fit(spec: BuildSpec, checkpoint_bytes: int, gpus: Sequence[Gpu],
+              report: Report) -> str:
+    """Refuse (ModelDoesNotFit) a build whose weights cannot fit the GPU memory, before any
+    download. The numbers go into the report either way; returns the step's note."""
+    memory, source = gpu_memory_mib(spec, gpus)
+    if memory is None:
+        return "GPU memory unknown (no gpuMemoryMiB, nvidia-smi gave none): not checked"
+    gpu_bytes = memory << 20
+    need = fit_need_bytes(checkpoint_bytes, spec.weights, spec.world_size)
+    report.fit = {"weights": spec.weights, "weightFactor": WEIGHT_BYTES_FACTOR[spec.weights],
+                  "worldSize": spec.world_size, "needBytesPerGpu": need,
+                  "gpuMemoryBytes": gpu_bytes, "gpuMemorySource": source, "fits": need <= gpu_bytes}
+    numbers = (f"{human_bytes(need)} per GPU (checkpoint weights {human_bytes(checkpoint_bytes)}"
+               f" at 16 bits x {WEIGHT_BYTES_FACTOR[spec.weights]:g} for {spec.weights} / "
+               f"{spec.world_size} GPU(s), + {FIT_HEADROOM_FRACTION:.0%} + "
+               f"{human_bytes(FIT_HEADROOM_BYTES)} headroom)")
+    where = ("gpuMemoryMiB, the GPU type's nvidia.com/gpu.memory label" if source == "spec"
+             else "nvidia-smi")
+    if need <= gpu_bytes:
+        return f"needs {numbers}; {spec.gpu_product} has {human_bytes(gpu_bytes)} ({where})"
+    raise BuildFailure(Reason.MODEL_DOES_NOT_FIT,
+                       f"{spec.model.describe()} does not fit {spec.gpu_product}: the engine "
+                       f"needs at least {numbers} but one GPU has {human_bytes(gpu_bytes)} "
+                       f"({where}). Fix: " + "; or ".join(fit_fixes(spec, checkpoint_bytes,
+                                                                     gpu_bytes, gpus)))
+
+
+def fit_fixes(spec: BuildSpec, checkpoint_bytes: int, gpu_bytes: int,
+              gpus: Sequence[Gpu]) -> list[str]:
+    """What would make the build fit: more tensor parallelism, a smaller weight format this GPU
+    runs, a bigger GPU type."""
+    fixes = []
+    pp = spec.pipeline_parallel
+    tp = spec.tensor_parallel * 2
+    # A MIG slice is one GPU to a pod: engines of several ranks cannot run on slices.
+    while tp <= MAX_SUGGESTED_TENSOR_PARALLEL and "-MIG-" not in spec.gpu_product:
+        if fit_need_bytes(checkpoint_bytes, spec.weights, tp * pp) <= gpu_bytes:
+            fixes.append(f"spec.build.parallelism.tensor: {tp} ({tp * pp} GPUs per engine)")
+            break
+        tp *= 2
+    sm = gpus[0].sm if gpus else None
+    formats = [f for f in QUANT_FORMATS
+               if WEIGHT_BYTES_FACTOR[f] < WEIGHT_BYTES_FACTOR[spec.weights]
+               and (sm is None or sm >= QUANT_FORMAT_MIN_SM[f])
+               and fit_need_bytes(checkpoint_bytes, f, spec.world_size) <= gpu_bytes]
+    if formats:
+        fixes.append(f"quantize the weights (spec.build.quantization.format: "
+                     f"{' or '.join(formats)})")
+    need_one = fit_need_bytes(checkpoint_bytes, spec.weights, spec.world_size)
+    fixes.append(f"build for a GPU type with at least {human_bytes(need_one)} per GPU")
+    return fixes
+
+
 # --------------------------------------------------------------------------- checkpoint
 
 
@@ -992,6 +1113,9 @@ class Checkpoint:
     resolved_revision: str | None
     download_bytes: int
     weight_bytes: int
+    """Bytes of the weight files as stored (what the disk holds)."""
+    checkpoint_bytes: int
+    """The weights at 16 bits per parameter: what the fit check's format factors apply to."""
     ignore_patterns: tuple[str, ...] = ()
 
 
@@ -1000,6 +1124,17 @@ def weight_bytes(files: Iterable[tuple[str, int]]) -> int:
     weights = [(n, s) for n, s in files if n.endswith(WEIGHT_SUFFIXES)]
     safetensors = [(n, s) for n, s in weights if n.endswith(".safetensors")]
     return sum(s for _, s in (safetensors or weights))
+
+
+def hub_bytes_at_16_bits(files: Sequence[tuple[str, int]], parameters: int | None) -> int:
+    """A hub checkpoint's weights at 16 bits per parameter, before anything is downloaded: 2 x
+    the parameter count when the hub reports one; else the safetensors' bytes (published in 16
+    bits almost always); else half the pickles' bytes, since those are often float32 (gpt2-era
+    repositories) and the fit check must not refuse what could fit."""
+    if parameters:
+        return 2 * parameters
+    stored = weight_bytes(files)
+    return stored if any(n.endswith(".safetensors") for n, _ in files) else stored // 2
 
 
 def hub_ignore_patterns(filenames: Iterable[str]) -> tuple[str, ...]:
@@ -1047,10 +1182,18 @@ def hf_token() -> str | None:
     return None
 
 
-def resolve_hub_model(repo: str, revision: str, token: str | None) -> tuple[str, list[tuple[str,
-                                                                                          int]]]:
-    """(commit sha of ``revision``, [(file, bytes)]): pinning the sha makes the download
-    consistent even if the branch moves meanwhile, and the manifest records it."""
+class HubModel(NamedTuple):
+    sha: str
+    """The commit ``revision`` resolved to: pinning it makes the download consistent even if the
+    branch moves meanwhile, and the manifest records it."""
+    files: list[tuple[str, int]]
+    """(file, bytes) of every file in the repository at that commit."""
+    parameters: int | None
+    """Parameter count of the safetensors weights, when the hub reports it."""
+
+
+def resolve_hub_model(repo: str, revision: str, token: str | None) -> HubModel:
+    """Pin ``revision`` to a commit and list the files, without downloading anything."""
     api = hub().HfApi()
     try:
         info = api.model_info(repo, revision=revision, token=token, files_metadata=True)
@@ -1066,7 +1209,13 @@ def resolve_hub_model(repo: str, revision: str, token: str | None) -> tuple[str,
                            f"{repo}@{revision}")
     files = [(str(s.rfilename), int(getattr(s, "size", None) or 0))
              for s in (getattr(info, "siblings", None) or [])]
-    return sha, files
+    # ModelInfo.safetensors.parameters: {"BF16": 8030261248, ...}, counted by the hub from the
+    # safetensors headers; absent for repositories without safetensors weights.
+    counts = getattr(getattr(info, "safetensors", None), "parameters", None)
+    parameters = None
+    if isinstance(counts, dict) and all(isinstance(n, int) for n in counts.values()):
+        parameters = sum(counts.values()) or None
+    return HubModel(sha, files, parameters)
 
 
 def download_hub_model(repo: str, sha: str, token: str | None, dest: Path,
@@ -1089,11 +1238,13 @@ def locate_checkpoint(spec: BuildSpec) -> Checkpoint:
     model = spec.model
     if model.repo is not None:
         assert model.revision is not None
-        sha, files = resolve_hub_model(model.repo, model.revision, hf_token())
-        ignore = hub_ignore_patterns(n for n, _ in files)
-        kept = [(n, s) for n, s in files if not any(fnmatch(n, p) for p in ignore)]
+        hub_model = resolve_hub_model(model.repo, model.revision, hf_token())
+        ignore = hub_ignore_patterns(n for n, _ in hub_model.files)
+        kept = [(n, s) for n, s in hub_model.files if not any(fnmatch(n, p) for p in ignore)]
         folder = spec.work_dir / "download" / model.repo.replace("/", "--")
-        return Checkpoint(folder, sha, sum(s for _, s in kept), weight_bytes(kept), ignore)
+        stored = weight_bytes(kept)
+        return Checkpoint(folder, hub_model.sha, sum(s for _, s in kept), stored,
+                          hub_bytes_at_16_bits(kept, hub_model.parameters), ignore)
     assert model.path is not None
     folder = model.path
     if not folder.is_dir():
@@ -1103,7 +1254,21 @@ def locate_checkpoint(spec: BuildSpec) -> Checkpoint:
         raise BuildFailure(Reason.MODEL_NOT_FOUND, f"{folder} has no config.json: "
                            "spec.model.volume.path must be a Hugging Face checkpoint folder")
     files = [(p.name, p.stat().st_size) for p in folder.iterdir() if p.is_file()]
-    return Checkpoint(folder, None, 0, weight_bytes(files))
+    stored = weight_bytes(files)
+    return Checkpoint(folder, None, 0, stored, stored // stored_bytes_per_16_bit(folder))
+
+
+def stored_bytes_per_16_bit(folder: Path) -> int:
+    """2 for a float32 checkpoint (config.json ``torch_dtype``, ``dtype`` in newer transformers),
+    else 1: checkpoints are published in 16 bits almost always, and guessing low keeps the fit
+    check from refusing what could fit."""
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return 1
+    if not isinstance(config, dict):
+        return 1
+    return 2 if (config.get("torch_dtype") or config.get("dtype")) == "float32" else 1
 
 
 def model_family(spec: BuildSpec, folder: Path) -> tuple[str, str]:
@@ -1328,6 +1493,8 @@ def write_manifest(spec: BuildSpec, engine_dir: Path, report: Report, *, gpus: S
         "commands": {k: [Path(a).name if i == 0 else a for i, a in enumerate(v)]
                      for k, v in commands.items()},
         "limits": report.limits,
+        "checkpointBytes": report.checkpoint_bytes,
+        "fit": report.fit,
         "tokenizerFiles": list(tokenizer),
         "engineBytes": engine_bytes,
         "totalBytes": total,
@@ -1426,14 +1593,19 @@ def preflight(spec: BuildSpec, report: Report, steps: Steps) -> tuple[str, list[
     return trtllm_build, gpus
 
 
-def fetch_checkpoint(spec: BuildSpec, report: Report, steps: Steps) -> Path:
-    """Locate the checkpoint, check disk space, then download it if it is on the hub."""
+def fetch_checkpoint(spec: BuildSpec, report: Report, steps: Steps,
+                     gpus: Sequence[Gpu]) -> Path:
+    """Locate the checkpoint, check it fits the GPU and the disk, then download it if it is on
+    the hub."""
     with steps.run("resolve") as notes:
         found = locate_checkpoint(spec)
         report.resolved_revision = found.resolved_revision
+        report.checkpoint_bytes = found.checkpoint_bytes
         notes.append(f"{spec.model.describe()}"
                      + (f" = commit {found.resolved_revision}" if found.resolved_revision else "")
                      + f", weights {human_bytes(found.weight_bytes)}")
+    with steps.run("fit") as notes:
+        notes.append(check_fit(spec, found.checkpoint_bytes, gpus, report))
     with steps.run("disk") as notes:
         spec.work_dir.mkdir(parents=True, exist_ok=True)
         notes.append(check_disk(spec, found.download_bytes, found.weight_bytes))
@@ -1517,7 +1689,7 @@ def execute(spec: BuildSpec, report: Report, steps: Steps) -> str:
 def build_and_publish(spec: BuildSpec, report: Report, steps: Steps, trtllm_build: str,
                       gpus: Sequence[Gpu]) -> str:
     """Checkpoint -> engine in staging -> tokenizer -> manifest -> rename into place."""
-    model_dir = fetch_checkpoint(spec, report, steps)
+    model_dir = fetch_checkpoint(spec, report, steps, gpus)
     checkpoint, convert_argv = make_checkpoint(spec, model_dir, steps)
     staging = staging_dir(spec.output_dir)
     try:
@@ -1558,8 +1730,9 @@ def fit_summary(fields: Mapping[str, Any], limit: int = TERMINATION_LIMIT) -> st
     def size() -> int:
         return len(json.dumps(data, ensure_ascii=False).encode())
 
-    droppable = ["limits", "gpu", "resolvedRevision", "tensorrtVersion", "tensorrtLlmVersion",
-                 "path", "totalBytes", "engineBytes", "durationSeconds"]
+    droppable = ["fit", "limits", "gpu", "resolvedRevision", "tensorrtVersion",
+                 "tensorrtLlmVersion", "path", "totalBytes", "engineBytes", "durationSeconds",
+                 "checkpointBytes"]
     while (over := size() - limit) > 0:
         tail = data.get("logTail", "")
         message = data.get("message", "")

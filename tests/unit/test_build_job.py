@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 
 from trtllm_operator import trtllm_facts as facts
+from trtllm_operator.engines import jobs
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_JOBS = REPO / "build-jobs"
@@ -40,7 +41,7 @@ REFERENCE = Path(os.environ.get("TRTLLM_CLI_REFERENCE")
 
 FINGERPRINT = "3f" * 32
 H100 = "NVIDIA-H100-80GB-HBM3"
-H100_SMI = "NVIDIA H100 80GB HBM3, 9.0"
+H100_SMI = "NVIDIA H100 80GB HBM3, 9.0, 81559"
 TOKEN = "hf_FakeTokenValue0123456789abcdefXYZ"
 TOKENIZER = {
     "tokenizer.json": b'{"model": {"type": "BPE"}}',
@@ -340,6 +341,25 @@ def test_tensor_and_pipeline_parallel_build_every_rank(harness: Harness) -> None
     assert manifest["gpu"]["count"] == 4
 
 
+@pytest.mark.parametrize(("visible", "workers"), [(8, "8"), (1, None)])
+def test_more_ranks_than_gpus_are_built_in_turn(harness: Harness, visible: int,
+                                                workers: str | None) -> None:
+    # tp 8 x pp 2 = 16 ranks with spec.build.gpus 8 (or 1): trtllm-build gets one worker per
+    # visible GPU and gives rank r GPU r % workers, so each GPU builds its ranks one after
+    # another; every rank's engine must still be there.
+    spec = harness.spec(tensorParallel=8, pipelineParallel=2)
+    result = harness.run(spec, STANDIN_GPUS="|".join([H100_SMI] * visible))
+
+    manifest = assert_built(harness, result)
+    build = result.argv("trtllm_build")
+    if workers is None:
+        assert "--workers" not in build  # one GPU: trtllm-build's own sequential loop
+    else:
+        assert value_of(build, "--workers") == workers
+    assert {f"rank{r}.engine" for r in range(16)} <= {f["path"] for f in manifest["files"]}
+    assert manifest["gpu"]["count"] == visible
+
+
 def test_quantized_build_runs_quantize_not_convert(harness: Harness) -> None:
     spec = harness.spec(quantization={
         "format": "fp8", "kvCacheDtype": "fp8",
@@ -451,6 +471,171 @@ def test_hub_ignore_patterns_skip_duplicates_only_when_safetensors_exist() -> No
     assert "original/*" in without
     assert job.weight_bytes([("a.safetensors", 5), ("b.bin", 7), ("c.json", 1)]) == 5
     assert job.weight_bytes([("b.bin", 7), ("c.json", 1)]) == 7
+
+
+# --------------------------------------------------------------------------- memory fit
+
+MIG_1G5 = "NVIDIA-A100-SXM4-40GB-MIG-1g.5gb"
+A100_40_SMI = "NVIDIA A100-SXM4-40GB, 8.0, 40960"
+HUB_MODEL = {"source": "huggingFace", "repo": "meta-llama/Llama-3.1-8B", "revision": "main"}
+
+
+def _hub_calls(h: Harness) -> list[str]:
+    log = h.root / "hub.jsonl"
+    return [json.loads(line)["call"] for line in log.read_text().splitlines()] if log.exists() \
+        else []
+
+
+def test_a_hub_model_too_big_for_the_gpu_fails_before_any_download(harness: Harness) -> None:
+    # An 8B bf16 checkpoint (two 8 GB shards as the hub lists them) for a MIG slice of 4864 MiB:
+    # the label-derived gpuMemoryMiB wins over nvidia-smi, which sees the whole 40 GB GPU.
+    spec = harness.spec(model=HUB_MODEL, modelFamily=None, gpuProduct=MIG_1G5,
+                        gpuMemoryMiB=4864)
+    result = harness.run(spec, STANDIN_GPUS=A100_40_SMI,
+                         FAKE_HF_LISTED_SHARD_BYTES=str(8_000_000_000))
+
+    assert_failed(result, "ModelDoesNotFit", 7)
+    assert _hub_calls(harness) == ["model_info"]  # listed, never downloaded
+    assert not (harness.root / "scratch" / "download").exists()
+    assert [i["tool"] for i in result.invocations] == ["nvidia_smi"]  # no converter, no build
+    assert not harness.output_dir.exists()
+    assert harness.siblings() == []
+    checkpoint = 16_000_000_000
+    need = facts.fit_need_bytes(checkpoint, "bfloat16", 1)
+    assert result.summary["checkpointBytes"] == checkpoint
+    assert result.summary["fit"] == {
+        "weights": "bfloat16", "weightFactor": 1.0, "worldSize": 1, "needBytesPerGpu": need,
+        "gpuMemoryBytes": 4864 << 20, "gpuMemorySource": "spec", "fits": False}
+    message = result.summary["message"]
+    assert f"does not fit {MIG_1G5}" in message
+    assert "4.8 GiB" in message  # what one GPU has
+    assert job.human_bytes(need) in message  # what the engine needs
+    assert "nvidia.com/gpu.memory" in message
+    # The fixes, with numbers: no 8- or 4-bit format fits 4.75 GiB; a bigger GPU does; more
+    # tensor parallelism is no fix on MIG slices (one slice per pod).
+    assert "spec.build.parallelism" not in message
+    assert "quantize" not in message
+    assert f"at least {job.human_bytes(need)} per GPU" in message
+    assert re.search(r"step fit: FAILED", result.stdout)
+
+
+def test_a_volume_model_is_checked_against_the_gpu_nvidia_smi_reports(harness: Harness) -> None:
+    # A 70B bf16 checkpoint (140 GB, a sparse file) on one 80 GB H100; the spec names no memory.
+    os.truncate(harness.model / "model.safetensors", 140_000_000_000)
+
+    result = harness.run(harness.spec())
+
+    assert_failed(result, "ModelDoesNotFit", 7)
+    assert result.summary["fit"]["gpuMemorySource"] == "nvidia-smi"
+    assert result.summary["fit"]["gpuMemoryBytes"] == 81559 << 20
+    message = result.summary["message"]
+    assert "(nvidia-smi)" in message
+    assert "spec.build.parallelism.tensor: 2 (2 GPUs per engine)" in message
+    # H100 is compute 9.0: fp8 and the 4-bit formats fit and run there, nvfp4 (10.0) does not.
+    assert "spec.build.quantization.format: fp8 or int8_sq or int4_awq" in message
+    assert "nvfp4" not in message
+    assert result.calls("convert_checkpoint_llama") == []
+
+
+def test_the_same_model_fits_with_enough_tensor_parallelism(harness: Harness) -> None:
+    os.truncate(harness.model / "model.safetensors", 140_000_000_000)
+    spec = harness.spec(tensorParallel=2, gpuMemoryMiB=81559)
+
+    result = harness.run(spec, STANDIN_GPUS="|".join([H100_SMI] * 2),
+                         TRTLLM_BUILD_FREE_BYTES=str(10**13))
+
+    manifest = assert_built(harness, result)
+    fit = {"weights": "bfloat16", "weightFactor": 1.0, "worldSize": 2,
+           "needBytesPerGpu": facts.fit_need_bytes(140_000_000_000, "bfloat16", 2),
+           "gpuMemoryBytes": 81559 << 20, "gpuMemorySource": "spec", "fits": True}
+    assert result.summary["fit"] == manifest["fit"] == fit
+    assert result.summary["checkpointBytes"] == manifest["checkpointBytes"] == 140_000_000_000
+    assert re.search(r"step fit: done in \d+\.\ds -- needs .* per GPU", result.stdout)
+
+
+@pytest.mark.parametrize(("parameters", "checkpoint"), [
+    (None, 4096 + 2048),  # the listed safetensors shards
+    ("F32=1000,I64=24", 2048),  # what the hub counted, at 2 bytes per parameter
+])
+def test_a_fitting_hub_model_is_built_and_reports_its_checkpoint_size(
+        harness: Harness, parameters: str | None, checkpoint: int) -> None:
+    spec = harness.spec(model=HUB_MODEL, modelFamily=None, gpuMemoryMiB=81559)
+    env = {"FAKE_HF_PARAMETERS": parameters} if parameters else {}
+
+    result = harness.run(spec, **env)
+
+    manifest = assert_built(harness, result)
+    assert _hub_calls(harness) == ["model_info", "snapshot_download"]
+    assert result.summary["checkpointBytes"] == manifest["checkpointBytes"] == checkpoint
+    assert result.summary["fit"]["fits"] is True
+    assert result.summary["fit"]["needBytesPerGpu"] == facts.fit_need_bytes(checkpoint,
+                                                                            "bfloat16", 1)
+
+
+def test_a_float32_volume_checkpoint_is_sized_at_16_bits(harness: Harness) -> None:
+    # 7.5B parameters stored in float32 (30 GB) on a 24 GB GPU: as bf16 weights they take
+    # 15 GB and fit; taking the stored bytes as 16-bit weights would wrongly refuse the build.
+    config = json.loads((harness.model / "config.json").read_text())
+    (harness.model / "config.json").write_text(json.dumps(config | {"torch_dtype": "float32"}))
+    os.truncate(harness.model / "model.safetensors", 30_000_000_000)
+
+    result = harness.run(harness.spec(gpuMemoryMiB=23034), TRTLLM_BUILD_FREE_BYTES=str(10**13))
+
+    assert_built(harness, result)
+    assert result.summary["checkpointBytes"] == 15_000_000_000
+    assert facts.fit_need_bytes(30_000_000_000, "bfloat16", 1) > 23034 << 20
+
+
+def test_quantization_shrinks_the_weights_the_fit_check_counts(harness: Harness) -> None:
+    os.truncate(harness.model / "model.safetensors", 140_000_000_000)
+    spec = harness.spec(quantization={"format": "int4_awq"}, gpuMemoryMiB=81559)
+
+    result = harness.run(spec, TRTLLM_BUILD_FREE_BYTES=str(10**13))
+
+    assert_built(harness, result)
+    assert result.summary["fit"]["weights"] == "int4_awq"
+    assert result.summary["fit"]["needBytesPerGpu"] == facts.fit_need_bytes(
+        140_000_000_000, "int4_awq", 1)
+
+
+def test_unknown_gpu_memory_skips_the_check_and_says_so(harness: Harness) -> None:
+    result = harness.run(harness.spec(), STANDIN_GPUS="NVIDIA H100 80GB HBM3, 9.0, [N/A]")
+
+    assert_built(harness, result)
+    assert "fit" not in result.summary
+    assert "GPU memory unknown" in result.stdout
+    assert result.summary["checkpointBytes"] == 10_000
+
+
+def test_hub_checkpoint_size_at_16_bits_without_a_download() -> None:
+    shards = [("model-00001-of-00002.safetensors", 8_000), ("model-00002-of-00002.safetensors",
+                                                            2_000), ("config.json", 700)]
+    assert job.hub_bytes_at_16_bits(shards, 4_000) == 8_000  # the hub's count wins
+    assert job.hub_bytes_at_16_bits(shards, None) == 10_000
+    # Pickles only and no count: maybe float32, so the lower bound.
+    assert job.hub_bytes_at_16_bits([("pytorch_model.bin", 10_000)], None) == 5_000
+
+
+def test_fit_formula_and_constants_equal_the_operators() -> None:
+    assert dict(job.WEIGHT_BYTES_FACTOR) == facts.WEIGHT_BYTES_FACTOR
+    assert set(facts.WEIGHT_BYTES_FACTOR) == {*typing.get_args(facts.Dtype),
+                                              *typing.get_args(facts.QuantFormat)}
+    assert job.FIT_HEADROOM_FRACTION == facts.FIT_HEADROOM_FRACTION
+    assert job.FIT_HEADROOM_BYTES == facts.FIT_HEADROOM_BYTES
+    for weights in facts.WEIGHT_BYTES_FACTOR:
+        for size in (0, 1, 6144, 16_060_522_496, 140_000_000_000, 810_000_000_000):
+            for world in (1, 2, 3, 8, 16):
+                assert job.fit_need_bytes(size, weights, world) == facts.fit_need_bytes(
+                    size, weights, world), (weights, size, world)
+
+
+def test_fit_need_is_weights_share_plus_headroom() -> None:
+    gib = 1 << 30
+    # 8B bf16 (16 GB): 17.6 GB + 2 GiB on one GPU; fp8 halves the weights; tp=2 halves again.
+    assert facts.fit_need_bytes(16_000_000_000, "bfloat16", 1) == 17_600_000_000 + 2 * gib
+    assert facts.fit_need_bytes(16_000_000_000, "fp8", 1) == 8_800_000_000 + 2 * gib
+    assert facts.fit_need_bytes(16_000_000_000, "fp8", 2) == 4_400_000_000 + 2 * gib
+    assert facts.fit_need_bytes(16_000_000_000, "float32", 1) == 35_200_000_000 + 2 * gib
 
 
 # --------------------------------------------------------------------------- cache and publish
@@ -596,7 +781,7 @@ def test_missing_trtllm_build(harness: Harness) -> None:
 
 
 def test_gpu_mismatch(harness: Harness) -> None:
-    result = harness.run(STANDIN_GPUS="NVIDIA L40S, 8.9")
+    result = harness.run(STANDIN_GPUS="NVIDIA L40S, 8.9, 46068")
 
     assert_failed(result, "GpuMismatch", 4)
     assert "NVIDIA-L40S" in result.summary["message"]
@@ -616,7 +801,7 @@ def test_quantization_format_the_gpu_cannot_run(harness: Harness) -> None:
     a100 = "NVIDIA-A100-SXM4-80GB"
     spec = harness.spec(gpuProduct=a100, quantization={"format": "fp8"})
 
-    result = harness.run(spec, STANDIN_GPUS="NVIDIA A100-SXM4-80GB, 8.0")
+    result = harness.run(spec, STANDIN_GPUS="NVIDIA A100-SXM4-80GB, 8.0, 81920")
 
     assert_failed(result, "InvalidSpec", 2)
     assert "quantization.format" in result.summary["message"]
@@ -701,6 +886,8 @@ def test_unknown_model_family_lists_the_known_ones(harness: Harness) -> None:
     ({"model": {"source": "volume", "path": "models/x"}}, "model.path"),
     ({"outputDir": "engines/x"}, "outputDir"),
     ({"version": 2}, "version"),
+    ({"gpuMemoryMiB": 0}, "gpuMemoryMiB"),
+    ({"gpuMemoryMiB": "80GB"}, "gpuMemoryMiB"),
     ({"surprise": True}, "surprise"),
 ])
 def test_invalid_spec_names_the_field(harness: Harness, change: dict[str, Any],
@@ -763,10 +950,15 @@ def test_fit_summary_trims_tail_then_message_and_stays_valid_json() -> None:
 def test_exit_codes_are_one_map() -> None:
     assert {r.value: job.exit_code(r) for r in job.EXIT_CODES} == {
         "InvalidSpec": 2, "TrtllmBuildMissing": 3, "GpuMismatch": 4, "DiskFull": 5,
-        "ModelNotFound": 6}
+        "ModelNotFound": 6, "ModelDoesNotFit": 7}
     assert job.exit_code(None) == 0
     assert job.exit_code(job.Reason.BUILD_FAILED) == 1
     assert all(re.fullmatch(r"[A-Z][A-Za-z]+", r.value) for r in job.Reason)
+
+
+def test_the_jobs_pod_failure_policy_knows_every_permanent_exit_code() -> None:
+    # The Job fails at once (no retry) exactly on the codes the entrypoint calls permanent.
+    assert sorted(jobs.PERMANENT_EXIT_CODES) == sorted(job.EXIT_CODES.values())
 
 
 # --------------------------------------------------------------------------- GPU names

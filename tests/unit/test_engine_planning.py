@@ -96,7 +96,9 @@ def test_build_job_spec_carries_every_input_and_no_secret() -> None:
                    "maxNumTokens": 8192, "maxBeamWidth": None},
         "buildOptions": {"gemm_plugin": "auto", "use_paged_context_fmha": "enable",
                          "multiple_profiles": "enable"},
+        "gpuMemoryMiB": None,
     }
+    assert planning.build_job_spec(engine, plan, 81559)["gpuMemoryMiB"] == 81559
     dumped = json.dumps(spec)
     assert "hf-token" not in dumped  # not even the Secret's name: it reaches the pod as a ref
     assert "HF_TOKEN" not in dumped
@@ -144,7 +146,7 @@ def test_build_job_manifest() -> None:
     spec = job["spec"]
     assert spec["backoffLimit"] == 1
     assert "ttlSecondsAfterFinished" not in spec  # the result must outlive its recording
-    assert spec["podFailurePolicy"]["rules"][0]["onExitCodes"]["values"] == [2, 3, 4, 5, 6]
+    assert spec["podFailurePolicy"]["rules"][0]["onExitCodes"]["values"] == [2, 3, 4, 5, 6, 7]
 
 
 def test_volume_model_is_mounted_read_only() -> None:

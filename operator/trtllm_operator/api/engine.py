@@ -263,7 +263,13 @@ class BuildSpec(SpecModel):
         Field(max_length=32, json_schema_extra=validations(no_operator_flags_rule(
             "spec.build.extraArgs", facts.BUILD_FLAGS_SET_BY_OPERATOR,
             "spec.build.limits, spec.build.parallelism or spec.build.plugins",
-            typed_flags=tuple(f"--{name}" for name in BuildPlugins.model_fields)))),
+            typed_flags=tuple(f"--{name}" for name in BuildPlugins.model_fields)),
+            # The build Job passes these on as flag -> values, so a value before any flag
+            # belongs to nothing and would be lost without a word.
+            cel("size(self) == 0 || self[0].startsWith('--')",
+                "spec.build.extraArgs must begin with a flag: each value belongs to the --flag "
+                "before it; write e.g. [\"--strip_plan\"] or [\"--logits_dtype\", \"float32\"]"),
+        )),
     ] = ()
     """More trtllm-build arguments, one per entry, e.g. ["--strip_plan"] or
     ["--logits_dtype", "float32"]."""

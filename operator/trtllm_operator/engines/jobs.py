@@ -29,8 +29,9 @@ CONTAINER: Final = "build"
 BUILD_COMPONENT: Final = "engine-build"
 
 # Exit codes of the entrypoint that no retry can fix (bad spec, no trtllm-build in the image,
-# wrong GPU, full disk, missing checkpoint): fail the Job at once instead of retrying.
-PERMANENT_EXIT_CODES: Final = (2, 3, 4, 5, 6)
+# wrong GPU, full disk, missing checkpoint, a model too big for the GPU): fail the Job at once
+# instead of retrying. The entrypoint's EXIT_CODES; a unit test keeps the two equal.
+PERMANENT_EXIT_CODES: Final = (2, 3, 4, 5, 6, 7)
 
 
 def entrypoint_script() -> str:
@@ -78,7 +79,8 @@ def job_labels(engine: LLMEngine, plan: TargetPlan) -> dict[str, str]:
 
 
 def build_job(engine: LLMEngine, plan: TargetPlan, script_configmap: str,
-              active_deadline_seconds: int = 6 * 3600) -> dict[str, Any]:
+              active_deadline_seconds: int = 6 * 3600,
+              gpu_memory_mib: int | None = None) -> dict[str, Any]:
     """The Job that builds ``plan`` on a node of its GPU type.
 
     - ``nodeSelector`` pins the GPU product: an engine only loads on the GPU it was built on;
@@ -93,8 +95,8 @@ def build_job(engine: LLMEngine, plan: TargetPlan, script_configmap: str,
     name = plan.job_name
     lbl = job_labels(engine, plan)
     env: list[dict[str, Any]] = [
-        {"name": "TRTLLM_BUILD_SPEC", "value": json.dumps(build_job_spec(engine, plan),
-                                                          sort_keys=True)},
+        {"name": "TRTLLM_BUILD_SPEC", "value": json.dumps(
+            build_job_spec(engine, plan, gpu_memory_mib), sort_keys=True)},
         {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "HF_HOME", "value": f"{SCRATCH_MOUNT}/huggingface"},

@@ -157,10 +157,14 @@ def extra_args_as_options(args: tuple[str, ...]) -> dict[str, str | bool | list[
     return options
 
 
-def build_job_spec(engine: LLMEngine, plan: TargetPlan) -> dict[str, Any]:
+def build_job_spec(engine: LLMEngine, plan: TargetPlan,
+                   gpu_memory_mib: int | None = None) -> dict[str, Any]:
     """The build-spec JSON the build-job entrypoint (build-jobs/) reads from TRTLLM_BUILD_SPEC.
 
-    No secret ever goes in here: the Hugging Face token reaches the pod as a secretKeyRef.
+    ``gpu_memory_mib`` is the target GPU type's nvidia.com/gpu.memory label (None when unknown):
+    the entrypoint refuses, before downloading, a model whose weights cannot fit it. It is not a
+    fingerprint input: it does not change the engine's bytes. No secret ever goes in here: the
+    Hugging Face token reaches the pod as a secretKeyRef.
     """
     spec = engine.spec
     build = spec.build
@@ -200,4 +204,5 @@ def build_job_spec(engine: LLMEngine, plan: TargetPlan) -> dict[str, Any]:
             "maxBeamWidth": limits.max_beam_width if limits else None,
         },
         "buildOptions": options,
+        "gpuMemoryMiB": gpu_memory_mib,
     }

@@ -2,9 +2,13 @@
 tests of the Hugging Face path never touch the network.
 
 FAKE_HF_MODE: ok (default) | missing (RepositoryNotFoundError) | gated (GatedRepoError) |
-offline (a connection error). Calls are appended to FAKE_HF_LOG as JSON lines; whether the
-token matched FAKE_HF_EXPECTED_TOKEN is recorded, never the token itself. Like a careless
-library, the fake does print the token and put it in error messages: the build job must redact.
+offline (a connection error). FAKE_HF_LISTED_SHARD_BYTES makes the listing claim that size for
+each safetensors shard (a big model without big files; downloads still write the small
+contents), FAKE_HF_PARAMETERS ("BF16=8030261248,F32=1") is what the hub reports in
+ModelInfo.safetensors.parameters (absent when unset, as for a repo without safetensors).
+Calls are appended to FAKE_HF_LOG as JSON lines; whether the token matched
+FAKE_HF_EXPECTED_TOKEN is recorded, never the token itself. Like a careless library, the fake
+does print the token and put it in error messages: the build job must redact.
 """
 
 from __future__ import annotations
@@ -81,9 +85,23 @@ class HfApi:
                 files_metadata=files_metadata)
         _fail_if_asked(repo_id, token)
         print(f"fake hub: request authorized with {token}", file=sys.stderr)
-        siblings = [SimpleNamespace(rfilename=name, size=len(data) if files_metadata else None)
+        shard = os.environ.get("FAKE_HF_LISTED_SHARD_BYTES")
+
+        def size(name: str, data: bytes) -> int | None:
+            if not files_metadata:
+                return None
+            if shard and name.endswith(".safetensors") and not name.startswith("original/"):
+                return int(shard)
+            return len(data)
+
+        siblings = [SimpleNamespace(rfilename=name, size=size(name, data))
                     for name, data in FILES.items()]
-        return SimpleNamespace(id=repo_id, sha=SHA, siblings=siblings)
+        safetensors = None
+        if params := os.environ.get("FAKE_HF_PARAMETERS"):
+            counts = dict(item.split("=") for item in params.split(","))
+            safetensors = SimpleNamespace(parameters={k: int(v) for k, v in counts.items()},
+                                          total=sum(int(v) for v in counts.values()))
+        return SimpleNamespace(id=repo_id, sha=SHA, siblings=siblings, safetensors=safetensors)
 
 
 def snapshot_download(repo_id: str, *, revision: str | None = None, token: str | None = None,
