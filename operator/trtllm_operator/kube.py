@@ -1,6 +1,7 @@
 """The operator's one door to the Kubernetes API for writes (and the rare direct read).
 
 Reads of cluster facts come from kopf's watches kept in memory; this module only writes:
+build Jobs and the script ConfigMap by create (they never change once made), other
 children by server-side apply under one field manager, status through the status subresource
 (merge patch, and only when it differs), deletions. The client is lightkube's async client, so
 no call blocks kopf's event loop.
@@ -87,14 +88,17 @@ class Kube:
         return result
 
     @_counted("create")
-    async def create_if_absent(self, manifest: dict[str, Any]) -> None:
-        """Create an object that never changes once made (an immutable ConfigMap); one that
-        already exists is success. Needs only the create verb."""
+    async def create_if_absent(self, manifest: dict[str, Any]) -> bool:
+        """Create an object that never changes once made (a build Job, an immutable
+        ConfigMap): True if this call created it (201), False if it already existed (409).
+        Needs only the create verb."""
         try:
             await self.client.create(codecs.from_dict(manifest))
         except ApiError as exc:
             if exc.status.code != 409:
                 raise
+            return False
+        return True
 
     @_counted("patch_status")
     async def patch_status(self, kind: str, namespace: str, name: str,

@@ -41,7 +41,7 @@ NAMESPACED_RULES = expand([
     (["trtllm.dev"], ["llmengines"], ["list", "watch", "patch"]),
     (["trtllm.dev"], ["llmengines/status", "llmdeployments/status"], ["patch"]),
     (["trtllm.dev"], ["llmdeployments"], ["list", "watch"]),
-    (["batch"], ["jobs"], ["list", "watch", "create", "patch", "delete"]),
+    (["batch"], ["jobs"], ["list", "watch", "create", "delete"]),
     ([""], ["pods"], ["list", "watch"]),
     ([""], ["configmaps"], ["create"]),
     (["apps"], ["deployments"], ["list", "watch", "create", "patch"]),

@@ -58,17 +58,21 @@ class FakeView:
 
 
 class FakeWriter:
+    """Writes into memory; create answers like the API server (False = 409 AlreadyExists)."""
+
     def __init__(self) -> None:
-        self.applied: list[dict[str, Any]] = []
+        self.applied: list[dict[str, Any]] = []  # every create that made an object
+        self.existing: set[tuple[str, str]] = set()
         self.status_patches: list[dict[str, Any]] = []
         self.finalizers: list[list[str]] = []
 
-    async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+    async def create_if_absent(self, manifest: dict[str, Any]) -> bool:
+        key = (manifest["kind"], manifest["metadata"]["name"])
+        if key in self.existing:
+            return False
+        self.existing.add(key)
         self.applied.append(manifest)
-        return manifest
-
-    async def create_if_absent(self, manifest: dict[str, Any]) -> None:
-        self.applied.append(manifest)
+        return True
 
     async def patch_status(self, kind: str, namespace: str, name: str,
                            status: dict[str, Any]) -> None:
@@ -127,3 +131,21 @@ def test_reconciling_an_up_to_date_object_writes_nothing() -> None:
     settled = (len(writer.applied), len(writer.status_patches))
     asyncio.run(fresh.reconcile(KEY))
     assert (len(writer.applied), len(writer.status_patches)) == settled
+
+
+def test_engines_sharing_a_fingerprint_create_one_job_and_count_one_build() -> None:
+    from trtllm_operator import metrics
+
+    controller, view, writer, _events = _setup()
+    twin_body = copy.deepcopy(view.body)
+    twin_body["metadata"] |= {"name": "llama-twin", "uid": "u2"}
+    twin = EngineController(view=FakeView(twin_body), writer=writer, job_resource=None,
+                            script="print()", events=controller.events, clock=controller.clock)
+    started = metrics.BUILDS_STARTED.labels(H100)
+    before = started._value.get()
+    asyncio.run(controller.reconcile(KEY))
+    asyncio.run(twin.reconcile(("ml", "llama-twin")))
+    asyncio.run(controller.reconcile(KEY))  # the watch has not shown the Job yet: 409 again
+    jobs = [a for a in writer.applied if a["kind"] == "Job"]
+    assert len(jobs) == 1
+    assert started._value.get() - before == 1

@@ -100,7 +100,7 @@ removed targets, status and finalizer patches, and Events.
   verbs: ["list", "watch"]
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["create", "patch"]
+  verbs: ["create"]
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["delete"]

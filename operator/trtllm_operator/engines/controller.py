@@ -9,7 +9,6 @@ when the status differs from what is stored.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -39,15 +38,13 @@ Key = tuple[str, str]  # (namespace, name)
 # While a build runs, look again this often even without events (a safety net only: Job and
 # pod events drive progress).
 BUILDING_RESYNC_SECONDS = 120.0
-JUST_CREATED_SECONDS = 30.0
 
 
 IN_USE_FINALIZER = "trtllm.dev/in-use-protection"
 
 
 class Writer(Protocol):
-    async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]: ...
-    async def create_if_absent(self, manifest: dict[str, Any]) -> None: ...
+    async def create_if_absent(self, manifest: dict[str, Any]) -> bool: ...
     async def set_finalizers(self, kind: str, namespace: str, name: str,
                              finalizers: list[str], resource_version: str | None) -> None: ...
     async def patch_status(self, kind: str, namespace: str, name: str,
@@ -84,10 +81,6 @@ class EngineController:
     script: str = field(default_factory=jobs.entrypoint_script)
     active_deadline_seconds: int = 6 * 3600
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
-    applied_jobs: dict[tuple[str, str], float] = field(default_factory=dict)
-    """Build Jobs created but not yet seen in the view, with when: applying them again (and
-    counting another build) until the watch catches up would be wrong. Entries expire, so a Job
-    deleted before it was ever seen is still recreated."""
     status_writes: StatusWrites = field(default_factory=lambda: StatusWrites("LLMEngine"))
 
     async def reconcile(self, key: Key) -> Result | None:
@@ -134,19 +127,14 @@ class EngineController:
 
         if any(d.create_job for d in decisions):
             await self._ensure_script(namespace)
-        now = time.monotonic()
         for plan, decision in zip(plans, decisions, strict=True):
-            job_key = (namespace, plan.job_name)
-            if not decision.create_job:
-                self.applied_jobs.pop(job_key, None)
-                continue
-            if now - self.applied_jobs.get(job_key, -JUST_CREATED_SECONDS) < JUST_CREATED_SECONDS:
-                continue  # created a moment ago; the watch has not shown it yet
-            await self.writer.apply(jobs.build_job(
-                engine, plan, jobs.script_configmap_name(self.script),
-                self.active_deadline_seconds))
-            self.applied_jobs[job_key] = now
-            metrics.BUILDS_STARTED.labels(plan.gpu).inc()
+            # Created, never applied: a Job's template is immutable, and engines sharing a
+            # fingerprint share the Job. 409 means it is already there (made by another engine,
+            # or by us a moment ago and not yet in the view): nothing started, nothing counted.
+            if decision.create_job and await self.writer.create_if_absent(jobs.build_job(
+                    engine, plan, jobs.script_configmap_name(self.script),
+                    self.active_deadline_seconds)):
+                metrics.BUILDS_STARTED.labels(plan.gpu).inc()
         await self._delete_unplanned_jobs(namespace, name, {p.job_name for p in plans})
 
         statuses = tuple(d.status for d in decisions)
