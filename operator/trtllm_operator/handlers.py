@@ -33,10 +33,11 @@ from trtllm_operator.deployments import builders as serving
 from trtllm_operator.deployments.controller import DeploymentController
 from trtllm_operator.engines import jobs as jobbuilder
 from trtllm_operator.engines.controller import EngineController, Key
-from trtllm_operator.kube import Kube, make_client, namespace_terminating
+from trtllm_operator.kube import Kube, classify, make_client, namespace_terminating
+from trtllm_operator.reconcile_errors import ReconcileErrors
 from trtllm_operator.settings import OperatorSettings
 from trtllm_operator.validation import ClusterFacts, GPUPool
-from trtllm_operator.workqueue import WorkQueue
+from trtllm_operator.workqueue import Backoff, TokenBucket, WorkQueue
 
 log = logging.getLogger(__name__)
 
@@ -221,18 +222,28 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     # no RBAC for them).
     settings.scanning.disabled = True
     settings.persistence.finalizer = f"{API_GROUP}/finalizer"
-    RUNTIME.kube = Kube(make_client(cfg.kubeconfig))
+    RUNTIME.kube = kube = Kube(make_client(cfg.kubeconfig),
+                               writes=TokenBucket(cfg.api_write_qps, cfg.api_write_burst))
     RUNTIME.controller = EngineController(
-        view=RUNTIME.view, writer=RUNTIME.kube, events=_post_event, job_resource=Job,
+        view=RUNTIME.view, writer=kube, events=_post_event, job_resource=Job,
         active_deadline_seconds=cfg.build_deadline_seconds)
+    deployments = DeploymentController(view=RUNTIME.view, writer=kube, events=_post_event)
+
+    def queue(name: str, reconcile: Any, errors: ReconcileErrors) -> WorkQueue[Key]:
+        return WorkQueue(name, _unless_namespace_goes(reconcile), workers=cfg.workers,
+                         backoff=Backoff(), retry_limit=TokenBucket(cfg.retry_qps,
+                                                                    cfg.retry_burst),
+                         classify=classify, on_failure=errors.failed,
+                         on_success=errors.succeeded, on_result=metrics.observe_reconcile)
+
     # Workers start on the first event (see _bind): tasks inherit the context they are
     # created in, and only handler contexts carry what kopf.event() needs to post Events.
-    RUNTIME.engines = WorkQueue("llmengine", _unless_namespace_goes(RUNTIME.controller.reconcile),
-                                workers=cfg.workers, on_result=metrics.observe_reconcile)
-    deployments = DeploymentController(view=RUNTIME.view, writer=RUNTIME.kube,
-                                       events=_post_event)
-    RUNTIME.deployments = WorkQueue("llmdeployment", _unless_namespace_goes(deployments.reconcile),
-                                    workers=cfg.workers, on_result=metrics.observe_reconcile)
+    RUNTIME.engines = queue("llmengine", RUNTIME.controller.reconcile, ReconcileErrors(
+        "LLMEngine", RUNTIME.view.engine, kube, RUNTIME.controller.status_writes,
+        after=cfg.reconcile_error_after))
+    RUNTIME.deployments = queue("llmdeployment", deployments.reconcile, ReconcileErrors(
+        "LLMDeployment", RUNTIME.view.deployment_body, kube, deployments.status_writes,
+        after=cfg.reconcile_error_after))
     metrics.serve(cfg.metrics_port, cfg.bind_address)
 
 

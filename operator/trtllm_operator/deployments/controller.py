@@ -30,6 +30,7 @@ from trtllm_operator.api import (
 from trtllm_operator.api.deployment import DeploymentConditionType
 from trtllm_operator.api.engine import BuiltLimits
 from trtllm_operator.deployments import builders
+from trtllm_operator.reconcile_errors import RECONCILE_ERROR
 from trtllm_operator.status_writes import StatusWrites
 from trtllm_operator.validation import (
     ClusterFacts,
@@ -182,7 +183,8 @@ class DeploymentController:
                 dep: Mapping[str, Any] | None, facts: ClusterFacts) -> LLMDeploymentStatus:
         gen = d.metadata.generation
         now = self.clock()
-        conds = d.status.conditions
+        # Computed only by a reconcile that got this far: a past ReconcileError is over.
+        conds = cond.remove_condition(d.status.conditions, RECONCILE_ERROR)
 
         def put(type_: str, status: ConditionStatus, reason: str, message: str) -> None:
             nonlocal conds

@@ -27,6 +27,7 @@ from trtllm_operator.engines.status import (
     decide_target,
     resolve_targets,
 )
+from trtllm_operator.reconcile_errors import RECONCILE_ERROR
 from trtllm_operator.status_writes import StatusWrites
 from trtllm_operator.validation import ClusterFacts, Finding, Severity, validate_engine
 from trtllm_operator.workqueue import Result
@@ -222,7 +223,8 @@ class EngineController:
         total = len(targets)
         built = sum(t.state == "Built" for t in targets)
         states = {t.state for t in targets}
-        conds = engine.status.conditions
+        # Computed only by a reconcile that got this far: a past ReconcileError is over.
+        conds = cond.remove_condition(engine.status.conditions, RECONCILE_ERROR)
 
         if total == 0:
             reason, message = "NoTargets", ("spec.targets resolved to no GPU type: auto found "
