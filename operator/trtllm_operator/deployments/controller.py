@@ -173,7 +173,8 @@ class DeploymentController:
         metrics.record_ready("LLMDeployment", key, cond.is_true(
             status.conditions, DeploymentConditionType.READY))
         old_wire, new_wire = d.status.to_wire(), status.to_wire()
-        if await self.status_writes.publish(self.writer, key, old_wire, new_wire):
+        if await self.status_writes.publish(self.writer, key, old_wire, new_wire,
+                                            uid=d.metadata.uid):
             self._emit(body, d.status, status)
         if not cond.is_true(status.conditions, DeploymentConditionType.READY):
             return Result(requeue_after=NOT_READY_RESYNC_SECONDS)

@@ -144,7 +144,8 @@ class EngineController:
                                                             EngineConditionType.READY))
         old_wire = engine.status.to_wire()
         new_wire = new_status.to_wire()
-        if await self.status_writes.publish(self.writer, key, old_wire, new_wire):
+        if await self.status_writes.publish(self.writer, key, old_wire, new_wire,
+                                            uid=engine.metadata.uid):
             self._emit_transitions(body, previous, statuses)
         if any(s.state in ("Building", "Pending", "Unschedulable") for s in statuses):
             return Result(requeue_after=BUILDING_RESYNC_SECONDS)
