@@ -62,7 +62,6 @@ class IndexView:
         self.indexes: dict[str, Any] = {}
         self._facts: ClusterFacts | None = None
         self._seen_nodes: dict[str, NodeFact] = {}
-        self.configmaps: set[tuple[str, str]] = set()
 
     def _all(self, index_name: str, key: Any) -> list[Any]:
         """What one kopf index holds under ``key`` ([] before the index exists)."""
@@ -78,7 +77,8 @@ class IndexView:
         """Take the live index objects kopf passes to every handler."""
         for name in ("engine_bodies", "engine_builds", "gpu_nodes", "build_jobs",
                      "engine_jobs", "build_pods", "deployment_bodies",
-                     "deployments_by_engine", "serving_deployments", "serving_pods"):
+                     "deployments_by_engine", "serving_deployments", "serving_pods",
+                     "build_configmaps"):
             if name in kwargs:
                 self.indexes[name] = kwargs[name]
 
@@ -144,10 +144,9 @@ class IndexView:
         return list(index.keys()) if index is not None else []
 
     def has_configmap(self, namespace: str, name: str) -> bool:
-        return (namespace, name) in self.configmaps
-
-    def note_configmap(self, namespace: str, name: str) -> None:
-        self.configmaps.add((namespace, name))
+        """From the watch, not from memory of having created it: a ConfigMap deleted since
+        (or its namespace, recreated) is missing again and gets created again."""
+        return bool(self._all("build_configmaps", (namespace, name)))
 
     def deployment_body(self, key: Key) -> Mapping[str, Any] | None:
         body: Mapping[str, Any] | None = self._first("deployment_bodies", key)
@@ -324,6 +323,12 @@ def build_pods(namespace: str | None, labels: kopf.Labels, body: kopf.Body,
     }}
 
 
+@kopf.index("", "v1", "configmaps", labels=BUILD_LABELS)
+def build_configmaps(namespace: str | None, name: str, **_: Any) -> dict[Key, bool]:
+    """The build-script ConfigMaps that exist (name only: the content is immutable)."""
+    return {(namespace or "", name): True}
+
+
 # --------------------------------------------------------------------------- events
 
 
@@ -368,6 +373,17 @@ async def on_build_pod(namespace: str | None, labels: kopf.Labels, **kwargs: Any
     job = _job_of(labels)
     if job:
         _enqueue_for_job(namespace or "", job, labels.get(ENGINE_LABEL))
+
+
+@kopf.on.event("", "v1", "configmaps", labels=BUILD_LABELS)
+async def on_build_configmap(namespace: str | None, type: str, **kwargs: Any) -> None:
+    """A deleted build-script ConfigMap is recreated by the reconcile of any engine of its
+    namespace with a build still to run or running (its pods need it to start)."""
+    _bind(kwargs)
+    if type == "DELETED" and RUNTIME.engines is not None:
+        for key in RUNTIME.view.all_engine_keys():
+            if key[0] == (namespace or ""):
+                RUNTIME.engines.add(key)
 
 
 def node_fact(name: str, labels: Mapping[str, str],

@@ -24,6 +24,7 @@ class FakeView:
     def __init__(self, body: dict[str, Any]) -> None:
         self.body = body
         self.jobs: dict[str, dict[str, Any]] = {}
+        self.configmap_present = True
 
     def engine(self, key: Key) -> Mapping[str, Any] | None:
         return self.body
@@ -51,10 +52,7 @@ class FakeView:
         return False
 
     def has_configmap(self, namespace: str, name: str) -> bool:
-        return True
-
-    def note_configmap(self, namespace: str, name: str) -> None:
-        pass
+        return self.configmap_present
 
 
 class FakeWriter:
@@ -149,3 +147,25 @@ def test_engines_sharing_a_fingerprint_create_one_job_and_count_one_build() -> N
     jobs = [a for a in writer.applied if a["kind"] == "Job"]
     assert len(jobs) == 1
     assert started._value.get() - before == 1
+
+
+def test_a_deleted_script_configmap_is_recreated_while_a_build_runs() -> None:
+    controller, view, writer, _events = _setup()
+    asyncio.run(controller.reconcile(KEY))
+    job_name = next(a for a in writer.applied if a["kind"] == "Job")["metadata"]["name"]
+    view.jobs[job_name] = {"metadata": {"name": job_name},
+                           "status": {"active": 1, "startTime": "2026-11-23T00:00:00Z"}}
+    view.body = copy.deepcopy(view.body) | {"status": writer.status_patches[-1]}
+    asyncio.run(controller.reconcile(KEY))
+    assert writer.status_patches[-1]["targets"][0]["state"] in ("Pending", "Building")
+    # The watch shows the ConfigMap gone (deleted by hand, or with its namespace before).
+    view.configmap_present = False
+    writer.existing.discard(("ConfigMap", controller_script_name(controller)))
+    asyncio.run(controller.reconcile(KEY))
+    assert ("ConfigMap", controller_script_name(controller)) in writer.existing
+
+
+def controller_script_name(controller: EngineController) -> str:
+    from trtllm_operator.engines import jobs
+
+    return jobs.script_configmap_name(controller.script)

@@ -66,7 +66,6 @@ class View(Protocol):
     def deployments_using(self, namespace: str, engine: str) -> list[str]: ...
     def job_wanted_by_others(self, namespace: str, job_name: str, but_not: str) -> bool: ...
     def has_configmap(self, namespace: str, name: str) -> bool: ...
-    def note_configmap(self, namespace: str, name: str) -> None: ...
 
 
 EventSink = Callable[[Mapping[str, Any], str, str, str], None]
@@ -126,7 +125,9 @@ class EngineController:
             decisions.append(decide_target(plan, engine.spec.build.image, namespace,
                                            by_gpu.get(gpu, []), observed, facts))
 
-        if any(d.create_job for d in decisions):
+        # Running builds need the script too: pods of a Job whose ConfigMap was deleted would
+        # wait in ContainerCreating (FailedMount) until the build deadline.
+        if any(d.create_job or d.status.state in ("Pending", "Building") for d in decisions):
             await self._ensure_script(namespace)
         for plan, decision in zip(plans, decisions, strict=True):
             # Created, never applied: a Job's template is immutable, and engines sharing a
@@ -198,7 +199,6 @@ class EngineController:
         name = jobs.script_configmap_name(self.script)
         if not self.view.has_configmap(namespace, name):
             await self.writer.create_if_absent(jobs.script_configmap(namespace, self.script))
-            self.view.note_configmap(namespace, name)
 
     async def _delete_unplanned_jobs(self, namespace: str, engine: str,
                                      planned: set[str]) -> None:
