@@ -6,12 +6,14 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes import client
 
 from tests.conftest import Kubectl
 from tests.e2e.conftest import (
     H100,
     Getter,
+    OperatorProcess,
     apply,
     condition,
     settle,
@@ -90,3 +92,27 @@ def test_a_deleted_build_script_configmap_is_recreated_for_the_next_build(
     core.delete_namespaced_config_map(name, namespace)
     wait_for(lambda: script_maps() == [name], 30,
              "the script ConfigMap to be recreated for the running build")
+
+
+def test_engines_sharing_a_fingerprint_share_one_created_job_without_conflicts(
+        kubectl: Kubectl, namespace: str, api_client: client.ApiClient,
+        running_operator: OperatorProcess) -> None:
+    log_start = running_operator.log_path.stat().st_size
+    twins = [small_engine(name, [H100], env=[{"name": stages.DURATION_ENV, "value": "3s"}])
+             for name in ("twin-a", "twin-b")]
+    for twin in twins:
+        twin["spec"]["build"]["limits"]["maxBatchSize"] = 9
+    kubectl("apply", "-n", namespace, "-f", "-",
+            input=yaml.safe_dump_all(twins))
+    for name in ("twin-a", "twin-b"):
+        kubectl("wait", "-n", namespace, "--for=condition=Ready", f"llmengine/{name}",
+                "--timeout=90s")
+    (job,) = _build_jobs(api_client, namespace)
+    # Created once by whichever engine came first; never re-applied by the other (its
+    # template, which names the creating engine, is immutable).
+    assert job.metadata.labels["trtllm.dev/engine"] in ("twin-a", "twin-b")
+    with running_operator.log_path.open("rb") as log:
+        log.seek(log_start)
+        since = log.read().decode(errors="replace")
+    assert "field is immutable" not in since
+    assert "Traceback" not in since
