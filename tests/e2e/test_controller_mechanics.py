@@ -116,3 +116,27 @@ def test_engines_sharing_a_fingerprint_share_one_created_job_without_conflicts(
         since = log.read().decode(errors="replace")
     assert "field is immutable" not in since
     assert "Traceback" not in since
+
+
+def test_a_refused_service_shows_as_reconcile_error_on_the_llm_deployment(
+        kubectl: Kubectl, namespace: str, get_llmd: Getter, core: client.CoreV1Api) -> None:
+    apply(kubectl, namespace, small_engine("served", [H100]))
+    kubectl("wait", "-n", namespace, "--for=condition=Ready", "llmengine/served",
+            "--timeout=90s")
+    core.create_namespaced_resource_quota(namespace, {
+        "metadata": {"name": "no-services"}, "spec": {"hard": {"count/services": "0"}}})
+    apply(kubectl, namespace, {
+        "apiVersion": "trtllm.dev/v1alpha1", "kind": "LLMDeployment",
+        "metadata": {"name": "chat"},
+        "spec": {"engineRef": {"name": "served"}, "gpu": H100, "replicas": 1}})
+
+    error = wait_for(lambda: condition(get_llmd("chat"), "ReconcileError"), 60,
+                     "a ReconcileError condition on the LLMDeployment")
+    assert (error["status"], error["reason"]) == ("True", "Forbidden")
+    assert "services" in error["message"]
+
+    core.delete_namespaced_resource_quota("no-services", namespace)
+    wait_for(lambda: condition(get_llmd("chat"), "ReconcileError") is None
+             and condition(get_llmd("chat"), "Ready"), 90,
+             "the condition to go once the Service could be created")
+    assert core.read_namespaced_service("chat", namespace).metadata.name == "chat"
