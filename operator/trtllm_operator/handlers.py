@@ -33,10 +33,11 @@ from trtllm_operator.deployments import builders as serving
 from trtllm_operator.deployments.controller import DeploymentController
 from trtllm_operator.engines import jobs as jobbuilder
 from trtllm_operator.engines.controller import EngineController, Key
-from trtllm_operator.kube import Kube, make_client, namespace_terminating
+from trtllm_operator.kube import Kube, classify, make_client, namespace_terminating
+from trtllm_operator.reconcile_errors import ReconcileErrors
 from trtllm_operator.settings import OperatorSettings
 from trtllm_operator.validation import ClusterFacts, GPUPool
-from trtllm_operator.workqueue import WorkQueue
+from trtllm_operator.workqueue import Backoff, TokenBucket, WorkQueue
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,6 @@ class IndexView:
         self.indexes: dict[str, Any] = {}
         self._facts: ClusterFacts | None = None
         self._seen_nodes: dict[str, NodeFact] = {}
-        self.configmaps: set[tuple[str, str]] = set()
 
     def _all(self, index_name: str, key: Any) -> list[Any]:
         """What one kopf index holds under ``key`` ([] before the index exists)."""
@@ -77,7 +77,8 @@ class IndexView:
         """Take the live index objects kopf passes to every handler."""
         for name in ("engine_bodies", "engine_builds", "gpu_nodes", "build_jobs",
                      "engine_jobs", "build_pods", "deployment_bodies",
-                     "deployments_by_engine", "serving_deployments", "serving_pods"):
+                     "deployments_by_engine", "serving_deployments", "serving_pods",
+                     "build_configmaps"):
             if name in kwargs:
                 self.indexes[name] = kwargs[name]
 
@@ -143,10 +144,9 @@ class IndexView:
         return list(index.keys()) if index is not None else []
 
     def has_configmap(self, namespace: str, name: str) -> bool:
-        return (namespace, name) in self.configmaps
-
-    def note_configmap(self, namespace: str, name: str) -> None:
-        self.configmaps.add((namespace, name))
+        """From the watch, not from memory of having created it: a ConfigMap deleted since
+        (or its namespace, recreated) is missing again and gets created again."""
+        return bool(self._all("build_configmaps", (namespace, name)))
 
     def deployment_body(self, key: Key) -> Mapping[str, Any] | None:
         body: Mapping[str, Any] | None = self._first("deployment_bodies", key)
@@ -221,18 +221,28 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     # no RBAC for them).
     settings.scanning.disabled = True
     settings.persistence.finalizer = f"{API_GROUP}/finalizer"
-    RUNTIME.kube = Kube(make_client(cfg.kubeconfig))
+    RUNTIME.kube = kube = Kube(make_client(cfg.kubeconfig),
+                               writes=TokenBucket(cfg.api_write_qps, cfg.api_write_burst))
     RUNTIME.controller = EngineController(
-        view=RUNTIME.view, writer=RUNTIME.kube, events=_post_event, job_resource=Job,
+        view=RUNTIME.view, writer=kube, events=_post_event, job_resource=Job,
         active_deadline_seconds=cfg.build_deadline_seconds)
+    deployments = DeploymentController(view=RUNTIME.view, writer=kube, events=_post_event)
+
+    def queue(name: str, reconcile: Any, errors: ReconcileErrors) -> WorkQueue[Key]:
+        return WorkQueue(name, _unless_namespace_goes(reconcile), workers=cfg.workers,
+                         backoff=Backoff(), retry_limit=TokenBucket(cfg.retry_qps,
+                                                                    cfg.retry_burst),
+                         classify=classify, on_failure=errors.failed,
+                         on_success=errors.succeeded, on_result=metrics.observe_reconcile)
+
     # Workers start on the first event (see _bind): tasks inherit the context they are
     # created in, and only handler contexts carry what kopf.event() needs to post Events.
-    RUNTIME.engines = WorkQueue("llmengine", _unless_namespace_goes(RUNTIME.controller.reconcile),
-                                workers=cfg.workers, on_result=metrics.observe_reconcile)
-    deployments = DeploymentController(view=RUNTIME.view, writer=RUNTIME.kube,
-                                       events=_post_event)
-    RUNTIME.deployments = WorkQueue("llmdeployment", _unless_namespace_goes(deployments.reconcile),
-                                    workers=cfg.workers, on_result=metrics.observe_reconcile)
+    RUNTIME.engines = queue("llmengine", RUNTIME.controller.reconcile, ReconcileErrors(
+        "LLMEngine", RUNTIME.view.engine, kube, RUNTIME.controller.status_writes,
+        after=cfg.reconcile_error_after))
+    RUNTIME.deployments = queue("llmdeployment", deployments.reconcile, ReconcileErrors(
+        "LLMDeployment", RUNTIME.view.deployment_body, kube, deployments.status_writes,
+        after=cfg.reconcile_error_after))
     metrics.serve(cfg.metrics_port, cfg.bind_address)
 
 
@@ -313,6 +323,12 @@ def build_pods(namespace: str | None, labels: kopf.Labels, body: kopf.Body,
     }}
 
 
+@kopf.index("", "v1", "configmaps", labels=BUILD_LABELS)
+def build_configmaps(namespace: str | None, name: str, **_: Any) -> dict[Key, bool]:
+    """The build-script ConfigMaps that exist (name only: the content is immutable)."""
+    return {(namespace or "", name): True}
+
+
 # --------------------------------------------------------------------------- events
 
 
@@ -357,6 +373,17 @@ async def on_build_pod(namespace: str | None, labels: kopf.Labels, **kwargs: Any
     job = _job_of(labels)
     if job:
         _enqueue_for_job(namespace or "", job, labels.get(ENGINE_LABEL))
+
+
+@kopf.on.event("", "v1", "configmaps", labels=BUILD_LABELS)
+async def on_build_configmap(namespace: str | None, type: str, **kwargs: Any) -> None:
+    """A deleted build-script ConfigMap is recreated by the reconcile of any engine of its
+    namespace with a build still to run or running (its pods need it to start)."""
+    _bind(kwargs)
+    if type == "DELETED" and RUNTIME.engines is not None:
+        for key in RUNTIME.view.all_engine_keys():
+            if key[0] == (namespace or ""):
+                RUNTIME.engines.add(key)
 
 
 def node_fact(name: str, labels: Mapping[str, str],

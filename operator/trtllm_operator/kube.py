@@ -1,6 +1,7 @@
 """The operator's one door to the Kubernetes API for writes (and the rare direct read).
 
 Reads of cluster facts come from kopf's watches kept in memory; this module only writes:
+build Jobs and the script ConfigMap by create (they never change once made), other
 children by server-side apply under one field manager, status through the status subresource
 (merge patch, and only when it differs), deletions. The client is lightkube's async client, so
 no call blocks kopf's event loop.
@@ -13,12 +14,14 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar
 
+import httpx2
 from lightkube import ApiError, AsyncClient, KubeConfig, codecs
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.types import CascadeType, PatchType
 
 from trtllm_operator import metrics
 from trtllm_operator.api import API_GROUP, API_VERSION
+from trtllm_operator.workqueue import Failure, TokenBucket
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -58,6 +61,29 @@ def namespace_terminating(exc: ApiError) -> bool:
     return exc.status.code == 403 and "being terminated" in (exc.status.message or "")
 
 
+# Refusals that resolve themselves on a retry: optimistic concurrency (409 Conflict on a
+# finalizer or status change), the server shedding load (429) or restarting (5xx).
+TRANSIENT_CODES = frozenset({409, 429, 500, 502, 503, 504})
+
+
+def classify(exc: Exception) -> Failure:
+    """What failed a reconcile, for the log, the metrics and the ReconcileError condition.
+
+    The message carries the API server's own words (they name the object, the field, the
+    quota or the permission, never Secret data) or, for anything else, only the exception's
+    class: its text might hold anything and stays in the operator's log."""
+    if isinstance(exc, ApiError):
+        code = exc.status.code or 0
+        reason = exc.status.reason or f"ApiError{code}"
+        return Failure(reason, code in TRANSIENT_CODES,
+                       f"API server answered {code} {reason}: {exc.status.message or ''}"[:512])
+    if isinstance(exc, httpx2.TransportError):
+        return Failure("ConnectionError", True,
+                       f"no answer from the API server ({type(exc).__name__})")
+    return Failure(type(exc).__name__, False,
+                   f"unexpected {type(exc).__name__} (see the operator log)")
+
+
 def make_client(kubeconfig: str | None = None) -> AsyncClient:
     """An async client for a kubeconfig file, else the in-cluster service account.
 
@@ -69,10 +95,16 @@ def make_client(kubeconfig: str | None = None) -> AsyncClient:
 
 
 class Kube:
-    """Writes on behalf of the controllers."""
+    """Writes on behalf of the controllers, held to a client-side rate limit.
 
-    def __init__(self, client: AsyncClient) -> None:
+    lightkube and its httpx2 transport have no request rate limit (httpx2's ``Limits`` caps
+    connections, not requests), so a token bucket here plays client-go's QPS/Burst: a mass
+    change (a new GPU pool re-evaluating every object) cannot flood the API server with
+    writes. Reads come from watches, so only writes are limited."""
+
+    def __init__(self, client: AsyncClient, writes: TokenBucket | None = None) -> None:
         self.client = client
+        self.writes = writes or TokenBucket(20.0, 50)
 
     @_counted("apply")
     async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -81,20 +113,25 @@ class Kube:
         ``force``: the operator owns the fields it sets; a hand edit to one of them is drift
         and is put back.
         """
+        await self.writes.acquire()
         obj = codecs.from_dict(manifest)
         applied = await self.client.apply(obj, force=True)
         result: dict[str, Any] = applied.to_dict()  # type: ignore[no-untyped-call]
         return result
 
     @_counted("create")
-    async def create_if_absent(self, manifest: dict[str, Any]) -> None:
-        """Create an object that never changes once made (an immutable ConfigMap); one that
-        already exists is success. Needs only the create verb."""
+    async def create_if_absent(self, manifest: dict[str, Any]) -> bool:
+        """Create an object that never changes once made (a build Job, an immutable
+        ConfigMap): True if this call created it (201), False if it already existed (409).
+        Needs only the create verb."""
+        await self.writes.acquire()
         try:
             await self.client.create(codecs.from_dict(manifest))
         except ApiError as exc:
             if exc.status.code != 409:
                 raise
+            return False
+        return True
 
     @_counted("patch_status")
     async def patch_status(self, kind: str, namespace: str, name: str,
@@ -103,6 +140,7 @@ class Kube:
 
         An object deleted since it was read (404) has no status left to record; its deletion
         event reconciles whatever remains, so that is not an error worth a retry."""
+        await self.writes.acquire()
         try:
             await self.client.patch(_STATUS_RESOURCES[kind], name, {"status": status},
                                     namespace=namespace, patch_type=PatchType.MERGE)
@@ -119,12 +157,14 @@ class Kube:
         meta: dict[str, Any] = {"finalizers": finalizers}
         if resource_version:
             meta["resourceVersion"] = resource_version
+        await self.writes.acquire()
         await self.client.patch(_RESOURCES[kind], name, {"metadata": meta},
                                 namespace=namespace, patch_type=PatchType.MERGE)
 
     @_counted("delete")
     async def delete(self, resource: Any, namespace: str, name: str) -> bool:
         """Delete with background propagation; False if it was already gone."""
+        await self.writes.acquire()
         try:
             await self.client.delete(resource, name, namespace=namespace,
                                      cascade=CascadeType.BACKGROUND)

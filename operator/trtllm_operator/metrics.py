@@ -41,6 +41,11 @@ API_ERRORS = Counter(
     "trtllm_operator_api_errors_total", "Kubernetes API calls that failed, by operation and code.",
     ["operation", "code"], registry=REGISTRY)
 
+RECONCILE_FAILURES = Counter(
+    "trtllm_operator_reconcile_failures_total",
+    "Failed reconciles, by kind, error class (Conflict, Forbidden, ...) and whether such an "
+    "error is expected (retried quietly).", ["kind", "reason", "expected"], registry=REGISTRY)
+
 _QUEUE_KINDS = {"llmengine": "LLMEngine", "llmdeployment": "LLMDeployment"}
 _ready: dict[str, dict[Hashable, bool]] = {"LLMEngine": {}, "LLMDeployment": {}}
 _lock = threading.Lock()

@@ -21,6 +21,18 @@ class OperatorSettings(BaseSettings):
     """Concurrent reconciles per kind."""
     build_deadline_seconds: int = Field(default=6 * 3600, ge=60)
     """activeDeadlineSeconds of build Jobs: a build running longer is failed."""
+    retry_qps: float = Field(default=10.0, gt=0)
+    """Retries of failed reconciles per second, all objects of a kind together (client-go's
+    default controller limit); each object also backs off on its own, with jitter."""
+    retry_burst: int = Field(default=100, ge=1)
+    """Retries allowed at once before retry_qps paces them."""
+    api_write_qps: float = Field(default=20.0, gt=0)
+    """API writes per second. Reads come from watches, so 20/50 -- controller-runtime's
+    default client limit (20/30), which also covers its reads -- leaves the API server room."""
+    api_write_burst: int = Field(default=50, ge=1)
+    """API writes allowed at once before api_write_qps paces them."""
+    reconcile_error_after: int = Field(default=3, ge=1)
+    """Consecutive failed reconciles of an object before its status shows ReconcileError."""
     metrics_port: int = Field(default=8080, ge=0, le=65535)
     """Prometheus metrics port (0 disables)."""
     health_port: int = Field(default=8081, ge=0, le=65535)

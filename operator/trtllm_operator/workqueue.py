@@ -8,8 +8,13 @@ in the manner of client-go's workqueue:
 
 - a key is queued at most once at a time, however often it is added;
 - a key is never reconciled by two workers at once (added while running -> run again after);
-- a failed reconcile is retried with capped exponential backoff; a successful one may ask to
-  be run again after a delay (for example while a build is in progress, as a safety net).
+- a failed reconcile is retried with capped, jittered exponential backoff per key, and all
+  retries together are held to a token bucket (client-go's default controller rate limiter:
+  the larger of the two delays), so a failing API server sees neither synchronised retry
+  waves nor a retry storm; a successful reconcile may ask to be run again after a delay (for
+  example while a build is in progress, as a safety net);
+- expected failures (an optimistic-concurrency 409, a busy or restarting API server) are
+  logged in one quiet line; anything else keeps its traceback.
 """
 
 from __future__ import annotations
@@ -17,9 +22,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable, Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 log = logging.getLogger(__name__)
@@ -37,17 +43,94 @@ class Result:
 Reconcile = Callable[[K], Awaitable[Result | None]]
 
 
+@dataclass(frozen=True)
+class Failure:
+    """What kind of error failed a reconcile: ``reason`` is a short CamelCase class (a metric
+    label and a condition reason); ``expected`` errors are retried without a traceback."""
+
+    reason: str
+    expected: bool
+    message: str
+
+
+def unclassified(exc: Exception) -> Failure:
+    """Without a classifier every error is unexpected (its message stays in the log only)."""
+    return Failure(type(exc).__name__, False, f"unexpected {type(exc).__name__}")
+
+
+@dataclass
+class Backoff:
+    """Per-key exponential backoff with jitter: attempt n waits
+    ``min(cap, base * 2**(n-1))`` scaled by a factor drawn from [1 - jitter, 1].
+
+    The jitter spreads the retries of keys that failed together (say, while the API server
+    restarted) so they do not all come back in the same instant. ``random`` is injectable for
+    deterministic tests."""
+
+    base: float = 0.5
+    cap: float = 300.0
+    jitter: float = 0.5
+    random: Callable[[], float] = field(default=random.random)
+
+    def delay(self, failures: int) -> float:
+        raw = min(self.cap, self.base * 2.0 ** min(failures - 1, 64))
+        return raw * (1.0 - self.jitter * self.random())
+
+
+@dataclass
+class TokenBucket:
+    """``qps`` tokens a second, at most ``burst`` saved up. ``reserve()`` takes one token and
+    says how long to wait for it (0 when one is available), as golang.org/x/time/rate does;
+    the clock is injectable for deterministic tests."""
+
+    qps: float
+    burst: int
+    clock: Callable[[], float] = field(default=time.monotonic)
+    _tokens: float = field(init=False)
+    _last: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.qps <= 0 or self.burst < 1:
+            raise ValueError("a token bucket needs qps > 0 and burst >= 1")
+        self._tokens = float(self.burst)
+        self._last = self.clock()
+
+    def reserve(self) -> float:
+        now = self.clock()
+        self._tokens = min(float(self.burst), self._tokens + (now - self._last) * self.qps)
+        self._last = now
+        self._tokens -= 1.0
+        return 0.0 if self._tokens >= 0 else -self._tokens / self.qps
+
+    async def acquire(self) -> None:
+        """Wait for a token (callers queue up in order of arrival)."""
+        delay = self.reserve()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
+FailureHook = Callable[[K, Failure, int], Awaitable[None]]
+"""(key, what failed it, consecutive failures) -> e.g. report it in the object's status."""
+
+
 class WorkQueue(Generic[K]):
     """Runs ``reconcile(key)`` for queued keys on ``workers`` concurrent tasks."""
 
     def __init__(self, name: str, reconcile: Reconcile[K], workers: int = 4,
-                 base_backoff: float = 0.5, max_backoff: float = 300.0,
+                 backoff: Backoff | None = None, retry_limit: TokenBucket | None = None,
+                 classify: Callable[[Exception], Failure] = unclassified,
+                 on_failure: FailureHook[K] | None = None,
+                 on_success: Callable[[K], None] | None = None,
                  on_result: Callable[[str, str, float], None] | None = None) -> None:
         self.name = name
         self._reconcile = reconcile
         self._workers = workers
-        self._base_backoff = base_backoff
-        self._max_backoff = max_backoff
+        self._backoff = backoff or Backoff()
+        # client-go's default overall limit: 10 retries a second, bursts of 100.
+        self._retry_limit = retry_limit or TokenBucket(10.0, 100)
+        self._classify = classify
+        self._on_failure = on_failure
+        self._on_success = on_success
         self._on_result = on_result
         self._queue: asyncio.Queue[K] = asyncio.Queue()
         self._queued: set[K] = set()
@@ -97,6 +180,20 @@ class WorkQueue(Generic[K]):
         if timer:
             timer.cancel()
 
+    def retry_delay(self, failures: int) -> float:
+        """The wait before retry number ``failures``: the key's own jittered backoff, or longer
+        when all keys together have used up the retry budget."""
+        return max(self._backoff.delay(failures), self._retry_limit.reserve())
+
+    async def _report(self, hook: Awaitable[None]) -> None:
+        """Run a failure hook; its own failure must not stop the worker."""
+        try:
+            await hook
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.warning("%s: reporting a reconcile failure failed", self.name, exc_info=True)
+
     # ------------------------------------------------------------------ workers
 
     def start(self) -> None:
@@ -134,16 +231,25 @@ class WorkQueue(Generic[K]):
                 result = await self._reconcile(key)
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception as exc:
                 outcome = "error"
                 failures = self._failures.get(key, 0) + 1
                 self._failures[key] = failures
-                delay = min(self._max_backoff, self._base_backoff * 2 ** (failures - 1))
-                log.exception("%s: reconcile of %s failed (attempt %d); retrying in %.1fs",
-                              self.name, key, failures, delay)
+                delay = self.retry_delay(failures)
+                failure = self._classify(exc)
+                if failure.expected:
+                    log.info("%s: reconcile of %s: %s (%s, attempt %d); retrying in %.1fs",
+                             self.name, key, failure.reason, failure.message, failures, delay)
+                else:
+                    log.exception("%s: reconcile of %s failed (attempt %d); retrying in %.1fs",
+                                  self.name, key, failures, delay)
                 self.add_after(key, delay)
+                if self._on_failure:
+                    await self._report(self._on_failure(key, failure, failures))
             else:
                 self._failures.pop(key, None)
+                if self._on_success:
+                    self._on_success(key)
                 if result and result.requeue_after is not None:
                     self.add_after(key, result.requeue_after)
             finally:

@@ -41,9 +41,9 @@ NAMESPACED_RULES = expand([
     (["trtllm.dev"], ["llmengines"], ["list", "watch", "patch"]),
     (["trtllm.dev"], ["llmengines/status", "llmdeployments/status"], ["patch"]),
     (["trtllm.dev"], ["llmdeployments"], ["list", "watch"]),
-    (["batch"], ["jobs"], ["list", "watch", "create", "patch", "delete"]),
+    (["batch"], ["jobs"], ["list", "watch", "create", "delete"]),
     ([""], ["pods"], ["list", "watch"]),
-    ([""], ["configmaps"], ["create"]),
+    ([""], ["configmaps"], ["list", "watch", "create"]),
     (["apps"], ["deployments"], ["list", "watch", "create", "patch"]),
     ([""], ["services"], ["list", "watch", "create", "patch"]),
     ([""], ["events"], ["create"]),
@@ -248,6 +248,11 @@ def test_settings_reach_the_operator_as_environment(render: Any) -> None:
         "TRTLLM_OPERATOR_NAMESPACES": "[]",
         "TRTLLM_OPERATOR_WORKERS": "4",
         "TRTLLM_OPERATOR_BUILD_DEADLINE_SECONDS": "21600",
+        "TRTLLM_OPERATOR_RETRY_QPS": "10",
+        "TRTLLM_OPERATOR_RETRY_BURST": "100",
+        "TRTLLM_OPERATOR_API_WRITE_QPS": "20",
+        "TRTLLM_OPERATOR_API_WRITE_BURST": "50",
+        "TRTLLM_OPERATOR_RECONCILE_ERROR_AFTER": "3",
         "TRTLLM_OPERATOR_METRICS_PORT": "8080",
         "TRTLLM_OPERATOR_HEALTH_PORT": "8081",
         "TRTLLM_OPERATOR_LOG_FORMAT": "json",
@@ -258,6 +263,9 @@ def test_settings_reach_the_operator_as_environment(render: Any) -> None:
 
     # Large numbers from a values file are float64 in templates; they must not render as 1e+06.
     changed = env_of(render({"workers": 16, "buildDeadlineSeconds": 1_000_000,
+                             "rateLimits": {"retryQps": 2.5, "retryBurst": 1000,
+                                            "apiWriteQps": 100, "apiWriteBurst": 200},
+                             "reconcileErrorAfter": 5,
                              "logFormat": "text", "logLevel": "DEBUG",
                              "watchNamespaces": ["team-a", "team-b"],
                              "extraEnv": [{"name": "TRTLLM_OPERATOR_BIND_ADDRESS",
@@ -267,6 +275,16 @@ def test_settings_reach_the_operator_as_environment(render: Any) -> None:
     assert changed["TRTLLM_OPERATOR_BUILD_DEADLINE_SECONDS"] == "1000000"
     assert changed["TRTLLM_OPERATOR_LOG_FORMAT"] == "text"
     assert changed["TRTLLM_OPERATOR_LOG_LEVEL"] == "DEBUG"
+    assert (changed["TRTLLM_OPERATOR_RETRY_QPS"], changed["TRTLLM_OPERATOR_RETRY_BURST"],
+            changed["TRTLLM_OPERATOR_API_WRITE_QPS"],
+            changed["TRTLLM_OPERATOR_API_WRITE_BURST"]) == ("2.5", "1000", "100", "200")
+    assert changed["TRTLLM_OPERATOR_RECONCILE_ERROR_AFTER"] == "5"
+    # What the chart renders, the operator reads back as the same settings.
+    from trtllm_operator.settings import OperatorSettings
+    read = OperatorSettings(_env_file=None, **{  # type: ignore[call-arg]
+        k.removeprefix("TRTLLM_OPERATOR_").lower(): v for k, v in changed.items()
+        if k.startswith("TRTLLM_OPERATOR_") and k != "TRTLLM_OPERATOR_NAMESPACES"})
+    assert (read.retry_qps, read.api_write_burst, read.reconcile_error_after) == (2.5, 200, 5)
     assert changed["TRTLLM_OPERATOR_BIND_ADDRESS"] == "::"
 
 
@@ -427,6 +445,9 @@ def test_service_monitor_only_when_enabled_and_the_api_exists(render: Any) -> No
     (["--set", "logFormat=xml"], "logFormat"),
     (["--set", "logLevel=verbose"], "logLevel"),
     (["--set", "buildDeadlineSeconds=10"], "buildDeadlineSeconds"),
+    (["--set", "rateLimits.apiWriteQps=0"], "apiWriteQps"),
+    (["--set", "rateLimits.retryBurst=0"], "retryBurst"),
+    (["--set", "reconcileErrorAfter=0"], "reconcileErrorAfter"),
     (["--set", "watchNamespaces={Team_A}"], "watchNamespaces"),
     (["--set", "metrics.port=70000"], "metrics"),
     (["--set", "image.pullPolicy=Sometimes"], "pullPolicy"),

@@ -24,6 +24,7 @@ class FakeView:
     def __init__(self, body: dict[str, Any]) -> None:
         self.body = body
         self.jobs: dict[str, dict[str, Any]] = {}
+        self.configmap_present = True
 
     def engine(self, key: Key) -> Mapping[str, Any] | None:
         return self.body
@@ -51,24 +52,25 @@ class FakeView:
         return False
 
     def has_configmap(self, namespace: str, name: str) -> bool:
-        return True
-
-    def note_configmap(self, namespace: str, name: str) -> None:
-        pass
+        return self.configmap_present
 
 
 class FakeWriter:
+    """Writes into memory; create answers like the API server (False = 409 AlreadyExists)."""
+
     def __init__(self) -> None:
-        self.applied: list[dict[str, Any]] = []
+        self.applied: list[dict[str, Any]] = []  # every create that made an object
+        self.existing: set[tuple[str, str]] = set()
         self.status_patches: list[dict[str, Any]] = []
         self.finalizers: list[list[str]] = []
 
-    async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+    async def create_if_absent(self, manifest: dict[str, Any]) -> bool:
+        key = (manifest["kind"], manifest["metadata"]["name"])
+        if key in self.existing:
+            return False
+        self.existing.add(key)
         self.applied.append(manifest)
-        return manifest
-
-    async def create_if_absent(self, manifest: dict[str, Any]) -> None:
-        self.applied.append(manifest)
+        return True
 
     async def patch_status(self, kind: str, namespace: str, name: str,
                            status: dict[str, Any]) -> None:
@@ -127,3 +129,43 @@ def test_reconciling_an_up_to_date_object_writes_nothing() -> None:
     settled = (len(writer.applied), len(writer.status_patches))
     asyncio.run(fresh.reconcile(KEY))
     assert (len(writer.applied), len(writer.status_patches)) == settled
+
+
+def test_engines_sharing_a_fingerprint_create_one_job_and_count_one_build() -> None:
+    from trtllm_operator import metrics
+
+    controller, view, writer, _events = _setup()
+    twin_body = copy.deepcopy(view.body)
+    twin_body["metadata"] |= {"name": "llama-twin", "uid": "u2"}
+    twin = EngineController(view=FakeView(twin_body), writer=writer, job_resource=None,
+                            script="print()", events=controller.events, clock=controller.clock)
+    started = metrics.BUILDS_STARTED.labels(H100)
+    before = started._value.get()
+    asyncio.run(controller.reconcile(KEY))
+    asyncio.run(twin.reconcile(("ml", "llama-twin")))
+    asyncio.run(controller.reconcile(KEY))  # the watch has not shown the Job yet: 409 again
+    jobs = [a for a in writer.applied if a["kind"] == "Job"]
+    assert len(jobs) == 1
+    assert started._value.get() - before == 1
+
+
+def test_a_deleted_script_configmap_is_recreated_while_a_build_runs() -> None:
+    controller, view, writer, _events = _setup()
+    asyncio.run(controller.reconcile(KEY))
+    job_name = next(a for a in writer.applied if a["kind"] == "Job")["metadata"]["name"]
+    view.jobs[job_name] = {"metadata": {"name": job_name},
+                           "status": {"active": 1, "startTime": "2026-11-23T00:00:00Z"}}
+    view.body = copy.deepcopy(view.body) | {"status": writer.status_patches[-1]}
+    asyncio.run(controller.reconcile(KEY))
+    assert writer.status_patches[-1]["targets"][0]["state"] in ("Pending", "Building")
+    # The watch shows the ConfigMap gone (deleted by hand, or with its namespace before).
+    view.configmap_present = False
+    writer.existing.discard(("ConfigMap", controller_script_name(controller)))
+    asyncio.run(controller.reconcile(KEY))
+    assert ("ConfigMap", controller_script_name(controller)) in writer.existing
+
+
+def controller_script_name(controller: EngineController) -> str:
+    from trtllm_operator.engines import jobs
+
+    return jobs.script_configmap_name(controller.script)

@@ -56,3 +56,14 @@ def test_a_forgotten_object_starts_again_from_the_view() -> None:
     # A new object of the same name whose status is empty gets its status written.
     assert publish(writes, patcher, {}, {"builtTargets": "1/1"})
     assert len(patcher.patches) == 2
+
+
+def test_a_recreated_object_of_the_same_name_does_not_inherit_the_memory() -> None:
+    writes, patcher = StatusWrites("LLMEngine"), Patcher()
+    status = {"builtTargets": "1/1"}
+    assert asyncio.run(writes.publish(patcher, KEY, {}, status, uid="old"))
+    # Deleted and created again between two reconciles (no forget in between): the new object
+    # shows no status, and must get it although the old one was given the same.
+    assert asyncio.run(writes.publish(patcher, KEY, {}, status, uid="new"))
+    assert len(patcher.patches) == 2
+    assert not asyncio.run(writes.publish(patcher, KEY, {}, status, uid="new"))

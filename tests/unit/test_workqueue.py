@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 from collections import Counter
 
-from trtllm_operator.workqueue import Result, WorkQueue
+import pytest
+
+from trtllm_operator.workqueue import Backoff, Failure, Result, TokenBucket, WorkQueue
 
 
 def test_a_burst_of_adds_costs_one_reconcile() -> None:
@@ -76,7 +79,8 @@ def test_failures_retry_with_backoff_until_success() -> None:
                 raise RuntimeError("API server said no")
             done.set()
 
-        q: WorkQueue[str] = WorkQueue("t", reconcile, base_backoff=0.02, max_backoff=1)
+        q: WorkQueue[str] = WorkQueue("t", reconcile, backoff=Backoff(
+            base=0.02, cap=1, random=lambda: 0.0))  # no jitter: each wait is the full delay
         q.start()
         q.add("k")
         await asyncio.wait_for(done.wait(), 5)
@@ -130,3 +134,130 @@ def test_forget_cancels_a_pending_retry() -> None:
         return calls
 
     assert asyncio.run(scenario()) == 1
+
+
+def test_backoff_doubles_to_its_cap_and_jitter_only_shortens_it() -> None:
+    draws = iter([0.0, 1.0, 0.5, 0.0, 1.0])
+    b = Backoff(base=1.0, cap=8.0, jitter=0.5, random=lambda: next(draws))
+    assert [b.delay(n) for n in (1, 2, 3, 4, 5)] == [1.0, 1.0, 3.0, 8.0, 4.0]
+    # A huge failure count neither overflows nor exceeds the cap.
+    assert Backoff(base=1.0, cap=8.0, jitter=0.0).delay(10_000) == 8.0
+
+
+def test_jitter_spreads_keys_that_failed_together() -> None:
+    rng = __import__("random").Random(7)
+    b = Backoff(base=1.0, cap=300.0, jitter=0.5, random=rng.random)
+    delays = {round(b.delay(4), 6) for _ in range(20)}
+    assert len(delays) == 20
+    assert all(4.0 <= d <= 8.0 for d in delays)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_token_bucket_allows_a_burst_then_paces_at_qps() -> None:
+    clock = FakeClock()
+    bucket = TokenBucket(qps=10.0, burst=3, clock=clock)
+    assert [bucket.reserve() for _ in range(3)] == [0.0, 0.0, 0.0]
+    # Out of tokens: each further reservation waits one more tenth of a second.
+    assert [round(bucket.reserve(), 6) for _ in range(3)] == [0.1, 0.2, 0.3]
+    clock.now += 10.0  # refills, but never beyond the burst
+    assert [bucket.reserve() for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert round(bucket.reserve(), 6) == 0.1
+
+
+def test_token_bucket_refuses_nonsense_limits() -> None:
+    with pytest.raises(ValueError, match="qps > 0"):
+        TokenBucket(qps=0, burst=1)
+
+
+def test_retries_of_many_keys_are_held_to_the_overall_rate() -> None:
+    clock = FakeClock()
+
+    async def reconcile(key: str) -> None:
+        return None
+
+    q: WorkQueue[str] = WorkQueue("t", reconcile, backoff=Backoff(base=0.001, jitter=0.0),
+                                  retry_limit=TokenBucket(qps=10.0, burst=2, clock=clock))
+    # First failures of five keys at the same instant: two go at their own backoff, the rest
+    # wait for the shared budget.
+    assert [round(q.retry_delay(1), 6) for _ in range(5)] == [0.001, 0.001, 0.1, 0.2, 0.3]
+
+
+def test_expected_failures_are_one_quiet_line_others_keep_the_traceback(
+        caplog: pytest.LogCaptureFixture) -> None:
+    class Conflict(Exception):
+        pass
+
+    def classify(exc: Exception) -> Failure:
+        if isinstance(exc, Conflict):
+            return Failure("Conflict", True, "the object has been modified")
+        return Failure(type(exc).__name__, False, "unexpected")
+
+    reported: list[tuple[str, str, int]] = []
+    succeeded: list[str] = []
+
+    async def on_failure(key: str, failure: Failure, failures: int) -> None:
+        reported.append((key, failure.reason, failures))
+
+    async def scenario() -> None:
+        calls = 0
+        done = asyncio.Event()
+
+        async def reconcile(key: str) -> None:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise Conflict("409")
+            if calls == 2:
+                raise KeyError("bug")
+            done.set()
+
+        q: WorkQueue[str] = WorkQueue(
+            "t", reconcile, backoff=Backoff(base=0.01, jitter=0.0), classify=classify,
+            on_failure=on_failure, on_success=succeeded.append)
+        q.start()
+        q.add("k")
+        await asyncio.wait_for(done.wait(), 5)
+        await q.stop()
+
+    with caplog.at_level(logging.DEBUG, logger="trtllm_operator.workqueue"):
+        asyncio.run(scenario())
+    records = [r for r in caplog.records if r.name == "trtllm_operator.workqueue"]
+    assert [(r.levelno, r.exc_info is not None) for r in records] == [
+        (logging.INFO, False), (logging.ERROR, True)]
+    assert "Conflict" in records[0].getMessage()
+    assert "\n" not in records[0].getMessage()
+    assert reported == [("k", "Conflict", 1), ("k", "KeyError", 2)]
+    assert succeeded == ["k"]
+
+
+def test_a_failing_failure_hook_does_not_stop_the_worker() -> None:
+    async def scenario() -> int:
+        calls = 0
+        done = asyncio.Event()
+
+        async def reconcile(key: str) -> None:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise RuntimeError("first")
+            done.set()
+
+        async def on_failure(key: str, failure: Failure, failures: int) -> None:
+            raise RuntimeError("status write refused")
+
+        q: WorkQueue[str] = WorkQueue("t", reconcile, backoff=Backoff(base=0.01, jitter=0.0),
+                                      on_failure=on_failure)
+        q.start()
+        q.add("k")
+        await asyncio.wait_for(done.wait(), 5)
+        await q.stop()
+        return calls
+
+    assert asyncio.run(scenario()) == 2

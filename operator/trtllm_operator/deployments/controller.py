@@ -30,6 +30,7 @@ from trtllm_operator.api import (
 from trtllm_operator.api.deployment import DeploymentConditionType
 from trtllm_operator.api.engine import BuiltLimits
 from trtllm_operator.deployments import builders
+from trtllm_operator.reconcile_errors import RECONCILE_ERROR
 from trtllm_operator.status_writes import StatusWrites
 from trtllm_operator.validation import (
     ClusterFacts,
@@ -172,7 +173,8 @@ class DeploymentController:
         metrics.record_ready("LLMDeployment", key, cond.is_true(
             status.conditions, DeploymentConditionType.READY))
         old_wire, new_wire = d.status.to_wire(), status.to_wire()
-        if await self.status_writes.publish(self.writer, key, old_wire, new_wire):
+        if await self.status_writes.publish(self.writer, key, old_wire, new_wire,
+                                            uid=d.metadata.uid):
             self._emit(body, d.status, status)
         if not cond.is_true(status.conditions, DeploymentConditionType.READY):
             return Result(requeue_after=NOT_READY_RESYNC_SECONDS)
@@ -182,7 +184,8 @@ class DeploymentController:
                 dep: Mapping[str, Any] | None, facts: ClusterFacts) -> LLMDeploymentStatus:
         gen = d.metadata.generation
         now = self.clock()
-        conds = d.status.conditions
+        # Computed only by a reconcile that got this far: a past ReconcileError is over.
+        conds = cond.remove_condition(d.status.conditions, RECONCILE_ERROR)
 
         def put(type_: str, status: ConditionStatus, reason: str, message: str) -> None:
             nonlocal conds

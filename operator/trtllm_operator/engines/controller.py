@@ -9,7 +9,6 @@ when the status differs from what is stored.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,6 +27,7 @@ from trtllm_operator.engines.status import (
     decide_target,
     resolve_targets,
 )
+from trtllm_operator.reconcile_errors import RECONCILE_ERROR
 from trtllm_operator.status_writes import StatusWrites
 from trtllm_operator.validation import ClusterFacts, Finding, Severity, validate_engine
 from trtllm_operator.workqueue import Result
@@ -39,15 +39,13 @@ Key = tuple[str, str]  # (namespace, name)
 # While a build runs, look again this often even without events (a safety net only: Job and
 # pod events drive progress).
 BUILDING_RESYNC_SECONDS = 120.0
-JUST_CREATED_SECONDS = 30.0
 
 
 IN_USE_FINALIZER = "trtllm.dev/in-use-protection"
 
 
 class Writer(Protocol):
-    async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]: ...
-    async def create_if_absent(self, manifest: dict[str, Any]) -> None: ...
+    async def create_if_absent(self, manifest: dict[str, Any]) -> bool: ...
     async def set_finalizers(self, kind: str, namespace: str, name: str,
                              finalizers: list[str], resource_version: str | None) -> None: ...
     async def patch_status(self, kind: str, namespace: str, name: str,
@@ -68,7 +66,6 @@ class View(Protocol):
     def deployments_using(self, namespace: str, engine: str) -> list[str]: ...
     def job_wanted_by_others(self, namespace: str, job_name: str, but_not: str) -> bool: ...
     def has_configmap(self, namespace: str, name: str) -> bool: ...
-    def note_configmap(self, namespace: str, name: str) -> None: ...
 
 
 EventSink = Callable[[Mapping[str, Any], str, str, str], None]
@@ -84,10 +81,6 @@ class EngineController:
     script: str = field(default_factory=jobs.entrypoint_script)
     active_deadline_seconds: int = 6 * 3600
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
-    applied_jobs: dict[tuple[str, str], float] = field(default_factory=dict)
-    """Build Jobs created but not yet seen in the view, with when: applying them again (and
-    counting another build) until the watch catches up would be wrong. Entries expire, so a Job
-    deleted before it was ever seen is still recreated."""
     status_writes: StatusWrites = field(default_factory=lambda: StatusWrites("LLMEngine"))
 
     async def reconcile(self, key: Key) -> Result | None:
@@ -132,21 +125,18 @@ class EngineController:
             decisions.append(decide_target(plan, engine.spec.build.image, namespace,
                                            by_gpu.get(gpu, []), observed, facts))
 
-        if any(d.create_job for d in decisions):
+        # Running builds need the script too: pods of a Job whose ConfigMap was deleted would
+        # wait in ContainerCreating (FailedMount) until the build deadline.
+        if any(d.create_job or d.status.state in ("Pending", "Building") for d in decisions):
             await self._ensure_script(namespace)
-        now = time.monotonic()
         for plan, decision in zip(plans, decisions, strict=True):
-            job_key = (namespace, plan.job_name)
-            if not decision.create_job:
-                self.applied_jobs.pop(job_key, None)
-                continue
-            if now - self.applied_jobs.get(job_key, -JUST_CREATED_SECONDS) < JUST_CREATED_SECONDS:
-                continue  # created a moment ago; the watch has not shown it yet
-            await self.writer.apply(jobs.build_job(
-                engine, plan, jobs.script_configmap_name(self.script),
-                self.active_deadline_seconds))
-            self.applied_jobs[job_key] = now
-            metrics.BUILDS_STARTED.labels(plan.gpu).inc()
+            # Created, never applied: a Job's template is immutable, and engines sharing a
+            # fingerprint share the Job. 409 means it is already there (made by another engine,
+            # or by us a moment ago and not yet in the view): nothing started, nothing counted.
+            if decision.create_job and await self.writer.create_if_absent(jobs.build_job(
+                    engine, plan, jobs.script_configmap_name(self.script),
+                    self.active_deadline_seconds)):
+                metrics.BUILDS_STARTED.labels(plan.gpu).inc()
         await self._delete_unplanned_jobs(namespace, name, {p.job_name for p in plans})
 
         statuses = tuple(d.status for d in decisions)
@@ -155,7 +145,8 @@ class EngineController:
                                                             EngineConditionType.READY))
         old_wire = engine.status.to_wire()
         new_wire = new_status.to_wire()
-        if await self.status_writes.publish(self.writer, key, old_wire, new_wire):
+        if await self.status_writes.publish(self.writer, key, old_wire, new_wire,
+                                            uid=engine.metadata.uid):
             self._emit_transitions(body, previous, statuses)
         if any(s.state in ("Building", "Pending", "Unschedulable") for s in statuses):
             return Result(requeue_after=BUILDING_RESYNC_SECONDS)
@@ -208,7 +199,6 @@ class EngineController:
         name = jobs.script_configmap_name(self.script)
         if not self.view.has_configmap(namespace, name):
             await self.writer.create_if_absent(jobs.script_configmap(namespace, self.script))
-            self.view.note_configmap(namespace, name)
 
     async def _delete_unplanned_jobs(self, namespace: str, engine: str,
                                      planned: set[str]) -> None:
@@ -234,7 +224,8 @@ class EngineController:
         total = len(targets)
         built = sum(t.state == "Built" for t in targets)
         states = {t.state for t in targets}
-        conds = engine.status.conditions
+        # Computed only by a reconcile that got this far: a past ReconcileError is over.
+        conds = cond.remove_condition(engine.status.conditions, RECONCILE_ERROR)
 
         if total == 0:
             reason, message = "NoTargets", ("spec.targets resolved to no GPU type: auto found "

@@ -1,0 +1,56 @@
+"""The operator's write door: every write takes a token of the client-side rate limit, and a
+create says whether it made the object."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx2
+from lightkube import ApiError
+from lightkube.models.meta_v1 import Status
+
+from trtllm_operator.kube import Kube
+from trtllm_operator.workqueue import TokenBucket
+
+CONFIGMAP = {"apiVersion": "v1", "kind": "ConfigMap",
+             "metadata": {"name": "script", "namespace": "ml"}, "data": {}}
+
+
+class FakeClient:
+    """Answers like the API server: a second create of one name is 409 AlreadyExists."""
+
+    def __init__(self) -> None:
+        self.names: set[str] = set()
+
+    async def create(self, obj: Any) -> Any:
+        if obj.metadata.name in self.names:
+            request = httpx2.Request("POST", "https://127.0.0.1/api/v1/namespaces/ml/configmaps")
+            response = httpx2.Response(409, request=request, json={
+                "kind": "Status", "code": 409, "reason": "AlreadyExists", "message": "exists"})
+            raise ApiError(request=request, response=response,
+                           status=Status(code=409, reason="AlreadyExists", message="exists"))
+        self.names.add(obj.metadata.name)
+        return obj
+
+    async def patch(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    async def delete(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def test_every_write_takes_a_token_and_create_reports_201_or_409() -> None:
+    bucket = TokenBucket(qps=1.0, burst=4, clock=lambda: 0.0)  # time stands still
+    kube = Kube(FakeClient(), writes=bucket)  # type: ignore[arg-type]
+
+    async def writes() -> tuple[bool, bool]:
+        first = await kube.create_if_absent(CONFIGMAP)
+        again = await kube.create_if_absent(CONFIGMAP)
+        await kube.patch_status("LLMEngine", "ml", "e", {"builtTargets": "0/1"})
+        await kube.delete(object, "ml", "gone")
+        return first, again
+
+    assert asyncio.run(writes()) == (True, False)
+    # Four writes took the whole burst: the next one would have to wait a second.
+    assert bucket.reserve() == 1.0
