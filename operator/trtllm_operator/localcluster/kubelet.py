@@ -268,7 +268,7 @@ class KubeletAdmission:
         self._known = Known({}, {})
         self._pending: dict[tuple[str, str], dict[str, Any]] = {}
         self._pulled_once: set[str] = set()  # uids whose unpullable image already failed once
-        self._restarts: dict[str, int] = {}
+        self._restarts: dict[str, float] = {}  # uid -> when the next restart is due
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._retry = retry_seconds
@@ -358,8 +358,8 @@ class KubeletAdmission:
         with self._lock:
             waiting = decide(pod, self._known, pull_attempted=uid in self._pulled_once)
         if not waiting:
-            self._client.patch(Pod, name, {"metadata": {"annotations": {ADMITTED_ANNOTATION: "true"}}},
-                               namespace=ns, patch_type=PatchType.MERGE)
+            admit = {"metadata": {"annotations": {ADMITTED_ANNOTATION: "true"}}}
+            self._client.patch(Pod, name, admit, namespace=ns, patch_type=PatchType.MERGE)
             with self._lock:
                 self._pending.pop((ns, name), None)
             return
