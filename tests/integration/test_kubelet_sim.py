@@ -5,9 +5,22 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from collections.abc import Iterator
+
+import pytest
 from kubernetes import client
 
+from tests.conftest import ClusterUnderTest
 from tests.support import wait_for
+
+
+@pytest.fixture(autouse=True)
+def _node(cluster: ClusterUnderTest) -> Iterator[None]:
+    local = cluster.require_local()
+    names = cluster.add_nodes(None, 1)
+    local.wait_nodes_ready(names)
+    yield
+    cluster.remove_nodes(names)
 
 
 def _pod(name: str, image: str = "example.com/server:1", env: list[dict[str, Any]] | None = None,
