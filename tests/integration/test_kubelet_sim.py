@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
-
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from kubernetes import client
@@ -44,7 +43,7 @@ def test_missing_secret_then_created(core: client.CoreV1Api, namespace: str) -> 
     core.create_namespaced_pod(namespace, _pod(name, env=env))
     wait_for(lambda: (_waiting(core, namespace, name) or ("",))[0] == "CreateContainerConfigError",
              timeout=30)
-    reason, message, _ = _waiting(core, namespace, name) or ("", "", 0)
+    _reason, message, _ = _waiting(core, namespace, name) or ("", "", 0)
     assert message == 'secret "hf" not found'
     pod = core.read_namespaced_pod(name, namespace)
     assert pod.status.phase == "Pending"
@@ -69,7 +68,8 @@ def test_crash_knob(core: client.CoreV1Api, namespace: str) -> None:
     wait_for(lambda: (_waiting(core, namespace, name) or ("", "", 0))[2] >= 2, timeout=40)
     reason, message, _ = _waiting(core, namespace, name) or ("", "", 0)
     assert reason == "CrashLoopBackOff"
-    assert message.startswith("back-off ") and f"container=c pod={name}_{namespace}(" in message
+    assert message.startswith("back-off ")
+    assert f"container=c pod={name}_{namespace}(" in message
 
 
 def test_ordinary_pod_runs(core: client.CoreV1Api, namespace: str) -> None:

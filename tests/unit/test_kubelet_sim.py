@@ -59,7 +59,8 @@ def test_image_rule() -> None:
     assert not kubelet.pullable("registry.invalid/x:1")
     assert not kubelet.pullable("nvcr.invalid:5000/x:1")
     [first] = decide(_pod(image="registry.invalid/x:1"), Known({}, {}))
-    assert first.reason == "ErrImagePull" and "no such host" in first.message
+    assert first.reason == "ErrImagePull"
+    assert "no such host" in first.message
     [then] = decide(_pod(image="registry.invalid/x:1"), Known({}, {}), pull_attempted=True)
     assert (then.reason, then.message) == ("ImagePullBackOff",
                                            'Back-off pulling image "registry.invalid/x:1"')
