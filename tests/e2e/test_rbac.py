@@ -221,7 +221,7 @@ def chart(cluster: ClusterUnderTest, crds: list[str], core: client.CoreV1Api,
     namespace = _namespace(core, "trtllm-system")
     base = [str(helm), f"--kubeconfig={cluster.kubeconfig}", "-n", namespace]
     subprocess.run([*base, "install", release, str(ROOT / "charts/trtllm-operator"),
-                    "--skip-crds", "--set", "image.repository=example.invalid/trtllm-operator"],
+                    "--skip-crds", "--set", "image.repository=example.com/trtllm-operator"],
                    check=True, capture_output=True, text=True)
     rbac = client.RbacAuthorizationV1Api(core.api_client)
     role = next(r for r in rbac.list_cluster_role(

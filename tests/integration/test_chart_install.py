@@ -87,7 +87,7 @@ def test_install_creates_the_operator_objects_and_uninstall_removes_them(
         helm: Helm, kubectl: Kubectl, namespace: str, release: str) -> None:
     fullname = f"{release}-trtllm-operator"
     out = helm("install", release, str(CHART), "--namespace", namespace, "--skip-crds",
-               "--set", "image.repository=registry.invalid/trtllm-operator").stdout
+               "--set", "image.repository=registry.example.com/trtllm-operator").stdout
     assert "kubectl get llm -A" in out  # NOTES.txt
     assert f"deployment/{fullname}" in out
 

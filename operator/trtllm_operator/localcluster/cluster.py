@@ -47,7 +47,7 @@ from typing import Any
 import yaml
 
 from trtllm_operator import gpus
-from trtllm_operator.localcluster import pki, stages
+from trtllm_operator.localcluster import kubelet, pki, stages
 from trtllm_operator.localcluster.binaries import BinaryBuilder, Toolset
 
 log = logging.getLogger(__name__)
@@ -230,6 +230,7 @@ class LocalCluster:
         self._lock = threading.RLock()
         self._running = False
         self._watchdog: threading.Thread | None = None
+        self._kubelet: kubelet.KubeletAdmission | None = None
         self._node_counter = itertools.count()
         self._pki: pki.ClusterPKI | None = None
         self._ports: dict[str, int] = {}
@@ -286,6 +287,9 @@ class LocalCluster:
         self._launch("kube-controller-manager", self._kcm_args())
         self._launch("kube-scheduler", self._scheduler_args())
         self._launch("kwok", self._kwok_args())
+        # kwok runs no container: this stands in for the kubelet's pre-start checks.
+        self._kubelet = kubelet.KubeletAdmission(self.kubeconfig)
+        self._kubelet.start()
         self._start_watchdog()
         self._wait(lambda: self._https_healthz(ports["kcm"]), "kube-controller-manager")
         self._wait(lambda: self._https_healthz(ports["scheduler"]), "kube-scheduler")
@@ -298,6 +302,9 @@ class LocalCluster:
         """Stop every component (reverse start order) and remove the work folder. Idempotent."""
         with self._lock:
             self._running = False
+            if self._kubelet is not None:
+                self._kubelet.stop()
+                self._kubelet = None
             for comp in reversed(self._components):
                 self._terminate(comp)
             self._components = []

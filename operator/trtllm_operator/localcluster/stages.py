@@ -9,6 +9,9 @@ Stages the binary exits with "no stages found"). These Stages make:
   the ``sim.trtllm.dev/exit-code`` annotation (``pod-job-fail``);
 - a deleted pod go away (``pod-delete``).
 
+A pod only starts once the kubelet simulator (:mod:`.kubelet`) has checked what a real kubelet
+checks (Secrets, ConfigMaps, image pull, crash knob) and set ``sim.trtllm.dev/admitted``.
+
 Annotations a test (or a pod template) may set, all optional -- or the same as environment
 variables of the pod's first container (``SIM_DURATION``, ``SIM_EXIT_CODE``,
 ``SIM_TERMINATION_MESSAGE``), which is how a test steers a pod it does not write itself, such
@@ -48,6 +51,8 @@ def _annotation_or_env(annotation: str, env: str) -> str:
             f'{{{{ end }}}}{{{{ if not $v }}}}{{{{ range (index $.spec.containers 0).env }}}}'
             f'{{{{ if eq .name "{env}" }}}}{{{{ $v = .value }}}}{{{{ end }}}}{{{{ end }}}}{{{{ end }}}}')
 
+# Only pods the kubelet simulator admitted (see :mod:`.kubelet`) may start.
+_ADMITTED = {"key": '.metadata.annotations["sim.trtllm.dev/admitted"]', "operator": "Exists"}
 _NOT_DELETING = {"key": ".metadata.deletionTimestamp", "operator": "DoesNotExist"}
 _OWNED_BY_JOB = {"key": ".metadata.ownerReferences.[].kind", "operator": "In", "values": ["Job"]}
 _RUNNING = {"key": ".status.phase", "operator": "In", "values": ["Running"]}
@@ -227,7 +232,7 @@ def stages(job_duration_seconds: float = 0.0, heartbeat_seconds: int = 600) -> l
         ),
         _stage(
             "pod-ready", "Pod",
-            [_NOT_DELETING, {"key": ".status.podIP", "operator": "DoesNotExist"}],
+            [_NOT_DELETING, _ADMITTED, {"key": ".status.podIP", "operator": "DoesNotExist"}],
             {"statusTemplate": _POD_READY},
         ),
         _stage(
