@@ -13,6 +13,7 @@ import yaml
 
 from tests.conftest import ROOT
 from trtllm_operator.api import EngineTargetStatus
+from trtllm_operator.claims import ClaimFact
 from trtllm_operator.engines.controller import EngineController, Key
 from trtllm_operator.validation import ClusterFacts, GPUPool
 
@@ -24,6 +25,9 @@ class FakeView:
     def __init__(self, body: dict[str, Any]) -> None:
         self.body = body
         self.jobs: dict[str, dict[str, Any]] = {}
+        self.pods: dict[str, dict[str, Any]] = {}
+        self.claims: dict[str, ClaimFact] = {"trtllm-engines": ClaimFact("Bound",
+                                                                         ("ReadWriteMany",))}
 
     def engine(self, key: Key) -> Mapping[str, Any] | None:
         return self.body
@@ -35,7 +39,7 @@ class FakeView:
         return self.jobs.get(name)
 
     def newest_pod(self, namespace: str, job_name: str) -> Mapping[str, Any] | None:
-        return None
+        return self.pods.get(job_name)
 
     def built_elsewhere(self, namespace: str, job_name: str,
                         but_not: str) -> EngineTargetStatus | None:
@@ -55,6 +59,9 @@ class FakeView:
 
     def note_configmap(self, namespace: str, name: str) -> None:
         pass
+
+    def claim(self, namespace: str, name: str) -> ClaimFact | None:
+        return self.claims.get(name)
 
 
 class FakeWriter:
