@@ -29,11 +29,13 @@ from lightkube.resources.batch_v1 import Job
 
 from trtllm_operator import gpus, labels, metrics
 from trtllm_operator.api import API_GROUP, API_VERSION, EngineTargetStatus
+from trtllm_operator.claims import ClaimFact, observe_claim
 from trtllm_operator.deployments import builders as serving
 from trtllm_operator.deployments.controller import DeploymentController
 from trtllm_operator.engines import jobs as jobbuilder
 from trtllm_operator.engines.controller import EngineController, Key
 from trtllm_operator.kube import Kube, classify, make_client, namespace_terminating
+from trtllm_operator.pods import PodFact, observe_pod
 from trtllm_operator.reconcile_errors import ReconcileErrors
 from trtllm_operator.settings import OperatorSettings
 from trtllm_operator.validation import ClusterFacts, GPUPool
@@ -78,7 +80,7 @@ class IndexView:
         for name in ("engine_bodies", "engine_builds", "gpu_nodes", "build_jobs",
                      "engine_jobs", "build_pods", "deployment_bodies",
                      "deployments_by_engine", "serving_deployments", "serving_pods",
-                     "build_configmaps"):
+                     "build_configmaps", "claims", "engines_by_claim"):
             if name in kwargs:
                 self.indexes[name] = kwargs[name]
 
@@ -163,9 +165,16 @@ class IndexView:
         dep: Mapping[str, Any] | None = self._first("serving_deployments", (namespace, name))
         return dep
 
-    def unschedulable_pod_message(self, namespace: str, name: str) -> str | None:
-        messages = sorted(m for m in self._all("serving_pods", (namespace, name)) if m)
-        return messages[0] if messages else None
+    def serving_pods(self, namespace: str, name: str) -> list[PodFact]:
+        pods: list[PodFact] = self._all("serving_pods", (namespace, name))
+        return sorted(pods, key=lambda p: p.name)
+
+    def claim(self, namespace: str, name: str) -> ClaimFact | None:
+        fact: ClaimFact | None = self._first("claims", (namespace, name))
+        return fact
+
+    def engines_using_claim(self, namespace: str, claim: str) -> set[str]:
+        return {str(engine) for engine in self._all("engines_by_claim", (namespace, claim))}
 
 
 class Runtime:
@@ -318,8 +327,8 @@ def build_pods(namespace: str | None, labels: kopf.Labels, body: kopf.Body,
     return {(namespace or "", job): {
         "metadata": {"name": body.metadata.name,
                      "creationTimestamp": body.metadata.get("creationTimestamp")},
-        "status": {k: copy.deepcopy(status[k]) for k in ("phase", "conditions",
-                                                          "containerStatuses") if k in status},
+        "status": {k: copy.deepcopy(status[k]) for k in (
+            "phase", "conditions", "initContainerStatuses", "containerStatuses") if k in status},
     }}
 
 
@@ -418,6 +427,38 @@ async def on_node(name: str, type: str, labels: kopf.Labels, status: kopf.Status
             RUNTIME.deployments.add(key)
 
 
+# --------------------------------------------------------------------------- storage claims
+
+
+@kopf.index("", "v1", "persistentvolumeclaims")
+def claims(namespace: str | None, name: str, spec: kopf.Spec, status: kopf.Status,
+           **_: Any) -> dict[Key, ClaimFact]:
+    """Every claim's phase and access modes. Users' claims carry no label of ours, so all are
+    indexed; three small fields each, and clusters hold few claims."""
+    return {(namespace or "", name): observe_claim(spec, status)}
+
+
+@kopf.index(API_GROUP, API_VERSION, "llmengines")
+def engines_by_claim(namespace: str | None, name: str, spec: kopf.Spec,
+                     **_: Any) -> dict[Key, str] | None:
+    """Which LLMEngines mount which claims (storage and model volume), by (namespace, claim)."""
+    names = [(spec.get("storage") or {}).get("claimName"),
+             ((spec.get("model") or {}).get("volume") or {}).get("claimName")]
+    return {(namespace or "", claim): name for claim in names if claim} or None
+
+
+@kopf.on.event("", "v1", "persistentvolumeclaims")
+async def on_claim(namespace: str | None, name: str, **kwargs: Any) -> None:
+    """A claim created, bound, changed or deleted: look again at what mounts it, so fixing a
+    claim resumes builds and rollouts without a spec edit."""
+    _bind(kwargs)
+    assert RUNTIME.engines is not None
+    ns = namespace or ""
+    for engine in RUNTIME.view.engines_using_claim(ns, name):
+        RUNTIME.engines.add((ns, engine))
+        _enqueue_deployments_of(ns, engine)
+
+
 # --------------------------------------------------------------------------- deployments
 
 
@@ -454,18 +495,13 @@ def serving_deployments(namespace: str | None, name: str, body: kopf.Body,
 
 
 @kopf.index("", "v1", "pods", labels=SERVING_LABELS)
-def serving_pods(namespace: str | None, labels: kopf.Labels, status: kopf.Status,
-                 **_: Any) -> dict[Key, str | None] | None:
-    """Per LLMDeployment, the scheduler's message for each pod it cannot place (else None)."""
+def serving_pods(namespace: str | None, name: str, labels: kopf.Labels, meta: kopf.Meta,
+                 status: kopf.Status, **_: Any) -> dict[Key, PodFact] | None:
+    """Per LLMDeployment, each serving pod's fact: unschedulable, or stuck and why."""
     owner = labels.get(DEPLOYMENT_LABEL)
     if not owner:
         return None
-    message = None
-    for c in status.get("conditions") or []:
-        if c.get("type") == "PodScheduled" and c.get("status") == "False" \
-                and c.get("reason") == "Unschedulable":
-            message = str(c.get("message") or "unschedulable")
-    return {(namespace or "", owner): message}
+    return {(namespace or "", owner): observe_pod(name, meta.get("creationTimestamp"), status)}
 
 
 def _enqueue_deployments_of(namespace: str, engine: str) -> None:

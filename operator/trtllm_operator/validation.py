@@ -46,6 +46,11 @@ class Severity(StrEnum):
 class Reason(StrEnum):
     """CamelCase reasons of findings: what conditions and Events carry as ``reason``."""
 
+    # Observed cluster state (storage claims; see trtllm_operator.claims).
+    CLAIM_NOT_FOUND = "ClaimNotFound"
+    CLAIM_NOT_BOUND = "ClaimNotBound"
+    CLAIM_NOT_SHARED = "ClaimNotShared"
+
     BUILDER_IMAGE_UNSUPPORTED = "BuilderImageUnsupported"
     SERVING_IMAGE_UNSUPPORTED = "ServingImageUnsupported"
     IMAGE_RELEASE_MISMATCH = "ImageReleaseMismatch"

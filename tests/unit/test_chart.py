@@ -42,7 +42,7 @@ NAMESPACED_RULES = expand([
     (["trtllm.dev"], ["llmengines/status", "llmdeployments/status"], ["patch"]),
     (["trtllm.dev"], ["llmdeployments"], ["list", "watch"]),
     (["batch"], ["jobs"], ["list", "watch", "create", "delete"]),
-    ([""], ["pods"], ["list", "watch"]),
+    ([""], ["pods", "persistentvolumeclaims"], ["list", "watch"]),
     ([""], ["configmaps"], ["list", "watch", "create"]),
     (["apps"], ["deployments"], ["list", "watch", "create", "patch"]),
     ([""], ["services"], ["list", "watch", "create", "patch"]),

@@ -13,6 +13,7 @@ import yaml
 
 from tests.conftest import ROOT
 from trtllm_operator.api import EngineTargetStatus
+from trtllm_operator.claims import ClaimFact
 from trtllm_operator.engines.controller import EngineController, Key
 from trtllm_operator.validation import ClusterFacts, GPUPool
 
@@ -25,6 +26,9 @@ class FakeView:
         self.body = body
         self.jobs: dict[str, dict[str, Any]] = {}
         self.configmap_present = True
+        self.pods: dict[str, dict[str, Any]] = {}
+        self.claims: dict[str, ClaimFact] = {"trtllm-engines": ClaimFact("Bound",
+                                                                         ("ReadWriteMany",))}
 
     def engine(self, key: Key) -> Mapping[str, Any] | None:
         return self.body
@@ -36,7 +40,7 @@ class FakeView:
         return self.jobs.get(name)
 
     def newest_pod(self, namespace: str, job_name: str) -> Mapping[str, Any] | None:
-        return None
+        return self.pods.get(job_name)
 
     def built_elsewhere(self, namespace: str, job_name: str,
                         but_not: str) -> EngineTargetStatus | None:
@@ -53,6 +57,9 @@ class FakeView:
 
     def has_configmap(self, namespace: str, name: str) -> bool:
         return self.configmap_present
+
+    def claim(self, namespace: str, name: str) -> ClaimFact | None:
+        return self.claims.get(name)
 
 
 class FakeWriter:
@@ -169,3 +176,78 @@ def controller_script_name(controller: EngineController) -> str:
     from trtllm_operator.engines import jobs
 
     return jobs.script_configmap_name(controller.script)
+# --------------------------------------------------------------------------- cluster state
+
+
+def _target(writer: FakeWriter) -> dict[str, Any]:
+    target: dict[str, Any] = writer.status_patches[-1]["targets"][0]
+    return target
+
+
+def _ready(writer: FakeWriter) -> dict[str, Any]:
+    return next(c for c in writer.status_patches[-1]["conditions"] if c["type"] == "Ready")
+
+
+def test_a_missing_claim_starts_no_job_and_its_creation_resumes_the_build() -> None:
+    controller, view, writer, events = _setup()
+    del view.claims["trtllm-engines"]
+    asyncio.run(controller.reconcile(KEY))
+    assert writer.applied == []  # neither the Job nor the entrypoint ConfigMap
+    target = _target(writer)
+    assert (target["state"], target["reason"]) == ("Pending", "ClaimNotFound")
+    assert target.get("job") is None
+    assert "spec.storage.claimName trtllm-engines" in target["message"]
+    assert _ready(writer)["reason"] == "ClaimNotFound"
+    assert events == [("Warning", "ClaimNotFound")]
+
+    view.body = view.body | {"status": writer.status_patches[-1]}
+    view.claims["trtllm-engines"] = ClaimFact("Bound", ("ReadWriteMany",))
+    asyncio.run(controller.reconcile(KEY))
+    assert [a["kind"] for a in writer.applied] == ["Job"]
+    assert _target(writer)["reason"] == "JobCreated"
+
+
+def test_an_unbound_claim_waits_and_a_single_node_claim_is_invalid() -> None:
+    controller, view, writer, events = _setup()
+    view.claims["trtllm-engines"] = ClaimFact("Pending", ("ReadWriteMany",))
+    asyncio.run(controller.reconcile(KEY))
+    assert (_target(writer)["state"], _target(writer)["reason"]) == ("Pending", "ClaimNotBound")
+    view.body = view.body | {"status": writer.status_patches[-1]}
+    view.claims["trtllm-engines"] = ClaimFact("Bound", ("ReadWriteOnce",))
+    asyncio.run(controller.reconcile(KEY))
+    assert (_target(writer)["state"], _target(writer)["reason"]) == ("Invalid",
+                                                                     "ClaimNotShared")
+    assert writer.applied == []
+    assert events == [("Warning", "ClaimNotBound"), ("Warning", "ClaimNotShared")]
+
+
+def test_a_build_pod_that_cannot_start_is_pending_with_the_kubelets_message() -> None:
+    controller, view, writer, events = _setup()
+    asyncio.run(controller.reconcile(KEY))
+    job_name = writer.applied[-1]["metadata"]["name"]
+    view.jobs[job_name] = {"metadata": {"name": job_name},
+                           "status": {"active": 1, "startTime": "2026-11-23T10:00:00Z"}}
+    view.pods[job_name] = {"metadata": {"name": f"{job_name}-abcde"}, "status": {
+        "phase": "Pending",
+        "containerStatuses": [{"name": "build", "restartCount": 0, "state": {"waiting": {
+            "reason": "CreateContainerConfigError",
+            "message": 'secret "hf-token" not found'}}}]}}
+    view.body = view.body | {"status": writer.status_patches[-1]}
+    asyncio.run(controller.reconcile(KEY))
+    target = _target(writer)
+    assert (target["state"], target["reason"]) == ("Pending", "SecretNotFound")
+    assert 'secret "hf-token" not found' in target["message"]
+    assert "create Secret hf-token with key HF_TOKEN in namespace ml" in target["message"]
+    assert _ready(writer)["reason"] == "SecretNotFound"
+    building = next(c for c in writer.status_patches[-1]["conditions"]
+                    if c["type"] == "Building")
+    assert building["status"] == "False"
+    assert events[-1] == ("Warning", "SecretNotFound")
+
+    # The Secret is created: the same pod runs, the target is Building, announced once.
+    view.body = view.body | {"status": writer.status_patches[-1]}
+    view.pods[job_name]["status"] = {"phase": "Running", "containerStatuses": [
+        {"name": "build", "state": {"running": {}}}]}
+    asyncio.run(controller.reconcile(KEY))
+    assert _target(writer)["state"] == "Building"
+    assert events[-1] == ("Normal", "BuildStarted")

@@ -29,7 +29,9 @@ from trtllm_operator.api import (
 )
 from trtllm_operator.api.deployment import DeploymentConditionType
 from trtllm_operator.api.engine import BuiltLimits
+from trtllm_operator.claims import SHARED_READ, ClaimFact, check_claim
 from trtllm_operator.deployments import builders
+from trtllm_operator.pods import PodContext, PodFact, PodProblem, diagnose
 from trtllm_operator.reconcile_errors import RECONCILE_ERROR
 from trtllm_operator.status_writes import StatusWrites
 from trtllm_operator.validation import (
@@ -58,7 +60,8 @@ class View(Protocol):
     def engine(self, key: Key) -> Mapping[str, Any] | None: ...
     def cluster_facts(self) -> ClusterFacts: ...
     def serving_deployment(self, namespace: str, name: str) -> Mapping[str, Any] | None: ...
-    def unschedulable_pod_message(self, namespace: str, name: str) -> str | None: ...
+    def serving_pods(self, namespace: str, name: str) -> list[PodFact]: ...
+    def claim(self, namespace: str, name: str) -> ClaimFact | None: ...
 
 
 @dataclass(frozen=True)
@@ -128,6 +131,23 @@ def _dep_condition(dep: Mapping[str, Any] | None, type_: str) -> Mapping[str, An
     return None
 
 
+def serving_pod_problem(d: LLMDeployment, pods: list[PodFact],
+                        engine_image: str | None) -> PodProblem | None:
+    """Why a serving pod cannot start or keeps crashing (the first such pod), with the fix."""
+    pod = next((p for p in pods if p.stuck is not None), None)
+    if pod is None or pod.stuck is None:
+        return None
+    if d.spec.image is not None:
+        image, field_name = d.spec.image, "spec.image"
+    else:
+        image = engine_image or "(the engine's image)"
+        field_name = "spec.image (unset: the engine's spec.build.image)"
+    return diagnose(pod.name, pod.stuck, PodContext(
+        kind="serving", namespace=d.metadata.namespace or "", image=image,
+        image_field=field_name, pull_secrets_field="spec.imagePullSecrets",
+        env_field="spec.env"))
+
+
 @dataclass
 class DeploymentController:
     view: View
@@ -159,7 +179,12 @@ class DeploymentController:
             fits = check_parallelism_fits(
                 engine.spec.build.parallelism, choice.target.gpu, facts,
                 field_name="spec.gpu", fix="choose a GPU type with bigger nodes in spec.gpu")
-            preflight = fits[0] if fits else None
+            # Serving pods mount the engine's claim read-only, on many nodes.
+            engine_claim = engine.spec.storage.claim_name
+            claim_problems = check_claim(
+                self.view.claim(namespace, engine_claim), engine_claim, namespace,
+                f"LLMEngine {engine.metadata.name} spec.storage.claimName", SHARED_READ)
+            preflight = next(iter([*claim_problems, *fits]), None)
             if preflight is None:
                 serving = serving_for(engine, choice.target)
                 claim = engine.spec.storage.claim_name
@@ -230,12 +255,15 @@ class DeploymentController:
                 f"{desired} replica(s) on the current engine and settings")
 
         r_status: ConditionStatus
-        unschedulable = self.view.unschedulable_pod_message(d.metadata.namespace or "",
-                                                             d.metadata.name)
+        pods = self.view.serving_pods(d.metadata.namespace or "", d.metadata.name)
+        unschedulable = next((p.unschedulable for p in pods if p.unschedulable), None)
+        stuck = serving_pod_problem(d, pods, choice.target.image if choice.target else None)
         if choice.ready != "True":
             r_status, r_reason, r_msg = "False", choice.reason, choice.message
         elif preflight is not None:
             r_status, r_reason, r_msg = "False", preflight.reason.value, preflight.message
+        elif not rolled_out and stuck is not None:
+            r_status, r_reason, r_msg = "False", stuck.reason.value, stuck.message
         elif not rolled_out and unschedulable:
             r_status, r_reason = "False", "PodsUnschedulable"
             r_msg = f"serving pods cannot be scheduled: {unschedulable}"

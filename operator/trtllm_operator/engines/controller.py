@@ -18,15 +18,18 @@ from trtllm_operator import conditions as cond
 from trtllm_operator import metrics
 from trtllm_operator.api import ConditionStatus, EngineTargetStatus, LLMEngine, LLMEngineStatus
 from trtllm_operator.api.engine import EngineConditionType
+from trtllm_operator.claims import CLAIM_REASONS, ClaimFact, check_engine_claims
 from trtllm_operator.engines import jobs
 from trtllm_operator.engines.planning import TargetPlan, plan_target
 from trtllm_operator.engines.status import (
     AUTO_TARGET,
     Decision,
     Observed,
+    build_pod_problem,
     decide_target,
     resolve_targets,
 )
+from trtllm_operator.pods import STUCK_REASONS
 from trtllm_operator.reconcile_errors import RECONCILE_ERROR
 from trtllm_operator.status_writes import StatusWrites
 from trtllm_operator.validation import ClusterFacts, Finding, Severity, validate_engine
@@ -42,6 +45,10 @@ BUILDING_RESYNC_SECONDS = 120.0
 
 
 IN_USE_FINALIZER = "trtllm.dev/in-use-protection"
+
+# Target reasons about the cluster's state (a pod that cannot start, an unusable claim): their
+# Event carries the reason itself, as a Warning, even while the target stays Pending.
+ANNOUNCED_REASONS = STUCK_REASONS | CLAIM_REASONS
 
 
 class Writer(Protocol):
@@ -66,6 +73,7 @@ class View(Protocol):
     def deployments_using(self, namespace: str, engine: str) -> list[str]: ...
     def job_wanted_by_others(self, namespace: str, job_name: str, but_not: str) -> bool: ...
     def has_configmap(self, namespace: str, name: str) -> bool: ...
+    def claim(self, namespace: str, name: str) -> ClaimFact | None: ...
 
 
 EventSink = Callable[[Mapping[str, Any], str, str, str], None]
@@ -110,20 +118,27 @@ class EngineController:
             if f.gpu is not None:
                 by_gpu.setdefault(f.gpu, []).append(f)
 
+        # Every target writes to (and may read from) the same claims: their findings go to each.
+        claim_findings = check_engine_claims(
+            engine.spec, namespace, lambda claim: self.view.claim(namespace, claim))
+
         previous = {t.gpu: t for t in engine.status.targets}
         plans: list[TargetPlan] = []
         decisions: list[Decision] = []
         for gpu in targets:
             plan = plan_target(engine, gpu)
             plans.append(plan)
+            pod = self.view.newest_pod(namespace, plan.job_name)
             observed = Observed(
                 job=self.view.job(namespace, plan.job_name),
-                pod=self.view.newest_pod(namespace, plan.job_name),
+                pod=pod,
                 built_elsewhere=self.view.built_elsewhere(namespace, plan.job_name, name),
                 previous=previous.get(gpu),
+                stuck=build_pod_problem(engine.spec, namespace, pod),
             )
             decisions.append(decide_target(plan, engine.spec.build.image, namespace,
-                                           by_gpu.get(gpu, []), observed, facts))
+                                           [*claim_findings, *by_gpu.get(gpu, [])],
+                                           observed, facts))
 
         # Running builds need the script too: pods of a Job whose ConfigMap was deleted would
         # wait in ContainerCreating (FailedMount) until the build deadline.
@@ -237,9 +252,11 @@ class EngineController:
             ready = "False"
             worst = next((s for s in ("Invalid", "Failed", "Unschedulable", "Building",
                                       "Pending") if s in states), "Pending")
-            reason = {"Invalid": "TargetInvalid", "Failed": "BuildFailed",
-                      "Unschedulable": "TargetUnschedulable", "Building": "Building",
-                      "Pending": "BuildPending"}[worst]
+            reason = next((t.reason for t in targets if t.state == worst and t.reason
+                           and t.reason in ANNOUNCED_REASONS), None) or {
+                "Invalid": "TargetInvalid", "Failed": "BuildFailed",
+                "Unschedulable": "TargetUnschedulable", "Building": "Building",
+                "Pending": "BuildPending"}[worst]
             details = "; ".join(f"{t.gpu}: {t.state} ({t.reason})" for t in targets
                                 if t.state != "Built")
             message = f"{built}/{total} targets built; {details}"
@@ -271,12 +288,16 @@ class EngineController:
                           targets: tuple[EngineTargetStatus, ...]) -> None:
         for t in targets:
             old = previous.get(t.gpu)
-            if old is not None and (old.state, old.fingerprint) == (t.state, t.fingerprint):
+            announced = t.reason in ANNOUNCED_REASONS
+            if old is not None and (old.state, old.fingerprint) == (t.state, t.fingerprint) \
+                    and (not announced or old.reason == t.reason):
                 continue
-            kind = "Warning" if t.state in ("Failed", "Invalid", "Unschedulable") else "Normal"
-            reason = {"Pending": "BuildPending", "Building": "BuildStarted", "Built": "Built",
-                      "Failed": "BuildFailed", "Invalid": "TargetInvalid",
-                      "Unschedulable": "TargetUnschedulable"}[t.state]
+            kind = ("Warning" if announced or t.state in ("Failed", "Invalid", "Unschedulable")
+                    else "Normal")
+            reason = t.reason if announced and t.reason else {
+                "Pending": "BuildPending", "Building": "BuildStarted", "Built": "Built",
+                "Failed": "BuildFailed", "Invalid": "TargetInvalid",
+                "Unschedulable": "TargetUnschedulable"}[t.state]
             self.events(body, kind, reason, f"{t.gpu}: {t.message}"[:1024])
             _count_build_outcome(t)
 

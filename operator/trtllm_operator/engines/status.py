@@ -17,7 +17,9 @@ from typing import Any, Final
 
 from trtllm_operator.api import EngineTargetStatus, LLMEngineSpec
 from trtllm_operator.api.engine import BuildVersions
+from trtllm_operator.claims import WAITING_REASONS
 from trtllm_operator.engines.planning import TargetPlan
+from trtllm_operator.pods import PodContext, PodProblem, diagnose, observe_pod
 from trtllm_operator.validation import ClusterFacts, Finding, Reason, Severity
 
 AUTO_TARGET: Final = "auto"
@@ -38,6 +40,27 @@ class Observed:
     LLMEngine of the namespace."""
     previous: EngineTargetStatus | None = None
     """This LLMEngine's last recorded status for the GPU type."""
+    stuck: PodProblem | None = None
+    """Why the newest pod cannot start or keeps crashing (see :func:`build_pod_problem`)."""
+
+
+def build_pod_problem(spec: LLMEngineSpec, namespace: str,
+                      pod: Mapping[str, Any] | None) -> PodProblem | None:
+    """What keeps a build pod from running (a missing token Secret, an unpullable image), with
+    the fix naming the engine's fields; None if nothing does."""
+    if not pod:
+        return None
+    meta = pod.get("metadata") or {}
+    fact = observe_pod(str(meta.get("name") or ""), meta.get("creationTimestamp"),
+                       pod.get("status") or {})
+    if fact.stuck is None:
+        return None
+    hf = spec.model.hugging_face
+    ref = hf.token_secret_ref if hf is not None else None
+    return diagnose(fact.name, fact.stuck, PodContext(
+        kind="build", namespace=namespace, image=spec.build.image,
+        image_field="spec.build.image", pull_secrets_field="spec.build.imagePullSecrets",
+        env_field="spec.build.env", token_secret=(ref.name, ref.key) if ref else None))
 
 
 @dataclass(frozen=True)
@@ -149,7 +172,8 @@ def decide_target(plan: TargetPlan, image: str, namespace: str,
     errors = [f for f in findings if f.severity == Severity.ERROR]
     if errors:
         first = errors[0]
-        state = "Unschedulable" if first.reason in _UNSCHEDULABLE_REASONS else "Invalid"
+        state = ("Unschedulable" if first.reason in _UNSCHEDULABLE_REASONS
+                 else "Pending" if first.reason in WAITING_REASONS else "Invalid")
         message = "; ".join(f.message for f in errors)
         return Decision(EngineTargetStatus(**_base(plan, image, job=False), state=state,
                                            reason=first.reason.value, message=message))
@@ -174,6 +198,13 @@ def decide_target(plan: TargetPlan, image: str, namespace: str,
         return Decision(built_status(plan, image, job, summary))
     if _job_condition(job, "Failed"):
         return Decision(failed_status(plan, image, namespace, job, summary))
+    if observed.stuck is not None:
+        # Placed, holding its GPUs, but not building: never report it as Building. The kubelet
+        # retries, so fixing the cause (creating the Secret) lets this same pod start.
+        return Decision(EngineTargetStatus(
+            **_base(plan, image), state="Pending", reason=observed.stuck.reason.value,
+            message=observed.stuck.message,
+            start_time=_time((job.get("status") or {}).get("startTime"))))
 
     pool = cluster.pools.get(plan.gpu)
     pending_reason = _unschedulable_message(observed.pod)

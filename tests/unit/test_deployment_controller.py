@@ -1,0 +1,121 @@
+"""The LLMDeployment reconcile with an in-memory view: the engine claim and stuck serving pods
+decide Ready, and no Deployment is written for a claim serving pods cannot mount."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import yaml
+
+from tests.conftest import ROOT
+from trtllm_operator.claims import ClaimFact
+from trtllm_operator.deployments.controller import DeploymentController, Key
+from trtllm_operator.pods import PodFact, StuckContainer
+from trtllm_operator.validation import ClusterFacts, GPUPool
+
+H100 = "NVIDIA-H100-80GB-HBM3"
+KEY = ("ml", "server")
+IMAGE = "nvcr.io/nvidia/tensorrt-llm/release:1.2.0"
+
+
+def _engine() -> dict[str, Any]:
+    body: dict[str, Any] = yaml.safe_load(
+        (ROOT / "samples/llmengine-llama-3-8b.yaml").read_text())
+    body["metadata"] |= {"namespace": "ml", "uid": "u", "generation": 1}
+    body["spec"]["targets"] = [H100]
+    body["status"] = {"targets": [{"gpu": H100, "state": "Built", "reason": "Built",
+                                   "fingerprint": "f" * 64, "path": "engines/llama/h100",
+                                   "job": "j", "image": IMAGE}]}
+    return body
+
+
+class FakeView:
+    def __init__(self) -> None:
+        self.body: dict[str, Any] = {
+            "apiVersion": "trtllm.dev/v1alpha1", "kind": "LLMDeployment",
+            "metadata": {"name": "server", "namespace": "ml", "generation": 1, "uid": "d"},
+            "spec": {"engineRef": {"name": "llama-3-8b"}, "gpu": H100, "replicas": 1}}
+        self.engine_body = _engine()
+        self.claims = {"trtllm-engines": ClaimFact("Bound", ("ReadWriteMany",))}
+        self.pods: list[PodFact] = []
+        self.dep: dict[str, Any] | None = None
+
+    def deployment_body(self, key: Key) -> Mapping[str, Any] | None:
+        return self.body
+
+    def engine(self, key: Key) -> Mapping[str, Any] | None:
+        return self.engine_body
+
+    def cluster_facts(self) -> ClusterFacts:
+        return ClusterFacts({H100: GPUPool((8, 8), (9, 0))})
+
+    def serving_deployment(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        return self.dep
+
+    def serving_pods(self, namespace: str, name: str) -> list[PodFact]:
+        return self.pods
+
+    def claim(self, namespace: str, name: str) -> ClaimFact | None:
+        return self.claims.get(name)
+
+
+class FakeWriter:
+    def __init__(self) -> None:
+        self.applied: list[dict[str, Any]] = []
+        self.status_patches: list[dict[str, Any]] = []
+
+    async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        self.applied.append(manifest)
+        return {"metadata": {"generation": 1}, "status": {"replicas": 1}, "spec": manifest.get(
+            "spec", {})}
+
+    async def patch_status(self, kind: str, namespace: str, name: str,
+                           status: dict[str, Any]) -> None:
+        self.status_patches.append(status)
+
+
+def _run(view: FakeView) -> tuple[FakeWriter, list[tuple[str, str]], dict[str, Any]]:
+    writer = FakeWriter()
+    events: list[tuple[str, str]] = []
+    controller = DeploymentController(
+        view=view, writer=writer,
+        events=lambda _b, kind, reason, _m: events.append((kind, reason)),
+        clock=lambda: datetime(2026, 11, 23, tzinfo=UTC))
+    asyncio.run(controller.reconcile(KEY))
+    ready = next(c for c in writer.status_patches[-1]["conditions"] if c["type"] == "Ready")
+    return writer, events, ready
+
+
+def test_a_crash_looping_serving_pod_makes_ready_false_with_crash_loop() -> None:
+    view = FakeView()
+    view.pods = [PodFact("server-abc", phase="Running", stuck=StuckContainer(
+        "trtllm-serve", False, "CrashLoopBackOff", "back-off 20s restarting failed container",
+        3))]
+    writer, events, ready = _run(view)
+    assert [m["kind"] for m in writer.applied] == ["Deployment", "Service"]
+    assert (ready["status"], ready["reason"]) == ("False", "CrashLoop")
+    assert "back-off 20s restarting failed container" in ready["message"]
+    assert "kubectl logs -n ml server-abc -c trtllm-serve --previous" in ready["message"]
+    assert ("Warning", "CrashLoop") in events
+
+
+def test_an_unpullable_serving_image_names_the_engine_image() -> None:
+    view = FakeView()
+    view.pods = [PodFact("server-abc", phase="Pending", stuck=StuckContainer(
+        "trtllm-serve", False, "ImagePullBackOff", "Back-off pulling image"))]
+    _writer, _events, ready = _run(view)
+    assert ready["reason"] == "ImagePullFailed"
+    assert f"spec.image (unset: the engine's spec.build.image) {IMAGE}" in ready["message"]
+
+
+def test_a_missing_engine_claim_writes_no_deployment() -> None:
+    view = FakeView()
+    view.claims = {}
+    writer, events, ready = _run(view)
+    assert writer.applied == []
+    assert (ready["status"], ready["reason"]) == ("False", "ClaimNotFound")
+    assert "LLMEngine llama-3-8b spec.storage.claimName trtllm-engines" in ready["message"]
+    assert ("Warning", "ClaimNotFound") in events
