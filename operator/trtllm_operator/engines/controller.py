@@ -116,6 +116,12 @@ class EngineController:
         for f in (*findings, *[f for fs in auto_findings.values() for f in fs]):
             if f.gpu is not None:
                 by_gpu.setdefault(f.gpu, []).append(f)
+        # An Error that names no GPU (e.g. BuilderImageUnsupported) is wrong for every
+        # target: each becomes Invalid and no Job starts. Warnings without a GPU stay in
+        # the SpecWarning condition only.
+        spec_errors = [f for f in findings if f.gpu is None and f.severity == Severity.ERROR]
+        for gpu in targets:
+            by_gpu.setdefault(gpu, [])[:0] = spec_errors
 
         previous = {t.gpu: t for t in engine.status.targets}
         plans: list[TargetPlan] = []
