@@ -251,3 +251,18 @@ def test_a_build_pod_that_cannot_start_is_pending_with_the_kubelets_message() ->
     asyncio.run(controller.reconcile(KEY))
     assert _target(writer)["state"] == "Building"
     assert events[-1] == ("Normal", "BuildStarted")
+
+
+def test_an_error_naming_no_gpu_makes_every_target_invalid_and_starts_no_job() -> None:
+    """A builder image without trtllm-build is wrong for every target (a finding with no GPU):
+    no Job, each target Invalid, Ready False saying why, and an Event for it."""
+    controller, view, writer, events = _setup()
+    view.body["spec"]["build"]["image"] = "nvcr.io/nvidia/tensorrt-llm/release:1.4.0"
+    asyncio.run(controller.reconcile(KEY))
+    assert [a["kind"] for a in writer.applied] == []
+    status = writer.status_patches[-1]
+    assert [(t["gpu"], t["state"]) for t in status["targets"]] == [(H100, "Invalid")]
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "False"
+    assert "BuilderImageUnsupported" in ready["message"]
+    assert ("Warning", "TargetInvalid") in events

@@ -117,6 +117,12 @@ class EngineController:
         for f in (*findings, *[f for fs in auto_findings.values() for f in fs]):
             if f.gpu is not None:
                 by_gpu.setdefault(f.gpu, []).append(f)
+        # An Error that names no GPU (e.g. BuilderImageUnsupported) is wrong for every
+        # target: each becomes Invalid and no Job starts. Warnings without a GPU stay in
+        # the SpecWarning condition only.
+        spec_errors = [f for f in findings if f.gpu is None and f.severity == Severity.ERROR]
+        for gpu in targets:
+            by_gpu.setdefault(gpu, [])[:0] = spec_errors
 
         # Every target writes to (and may read from) the same claims: their findings go to each.
         claim_findings = check_engine_claims(
