@@ -88,7 +88,7 @@ DEPLOYMENT_SPEC = st.fixed_dictionaries({
     "serve": _opt({"maxBatchSize": INTS, "maxSeqLen": INTS, "maxNumTokens": INTS,
                    "tensorParallelSize": INTS,
                    "kvCacheFreeGpuMemoryFraction": st.sampled_from([0.5, 0.9, 1.5, -0.1])}),
-    "extraArgs": st.lists(st.sampled_from(FLAGS + ["--port", "--host", "--backend"]), max_size=4),
+    "extraArgs": st.lists(st.sampled_from([*FLAGS, "--port", "--host", "--backend"]), max_size=4),
     "env": ENV,
 })
 
