@@ -72,3 +72,7 @@ bench-cluster: binaries
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache operator/*.egg-info
+
+# The long property run: 10,000 generated specs against the local control plane + operator.
+fuzz: binaries
+	FUZZ_SPECS=$${FUZZ_SPECS:-10000} $(BIN)/pytest tests/e2e/test_fuzz.py -x -s $(PYTEST_ARGS)
