@@ -319,14 +319,14 @@ def validate_deployment(spec: LLMDeploymentSpec, engine: LLMEngineSpec | None,
                         cluster: ClusterFacts) -> tuple[Finding, ...]:
     """Every finding about an LLMDeployment spec, given its engine's spec (None if missing)."""
     name = spec.engine_ref.name
+    found: list[Finding] = []
+    found += check_plain_text_secrets(spec.env, "spec.env")
     if engine is None:
         return (Finding(
             Reason.ENGINE_NOT_FOUND, Severity.ERROR, "spec.engineRef.name",
             f"spec.engineRef.name {name}: there is no LLMEngine of that name in this "
             f"namespace; create it or correct the name",
-        ),)
-    found: list[Finding] = []
-    found += check_plain_text_secrets(spec.env, "spec.env")
+        ), *found)
     if spec.image is not None:
         found += check_image(spec.image, "spec.image", Reason.SERVING_IMAGE_UNSUPPORTED)
         found += check_same_release(spec.image, engine.build.image, name)

@@ -293,3 +293,10 @@ def test_the_deployment_rolls_out_and_shows_the_warning_in_spec_warning_and_an_e
     assert ("Warning", "PlainTextSecret") in [(k, r) for k, r, _ in events]
     assert TOKEN not in json.dumps(status)
     assert all(TOKEN not in m for _, _, m in events)
+
+
+def test_the_warning_is_given_even_while_the_engine_is_missing() -> None:
+    spec = LLMDeploymentSpec.model_validate({
+        "engineRef": {"name": "llama"}, "env": [{"name": "HF_TOKEN", "value": "x"}]})
+    reasons = [f.reason for f in validate_deployment(spec, None, CLUSTER)]
+    assert reasons == [Reason.ENGINE_NOT_FOUND, Reason.PLAIN_TEXT_SECRET]
