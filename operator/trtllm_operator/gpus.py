@@ -12,6 +12,8 @@ the family follows the compute capability (8.0-8.8 ampere, 8.9 ada-lovelace, 9.x
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from dataclasses import dataclass
 
 PRODUCT_LABEL = "nvidia.com/gpu.product"
@@ -21,6 +23,7 @@ COMPUTE_MINOR_LABEL = "nvidia.com/gpu.compute.minor"
 COUNT_LABEL = "nvidia.com/gpu.count"
 MEMORY_LABEL = "nvidia.com/gpu.memory"
 PRESENT_LABEL = "nvidia.com/gpu.present"
+MIG_STRATEGY_LABEL = "nvidia.com/mig.strategy"
 GPU_RESOURCE = "nvidia.com/gpu"
 
 # The taint GPU node pools commonly carry (GKE and EKS GPU pools, GPU Operator guides), so that
@@ -41,6 +44,13 @@ class GPUType:
     gpus_per_node: int
     node_cpus: int
     node_memory_gi: int
+    mig_profile: str | None = None
+    """The MIG profile (``1g.10gb``) when this "GPU" is one MIG slice of a larger GPU."""
+
+    @property
+    def is_mig(self) -> bool:
+        """A MIG slice: no NVLink or peer-to-peer access to any other GPU or slice."""
+        return self.mig_profile is not None
 
     @property
     def compute_capability(self) -> tuple[int, int]:
@@ -53,7 +63,8 @@ class GPUType:
 
     def labels(self, gpus: int | None = None) -> dict[str, str]:
         """The GFD labels a node of this type carries."""
-        return {
+        mig = {MIG_STRATEGY_LABEL: "single"} if self.is_mig else {}
+        return mig | {
             PRODUCT_LABEL: self.product,
             FAMILY_LABEL: self.family,
             COMPUTE_MAJOR_LABEL: str(self.compute_major),
@@ -76,11 +87,55 @@ _BY_KEY = {g.short: g for g in CATALOG} | {g.product: g for g in CATALOG}
 _BY_PRODUCT = {g.product: g for g in CATALOG}
 
 
+# MIG with GFD's "single" strategy: every GPU of the node is split into slices of one profile,
+# the device plugin advertises each slice as one nvidia.com/gpu, and GFD writes the product as
+# "<full GPU product>-MIG-<profile>", e.g. NVIDIA-A100-SXM4-80GB-MIG-1g.10gb. (With the "mixed"
+# strategy slices are nvidia.com/mig-<profile> resources, which pods asking for nvidia.com/gpu
+# never get, so the product label there names whole GPUs only.) A profile is
+# [<compute slices>c.]<GPU slices>g.<memory>gb, optionally with a "+me"-style suffix.
+_MIG_PRODUCT = re.compile(
+    r"^(?P<base>.+)-MIG-(?P<profile>(?:\d+c\.)?(?P<slices>\d+)g\.(?P<gb>\d+)gb(?:\+[a-z]+)?)$")
+
+
+def mig_profile(product: str) -> str | None:
+    """The MIG profile a GPU type label names (``1g.10gb``), or None for a whole GPU."""
+    match = _MIG_PRODUCT.match(product)
+    return match["profile"] if match else None
+
+
+def _mig_type(product: str) -> GPUType | None:
+    """A catalog entry for a MIG slice of a catalog GPU: the GPU's compute capability, the
+    profile's memory, and as many slices per node as the profile allows (7 GPU slices)."""
+    match = _MIG_PRODUCT.match(product)
+    base = _BY_PRODUCT.get(match["base"]) if match else None
+    if match is None or base is None:
+        return None
+    per_gpu = max(1, 7 // int(match["slices"]))
+    return dataclasses.replace(
+        base, short=f"{base.short}-mig-{match['profile']}", product=product,
+        memory_mib=int(match["gb"]) * 1024, gpus_per_node=base.gpus_per_node * per_gpu,
+        mig_profile=match["profile"])
+
+
+def memory_mib(product: str) -> int | None:
+    """GPU memory one ``nvidia.com/gpu`` of this type has, in MiB: per GPU for a whole GPU in
+    the catalog, per slice for a MIG product (from its profile: ``1g.10gb`` -> 10 GiB, even
+    when the full GPU is not in the catalog). None when unknown."""
+    known = by_product(product)
+    if known is not None:
+        return known.memory_mib
+    match = _MIG_PRODUCT.match(product)
+    return int(match["gb"]) * 1024 if match else None
+
+
 def gpu_type(key: str) -> GPUType:
     """Look a GPU type up by short name (``h100``) or product label (``NVIDIA-H100-80GB-HBM3``)."""
     try:
         return _BY_KEY[key]
     except KeyError:
+        mig = _mig_type(key)
+        if mig is not None:
+            return mig
         known = ", ".join(g.short for g in CATALOG)
         raise KeyError(f"unknown GPU type {key!r}; known: {known}") from None
 
@@ -89,9 +144,10 @@ def by_product(product: str) -> GPUType | None:
     """The catalog entry for an exact ``nvidia.com/gpu.product`` value, or None if unknown.
 
     Unlike :func:`gpu_type` this never matches a short name: a spec naming ``h100`` where a
-    product label belongs must not be mistaken for an H100.
+    product label belongs must not be mistaken for an H100. A MIG product of a catalog GPU
+    (``NVIDIA-A100-SXM4-80GB-MIG-1g.10gb``) gives that GPU's entry for one slice.
     """
-    return _BY_PRODUCT.get(product)
+    return _BY_PRODUCT.get(product) or _mig_type(product)
 
 
 def family_for(compute_major: int, compute_minor: int) -> str:

@@ -35,6 +35,17 @@ QUANT_FORMAT_MIN_SM: Final[dict[QuantFormat, int]] = {
 }
 """Lowest compute capability (as SM number, 8.9 -> 89) each format runs on (arch_support)."""
 
+KV_CACHE_DTYPE_MIN_SM: Final[dict[KvCacheDtype, int]] = {
+    # TensorRT-LLM's precompiled FP8 (e4m3) KV-cache attention kernels (XQA) exist for SM89 and
+    # SM90 only, and FP8 is an Ada/Hopper precision in its support matrix (Ampere: FP32, FP16,
+    # BF16, INT8, INT4). The 1.x docs list FP8 KV on Ampere for the PyTorch backend, which the
+    # engine (TensorRT) workflow does not use.
+    "fp8": 89,
+    # INT8 KV-cache kernels are built for SM80, SM86, SM89 and SM90 alike.
+    "int8": 80,
+}
+"""Lowest compute capability (SM number) each ``--kv_cache_dtype`` runs on."""
+
 QUANT_FORMATS_NEEDING_CALIBRATION: Final[frozenset[QuantFormat]] = frozenset(
     {"fp8", "int8_sq", "int4_awq", "w4a8_awq", "nvfp4"}
 )
@@ -85,6 +96,27 @@ def fit_need_bytes(checkpoint_bytes: int, weights: str, world_size: int) -> int:
 
 
 # --------------------------------------------------------------------------- trtllm-build
+
+# Upper bounds of the integer settings, so admission refuses values nothing can run. Each says
+# where it comes from; the API models take them as ``le=`` (the CRD's ``maximum``).
+INT32_MAX: Final = 2**31 - 1
+"""Batch sizes, sequence lengths and token counts are ``SizeType32`` (int32) in TensorRT-LLM's
+C++ runtime (``runtime/common.h``), and a Deployment's replicas are int32 in Kubernetes: a
+larger value cannot even be represented there."""
+MAX_BEAM_WIDTH: Final = 1024
+"""``kMaxBeamWidth`` of TensorRT-LLM's beam-search kernels (``kernels/beamSearchKernels.h``)."""
+MAX_NODE_GPUS: Final = 16
+"""Most GPUs tensor x pipeline may span. An engine runs on one node (the operator does not
+build multi-node engines), and the largest GPU nodes sold hold 16 (DGX-2, 16-GPU cloud
+shapes); common HGX nodes hold 8, and the operator checks the real node size per target."""
+MAX_TOKENS_PER_BLOCK: Final = 1024
+"""No hard limit in trtllm-build; its default is 32 or 64 and the XQA kernels are built for 16
+to 128 tokens per block. 1024 is a generous cap: a block that large wastes most of its memory
+on short requests."""
+MAX_CALIBRATION_SAMPLES: Final = 65536
+"""No hard limit in ``quantize.py``; NVIDIA's default is 512 samples, and calibrating on more
+than a few thousand changes the scales little while costing GPU hours. A generous cap that
+also bounds the calibration batch size."""
 
 BUILD_DEFAULT_MAX_BATCH_SIZE: Final = 2048
 BUILD_DEFAULT_MAX_INPUT_LEN: Final = 1024

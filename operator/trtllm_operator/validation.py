@@ -24,6 +24,7 @@ from enum import StrEnum
 
 from trtllm_operator import gpus
 from trtllm_operator import trtllm_facts as facts
+from trtllm_operator.api.common import EnvVar
 from trtllm_operator.api.deployment import LLMDeploymentSpec
 from trtllm_operator.api.engine import BuildLimits, LLMEngineSpec, Parallelism
 
@@ -56,6 +57,9 @@ class Reason(StrEnum):
     IMAGE_RELEASE_MISMATCH = "ImageReleaseMismatch"
     UNPINNED_REVISION = "UnpinnedRevision"
     QUANTIZATION_UNSUPPORTED = "QuantizationUnsupported"
+    KV_CACHE_DTYPE_UNSUPPORTED = "KvCacheDtypeUnsupported"
+    MIG_PARALLELISM = "ParallelismOnMIG"
+    PLAIN_TEXT_SECRET = "PlainTextSecret"
     PARALLELISM_EXCEEDS_NODE = "ParallelismExceedsNode"
     GPU_NOT_IN_CLUSTER = "GPUNotInCluster"
     ENGINE_NOT_FOUND = "EngineNotFound"
@@ -120,9 +124,13 @@ def validate_engine(spec: LLMEngineSpec, cluster: ClusterFacts) -> tuple[Finding
     found += check_image(spec.build.image, "spec.build.image",
                          Reason.BUILDER_IMAGE_UNSUPPORTED)
     found += check_revision(spec)
+    found += check_plain_text_secrets(spec.build.env, "spec.build.env",
+                                      hugging_face_fix=spec.model.hugging_face is not None)
     for target in spec.targets:
         found += check_gpu_present(target, cluster)
         found += check_quantization(spec, target, cluster)
+        found += check_kv_cache_dtype(spec, target, cluster)
+        found += check_mig_parallelism(spec.build.parallelism, target)
         found += check_parallelism_fits(spec.build.parallelism, target, cluster,
                                         field_name="spec.build.parallelism",
                                         fix=f"or remove {target} from spec.targets")
@@ -201,6 +209,84 @@ def check_quantization(spec: LLMEngineSpec, target: str,
     )]
 
 
+def check_kv_cache_dtype(spec: LLMEngineSpec, target: str,
+                         cluster: ClusterFacts) -> list[Finding]:
+    """A KV-cache dtype the target GPU's compute capability cannot run (fp8 before 8.9)."""
+    quantization = spec.build.quantization
+    if quantization is None or quantization.kv_cache_dtype is None:
+        return []
+    capability = cluster.compute_capability(target)
+    if capability is None:
+        return []
+    sm = capability[0] * 10 + capability[1]
+    dtype = quantization.kv_cache_dtype
+    needed = facts.KV_CACHE_DTYPE_MIN_SM[dtype]
+    if sm >= needed:
+        return []
+    others = [d for d, min_sm in facts.KV_CACHE_DTYPE_MIN_SM.items() if min_sm <= sm]
+    choose = f"set it to {others[0]}, " if others else ""
+    return [Finding(
+        Reason.KV_CACHE_DTYPE_UNSUPPORTED, Severity.ERROR, "spec.build.quantization.kvCacheDtype",
+        f"spec.build.quantization.kvCacheDtype {dtype} needs compute capability >= "
+        f"{_capability(needed)}; target {target} is {capability[0]}.{capability[1]}: "
+        f"{choose}remove it, or remove {target} from spec.targets",
+        gpu=target,
+    )]
+
+
+def check_mig_parallelism(parallelism: Parallelism, target: str) -> list[Finding]:
+    """A multi-GPU engine for a MIG slice: slices have no NVLink or peer-to-peer access to
+    one another, which TensorRT-LLM's tensor and pipeline parallelism need."""
+    profile = gpus.mig_profile(target)
+    if profile is None or parallelism.world_size == 1:
+        return []
+    return [Finding(
+        Reason.MIG_PARALLELISM, Severity.ERROR, "spec.build.parallelism",
+        f"spec.build.parallelism: tensor {parallelism.tensor} x pipeline "
+        f"{parallelism.pipeline} needs {parallelism.world_size} GPUs linked by NVLink or "
+        f"peer-to-peer, but target {target} is a MIG slice ({profile}) and MIG slices have no "
+        f"such link: set tensor and pipeline to 1, or remove {target} from spec.targets",
+        gpu=target,
+    )]
+
+
+# Names that say "credential": the Hugging Face variables, and *_TOKEN, *_API_KEY, *_SECRET,
+# *_SECRET_KEY, *_ACCESS_KEY and anything with PASSWORD/PASSWD in it.
+_SECRET_NAME = re.compile(
+    r"^(HF_TOKEN|HUGGING_FACE_HUB_TOKEN|TOKEN|API_KEY|SECRET)$"
+    r"|_(TOKEN|API_KEY|SECRET|SECRET_KEY|ACCESS_KEY)$|PASSWORD|PASSWD",
+    re.IGNORECASE)
+# A Hugging Face access token: hf_ and (today) 34 letters and digits.
+_HF_TOKEN_VALUE = re.compile(r"\bhf_[A-Za-z0-9]{30,}")
+
+
+def check_plain_text_secrets(env: Sequence[EnvVar], path: str, *,
+                             hugging_face_fix: bool = False) -> list[Finding]:
+    """Env entries that carry a credential as a literal value, stored readable in the object.
+
+    Judged by the name, or by a value that looks like a Hugging Face token. The message names
+    the entry and the variable, never the value.
+    """
+    found = []
+    for index, entry in enumerate(env):
+        if not entry.value:
+            continue
+        by_name = _SECRET_NAME.search(entry.name) is not None
+        if not by_name and _HF_TOKEN_VALUE.search(entry.value) is None:
+            continue
+        why = ("its name says it is a credential" if by_name
+               else "its value looks like a Hugging Face access token")
+        also = (" (for the Hugging Face token: spec.model.huggingFace.tokenSecretRef)"
+                if hugging_face_fix else "")
+        found.append(Finding(
+            Reason.PLAIN_TEXT_SECRET, Severity.WARNING, f"{path}[{index}].value",
+            f"{path}[{index}].value: {entry.name} is set as plain text and {why}; anyone "
+            f"who can read this object sees it: put it in a Secret and use "
+            f"{path}[{index}].valueFrom.secretKeyRef instead{also}",
+        ))
+    return found
+
+
 def _format_alternative(sm: int) -> str:
     supported = [f for f in _FORMAT_PREFERENCE if facts.QUANT_FORMAT_MIN_SM[f] <= sm]
     return f" or choose {supported[0]}" if supported else ""
@@ -233,13 +319,14 @@ def validate_deployment(spec: LLMDeploymentSpec, engine: LLMEngineSpec | None,
                         cluster: ClusterFacts) -> tuple[Finding, ...]:
     """Every finding about an LLMDeployment spec, given its engine's spec (None if missing)."""
     name = spec.engine_ref.name
+    found: list[Finding] = []
+    found += check_plain_text_secrets(spec.env, "spec.env")
     if engine is None:
         return (Finding(
             Reason.ENGINE_NOT_FOUND, Severity.ERROR, "spec.engineRef.name",
             f"spec.engineRef.name {name}: there is no LLMEngine of that name in this "
             f"namespace; create it or correct the name",
-        ),)
-    found: list[Finding] = []
+        ), *found)
     if spec.image is not None:
         found += check_image(spec.image, "spec.image", Reason.SERVING_IMAGE_UNSUPPORTED)
         found += check_same_release(spec.image, engine.build.image, name)

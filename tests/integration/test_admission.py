@@ -25,7 +25,7 @@ from trtllm_operator.api import (
     LLMDeploymentStatus,
     LLMEngineStatus,
 )
-from trtllm_operator.api.engine import EngineTargetStatus
+from trtllm_operator.api.engine import MAX_PARALLELISM, EngineTargetStatus
 from trtllm_operator.conditions import set_condition
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("crds")]
@@ -78,6 +78,8 @@ def custom_objects(api_client: Any) -> Any:
 
 ENGINE = sample(ENGINE_SAMPLE)
 DEPLOYMENT = sample(DEPLOYMENT_SAMPLE)
+CALIBRATED = changed(ENGINE, spec__build__quantization={"format": "int8_sq"})
+INT32_MAX = trtllm_facts.INT32_MAX
 
 # --------------------------------------------------------------------------- accepted
 
@@ -206,6 +208,45 @@ INVALID: list[tuple[str, dict[str, Any], str, list[str]]] = [
      "spec.image", ["should match"]),
     ("deployment-name-not-a-service-name", changed(DEPLOYMENT, metadata__name="8b-llama"),
      "metadata.name", ["DNS-1035 label", "rename"]),
+    *[  # Upper bounds: one value just over each, from trtllm_facts (what TensorRT-LLM accepts).
+        (f"{name}-over-bound", changed(doc, **{path.replace(".", "__"): bound + 1}),
+         path, [f"less than or equal to {bound}"])
+        for name, doc, path, bound in (
+            ("max-batch-size", ENGINE, "spec.build.limits.maxBatchSize", INT32_MAX),
+            ("max-input-len", ENGINE, "spec.build.limits.maxInputLen", INT32_MAX),
+            ("max-seq-len", ENGINE, "spec.build.limits.maxSeqLen", INT32_MAX),
+            ("max-num-tokens", ENGINE, "spec.build.limits.maxNumTokens", INT32_MAX),
+            ("max-beam-width", ENGINE, "spec.build.limits.maxBeamWidth",
+             trtllm_facts.MAX_BEAM_WIDTH),
+            ("tensor", ENGINE, "spec.build.parallelism.tensor", MAX_PARALLELISM),
+            ("pipeline", ENGINE, "spec.build.parallelism.pipeline", MAX_PARALLELISM),
+            ("build-gpus", ENGINE, "spec.build.gpus", MAX_PARALLELISM),
+            ("tokens-per-block", ENGINE, "spec.build.plugins.tokensPerBlock",
+             trtllm_facts.MAX_TOKENS_PER_BLOCK),
+            ("calibration-size", CALIBRATED, "spec.build.quantization.calibration.size",
+             trtllm_facts.MAX_CALIBRATION_SAMPLES),
+            ("calibration-batch-size", CALIBRATED,
+             "spec.build.quantization.calibration.batchSize",
+             trtllm_facts.MAX_CALIBRATION_SAMPLES),
+            ("calibration-max-seq-length", CALIBRATED,
+             "spec.build.quantization.calibration.maxSeqLength", INT32_MAX),
+            ("replicas", DEPLOYMENT, "spec.replicas", INT32_MAX),
+            ("serve-max-batch-size", DEPLOYMENT, "spec.serve.maxBatchSize", INT32_MAX),
+            ("serve-max-num-tokens", DEPLOYMENT, "spec.serve.maxNumTokens", INT32_MAX),
+            ("serve-max-seq-len", DEPLOYMENT, "spec.serve.maxSeqLen", INT32_MAX),
+            ("serve-max-beam-width", DEPLOYMENT, "spec.serve.maxBeamWidth",
+             trtllm_facts.MAX_BEAM_WIDTH),
+        )
+    ],
+    # The values the issue reported as accepted: 2^40 and 2^63-1.
+    ("max-batch-size-2-to-the-40", changed(ENGINE, spec__build__limits={"maxBatchSize": 2**40}),
+     "spec.build.limits.maxBatchSize", ["less than or equal to"]),
+    ("max-batch-size-int64-max",
+     changed(ENGINE, spec__build__limits={"maxBatchSize": 2**63 - 1}),
+     "spec.build.limits.maxBatchSize", ["less than or equal to"]),
+    ("tensor-times-pipeline-over-one-node",
+     changed(ENGINE, spec__build__parallelism={"tensor": 8, "pipeline": 4}),
+     "spec.build.parallelism", [f"tensor x pipeline must be at most {MAX_PARALLELISM}"]),
 ]
 
 

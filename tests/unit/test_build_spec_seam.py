@@ -295,7 +295,8 @@ DNS_NAME = r"[a-z0-9]([-a-z0-9]{0,20}[a-z0-9])?"
 SEGMENT = st.from_regex(r"[A-Za-z0-9_][-A-Za-z0-9_. ]{0,15}", fullmatch=True).filter(
     lambda s: s not in ("..", "."))
 RELATIVE_PATH = st.lists(SEGMENT, min_size=1, max_size=4).map("/".join)
-POSITIVE = st.integers(min_value=1, max_value=2**31 - 1)
+POSITIVE = st.integers(min_value=1, max_value=facts.INT32_MAX)
+CALIBRATION_COUNT = st.integers(min_value=1, max_value=facts.MAX_CALIBRATION_SAMPLES)
 WORD = st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1,
                max_size=20).filter(lambda s: not s.startswith("-"))
 """A free-form argument value: anything a CliArgument holds that is not an option itself."""
@@ -321,7 +322,8 @@ def plugins(draw: st.DrawFn) -> dict[str, Any]:
         if not draw(st.booleans()):
             continue
         choices = _literal_choices(info.annotation)
-        out[_camel(name)] = draw(st.sampled_from(choices) if choices else POSITIVE)
+        out[_camel(name)] = draw(st.sampled_from(choices) if choices else st.integers(
+            min_value=1, max_value=facts.MAX_TOKENS_PER_BLOCK))
     return out
 
 
@@ -379,10 +381,12 @@ def engine_bodies(draw: st.DrawFn) -> dict[str, Any]:
             quant["calibration"] = draw(st.fixed_dictionaries({}, optional={
                 "dataset": st.text(st.characters(blacklist_categories=("Cs",)), min_size=1,
                                    max_size=40),
-                "size": POSITIVE, "batchSize": POSITIVE, "maxSeqLength": POSITIVE}))
+                "size": CALIBRATION_COUNT, "batchSize": CALIBRATION_COUNT,
+                "maxSeqLength": POSITIVE}))
         build["quantization"] = quant
     tensor = draw(st.integers(min_value=1, max_value=MAX_PARALLELISM))
-    pipeline = draw(st.integers(min_value=1, max_value=MAX_PARALLELISM))
+    # The CRD refuses tensor x pipeline above MAX_PARALLELISM (one node's GPUs).
+    pipeline = draw(st.integers(min_value=1, max_value=MAX_PARALLELISM // tensor))
     build["parallelism"] = {"tensor": tensor, "pipeline": pipeline}
     if draw(st.booleans()):
         build["gpus"] = draw(st.integers(min_value=1,
@@ -390,7 +394,8 @@ def engine_bodies(draw: st.DrawFn) -> dict[str, Any]:
     if draw(st.booleans()):
         limits = draw(st.fixed_dictionaries({}, optional={
             "maxBatchSize": POSITIVE, "maxInputLen": POSITIVE, "maxSeqLen": POSITIVE,
-            "maxNumTokens": POSITIVE, "maxBeamWidth": POSITIVE}))
+            "maxNumTokens": POSITIVE,
+            "maxBeamWidth": st.integers(min_value=1, max_value=facts.MAX_BEAM_WIDTH)}))
         if "maxInputLen" in limits and "maxSeqLen" in limits:
             low, high = sorted((limits["maxInputLen"], limits["maxSeqLen"]))
             limits["maxInputLen"], limits["maxSeqLen"] = low, high

@@ -66,13 +66,13 @@ class ServeSpec(SpecModel):
     """Share of the GPU memory left after loading the engine that goes to the KV cache
     (--kv_cache_free_gpu_memory_fraction, default 0.9). Lower it if something else shares
     the GPU."""
-    max_batch_size: Annotated[int, Field(ge=1)] | None = None
+    max_batch_size: Annotated[int, Field(ge=1, le=facts.INT32_MAX)] | None = None
     """Most requests scheduled together (--max_batch_size)."""
-    max_num_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_num_tokens: Annotated[int, Field(ge=1, le=facts.INT32_MAX)] | None = None
     """Most tokens in one scheduled batch (--max_num_tokens)."""
-    max_seq_len: Annotated[int, Field(ge=1)] | None = None
+    max_seq_len: Annotated[int, Field(ge=1, le=facts.INT32_MAX)] | None = None
     """Longest prompt plus output in tokens (--max_seq_len)."""
-    max_beam_width: Annotated[int, Field(ge=1)] | None = None
+    max_beam_width: Annotated[int, Field(ge=1, le=facts.MAX_BEAM_WIDTH)] | None = None
     """Most beams for beam search (--max_beam_width)."""
     log_level: facts.ServeLogLevel | None = None
     """trtllm-serve log level (--log_level)."""
@@ -138,7 +138,7 @@ class LLMDeploymentSpec(SpecModel):
     ] | None = None
     """GPU type to run on: one of the engine's spec.targets. Unset picks the engine's first
     built target."""
-    replicas: Annotated[int, Field(ge=0)] = DEFAULT_REPLICAS
+    replicas: Annotated[int, Field(ge=0, le=facts.INT32_MAX)] = DEFAULT_REPLICAS
     """Number of serving pods, each with tensor x pipeline GPUs. Also set through the scale
     subresource (kubectl scale, HorizontalPodAutoscaler): leave it out of GitOps manifests
     when an autoscaler owns it."""

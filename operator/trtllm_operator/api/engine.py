@@ -48,7 +48,7 @@ from trtllm_operator.api.common import (
 )
 
 MAX_TARGETS: Final = 16
-MAX_PARALLELISM: Final = 64
+MAX_PARALLELISM: Final = facts.MAX_NODE_GPUS
 
 # --------------------------------------------------------------------------- spec.model
 
@@ -113,11 +113,17 @@ class Calibration(SpecModel):
         facts.DEFAULT_CALIBRATION_DATASET
     )
     """Calibration dataset: a name quantize.py knows or a Hugging Face dataset id."""
-    size: Annotated[int, Field(ge=1)] = facts.DEFAULT_CALIBRATION_SIZE
+    size: Annotated[int, Field(ge=1, le=facts.MAX_CALIBRATION_SAMPLES)] = (
+        facts.DEFAULT_CALIBRATION_SIZE
+    )
     """Number of calibration samples."""
-    max_seq_length: Annotated[int, Field(ge=1)] = facts.DEFAULT_CALIBRATION_MAX_SEQ_LENGTH
+    max_seq_length: Annotated[int, Field(ge=1, le=facts.INT32_MAX)] = (
+        facts.DEFAULT_CALIBRATION_MAX_SEQ_LENGTH
+    )
     """Tokens per calibration sample."""
-    batch_size: Annotated[int, Field(ge=1)] = facts.DEFAULT_CALIBRATION_BATCH_SIZE
+    batch_size: Annotated[int, Field(ge=1, le=facts.MAX_CALIBRATION_SAMPLES)] = (
+        facts.DEFAULT_CALIBRATION_BATCH_SIZE
+    )
     """Samples per calibration batch; raise it to calibrate faster when memory allows."""
 
 
@@ -146,6 +152,16 @@ class Parallelism(SpecModel):
     """How the model is split across GPUs. Fixed when the checkpoint is converted: serving
     uses exactly tensor x pipeline GPUs on one node."""
 
+    model_config = ConfigDict(json_schema_extra=validations(cel(
+        # has(): the CRD's default ({}) is checked against this rule before its fields' own
+        # defaults are filled in.
+        "(has(self.tensor) ? self.tensor : 1) * (has(self.pipeline) ? self.pipeline : 1)"
+        f" <= {MAX_PARALLELISM}",
+        f"spec.build.parallelism.tensor x pipeline must be at most {MAX_PARALLELISM}: an "
+        f"engine runs on the GPUs of one node, and no GPU node has more; lower tensor or "
+        f"pipeline",
+    )))
+
     tensor: Annotated[int, Field(ge=1, le=MAX_PARALLELISM)] = 1
     """Tensor parallel size: GPUs each layer is split across."""
     pipeline: Annotated[int, Field(ge=1, le=MAX_PARALLELISM)] = 1
@@ -169,15 +185,15 @@ class BuildLimits(SpecModel):
         field_path=".maxInputLen",
     )))
 
-    max_batch_size: Annotated[int, Field(ge=1)] | None = None
+    max_batch_size: Annotated[int, Field(ge=1, le=facts.INT32_MAX)] | None = None
     """Most requests in one batch (--max_batch_size)."""
-    max_input_len: Annotated[int, Field(ge=1)] | None = None
+    max_input_len: Annotated[int, Field(ge=1, le=facts.INT32_MAX)] | None = None
     """Longest prompt in tokens (--max_input_len)."""
-    max_seq_len: Annotated[int, Field(ge=1)] | None = None
+    max_seq_len: Annotated[int, Field(ge=1, le=facts.INT32_MAX)] | None = None
     """Longest prompt plus output in tokens (--max_seq_len)."""
-    max_num_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_num_tokens: Annotated[int, Field(ge=1, le=facts.INT32_MAX)] | None = None
     """Most tokens in one batch after padding is removed (--max_num_tokens)."""
-    max_beam_width: Annotated[int, Field(ge=1)] | None = None
+    max_beam_width: Annotated[int, Field(ge=1, le=facts.MAX_BEAM_WIDTH)] | None = None
     """Most beams for beam search (--max_beam_width); 1 means greedy or sampling only."""
 
 
@@ -207,7 +223,7 @@ class BuildPlugins(SpecModel):
     """--context_fmha: fused multi-head attention in the context phase."""
     remove_input_padding: facts.Toggle | None = None
     """--remove_input_padding: pack requests without padding."""
-    tokens_per_block: Annotated[int, Field(ge=1)] | None = None
+    tokens_per_block: Annotated[int, Field(ge=1, le=facts.MAX_TOKENS_PER_BLOCK)] | None = None
     """--tokens_per_block: tokens per paged KV cache block."""
     use_paged_context_fmha: facts.Toggle | None = None
     """--use_paged_context_fmha: paged context attention (needed for KV cache reuse and

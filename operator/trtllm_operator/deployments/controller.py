@@ -33,6 +33,7 @@ from trtllm_operator.claims import SHARED_READ, ClaimFact, check_claim
 from trtllm_operator.deployments import builders
 from trtllm_operator.pods import PodContext, PodFact, PodProblem, diagnose
 from trtllm_operator.reconcile_errors import RECONCILE_ERROR
+from trtllm_operator.spec_warnings import emit_spec_warnings, spec_warning_condition
 from trtllm_operator.status_writes import StatusWrites
 from trtllm_operator.validation import (
     ClusterFacts,
@@ -195,12 +196,16 @@ class DeploymentController:
                 await self.writer.apply(builders.service(d, engine.metadata.name))
 
         status = self._status(d, choice, preflight, observed, facts)
+        status = status.model_copy(update={"conditions": spec_warning_condition(
+            status.conditions, findings, d.metadata.generation, self.clock())})
         metrics.record_ready("LLMDeployment", key, cond.is_true(
             status.conditions, DeploymentConditionType.READY))
         old_wire, new_wire = d.status.to_wire(), status.to_wire()
         if await self.status_writes.publish(self.writer, key, old_wire, new_wire,
                                             uid=d.metadata.uid):
             self._emit(body, d.status, status)
+            emit_spec_warnings(self.events, body, d.status.conditions, status.conditions,
+                               findings)
         if not cond.is_true(status.conditions, DeploymentConditionType.READY):
             return Result(requeue_after=NOT_READY_RESYNC_SECONDS)
         return None

@@ -31,6 +31,7 @@ from trtllm_operator.engines.status import (
 )
 from trtllm_operator.pods import STUCK_REASONS
 from trtllm_operator.reconcile_errors import RECONCILE_ERROR
+from trtllm_operator.spec_warnings import emit_spec_warnings, spec_warning_condition
 from trtllm_operator.status_writes import StatusWrites
 from trtllm_operator.validation import ClusterFacts, Finding, Severity, validate_engine
 from trtllm_operator.workqueue import Result
@@ -169,6 +170,8 @@ class EngineController:
         if await self.status_writes.publish(self.writer, key, old_wire, new_wire,
                                             uid=engine.metadata.uid):
             self._emit_transitions(body, previous, statuses)
+            emit_spec_warnings(self.events, body, engine.status.conditions,
+                               new_status.conditions, findings)
         if any(s.state in ("Building", "Pending", "Unschedulable") for s in statuses):
             return Result(requeue_after=BUILDING_RESYNC_SECONDS)
         return None
@@ -277,14 +280,7 @@ class EngineController:
             (f"building for {', '.join(t.gpu for t in building)}" if building
              else "no build Job is running"),
             observed_generation=gen, now=now)
-        warnings = [f.message for f in findings if f.severity == Severity.WARNING
-                    and f.gpu is None]
-        if warnings:
-            conds = cond.set_condition(conds, "SpecWarning", "True", "UnpinnedRevision"
-                                       if any("revision" in w for w in warnings) else "Warning",
-                                       "; ".join(warnings), observed_generation=gen, now=now)
-        else:
-            conds = cond.remove_condition(conds, "SpecWarning")
+        conds = spec_warning_condition(conds, findings, gen, now)
         return LLMEngineStatus(
             observed_generation=gen, conditions=conds, targets=targets,
             built_targets=f"{built}/{total}", model=_model_line(engine))
