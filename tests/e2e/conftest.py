@@ -78,6 +78,22 @@ def storage(core: client.CoreV1Api, namespace: str) -> Iterator[str]:
     core.delete_persistent_volume(pv_name)
 
 
+HF_TOKEN_SECRET = "hf-token"
+
+
+@pytest.fixture
+def hf_token(core: client.CoreV1Api, namespace: str) -> str:
+    """The Secret the samples' tokenSecretRef names (key HF_TOKEN), as a user would create it.
+
+    The local kubelet simulator refuses to start a container whose Secret is missing, as a
+    real kubelet does, so every test that builds a sample engine needs it.
+    """
+    core.create_namespaced_secret(namespace, {
+        "metadata": {"name": HF_TOKEN_SECRET},
+        "stringData": {"HF_TOKEN": "hf_" + "x" * 34}})
+    return HF_TOKEN_SECRET
+
+
 def load_sample(name: str) -> dict[str, Any]:
     doc: dict[str, Any] = yaml.safe_load((ROOT / "samples" / name).read_text())
     return doc

@@ -23,7 +23,7 @@ from tests.e2e.conftest import (
 from tests.support import wait_for
 from trtllm_operator.localcluster import stages
 
-pytestmark = pytest.mark.usefixtures("running_operator", "gpu_fleet", "storage")
+pytestmark = pytest.mark.usefixtures("running_operator", "gpu_fleet", "storage", "hf_token")
 
 BUILD_SELECTOR = "app.kubernetes.io/component=engine-build"
 
