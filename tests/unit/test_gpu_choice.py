@@ -89,8 +89,15 @@ def test_the_gpu_type_served_on_is_kept_when_a_bigger_target_is_built() -> None:
 
     assert pick is not None
     assert pick.gpu == L40S
-    assert pick.why.startswith(f"kept {L40S}, where it already serves")
-    assert pick.why.endswith(f"(also built: {H200})")
+    assert pick.why == (f"kept {L40S}, where it already serves: still built and schedulable, "
+                        f"so a newly built target does not move the fleet (the rule alone would "
+                        f"choose {H200}); set spec.gpu to move it (also built: {H200})")
+
+
+def test_a_type_served_on_that_the_rule_would_choose_anyway_keeps_its_reason() -> None:
+    fresh = pick_gpu([opt("l40s", 4), opt("h200", 16)], 2, None)
+
+    assert pick_gpu([opt("l40s", 4), opt("h200", 16)], 2, current=H200) == fresh
 
 
 def test_the_served_type_is_left_once_no_node_can_hold_a_replica() -> None:
@@ -138,10 +145,13 @@ def test_a_schedulable_served_type_is_always_kept(built: list[Option], replicas:
     served = built[-1]
     pick = pick_gpu(built, replicas, served.gpu)
     assert pick is not None
-    kept = pick.why.startswith(f"kept {served.gpu},")
-    assert kept == (served.slots >= 1)
-    if kept:
+    fresh = pick_gpu(built, replicas, None)
+    assert fresh is not None
+    if served.slots < 1 or fresh.gpu == served.gpu:
+        assert pick == fresh  # where the rule alone agrees, its reason is given
+    else:
         assert pick.gpu == served.gpu
+        assert pick.why.startswith(f"kept {served.gpu},")
 
 
 @given(options, st.integers(1, 32))

@@ -3,8 +3,9 @@
 Among the engine's Built targets:
 
 1. **Sticky.** The GPU type the deployment already serves on is kept while it stays Built and
-   schedulable (a node of that type can hold one replica): a new target finishing its build
-   never moves a running fleet. Set ``spec.gpu`` to move it on purpose.
+   schedulable (a node of that type can hold one replica), even when the rules below would now
+   choose another: a new target finishing its build never moves a running fleet. Set
+   ``spec.gpu`` to move it on purpose.
 2. **Room for every replica.** Prefer GPU types whose nodes can hold ``replicas`` pods, each
    needing tensor x pipeline GPUs on one node (per node: allocatable GPUs // GPUs per replica).
 3. **Most GPU memory per GPU**, compared in whole GiB so that two cards sold with the same
@@ -88,13 +89,14 @@ def pick_gpu(options: Sequence[Option], replicas: int, current: str | None) -> P
         others = sorted(o.gpu for o in options if o.gpu != gpu)
         return f" (also built: {', '.join(others)})" if others else ""
 
-    kept = next((o for o in options if o.gpu == current and o.slots >= 1), None)
-    if kept is not None:
-        return Pick(kept.gpu, f"kept {kept.gpu}, where it already serves: still built and "
-                              f"schedulable, so a newly built target does not move the fleet; "
-                              f"set spec.gpu to move it{also(kept.gpu)}")
     ranked = sorted(options, key=lambda o: _rank(o, replicas))
     best = ranked[0]
+    kept = next((o for o in options if o.gpu == current and o.slots >= 1), None)
+    if kept is not None and kept.gpu != best.gpu:
+        return Pick(kept.gpu, f"kept {kept.gpu}, where it already serves: still built and "
+                              f"schedulable, so a newly built target does not move the fleet "
+                              f"(the rule alone would choose {best.gpu}); set spec.gpu to move "
+                              f"it{also(kept.gpu)}")
     plural = "replica" if replicas == 1 else "replicas"
     memory = f"{best.memory_gib} GiB" if best.memory_mib else "unknown"
     if best.slots >= replicas:
