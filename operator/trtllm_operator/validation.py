@@ -316,8 +316,13 @@ def check_parallelism_fits(parallelism: Parallelism, gpu: str, cluster: ClusterF
 
 
 def validate_deployment(spec: LLMDeploymentSpec, engine: LLMEngineSpec | None,
-                        cluster: ClusterFacts) -> tuple[Finding, ...]:
-    """Every finding about an LLMDeployment spec, given its engine's spec (None if missing)."""
+                        cluster: ClusterFacts, *,
+                        resolved: Sequence[str] | None = None) -> tuple[Finding, ...]:
+    """Every finding about an LLMDeployment spec, given its engine's spec (None if missing).
+
+    ``resolved`` is what the engine's targets resolved to (its status.targets, ``auto``
+    expanded), or None while the engine's status does not describe its current spec yet.
+    """
     name = spec.engine_ref.name
     found: list[Finding] = []
     found += check_plain_text_secrets(spec.env, "spec.env")
@@ -330,9 +335,9 @@ def validate_deployment(spec: LLMDeploymentSpec, engine: LLMEngineSpec | None,
     if spec.image is not None:
         found += check_image(spec.image, "spec.image", Reason.SERVING_IMAGE_UNSUPPORTED)
         found += check_same_release(spec.image, engine.build.image, name)
-    found += check_gpu_is_target(spec.gpu, engine, name)
+    found += check_gpu_is_target(spec.gpu, engine, name, resolved)
     found += check_serve_limits(spec, engine, name)
-    if spec.gpu is not None and spec.gpu in engine.targets:
+    if spec.gpu is not None and (spec.gpu in engine.targets or spec.gpu in (resolved or ())):
         found += check_parallelism_fits(
             engine.build.parallelism, spec.gpu, cluster, field_name="spec.gpu",
             fix=f"of LLMEngine {name}, or choose another GPU type in spec.gpu")
@@ -355,16 +360,32 @@ def check_same_release(image: str, builder_image: str, engine_name: str) -> list
     )]
 
 
-def check_gpu_is_target(gpu: str | None, engine: LLMEngineSpec,
-                        engine_name: str) -> list[Finding]:
-    """A GPU type the engine is not built for."""
-    if gpu is None or gpu in engine.targets:
+def check_gpu_is_target(gpu: str | None, engine: LLMEngineSpec, engine_name: str,
+                        resolved: Sequence[str] | None = None) -> list[Finding]:
+    """A GPU type the engine is not built for: neither listed in its spec.targets nor among
+    what its ``auto`` entry resolved to (``resolved``, its status.targets).
+
+    While ``auto`` has not been resolved for the current spec (``resolved`` None), nothing is
+    refused: the engine's next status says which GPU types it builds for.
+    """
+    auto = "auto" in engine.targets  # engines.status.AUTO_TARGET (that module imports this one)
+    if gpu is None or gpu in engine.targets or gpu in (resolved or ()):
         return []
+    if auto and resolved is None:
+        return []
+    listed = ", ".join(engine.targets)
+    if auto:
+        built_for = sorted(set(resolved or ()) - set(engine.targets))
+        listed += f"; auto resolved to {', '.join(built_for) or 'no GPU type'}"
+        fix = (f"choose one of them, or add {gpu} to the engine's spec.targets (auto covers "
+               f"only GPU types present in the cluster whose nodes can run the build; the "
+               f"LLMEngine's status says why a type was left out)")
+    else:
+        fix = f"choose one of them, or add {gpu} to the engine's spec.targets"
     return [Finding(
         Reason.GPU_NOT_A_TARGET, Severity.ERROR, "spec.gpu",
-        f"spec.gpu {gpu} is not a target of LLMEngine {engine_name} (targets: "
-        f"{', '.join(engine.targets)}): choose one of them, or add {gpu} to the engine's "
-        f"spec.targets",
+        f"spec.gpu {gpu} is not a target of LLMEngine {engine_name} (targets: {listed}): "
+        f"{fix}",
         gpu=gpu,
     )]
 

@@ -119,7 +119,7 @@ def test_target_choice() -> None:
     engine = _engine({H100: "Building", L40S: "Built"})
     choice = choose_target(d_any, engine, ())
     assert choice.target is not None
-    assert (choice.target.gpu, choice.ready) == (L40S, "True")  # first Built in order
+    assert (choice.target.gpu, choice.ready) == (L40S, "True")  # the only Built target
     pinned = choose_target(_llmd(gpu=H100), engine, ())
     assert (pinned.target, pinned.ready, pinned.reason) == (None, "False", "EngineBuilding")
     nothing = choose_target(d_any, _engine({H100: "Pending", L40S: "Failed"}), ())

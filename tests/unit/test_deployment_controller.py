@@ -119,3 +119,48 @@ def test_a_missing_engine_claim_writes_no_deployment() -> None:
     assert (ready["status"], ready["reason"]) == ("False", "ClaimNotFound")
     assert "LLMEngine llama-3-8b spec.storage.claimName trtllm-engines" in ready["message"]
     assert ("Warning", "ClaimNotFound") in events
+
+
+L40S = "NVIDIA-L40S"
+
+
+def _two_built_targets(view: FakeView, serving_on: str | None) -> None:
+    view.body["spec"].pop("gpu")
+    view.engine_body["spec"]["targets"] = [L40S, H100]
+    view.engine_body["status"]["targets"].append(
+        {**view.engine_body["status"]["targets"][0], "gpu": L40S, "path": "engines/llama/l40s"})
+    if serving_on is not None:
+        view.body["status"] = {"gpu": serving_on, "gpuReason": "chose it earlier"}
+        view.dep = {"metadata": {"generation": 1}, "spec": {"template": {"spec": {
+            "nodeSelector": {"nvidia.com/gpu.product": serving_on}}}}}
+
+
+def test_the_choice_and_its_reason_are_in_status_and_the_fleet_stays_put() -> None:
+    view = FakeView()
+    _two_built_targets(view, serving_on=L40S)
+    view.cluster_facts = lambda: ClusterFacts(  # type: ignore[method-assign]
+        {H100: GPUPool((8, 8), (9, 0)), L40S: GPUPool((4,), (8, 9))})
+
+    writer, events, _ready = _run(view)
+
+    status = writer.status_patches[-1]
+    assert status["gpu"] == L40S
+    assert status["gpuReason"].startswith(f"kept {L40S}, where it already serves")
+    dep = next(m for m in writer.applied if m["kind"] == "Deployment")
+    assert dep["spec"]["template"]["spec"]["nodeSelector"]["nvidia.com/gpu.product"] == L40S
+    assert not any(reason == "GPUChosen" for _kind, reason in events)
+
+
+def test_a_move_to_another_gpu_type_is_an_event_with_the_reason() -> None:
+    view = FakeView()
+    _two_built_targets(view, serving_on=L40S)
+    # The L40S nodes are gone: nothing can hold a replica there any more.
+    writer, events, _ready = _run(view)
+
+    status = writer.status_patches[-1]
+    assert status["gpu"] == H100
+    assert status["gpuReason"] == (f"chose {H100}: the most GPU memory (80 GiB) among built "
+                                   f"targets with room for 1 replica (also built: {L40S})")
+    assert ("Normal", "GPUChosen") in events
+    dep = next(m for m in writer.applied if m["kind"] == "Deployment")
+    assert dep["spec"]["template"]["spec"]["nodeSelector"]["nvidia.com/gpu.product"] == H100

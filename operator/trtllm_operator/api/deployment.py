@@ -136,8 +136,10 @@ class LLMDeploymentSpec(SpecModel):
     gpu: Annotated[
         GPUProduct, Field(json_schema_extra=validations(gpu_product_rule("spec.gpu")))
     ] | None = None
-    """GPU type to run on: one of the engine's spec.targets. Unset picks the engine's first
-    built target."""
+    """GPU type to run on: one of the engine's spec.targets, or a type its auto entry
+    resolved to (status.targets). Unset: the GPU type it already serves on while that stays
+    built and schedulable, else the built target with room for every replica and the most
+    GPU memory (status.gpuReason says why)."""
     replicas: Annotated[int, Field(ge=0, le=facts.INT32_MAX)] = DEFAULT_REPLICAS
     """Number of serving pods, each with tensor x pipeline GPUs. Also set through the scale
     subresource (kubectl scale, HorizontalPodAutoscaler): leave it out of GitOps manifests
@@ -212,6 +214,9 @@ class LLMDeploymentStatus(StatusModel):
     """Label selector of the serving pods, for the scale subresource (autoscalers)."""
     gpu: GPUProduct | None = None
     """GPU type the pods run on."""
+    gpu_reason: Annotated[str, StringConstraints(max_length=1024)] | None = None
+    """Why status.gpu: named by spec.gpu, or chosen among the engine's built targets (kept
+    where it already serves, else room for every replica, then most GPU memory), in words."""
     engine_fingerprint: Annotated[str, StringConstraints(max_length=64)] | None = None
     """Fingerprint of the engine the pods serve."""
     endpoint: Annotated[str, StringConstraints(max_length=1024)] | None = None

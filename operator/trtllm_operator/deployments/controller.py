@@ -1,7 +1,8 @@
 """LLMDeployment reconcile: engine target -> Deployment + Service -> honest status.
 
-- The target is ``spec.gpu`` if given (it must be one of the engine's targets), else the
-  engine's first Built target in ``spec.targets`` order.
+- The target is ``spec.gpu`` if given (one of the engine's targets, ``auto`` resolved
+  included), else the Built target :mod:`~trtllm_operator.deployments.choice` picks (sticky,
+  room for every replica, most GPU memory); the choice and why go to status.
 - Until that target is Built, no Deployment is created or changed: a running fleet keeps
   serving the engine it has while a new one builds, and rolls only once the new one is Built.
 - Children are written by server-side apply on every reconcile: unchanged manifests are no-ops
@@ -30,7 +31,7 @@ from trtllm_operator.api import (
 from trtllm_operator.api.deployment import DeploymentConditionType
 from trtllm_operator.api.engine import BuiltLimits
 from trtllm_operator.claims import SHARED_READ, ClaimFact, check_claim
-from trtllm_operator.deployments import builders
+from trtllm_operator.deployments import builders, choice
 from trtllm_operator.pods import PodContext, PodFact, PodProblem, diagnose
 from trtllm_operator.reconcile_errors import RECONCILE_ERROR
 from trtllm_operator.spec_warnings import emit_spec_warnings, spec_warning_condition
@@ -73,11 +74,37 @@ class EngineChoice:
     ready: ConditionStatus
     reason: str
     message: str
+    gpu_reason: str | None = None
+    """Why this GPU type: named by spec.gpu, or the rule's choice in words."""
 
 
-def choose_target(d: LLMDeployment, engine: LLMEngine | None,
-                  findings: tuple[Finding, ...]) -> EngineChoice:
-    """Pick the engine target to serve (pure)."""
+def resolved_targets(engine: LLMEngine) -> tuple[str, ...] | None:
+    """The GPU types the engine builds for (its status.targets: ``auto`` expanded), or None
+    while its status does not describe its current spec yet."""
+    if engine.status.observed_generation != engine.metadata.generation:
+        return None
+    return tuple(t.gpu for t in engine.status.targets)
+
+
+def gpu_options(built: list[EngineTargetStatus], gpus_per_replica: int,
+                cluster: ClusterFacts) -> list[choice.Option]:
+    """What the GPU choice weighs for each Built target, from the observed node pools."""
+    options = []
+    for t in built:
+        pool = cluster.pools.get(t.gpu)
+        options.append(choice.Option(
+            gpu=t.gpu,
+            slots=choice.replica_slots(pool.node_gpus if pool else (), gpus_per_replica),
+            memory_mib=choice.memory_mib(t.gpu),
+            compute=cluster.compute_capability(t.gpu)))
+    return options
+
+
+def choose_target(d: LLMDeployment, engine: LLMEngine | None, findings: tuple[Finding, ...],
+                  cluster: ClusterFacts | None = None,
+                  current: str | None = None) -> EngineChoice:
+    """Pick the engine target to serve (pure). ``current`` is the GPU type the deployment
+    serves on now, kept while it stays Built and schedulable (see :mod:`choice`)."""
     ref = d.spec.engine_ref.name
     errors = [f for f in findings if f.severity == Severity.ERROR]
     if engine is None:
@@ -89,24 +116,25 @@ def choose_target(d: LLMDeployment, engine: LLMEngine | None,
                             "; ".join(f.message for f in errors))
     by_gpu = {t.gpu: t for t in engine.status.targets}
 
-    def built(t: EngineTargetStatus) -> EngineChoice:
-        return EngineChoice(t, "True", "EngineBuilt",
-                            f"engine for {t.gpu} built ({(t.fingerprint or '')[:12]})")
+    def built(t: EngineTargetStatus) -> str:
+        return f"engine for {t.gpu} built ({(t.fingerprint or '')[:12]})"
 
     if d.spec.gpu is not None:
         t = by_gpu.get(d.spec.gpu)
         if t is not None and t.state == "Built":
-            return built(t)
+            return EngineChoice(t, "True", "EngineBuilt", built(t), "named by spec.gpu")
         state = t.state if t is not None else "Pending"
         detail = f": {t.message}" if t is not None and t.message else ""
         return EngineChoice(None, "False", f"Engine{state}",
                             f"LLMEngine {ref} has no built engine for {d.spec.gpu} yet "
                             f"({state}{detail})")
-    order = [g for g in engine.spec.targets if g in by_gpu]
-    order += [t.gpu for t in engine.status.targets if t.gpu not in order]  # auto targets
-    for gpu in order:
-        if by_gpu[gpu].state == "Built":
-            return built(by_gpu[gpu])
+    built_targets = [t for t in engine.status.targets if t.state == "Built"]
+    options = gpu_options(built_targets, engine.spec.build.parallelism.world_size,
+                          cluster or ClusterFacts())
+    pick = choice.pick_gpu(options, d.spec.replicas, current)
+    if pick is not None:
+        t = by_gpu[pick.gpu]
+        return EngineChoice(t, "True", "EngineChosen", f"{pick.why}; {built(t)}", pick.why)
     states = ", ".join(f"{t.gpu}: {t.state}" for t in engine.status.targets) or "no targets yet"
     return EngineChoice(None, "False", "EngineNotBuilt",
                         f"LLMEngine {ref} has no built target yet ({states}); the deployment "
@@ -123,6 +151,13 @@ def serving_for(engine: LLMEngine, target: EngineTargetStatus) -> builders.Servi
     return builders.Serving(gpu=target.gpu, fingerprint=target.fingerprint, path=target.path,
                             limits=built, world_size=par.world_size, tensor=par.tensor,
                             pipeline=par.pipeline)
+
+
+def _serving_gpu(dep: Mapping[str, Any] | None) -> str | None:
+    """The GPU type a trtllm-serve Deployment's pods are pinned to (its nodeSelector)."""
+    template = ((dep or {}).get("spec") or {}).get("template") or {}
+    gpu = ((template.get("spec") or {}).get("nodeSelector") or {}).get(gpus.PRODUCT_LABEL)
+    return str(gpu) if gpu else None
 
 
 def _dep_condition(dep: Mapping[str, Any] | None, type_: str) -> Mapping[str, Any] | None:
@@ -171,14 +206,18 @@ class DeploymentController:
         engine_body = self.view.engine((namespace, d.spec.engine_ref.name))
         engine = LLMEngine.model_validate(engine_body) if engine_body else None
         facts = self.view.cluster_facts()
-        findings = validate_deployment(d.spec, engine.spec if engine else None, facts)
-        choice = choose_target(d, engine, findings)
+        findings = validate_deployment(
+            d.spec, engine.spec if engine else None, facts,
+            resolved=resolved_targets(engine) if engine else None)
+        observed = self.view.serving_deployment(namespace, name)
+        # What it serves on now: the running Deployment's GPU type, else what status recorded.
+        chosen = choose_target(d, engine, findings, facts,
+                               current=_serving_gpu(observed) or d.status.gpu)
 
         preflight: Finding | None = None
-        observed = self.view.serving_deployment(namespace, name)
-        if choice.target is not None and engine is not None:
+        if chosen.target is not None and engine is not None:
             fits = check_parallelism_fits(
-                engine.spec.build.parallelism, choice.target.gpu, facts,
+                engine.spec.build.parallelism, chosen.target.gpu, facts,
                 field_name="spec.gpu", fix="choose a GPU type with bigger nodes in spec.gpu")
             # Serving pods mount the engine's claim read-only, on many nodes.
             engine_claim = engine.spec.storage.claim_name
@@ -187,7 +226,7 @@ class DeploymentController:
                 f"LLMEngine {engine.metadata.name} spec.storage.claimName", SHARED_READ)
             preflight = next(iter([*claim_problems, *fits]), None)
             if preflight is None:
-                serving = serving_for(engine, choice.target)
+                serving = serving_for(engine, chosen.target)
                 claim = engine.spec.storage.claim_name
                 options = builders.options_configmap(d, engine.metadata.name)
                 if options is not None:
@@ -195,7 +234,7 @@ class DeploymentController:
                 observed = await self.writer.apply(builders.deployment(d, engine, serving, claim))
                 await self.writer.apply(builders.service(d, engine.metadata.name))
 
-        status = self._status(d, choice, preflight, observed, facts)
+        status = self._status(d, chosen, preflight, observed, facts)
         status = status.model_copy(update={"conditions": spec_warning_condition(
             status.conditions, findings, d.metadata.generation, self.clock())})
         metrics.record_ready("LLMDeployment", key, cond.is_true(
@@ -210,7 +249,7 @@ class DeploymentController:
             return Result(requeue_after=NOT_READY_RESYNC_SECONDS)
         return None
 
-    def _status(self, d: LLMDeployment, choice: EngineChoice, preflight: Finding | None,
+    def _status(self, d: LLMDeployment, chosen: EngineChoice, preflight: Finding | None,
                 dep: Mapping[str, Any] | None, facts: ClusterFacts) -> LLMDeploymentStatus:
         gen = d.metadata.generation
         now = self.clock()
@@ -222,7 +261,7 @@ class DeploymentController:
             conds = cond.set_condition(conds, type_, status, reason, message,
                                        observed_generation=gen, now=now)
 
-        put(DeploymentConditionType.ENGINE_READY, choice.ready, choice.reason, choice.message)
+        put(DeploymentConditionType.ENGINE_READY, chosen.ready, chosen.reason, chosen.message)
         dstatus = (dep or {}).get("status") or {}
         desired = d.spec.replicas
         replicas = int(dstatus.get("replicas") or 0)
@@ -262,9 +301,9 @@ class DeploymentController:
         r_status: ConditionStatus
         pods = self.view.serving_pods(d.metadata.namespace or "", d.metadata.name)
         unschedulable = next((p.unschedulable for p in pods if p.unschedulable), None)
-        stuck = serving_pod_problem(d, pods, choice.target.image if choice.target else None)
-        if choice.ready != "True":
-            r_status, r_reason, r_msg = "False", choice.reason, choice.message
+        stuck = serving_pod_problem(d, pods, chosen.target.image if chosen.target else None)
+        if chosen.ready != "True":
+            r_status, r_reason, r_msg = "False", chosen.reason, chosen.message
         elif preflight is not None:
             r_status, r_reason, r_msg = "False", preflight.reason.value, preflight.message
         elif not rolled_out and stuck is not None:
@@ -283,19 +322,26 @@ class DeploymentController:
         template = ((dep or {}).get("spec") or {}).get("template") or {}
         fingerprint = ((template.get("metadata") or {}).get("annotations") or {}).get(
             builders.FINGERPRINT_ANNOTATION)
-        gpu = ((template.get("spec") or {}).get("nodeSelector") or {}).get(gpus.PRODUCT_LABEL)
+        gpu = _serving_gpu(dep) or (chosen.target.gpu if chosen.target else None)
+        # The reason belongs to the GPU type in status: a move not rolled out (a preflight
+        # stopped it) keeps the reason of the type still served.
+        same = chosen.target is not None and gpu == chosen.target.gpu
         return LLMDeploymentStatus(
             observed_generation=gen, conditions=conds,
             replicas=replicas, ready_replicas=ready,
             replica_summary=f"{ready}/{desired}",
             selector=builders.selector_string(d),
-            gpu=gpu or (choice.target.gpu if choice.target else None),
+            gpu=gpu,
+            gpu_reason=chosen.gpu_reason if same else d.status.gpu_reason,
             engine_fingerprint=fingerprint,
             endpoint=builders.endpoint(d) if dep is not None else None,
         )
 
     def _emit(self, body: Mapping[str, Any], old: LLMDeploymentStatus,
               new: LLMDeploymentStatus) -> None:
+        # The first choice is told by the EngineReady event; this one marks a move.
+        if old.gpu is not None and new.gpu not in (None, old.gpu) and new.gpu_reason:
+            self.events(body, "Normal", "GPUChosen", new.gpu_reason[:1024])
         for type_ in (DeploymentConditionType.ENGINE_READY, DeploymentConditionType.READY):
             before = cond.find_condition(old.conditions, type_)
             after = cond.find_condition(new.conditions, type_)
