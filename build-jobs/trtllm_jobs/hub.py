@@ -141,6 +141,8 @@ def resolve_hub_model(repo: str, revision: str, token: str | None,
     api = hub().HfApi()
     try:
         info = api.model_info(repo, revision=revision, token=token, files_metadata=True)
+    except JobFailure:
+        raise  # SIGTERM arrived meanwhile: Terminated, not a hub problem
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             raise
@@ -180,6 +182,8 @@ def download_hub_model(repo: str, sha: str, token: str | None, dest: Path,
     try:
         folder = hub().snapshot_download(repo_id=repo, revision=sha, token=token,
                                          local_dir=str(dest), ignore_patterns=list(ignore))
+    except JobFailure:
+        raise  # SIGTERM arrived meanwhile: Terminated, not a hub problem
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             raise

@@ -138,11 +138,12 @@ def sweep_stale_siblings(output_dir: Path, max_age: float = STALE_SIBLING_SECOND
         remove_tree(path)
 
 
-def staging_dir(output_dir: Path) -> Path:
-    """``<outputDir>.staging-<pod name or random>``: beside the artifact folder, hence on the
-    same filesystem, so publishing is one rename."""
-    pod = re.sub(r"[^A-Za-z0-9_.-]", "", os.environ.get("POD_NAME", ""))[:63]
-    return output_dir.with_name(f"{output_dir.name}.staging-{pod or secrets.token_hex(4)}")
+def staging_dir(output_dir: Path, owner: str | None = None) -> Path:
+    """``<outputDir>.staging-<owner, else the pod name, else random>``: beside the artifact
+    folder, hence on the same filesystem, so publishing is one rename."""
+    name = owner or os.environ.get("POD_NAME", "")
+    name = re.sub(r"[^A-Za-z0-9_.-]", "", name)[:63]
+    return output_dir.with_name(f"{output_dir.name}.staging-{name or secrets.token_hex(4)}")
 
 
 def sha256_file(path: Path) -> str:

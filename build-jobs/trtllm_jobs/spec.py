@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
+from . import cache
 from .contract import (
     SPEC_VERSION,
     absolute_path,
@@ -260,10 +261,10 @@ class DownloadSpec:
     @property
     def model_dir(self) -> Path:
         """``<cacheRoot>/models/<org>--<name>``: one folder per commit inside."""
-        return self.cache_root / "models" / self.repo.replace("/", "--")
+        return cache.model_dir(self.cache_root, self.repo)
 
     def entry(self, commit: str) -> Path:
-        return self.model_dir / commit
+        return cache.entry_dir(self.cache_root, self.repo, commit)
 
     def describe(self) -> str:
         return f"{self.repo}@{self.revision}"
