@@ -596,6 +596,98 @@ def test_unknown_gpu_memory_skips_the_check_and_says_so(harness: Harness) -> Non
     assert result.summary["checkpointBytes"] == 10_000
 
 
+# --------------------------------------------------------------------------- the model cache
+
+
+def _cache_entry(h: Harness) -> Path:
+    """Fill the model cache the way the operator will: the real download job, against the same
+    hub stand-in. Returns the published entry."""
+    env = h.env | {"TRTLLM_TERMINATION_LOG": str(h.root / "download-termination-log"),
+                   "TRTLLM_DOWNLOAD_SPEC": json.dumps({
+                       "version": 1, "kind": "download", "model": HUB_MODEL,
+                       "cacheRoot": str(h.engines)}),
+                   "TRTLLM_PROGRESS_SECONDS": "60"}
+    done = subprocess.run([sys.executable, "-m", "trtllm_jobs.download"], env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    summary = json.loads((h.root / "download-termination-log").read_text())
+    (h.root / "hub.jsonl").unlink()  # what the build does with the hub starts from here
+    return Path(summary["path"])
+
+
+def _cached_model(entry: Path, revision: str = "main") -> dict[str, Any]:
+    return HUB_MODEL | {"revision": revision, "cachedPath": str(entry)}
+
+
+def test_a_build_from_the_model_cache_never_touches_the_hub(harness: Harness) -> None:
+    entry = _cache_entry(harness)
+    before = {p: p.read_bytes() for p in entry.rglob("*") if p.is_file()}
+    cached = json.loads((entry / "model-manifest.json").read_text())
+    spec = harness.spec(model=_cached_model(entry), modelFamily=None)
+
+    result = harness.run(spec, FAKE_HF_FORBIDDEN="1")
+
+    manifest = assert_built(harness, result)
+    assert _hub_calls(harness) == []  # the stand-in records (and fails) any call
+    assert "step download" not in result.stdout
+    convert = result.argv("convert_checkpoint_llama")
+    assert value_of(convert, "--model_dir") == str(entry)  # read in place, not copied
+    assert manifest["model"] == {"source": "huggingFace", "repo": HUB_MODEL["repo"],
+                                 "revision": "main", "cachedPath": str(entry),
+                                 "resolvedRevision": cached["commit"]}
+    assert manifest["checkpointBytes"] == cached["checkpointBytes"]
+    assert result.summary["resolvedRevision"] == cached["commit"]
+    assert {p: p.read_bytes() for p in entry.rglob("*") if p.is_file()} == before
+    assert not (harness.root / "scratch" / "download").exists()
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        assert (harness.output_dir / name).read_bytes() == (entry / name).read_bytes()
+
+
+def test_the_fit_check_takes_the_cache_manifests_checkpoint_size(harness: Harness) -> None:
+    entry = _cache_entry(harness)
+    manifest_path = entry / "model-manifest.json"
+    cached = json.loads(manifest_path.read_text())
+    # An 8B model at 16 bits, as the download measured it: far more than a 1g.5gb MIG slice.
+    manifest_path.write_text(json.dumps(cached | {"checkpointBytes": 16_000_000_000}))
+    spec = harness.spec(model=_cached_model(entry, cached["commit"]), modelFamily=None,
+                        gpuProduct=MIG_1G5, gpuMemoryMiB=4864)
+
+    result = harness.run(spec, STANDIN_GPUS=A100_40_SMI, FAKE_HF_FORBIDDEN="1")
+
+    assert_failed(result, "ModelDoesNotFit", 7)
+    assert result.summary["checkpointBytes"] == 16_000_000_000
+    assert result.summary["fit"]["needBytesPerGpu"] == facts.fit_need_bytes(
+        16_000_000_000, "bfloat16", 1)
+    assert _hub_calls(harness) == []
+    assert [i["tool"] for i in result.invocations] == ["nvidia_smi"]
+
+
+@pytest.mark.parametrize(("damage", "words"), [
+    ("absent", "no model-manifest.json"),
+    ("short-file", "has 1 bytes, the manifest says"),
+    ("other-commit", "manifest of another commit"),
+])
+def test_an_unusable_cache_entry_is_refused_without_falling_back_to_the_hub(
+        harness: Harness, damage: str, words: str) -> None:
+    entry = _cache_entry(harness)
+    revision = "main"
+    if damage == "absent":
+        entry = entry.with_name("0" * 40)
+    elif damage == "short-file":
+        (entry / "model-00002-of-00002.safetensors").write_bytes(b"t")
+    else:
+        revision = "0" * 40
+    spec = harness.spec(model=_cached_model(entry, revision), modelFamily=None)
+
+    result = harness.run(spec, FAKE_HF_FORBIDDEN="1")
+
+    assert_failed(result, "CachedModelInvalid", 9)
+    assert words in result.summary["message"]
+    assert "model.cachedPath" in result.summary["message"]
+    assert _hub_calls(harness) == []
+    assert not harness.output_dir.exists()
+
+
 def test_hub_checkpoint_size_at_16_bits_without_a_download() -> None:
     shards = [("model-00001-of-00002.safetensors", 8_000), ("model-00002-of-00002.safetensors",
                                                             2_000), ("config.json", 700)]
@@ -860,6 +952,10 @@ def test_unknown_model_family_lists_the_known_ones(harness: Harness) -> None:
     ({"fingerprint": "xyz"}, "fingerprint"),
     ({"gpuProduct": "NVIDIA H100"}, "gpuProduct"),
     ({"dtype": "fp16"}, "dtype"),
+    ({"model": {"source": "huggingFace", "repo": "a/b", "cachedPath": "models/a--b"}},
+     "model.cachedPath"),
+    ({"model": {"source": "volume", "path": "/models/x", "cachedPath": "/engines/models/x"}},
+     "model.cachedPath"),
     ({"quantization": {"format": "fp4"}}, "quantization.format"),
     ({"quantization": {"format": None, "kvCacheDtype": None}}, "quantization"),
     ({"quantization": {"format": "fp8", "calibration": {"size": 0}}},
