@@ -68,7 +68,6 @@ from .hub import (
     weight_bytes,
 )
 from .publish import (
-    STALE_SIBLING_SECONDS,
     clear_aside,
     free_bytes,
     list_files,
@@ -84,14 +83,12 @@ from .reporting import Report, Steps, human_bytes, log, now_iso, run_job, start
 from .spec import ENV_BUILD_SPEC, BuildSpec, Quantization, is_commit, parse_spec
 from .tools import describe_exit, run_tool, tool_env
 
-BuildFailure = JobFailure
 MANIFEST_NAME: Final = "build-manifest.json"
 MANIFEST_SCHEMA_VERSION: Final = 1
 """Bumped when the manifest's meaning changes; a manifest of another schema is no engine."""
 EXAMPLES_DIR_DEFAULT: Final = "/app/tensorrt_llm/examples"
 ENV_EXAMPLES_DIR: Final = "TRTLLM_EXAMPLES_DIR"
 ENV_SPEC: Final = ENV_BUILD_SPEC
-__all__ = ["STALE_SIBLING_SECONDS", "main"]
 
 # --------------------------------------------------------------------------- run state
 
@@ -746,7 +743,7 @@ def build_engine(spec: BuildSpec, trtllm_build: str, checkpoint: Path, staging: 
 
 
 def execute(spec: BuildSpec, report: BuildReport, steps: Steps) -> str:
-    """Run every step; returns the phase: Built or CacheHit. Raises BuildFailure."""
+    """Run every step; returns the phase: Built or CacheHit. Raises JobFailure."""
     log(f"engine {spec.fingerprint[:16]} for {spec.gpu_product}: {spec.model.describe()}, "
         f"dtype {spec.dtype}, tp {spec.tensor_parallel} x pp {spec.pipeline_parallel}"
         + (f", quantization {spec.quantization.format or 'full_prec'}"

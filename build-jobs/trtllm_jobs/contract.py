@@ -86,10 +86,6 @@ class JobFailure(Exception):
         self.log_tail = log_tail
 
 
-BuildFailure = JobFailure
-"""The build job's name for it (kept: the build module and its tests use it)."""
-
-
 spec_name = "build spec"
 """What the running job calls its spec in messages (set by reporting.start)."""
 
