@@ -45,6 +45,7 @@ from . import cache
 from . import publish as publish_
 from .contract import (
     JobFailure,
+    Phase,
     Reason,
     invalid,
     load_spec_text,
@@ -749,7 +750,7 @@ def execute(spec: BuildSpec, report: BuildReport, steps: Steps) -> str:
         + (f", quantization {spec.quantization.format or 'full_prec'}"
            f"/kv {spec.quantization.kv_cache_dtype or '-'}" if spec.quantization else ""))
     if find_cached(spec, report, steps):
-        return "CacheHit"
+        return Phase.CACHE_HIT
     trtllm_build, gpus = preflight(spec, report, steps)
     try:
         return build_and_publish(spec, report, steps, trtllm_build, gpus)
@@ -790,8 +791,8 @@ def build_and_publish(spec: BuildSpec, report: BuildReport, steps: Steps, trtllm
         remove_tree(staging)
     if other is not None:
         report.take_manifest(other)
-        return "CacheHit"
-    return "Built"
+        return Phase.CACHE_HIT
+    return Phase.BUILT
 
 
 
@@ -815,7 +816,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         spec = parse_spec(raw)
         report.fingerprint, report.path = spec.fingerprint, str(spec.output_dir)
         report.phase = execute(spec, report, steps)
-        report.message = (f"engine published at {spec.output_dir}" if report.phase == "Built"
+        report.message = (f"engine published at {spec.output_dir}" if report.phase == Phase.BUILT
                           else f"engine already published at {spec.output_dir}")
 
     return run_job("build", report, body, disk_advice="give the build pod more scratch space "

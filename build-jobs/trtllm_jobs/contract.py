@@ -29,6 +29,16 @@ SECRET_ENV: Final = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
 NO_SPACE_MARKERS: Final = ("No space left on device", "ENOSPC")
 
 
+class Phase(StrEnum):
+    """How a job ended: the termination message's ``phase``."""
+
+    BUILT = "Built"
+    DOWNLOADED = "Downloaded"
+    CACHE_HIT = "CacheHit"
+    """The artifact was already published (by an earlier job, or by another one meanwhile)."""
+    FAILED = "Failed"
+
+
 class Reason(StrEnum):
     """Why a job ended the way it did: the termination message's ``reason``."""
 

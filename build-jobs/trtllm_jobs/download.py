@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Final, TypeVar
 
 from . import cache
-from .contract import EXIT_CODES, JobFailure, Reason, load_spec_text
+from .contract import EXIT_CODES, JobFailure, Phase, Reason, load_spec_text
 from .hub import (
     HubModel,
     download_hub_model,
@@ -328,7 +328,7 @@ def execute(spec: DownloadSpec, report: DownloadReport, steps: Steps) -> str:
             report.commit, report.path = spec.revision, str(spec.entry(spec.revision))
             if cached(spec, spec.revision, report):
                 notes.append(f"already cached at {report.path}")
-                return "CacheHit"
+                return Phase.CACHE_HIT
             notes.append("not cached yet")
     model = resolve(spec, report, steps)
     entry = spec.entry(model.sha)
@@ -336,7 +336,7 @@ def execute(spec: DownloadSpec, report: DownloadReport, steps: Steps) -> str:
     with steps.run("cache") as notes:
         if cached(spec, model.sha, report):
             notes.append(f"already cached at {entry}")
-            return "CacheHit"
+            return Phase.CACHE_HIT
         notes.append(f"not cached yet: downloading into {entry}")
     ignore, kept = kept_files(model)
     need = sum(s for _, s in kept)
@@ -372,8 +372,8 @@ def execute(spec: DownloadSpec, report: DownloadReport, steps: Steps) -> str:
                          else "another download published it first; kept that one")
         if other is not None:
             report.take_manifest(other)
-            return "CacheHit"
-        return "Downloaded"
+            return Phase.CACHE_HIT
+        return Phase.DOWNLOADED
     except JobFailure as failure:
         # A retry of this Job resumes what this pod downloaded (the staging folder is named
         # after the Job); a permanent failure leaves nothing behind.
@@ -404,7 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report.repo, report.revision = spec.repo, spec.revision
         report.phase = execute(spec, report, steps)
         report.message = (f"{spec.describe()} downloaded into the model cache at {report.path}"
-                          if report.phase == "Downloaded"
+                          if report.phase == Phase.DOWNLOADED
                           else f"{spec.describe()} already cached at {report.path}")
 
     return run_job("download", report, body, disk_advice="grow the engines volume or delete "

@@ -30,6 +30,7 @@ from .contract import (
     TERMINATION_LIMIT,
     TERMINATION_LOG_DEFAULT,
     JobFailure,
+    Phase,
     Reason,
     exit_code,
 )
@@ -74,14 +75,14 @@ class Report:
 
     started_at: str
     started: float
-    phase: str = "Failed"
+    phase: str = Phase.FAILED
     reason: Reason | None = None
     message: str = ""
     log_tail: str = ""
     steps: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def fail(self, failure: JobFailure) -> None:
-        self.phase = "Failed"
+        self.phase = Phase.FAILED
         self.reason = failure.reason
         self.message = failure.message
         self.log_tail = failure.log_tail
