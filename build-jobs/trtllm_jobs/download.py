@@ -62,7 +62,17 @@ from .publish import (
     with_margin,
 )
 from .redaction import redact
-from .reporting import Report, Steps, emit, human_bytes, log, now_iso, run_job, start
+from .reporting import (
+    Report,
+    Steps,
+    emit,
+    human_bytes,
+    log,
+    now_iso,
+    progress_line,
+    run_job,
+    start,
+)
 from .spec import ENV_DOWNLOAD_SPEC, DownloadSpec, is_commit, parse_download_spec
 
 ENV_PROGRESS_SECONDS: Final = "TRTLLM_PROGRESS_SECONDS"
@@ -186,7 +196,7 @@ class Progress:
 
     def line(self, done: int | None = None) -> None:
         done = min(tree_bytes(self.folder) if done is None else done, self.total)
-        emit(json.dumps({"progress": {"doneBytes": done, "totalBytes": self.total}}))
+        emit(progress_line(done, self.total))
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):

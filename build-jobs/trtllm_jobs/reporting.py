@@ -53,6 +53,31 @@ def log(message: str) -> None:
     emit(f"[{_job_kind}-job {stamp}] {message}")
 
 
+PROGRESS_KEY = "progress"
+
+
+def progress_line(done: int, total: int) -> str:
+    """The machine-readable progress line: ``{"progress": {"doneBytes": N, "totalBytes": M}}``.
+    One per interval on stdout; the operator reads the last one from the pod log."""
+    return json.dumps({PROGRESS_KEY: {"doneBytes": done, "totalBytes": total}})
+
+
+def last_progress(log_text: str) -> tuple[int, int] | None:
+    """(doneBytes, totalBytes) of the last progress line in a job's log, if there is one (for
+    the operator, which imports this rather than restating the format)."""
+    for line in reversed(log_text.splitlines()):
+        if not line.startswith(f'{{"{PROGRESS_KEY}"'):
+            continue
+        try:
+            data = json.loads(line)[PROGRESS_KEY]
+            done, total = data["doneBytes"], data["totalBytes"]
+        except (ValueError, KeyError, TypeError):
+            continue
+        if isinstance(done, int) and isinstance(total, int):
+            return done, total
+    return None
+
+
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from trtllm_jobs import cache, download, hub
+from trtllm_jobs import cache, download, hub, reporting
 from trtllm_jobs import contract as job_contract
 
 REPO = Path(__file__).resolve().parents[2]
@@ -203,6 +203,9 @@ def test_progress_is_one_json_line_per_interval_ending_at_the_total(box: Sandbox
     assert all(0 <= d <= KEPT_BYTES for d in done)
     assert done[-1] == KEPT_BYTES
     assert done == sorted(done)
+    # What the operator will read from the pod log, with the package's own parser.
+    assert reporting.last_progress(run.stdout) == (KEPT_BYTES, KEPT_BYTES)
+    assert reporting.last_progress('no progress yet\n{"progress": {"doneBytes": "x"}}') is None
 
 
 def test_the_checkpoint_size_without_a_hub_count_comes_from_the_safetensors(
