@@ -79,10 +79,11 @@ def status_code(exc: BaseException) -> int | None:
 
 
 def is_retryable(exc: BaseException) -> bool:
-    """A rate limit (429), a server error (5xx) or a network problem: worth trying again."""
+    """A rate limit (429), a timeout (408), a server error (5xx) or a network problem: worth
+    trying again."""
     code = status_code(exc)
     if code is not None:
-        return code == 429 or code >= 500
+        return code in (408, 429) or code >= 500
     names = {cls.__name__ for cls in type(exc).__mro__}
     return bool(names & RETRYABLE_NAMES)
 
