@@ -74,19 +74,9 @@ Fp8OrDisable = Literal["fp8", "disable"]
 GemmAllreduceDtype = Literal["float16", "bfloat16", "disable"]
 Toggle = Literal["enable", "disable"]
 
-BUILD_FLAGS_SET_BY_OPERATOR: Final[tuple[str, ...]] = (
-    "--checkpoint_dir",
-    "--model_config",
-    "--build_config",
-    "--output_dir",
-    "--workers",
-    "--max_batch_size",
-    "--max_input_len",
-    "--max_seq_len",
-    "--max_decoder_seq_len",
-    "--max_num_tokens",
-    "--max_beam_width",
-)
+# trtllm-build flags the build job writes itself: defined in the job package, which refuses them
+# in buildOptions; the operator refuses them in extraArgs.
+BUILD_FLAGS_SET_BY_OPERATOR: Final[tuple[str, ...]] = _jobfacts.BUILD_FLAGS_SET_BY_OPERATOR
 """Flags the build Job writes from typed fields; ``spec.build.extraArgs`` may not repeat them."""
 
 # --------------------------------------------------------------------------- trtllm-serve

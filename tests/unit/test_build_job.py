@@ -1100,7 +1100,7 @@ def test_embedded_facts_equal_the_operators() -> None:
         "dataset": facts.DEFAULT_CALIBRATION_DATASET, "size": facts.DEFAULT_CALIBRATION_SIZE,
         "batchSize": facts.DEFAULT_CALIBRATION_BATCH_SIZE,
         "maxSeqLength": facts.DEFAULT_CALIBRATION_MAX_SEQ_LENGTH}
-    assert jobfacts.BUILD_FLAGS_SET_BY_OPERATOR == facts.BUILD_FLAGS_SET_BY_OPERATOR
+    assert facts.BUILD_FLAGS_SET_BY_OPERATOR is jobfacts.BUILD_FLAGS_SET_BY_OPERATOR  # one source
     emitted = {n for n, f in jobfacts.TRTLLM_BUILD_FLAGS.items() if f.emitted}
     assert emitted <= set(facts.BUILD_FLAGS_SET_BY_OPERATOR)
     assert set(jobfacts.LIMIT_FLAGS.values()) <= emitted
