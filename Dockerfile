@@ -16,13 +16,13 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 # What the package is built from (see .dockerignore): metadata, the package, and build-jobs/
-# (operator/trtllm_operator/data/ links the build entrypoint from there).
+# (operator/trtllm_jobs links the job entrypoint package from there).
 COPY pyproject.toml README.md ./
 COPY build-jobs/ build-jobs/
 COPY operator/ operator/
 # A regular (not editable) install: the virtualenv is self-contained and copied as a whole.
 RUN pip install . \
- && python -c "import trtllm_operator.handlers" \
+ && python -c "import trtllm_operator.handlers, trtllm_jobs.build" \
  && trtllm-operator --version
 
 # ---- runtime: the virtualenv on a clean base, as a non-root user -----------------------------

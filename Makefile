@@ -36,7 +36,7 @@ binaries: venv
 lint: venv
 	$(BIN)/ruff check operator tests build-jobs
 	$(BIN)/mypy
-	$(BIN)/mypy --strict build-jobs/trtllm_build_job.py
+	$(BIN)/mypy --strict build-jobs/trtllm_jobs
 
 unit: venv
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import re
 from typing import Final, Literal, NamedTuple
 
+from trtllm_jobs import facts as _jobfacts
+
 # --------------------------------------------------------------------------- checkpoint
 
 Dtype = Literal["auto", "float16", "bfloat16", "float32"]
@@ -58,41 +60,13 @@ DEFAULT_CALIBRATION_BATCH_SIZE: Final = 1
 
 # --------------------------------------------------------------------------- memory fit
 
-WEIGHT_BYTES_FACTOR: Final[dict[str, float]] = {
-    "auto": 1.0,
-    "float16": 1.0,
-    "bfloat16": 1.0,
-    "float32": 2.0,
-    "fp8": 0.5,
-    "int8_sq": 0.5,
-    "int8_wo": 0.5,
-    "int4_awq": 0.2578125,
-    "w4a8_awq": 0.2578125,
-    "int4_wo": 0.2578125,
-    "nvfp4": 0.28125,
-}
-"""Engine weight bytes per checkpoint byte at 16 bits per parameter, by the engine's weight
-format: its quantization format, else its ``dtype``. Bytes per parameter: fp16/bf16 2, fp32 4
-(``auto`` turns a float32 checkpoint into float16, so 2), fp8 and int8 1, int4 0.5 plus one
-16-bit scale per group of 128 (AWQ's default group size) = 0.515625, nvfp4 0.5 plus one fp8
-scale per block of 16 = 0.5625. The factor is that divided by 2. Quantized engines keep the
-embedding and output layers in 16 bits, so for them the estimate is a floor, never more than the
-engine needs: the fit check refuses only what cannot fit."""
-
-FIT_HEADROOM_FRACTION: Final = 0.10
-"""Extra memory per GPU as a share of the weights: activation buffers and allocator slack grow
-with the layers' size."""
-FIT_HEADROOM_BYTES: Final = 2 << 30
-"""Fixed memory per GPU besides the weights: the CUDA context, cuBLAS and TensorRT workspaces
-and a minimal KV cache (about 2 GiB on Ampere and newer)."""
-
-
-def fit_need_bytes(checkpoint_bytes: int, weights: str, world_size: int) -> int:
-    """GPU memory each of ``world_size`` GPUs needs at least for an engine of a checkpoint of
-    ``checkpoint_bytes`` (at 16 bits per parameter) with ``weights`` (a quantization format or
-    a dtype, a key of :data:`WEIGHT_BYTES_FACTOR`): its share of the weights plus headroom."""
-    per_gpu = checkpoint_bytes * WEIGHT_BYTES_FACTOR[weights] / world_size
-    return int(per_gpu * (1 + FIT_HEADROOM_FRACTION)) + FIT_HEADROOM_BYTES
+# The memory-fit estimate (the weight-format factors, the headroom and the formula) is shared
+# with the build job, which runs it before downloading: its one definition is in the job
+# package, where it is explained.
+WEIGHT_BYTES_FACTOR: Final = _jobfacts.WEIGHT_BYTES_FACTOR
+FIT_HEADROOM_FRACTION: Final = _jobfacts.FIT_HEADROOM_FRACTION
+FIT_HEADROOM_BYTES: Final = _jobfacts.FIT_HEADROOM_BYTES
+fit_need_bytes: Final = _jobfacts.fit_need_bytes
 
 
 # --------------------------------------------------------------------------- trtllm-build
@@ -132,19 +106,9 @@ Fp8OrDisable = Literal["fp8", "disable"]
 GemmAllreduceDtype = Literal["float16", "bfloat16", "disable"]
 Toggle = Literal["enable", "disable"]
 
-BUILD_FLAGS_SET_BY_OPERATOR: Final[tuple[str, ...]] = (
-    "--checkpoint_dir",
-    "--model_config",
-    "--build_config",
-    "--output_dir",
-    "--workers",
-    "--max_batch_size",
-    "--max_input_len",
-    "--max_seq_len",
-    "--max_decoder_seq_len",
-    "--max_num_tokens",
-    "--max_beam_width",
-)
+# trtllm-build flags the build job writes itself: defined in the job package, which refuses them
+# in buildOptions; the operator refuses them in extraArgs.
+BUILD_FLAGS_SET_BY_OPERATOR: Final[tuple[str, ...]] = _jobfacts.BUILD_FLAGS_SET_BY_OPERATOR
 """Flags the build Job writes from typed fields; ``spec.build.extraArgs`` may not repeat them."""
 
 # --------------------------------------------------------------------------- trtllm-serve

@@ -1,4 +1,4 @@
-"""The build-job entrypoint (build-jobs/trtllm_build_job.py), run for real as a subprocess.
+"""The build-job entrypoint (``python3 -m trtllm_jobs.build``), run for real as a subprocess.
 
 Stand-ins take the place of what only the TensorRT-LLM image has (build_job_standins/):
 ``trtllm-build`` and ``nvidia-smi`` on PATH, ``convert_checkpoint.py`` / ``quantize.py`` in a
@@ -11,7 +11,6 @@ would refuse fails the test. Nothing touches the network or a GPU.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import re
@@ -23,17 +22,19 @@ import time
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
+from trtllm_jobs import build as job
+from trtllm_jobs import contract, hub, reporting
+from trtllm_jobs import facts as jobfacts
 from trtllm_operator import trtllm_facts as facts
 from trtllm_operator.engines import jobs
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_JOBS = REPO / "build-jobs"
-SCRIPT = BUILD_JOBS / "trtllm_build_job.py"
+PACKAGE = BUILD_JOBS / "trtllm_jobs"
 FLAG_TABLE = BUILD_JOBS / "trtllm_flags_1_2.json"
 STANDINS = Path(__file__).resolve().parent / "build_job_standins"
 REFERENCE = Path(os.environ.get("TRTLLM_CLI_REFERENCE")
@@ -51,18 +52,6 @@ TOKENIZER = {
 }
 
 
-def load_job_module() -> ModuleType:
-    """The entrypoint as a module, for its pure functions and embedded tables."""
-    spec = importlib.util.spec_from_file_location("trtllm_build_job", SCRIPT)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while being created
-    spec.loader.exec_module(module)
-    return module
-
-
-job = load_job_module()
 
 
 # --------------------------------------------------------------------------- harness
@@ -140,7 +129,7 @@ class Harness:
         if spec is not None:
             environ["TRTLLM_BUILD_SPEC"] = json.dumps(spec)
         environ.update(env)
-        return subprocess.Popen([sys.executable, str(SCRIPT), *args], env=environ,
+        return subprocess.Popen([sys.executable, "-m", "trtllm_jobs.build", *args], env=environ,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def finish(self, proc: subprocess.Popen[str], timeout: float = 60) -> Result:
@@ -195,7 +184,7 @@ def harness(tmp_path: Path) -> Harness:
     h.env = {
         "PATH": os.pathsep.join([str(bin_dir), str(Path(sys.executable).parent), "/usr/bin",
                                  "/bin"]),
-        "PYTHONPATH": str(STANDINS / "fake_site"),
+        "PYTHONPATH": os.pathsep.join([str(BUILD_JOBS), str(STANDINS / "fake_site")]),
         "HOME": str(tmp_path),
         "STANDIN_HOME": str(STANDINS),
         "STANDIN_LOG": str(h.invocation_log),
@@ -268,7 +257,7 @@ def test_volume_build_publishes_engine_tokenizer_and_manifest(harness: Harness) 
     assert all(isinstance(s, float) and s >= 0 for s in manifest["steps"].values())
     assert manifest["limits"] == {"maxBatchSize": 8, "maxInputLen": 4096, "maxSeqLen": 8192,
                                   "maxNumTokens": 8192, "maxBeamWidth": 1}
-    assert manifest["tokenizerFiles"] == [n for n in job.TOKENIZER_FILES if n in TOKENIZER]
+    assert manifest["tokenizerFiles"] == [n for n in jobfacts.TOKENIZER_FILES if n in TOKENIZER]
 
     listed = {f["path"]: f for f in manifest["files"]}
     assert set(listed) == {p.name for p in out.iterdir()} - {"build-manifest.json"}
@@ -462,15 +451,15 @@ def test_hugging_face_failures(harness: Harness, mode: str, reason: str, code: i
 
 
 def test_hub_ignore_patterns_skip_duplicates_only_when_safetensors_exist() -> None:
-    with_st = job.hub_ignore_patterns(["model.safetensors", "pytorch_model.bin"])
-    without = job.hub_ignore_patterns(["pytorch_model.bin", "original/model.safetensors"])
+    with_st = hub.hub_ignore_patterns(["model.safetensors", "pytorch_model.bin"])
+    without = hub.hub_ignore_patterns(["pytorch_model.bin", "original/model.safetensors"])
 
     assert "*.bin" in with_st
     assert "original/*" in with_st
     assert "*.bin" not in without
     assert "original/*" in without
-    assert job.weight_bytes([("a.safetensors", 5), ("b.bin", 7), ("c.json", 1)]) == 5
-    assert job.weight_bytes([("b.bin", 7), ("c.json", 1)]) == 7
+    assert hub.weight_bytes([("a.safetensors", 5), ("b.bin", 7), ("c.json", 1)]) == 5
+    assert hub.weight_bytes([("b.bin", 7), ("c.json", 1)]) == 7
 
 
 # --------------------------------------------------------------------------- memory fit
@@ -509,13 +498,13 @@ def test_a_hub_model_too_big_for_the_gpu_fails_before_any_download(harness: Harn
     message = result.summary["message"]
     assert f"does not fit {MIG_1G5}" in message
     assert "4.8 GiB" in message  # what one GPU has
-    assert job.human_bytes(need) in message  # what the engine needs
+    assert reporting.human_bytes(need) in message  # what the engine needs
     assert "nvidia.com/gpu.memory" in message
     # The fixes, with numbers: no 8- or 4-bit format fits 4.75 GiB; a bigger GPU does; more
     # tensor parallelism is no fix on MIG slices (one slice per pod).
     assert "spec.build.parallelism" not in message
     assert "quantize" not in message
-    assert f"at least {job.human_bytes(need)} per GPU" in message
+    assert f"at least {reporting.human_bytes(need)} per GPU" in message
     assert re.search(r"step fit: FAILED", result.stdout)
 
 
@@ -607,26 +596,116 @@ def test_unknown_gpu_memory_skips_the_check_and_says_so(harness: Harness) -> Non
     assert result.summary["checkpointBytes"] == 10_000
 
 
+# --------------------------------------------------------------------------- the model cache
+
+
+def _cache_entry(h: Harness) -> Path:
+    """Fill the model cache the way the operator will: the real download job, against the same
+    hub stand-in. Returns the published entry."""
+    env = h.env | {"TRTLLM_TERMINATION_LOG": str(h.root / "download-termination-log"),
+                   "TRTLLM_DOWNLOAD_SPEC": json.dumps({
+                       "version": 1, "kind": "download", "model": HUB_MODEL,
+                       "cacheRoot": str(h.engines)}),
+                   "TRTLLM_PROGRESS_SECONDS": "60"}
+    done = subprocess.run([sys.executable, "-m", "trtllm_jobs.download"], env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    summary = json.loads((h.root / "download-termination-log").read_text())
+    (h.root / "hub.jsonl").unlink()  # what the build does with the hub starts from here
+    return Path(summary["path"])
+
+
+def _cached_model(entry: Path, revision: str = "main") -> dict[str, Any]:
+    return HUB_MODEL | {"revision": revision, "cachedPath": str(entry)}
+
+
+def test_a_build_from_the_model_cache_never_touches_the_hub(harness: Harness) -> None:
+    entry = _cache_entry(harness)
+    before = {p: p.read_bytes() for p in entry.rglob("*") if p.is_file()}
+    cached = json.loads((entry / "model-manifest.json").read_text())
+    spec = harness.spec(model=_cached_model(entry), modelFamily=None)
+
+    result = harness.run(spec, FAKE_HF_FORBIDDEN="1")
+
+    manifest = assert_built(harness, result)
+    assert _hub_calls(harness) == []  # the stand-in records (and fails) any call
+    assert "step download" not in result.stdout
+    convert = result.argv("convert_checkpoint_llama")
+    assert value_of(convert, "--model_dir") == str(entry)  # read in place, not copied
+    assert manifest["model"] == {"source": "huggingFace", "repo": HUB_MODEL["repo"],
+                                 "revision": "main", "cachedPath": str(entry),
+                                 "resolvedRevision": cached["commit"]}
+    assert manifest["checkpointBytes"] == cached["checkpointBytes"]
+    assert result.summary["resolvedRevision"] == cached["commit"]
+    assert {p: p.read_bytes() for p in entry.rglob("*") if p.is_file()} == before
+    assert not (harness.root / "scratch" / "download").exists()
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        assert (harness.output_dir / name).read_bytes() == (entry / name).read_bytes()
+
+
+def test_the_fit_check_takes_the_cache_manifests_checkpoint_size(harness: Harness) -> None:
+    entry = _cache_entry(harness)
+    manifest_path = entry / "model-manifest.json"
+    cached = json.loads(manifest_path.read_text())
+    # An 8B model at 16 bits, as the download measured it: far more than a 1g.5gb MIG slice.
+    manifest_path.write_text(json.dumps(cached | {"checkpointBytes": 16_000_000_000}))
+    spec = harness.spec(model=_cached_model(entry, cached["commit"]), modelFamily=None,
+                        gpuProduct=MIG_1G5, gpuMemoryMiB=4864)
+
+    result = harness.run(spec, STANDIN_GPUS=A100_40_SMI, FAKE_HF_FORBIDDEN="1")
+
+    assert_failed(result, "ModelDoesNotFit", 7)
+    assert result.summary["checkpointBytes"] == 16_000_000_000
+    assert result.summary["fit"]["needBytesPerGpu"] == facts.fit_need_bytes(
+        16_000_000_000, "bfloat16", 1)
+    assert _hub_calls(harness) == []
+    assert [i["tool"] for i in result.invocations] == ["nvidia_smi"]
+
+
+@pytest.mark.parametrize(("damage", "words"), [
+    ("absent", "no model-manifest.json"),
+    ("short-file", "has 1 bytes, the manifest says"),
+    ("other-commit", "manifest of another commit"),
+])
+def test_an_unusable_cache_entry_is_refused_without_falling_back_to_the_hub(
+        harness: Harness, damage: str, words: str) -> None:
+    entry = _cache_entry(harness)
+    revision = "main"
+    if damage == "absent":
+        entry = entry.with_name("0" * 40)
+    elif damage == "short-file":
+        (entry / "model-00002-of-00002.safetensors").write_bytes(b"t")
+    else:
+        revision = "0" * 40
+    spec = harness.spec(model=_cached_model(entry, revision), modelFamily=None)
+
+    result = harness.run(spec, FAKE_HF_FORBIDDEN="1")
+
+    assert_failed(result, "CachedModelInvalid", 9)
+    assert words in result.summary["message"]
+    assert "model.cachedPath" in result.summary["message"]
+    assert _hub_calls(harness) == []
+    assert not harness.output_dir.exists()
+
+
 def test_hub_checkpoint_size_at_16_bits_without_a_download() -> None:
     shards = [("model-00001-of-00002.safetensors", 8_000), ("model-00002-of-00002.safetensors",
                                                             2_000), ("config.json", 700)]
-    assert job.hub_bytes_at_16_bits(shards, 4_000) == 8_000  # the hub's count wins
-    assert job.hub_bytes_at_16_bits(shards, None) == 10_000
+    assert hub.hub_bytes_at_16_bits(shards, 4_000) == 8_000  # the hub's count wins
+    assert hub.hub_bytes_at_16_bits(shards, None) == 10_000
     # Pickles only and no count: maybe float32, so the lower bound.
-    assert job.hub_bytes_at_16_bits([("pytorch_model.bin", 10_000)], None) == 5_000
+    assert hub.hub_bytes_at_16_bits([("pytorch_model.bin", 10_000)], None) == 5_000
 
 
-def test_fit_formula_and_constants_equal_the_operators() -> None:
-    assert dict(job.WEIGHT_BYTES_FACTOR) == facts.WEIGHT_BYTES_FACTOR
+def test_the_operators_fit_facts_are_the_job_packages() -> None:
+    # One definition: the operator re-exports the package's objects, it does not copy them.
+    assert facts.WEIGHT_BYTES_FACTOR is jobfacts.WEIGHT_BYTES_FACTOR
+    assert facts.fit_need_bytes is jobfacts.fit_need_bytes
+    assert (facts.FIT_HEADROOM_FRACTION, facts.FIT_HEADROOM_BYTES) == (
+        jobfacts.FIT_HEADROOM_FRACTION, jobfacts.FIT_HEADROOM_BYTES)
+    # Every weight format the API can name has a factor.
     assert set(facts.WEIGHT_BYTES_FACTOR) == {*typing.get_args(facts.Dtype),
                                               *typing.get_args(facts.QuantFormat)}
-    assert job.FIT_HEADROOM_FRACTION == facts.FIT_HEADROOM_FRACTION
-    assert job.FIT_HEADROOM_BYTES == facts.FIT_HEADROOM_BYTES
-    for weights in facts.WEIGHT_BYTES_FACTOR:
-        for size in (0, 1, 6144, 16_060_522_496, 140_000_000_000, 810_000_000_000):
-            for world in (1, 2, 3, 8, 16):
-                assert job.fit_need_bytes(size, weights, world) == facts.fit_need_bytes(
-                    size, weights, world), (weights, size, world)
 
 
 def test_fit_need_is_weights_share_plus_headroom() -> None:
@@ -873,6 +952,10 @@ def test_unknown_model_family_lists_the_known_ones(harness: Harness) -> None:
     ({"fingerprint": "xyz"}, "fingerprint"),
     ({"gpuProduct": "NVIDIA H100"}, "gpuProduct"),
     ({"dtype": "fp16"}, "dtype"),
+    ({"model": {"source": "huggingFace", "repo": "a/b", "cachedPath": "models/a--b"}},
+     "model.cachedPath"),
+    ({"model": {"source": "volume", "path": "/models/x", "cachedPath": "/engines/models/x"}},
+     "model.cachedPath"),
     ({"quantization": {"format": "fp4"}}, "quantization.format"),
     ({"quantization": {"format": None, "kvCacheDtype": None}}, "quantization"),
     ({"quantization": {"format": "fp8", "calibration": {"size": 0}}},
@@ -937,28 +1020,30 @@ def test_fit_summary_trims_tail_then_message_and_stays_valid_json() -> None:
               "fingerprint": FINGERPRINT, "logTail": "\n".join(f"line {i} ü" for i in range(3000)),
               "gpu": {"name": "NVIDIA H100 80GB HBM3", "computeCapability": "9.0"}}
 
-    text = job.fit_summary(fields)
+    text = reporting.fit_summary(fields)
 
     assert len(text.encode()) <= 4096
     data = json.loads(text)
     assert data["phase"] == "Failed"
     assert data["reason"] == "BuildFailed"
     assert data["message"].startswith("mmm")
-    assert job.fit_summary({"phase": "Built"}) == '{"phase": "Built"}'
+    assert reporting.fit_summary({"phase": "Built"}) == '{"phase": "Built"}'
 
 
 def test_exit_codes_are_one_map() -> None:
-    assert {r.value: job.exit_code(r) for r in job.EXIT_CODES} == {
+    assert {r.value: contract.exit_code(r) for r in contract.EXIT_CODES} == {
         "InvalidSpec": 2, "TrtllmBuildMissing": 3, "GpuMismatch": 4, "DiskFull": 5,
-        "ModelNotFound": 6, "ModelDoesNotFit": 7}
-    assert job.exit_code(None) == 0
-    assert job.exit_code(job.Reason.BUILD_FAILED) == 1
-    assert all(re.fullmatch(r"[A-Z][A-Za-z]+", r.value) for r in job.Reason)
+        "ModelNotFound": 6, "ModelDoesNotFit": 7, "ModelAccessDenied": 8,
+        "CachedModelInvalid": 9}
+    assert contract.exit_code(None) == 0
+    assert contract.exit_code(contract.Reason.BUILD_FAILED) == 1
+    assert all(re.fullmatch(r"[A-Z][A-Za-z]+", r.value) for r in contract.Reason)
 
 
 def test_the_jobs_pod_failure_policy_knows_every_permanent_exit_code() -> None:
     # The Job fails at once (no retry) exactly on the codes the entrypoint calls permanent.
-    assert sorted(jobs.PERMANENT_EXIT_CODES) == sorted(job.EXIT_CODES.values())
+    assert sorted(jobs.PERMANENT_EXIT_CODES) == sorted(set(contract.EXIT_CODES.values()))
+    assert 1 not in jobs.PERMANENT_EXIT_CODES
 
 
 # --------------------------------------------------------------------------- GPU names
@@ -1002,23 +1087,23 @@ def _as_json(flag: Any) -> dict[str, Any]:
 def test_embedded_build_flags_equal_the_shipped_table() -> None:
     table = json.loads(FLAG_TABLE.read_text())
 
-    assert {name: _as_json(f) for name, f in job.TRTLLM_BUILD_FLAGS.items()} == table[
+    assert {name: _as_json(f) for name, f in jobfacts.TRTLLM_BUILD_FLAGS.items()} == table[
         "trtllm_build"]
 
 
 def test_embedded_facts_equal_the_operators() -> None:
-    assert typing.get_args(facts.Dtype) == job.DTYPES
-    assert typing.get_args(facts.QuantFormat) == job.QUANT_FORMATS
-    assert typing.get_args(facts.KvCacheDtype) == job.KV_CACHE_DTYPES
-    assert dict(job.QUANT_FORMAT_MIN_SM) == facts.QUANT_FORMAT_MIN_SM
-    assert dict(job.CALIBRATION_DEFAULTS) == {
+    assert typing.get_args(facts.Dtype) == jobfacts.DTYPES
+    assert typing.get_args(facts.QuantFormat) == jobfacts.QUANT_FORMATS
+    assert typing.get_args(facts.KvCacheDtype) == jobfacts.KV_CACHE_DTYPES
+    assert dict(jobfacts.QUANT_FORMAT_MIN_SM) == facts.QUANT_FORMAT_MIN_SM
+    assert dict(jobfacts.CALIBRATION_DEFAULTS) == {
         "dataset": facts.DEFAULT_CALIBRATION_DATASET, "size": facts.DEFAULT_CALIBRATION_SIZE,
         "batchSize": facts.DEFAULT_CALIBRATION_BATCH_SIZE,
         "maxSeqLength": facts.DEFAULT_CALIBRATION_MAX_SEQ_LENGTH}
-    assert job.BUILD_FLAGS_SET_BY_OPERATOR == facts.BUILD_FLAGS_SET_BY_OPERATOR
-    emitted = {n for n, f in job.TRTLLM_BUILD_FLAGS.items() if f.emitted}
+    assert facts.BUILD_FLAGS_SET_BY_OPERATOR is jobfacts.BUILD_FLAGS_SET_BY_OPERATOR  # one source
+    emitted = {n for n, f in jobfacts.TRTLLM_BUILD_FLAGS.items() if f.emitted}
     assert emitted <= set(facts.BUILD_FLAGS_SET_BY_OPERATOR)
-    assert set(job.LIMIT_FLAGS.values()) <= emitted
+    assert set(jobfacts.LIMIT_FLAGS.values()) <= emitted
 
 
 def test_serve_section_covers_what_the_operator_writes() -> None:
@@ -1036,8 +1121,9 @@ def test_dockerfile_builds_on_the_default_release_image() -> None:
     dockerfile = (BUILD_JOBS / "Dockerfile").read_text()
 
     assert f"ARG TRTLLM_IMAGE={facts.DEFAULT_TRTLLM_IMAGE}\n" in dockerfile
-    assert "COPY trtllm_build_job.py /opt/trtllm-operator/trtllm_build_job.py" in dockerfile
-    assert '"/opt/trtllm-operator/trtllm_build_job.py"' in dockerfile
+    assert "COPY trtllm_jobs/ /opt/trtllm-jobs/trtllm_jobs/\n" in dockerfile
+    assert "ENV PYTHONPATH=/opt/trtllm-jobs" in dockerfile
+    assert 'ENTRYPOINT ["python3", "-m", "trtllm_jobs.build"]' in dockerfile
 
 
 needs_reference = pytest.mark.skipif(
@@ -1073,7 +1159,8 @@ def test_every_tabled_flag_exists_in_the_reference(compact: dict[str, Any], tool
 def test_build_options_accept_every_trtllm_build_flag_but_the_refused(
         compact: dict[str, Any]) -> None:
     reference = set(_reference_flags("trtllm_build"))
-    refused = {"--model_config", "--build_config", *job.BUILD_OPTIONS_REFUSED}
+    refused = {"--model_config", "--build_config", *jobfacts.BUILD_OPTIONS_REFUSED}
 
     assert set(compact["trtllm_build"]) == reference - refused
-    assert refused - set(job.BUILD_OPTIONS_REFUSED) <= set(job.BUILD_FLAGS_SET_BY_OPERATOR)
+    assert refused - set(jobfacts.BUILD_OPTIONS_REFUSED) <= set(
+        jobfacts.BUILD_FLAGS_SET_BY_OPERATOR)

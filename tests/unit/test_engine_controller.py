@@ -99,7 +99,7 @@ def _setup() -> tuple[EngineController, FakeView, FakeWriter, list[tuple[str, st
     view, writer = FakeView(body), FakeWriter()
     events: list[tuple[str, str]] = []
     controller = EngineController(
-        view=view, writer=writer, job_resource=None, script="print()",
+        view=view, writer=writer, job_resource=None, script={"build.py": "print()"},
         events=lambda _b, kind, reason, _m: events.append((kind, reason)),
         clock=lambda: datetime(2026, 11, 23, tzinfo=UTC))
     return controller, view, writer, events
@@ -125,7 +125,8 @@ def test_reconciling_an_up_to_date_object_writes_nothing() -> None:
     view.jobs[job_name] = {"metadata": {"name": job_name}, "status": {}}
     view.body = copy.deepcopy(view.body) | {"status": writer.status_patches[-1]}
     fresh = EngineController(view=controller.view, writer=writer, job_resource=None,
-                             script="print()", events=controller.events, clock=controller.clock)
+                             script={"build.py": "print()"}, events=controller.events,
+                             clock=controller.clock)
     before = (len(writer.applied), len(writer.status_patches))
     asyncio.run(fresh.reconcile(KEY))  # a restarted operator: nothing cached
     # The Job exists now, so no Job is applied; the status only moves if the facts did.
@@ -145,7 +146,8 @@ def test_engines_sharing_a_fingerprint_create_one_job_and_count_one_build() -> N
     twin_body = copy.deepcopy(view.body)
     twin_body["metadata"] |= {"name": "llama-twin", "uid": "u2"}
     twin = EngineController(view=FakeView(twin_body), writer=writer, job_resource=None,
-                            script="print()", events=controller.events, clock=controller.clock)
+                            script={"build.py": "print()"}, events=controller.events,
+                            clock=controller.clock)
     started = metrics.BUILDS_STARTED.labels(H100)
     before = started._value.get()
     asyncio.run(controller.reconcile(KEY))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -131,7 +133,11 @@ def test_build_job_manifest() -> None:
         pod["tolerations"])
     assert container["resources"] == {
         "requests": {"cpu": "16", "memory": "64Gi"}, "limits": {"nvidia.com/gpu": "4"}}
-    assert container["command"] == ["python3", "/opt/trtllm-operator/trtllm_build_job.py"]
+    # The package runs as `python3 -m trtllm_jobs.build` from the folder holding it.
+    assert container["command"] == ["python3", "-m", "trtllm_jobs.build"]
+    assert container["workingDir"] == "/opt/trtllm-jobs"
+    assert {"name": "entrypoint", "mountPath": "/opt/trtllm-jobs/trtllm_jobs",
+            "readOnly": True} in container["volumeMounts"]
     assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
     env = {e["name"]: e for e in container["env"]}
     assert env["HF_TOKEN"] == {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {
@@ -146,7 +152,8 @@ def test_build_job_manifest() -> None:
     spec = job["spec"]
     assert spec["backoffLimit"] == 1
     assert "ttlSecondsAfterFinished" not in spec  # the result must outlive its recording
-    assert spec["podFailurePolicy"]["rules"][0]["onExitCodes"]["values"] == [2, 3, 4, 5, 6, 7]
+    assert spec["podFailurePolicy"]["rules"][0]["onExitCodes"]["values"] == [
+        2, 3, 4, 5, 6, 7, 8, 9]
 
 
 def test_volume_model_is_mounted_read_only() -> None:
@@ -163,11 +170,23 @@ def test_volume_model_is_mounted_read_only() -> None:
 
 
 def test_script_configmap_is_immutable_and_named_by_content() -> None:
-    a = jobs.script_configmap("ml", "print(1)\n")
-    b = jobs.script_configmap("ml", "print(2)\n")
+    a = jobs.script_configmap("ml", {"build.py": "print(1)\n", "spec.py": ""})
+    b = jobs.script_configmap("ml", {"build.py": "print(2)\n", "spec.py": ""})
+    renamed = jobs.script_configmap("ml", {"build2.py": "print(1)\n", "spec.py": ""})
     assert a["immutable"] is True
-    assert a["metadata"]["name"] != b["metadata"]["name"]
-    assert a["data"] == {"trtllm_build_job.py": "print(1)\n"}
+    assert len({a["metadata"]["name"], b["metadata"]["name"], renamed["metadata"]["name"]}) == 3
+    assert a["data"] == {"build.py": "print(1)\n", "spec.py": ""}
+
+
+def test_the_configmap_carries_the_whole_job_package_one_key_per_file() -> None:
+    files = jobs.entrypoint_files()
+    package = Path(__file__).resolve().parents[2] / "build-jobs" / "trtllm_jobs"
+    assert files == {p.name: p.read_text() for p in package.glob("*.py")}
+    assert {"__init__.py", "build.py", "download.py", "contract.py", "spec.py"} <= set(files)
+    # ConfigMap keys: [-._a-zA-Z0-9]+, at most 253 characters; 1 MiB in all.
+    assert all(re.fullmatch(r"[-._a-zA-Z0-9]{1,253}", name) for name in files)
+    assert sum(len(k) + len(v.encode()) for k, v in files.items()) < 900 * 1024
+    assert jobs.script_configmap("ml", files)["data"] == files
 
 
 # --------------------------------------------------------------------------- decisions

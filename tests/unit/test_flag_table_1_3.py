@@ -24,7 +24,7 @@ from trtllm_operator import trtllm_facts as facts
 
 REPO = Path(__file__).resolve().parents[2]
 TABLE_PATH = REPO / "build-jobs" / "trtllm_flags_1_3.json"
-BUILD_JOB = REPO / "build-jobs" / "trtllm_build_job.py"
+JOBS_PACKAGE = REPO / "build-jobs" / "trtllm_jobs"
 REFERENCE = Path(os.environ.get("TRTLLM_CLI_REFERENCE_1_3")
                  or REPO.parent / "shared" / "reference" / "trtllm-cli-1.3.json")
 
@@ -414,7 +414,8 @@ def test_hf_download_command_parses_and_keeps_the_token_out_of_argv(
 def test_the_build_jobs_snapshot_download_call_uses_only_tabled_arguments(
         table: dict[str, Any]) -> None:
     allowed = set(table["hf_download"]["python_api"]["arguments"])
-    calls = [node for node in ast.walk(ast.parse(BUILD_JOB.read_text()))
+    calls = [node for path in sorted(JOBS_PACKAGE.glob("*.py"))
+             for node in ast.walk(ast.parse(path.read_text()))
              if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
              and node.func.attr == "snapshot_download"]
 

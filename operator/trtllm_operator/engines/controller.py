@@ -87,7 +87,7 @@ class EngineController:
     writer: Writer
     events: EventSink
     job_resource: Any
-    script: str = field(default_factory=jobs.entrypoint_script)
+    script: Mapping[str, str] = field(default_factory=jobs.entrypoint_files)
     active_deadline_seconds: int = 6 * 3600
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     status_writes: StatusWrites = field(default_factory=lambda: StatusWrites("LLMEngine"))

@@ -1,18 +1,22 @@
 """Pure builders of the objects a build needs: the entrypoint ConfigMap and the build Job.
 
-The entrypoint (``build-jobs/trtllm_build_job.py``) reaches the stock NVIDIA TensorRT-LLM
-release image through a ConfigMap, so no custom image is needed. The ConfigMap is immutable
-and named by a hash of the script: a Job always runs the script version it was created with,
-and an operator upgrade never edits a file under a running build.
+The job entrypoints (the ``trtllm_jobs`` package, ``build-jobs/trtllm_jobs``) reach the stock
+NVIDIA TensorRT-LLM release image through a ConfigMap, one key per file, so no custom image is
+needed. The ConfigMap is mounted as the package folder and the pod runs
+``python3 -m trtllm_jobs.<kind>`` from its parent. It is immutable and named by a hash of every
+file: a Job always runs the code it was created with, and an operator upgrade never edits a
+file under a running job.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from importlib import resources
 from typing import Any, Final
 
+from trtllm_jobs import contract as job_contract
 from trtllm_operator import gpus, labels
 from trtllm_operator.api import LLMEngine
 from trtllm_operator.engines.planning import (
@@ -23,39 +27,59 @@ from trtllm_operator.engines.planning import (
     build_job_spec,
 )
 
-SCRIPT_NAME: Final = "trtllm_build_job.py"
-SCRIPT_DIR: Final = "/opt/trtllm-operator"
+JOBS_PACKAGE: Final = "trtllm_jobs"
+JOBS_DIR: Final = "/opt/trtllm-jobs"
+"""The ConfigMap is mounted at ``JOBS_DIR/trtllm_jobs`` (keys cannot hold '/', so the mount
+point is the package folder); ``JOBS_DIR`` is the container's workingDir, which ``python3 -m``
+puts on sys.path, so the image's own PYTHONPATH stays as it is."""
 CONTAINER: Final = "build"
 BUILD_COMPONENT: Final = "engine-build"
 
-# Exit codes of the entrypoint that no retry can fix (bad spec, no trtllm-build in the image,
-# wrong GPU, full disk, missing checkpoint, a model too big for the GPU): fail the Job at once
-# instead of retrying. The entrypoint's EXIT_CODES; a unit test keeps the two equal.
-PERMANENT_EXIT_CODES: Final = (2, 3, 4, 5, 6, 7)
+# Exit codes of the entrypoints that no retry can fix (bad spec, no trtllm-build in the image,
+# wrong GPU, full disk, missing or forbidden checkpoint, a model too big for the GPU): fail the
+# Job at once instead of retrying. Taken from the package the jobs run, not restated.
+PERMANENT_EXIT_CODES: Final = job_contract.PERMANENT_EXIT_CODES
 
 
-def entrypoint_script() -> str:
-    """The build-job entrypoint, shipped inside the operator package."""
-    return resources.files("trtllm_operator").joinpath("data", SCRIPT_NAME).read_text()
+def entrypoint_files() -> dict[str, str]:
+    """The job entrypoint package, file name -> source, shipped inside the operator's wheel."""
+    package = resources.files(JOBS_PACKAGE)
+    return {f.name: f.read_text() for f in sorted(package.iterdir(), key=lambda f: f.name)
+            if f.name.endswith(".py") and f.is_file()}
 
 
-def script_configmap_name(script: str) -> str:
-    return "trtllm-build-entrypoint-" + hashlib.sha256(script.encode()).hexdigest()[:10]
+def job_command(kind: str) -> list[str]:
+    """The container command of a job kind (``build``, ``download``)."""
+    return ["python3", "-m", f"{JOBS_PACKAGE}.{kind}"]
 
 
-def script_configmap(namespace: str, script: str) -> dict[str, Any]:
-    """The immutable ConfigMap holding the entrypoint. Unowned: shared by every build Job of
-    the namespace (a few tens of kB; left behind when the last engine goes, on purpose)."""
+def script_configmap_name(files: Mapping[str, str]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        digest.update(name.encode() + b"\0" + files[name].encode() + b"\0")
+    return "trtllm-jobs-" + digest.hexdigest()[:10]
+
+
+def entrypoint_volume(configmap: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(volume, mount) putting the entrypoint ConfigMap's files at JOBS_DIR/trtllm_jobs/."""
+    return ({"name": "entrypoint", "configMap": {"name": configmap, "defaultMode": 0o444}},
+            {"name": "entrypoint", "mountPath": f"{JOBS_DIR}/{JOBS_PACKAGE}", "readOnly": True})
+
+
+def script_configmap(namespace: str, files: Mapping[str, str]) -> dict[str, Any]:
+    """The immutable ConfigMap holding the entrypoint package, one key per file. Unowned:
+    shared by every job of the namespace (about 100 kB; left behind when the last engine goes,
+    on purpose)."""
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {
-            "name": script_configmap_name(script),
+            "name": script_configmap_name(files),
             "namespace": namespace,
             "labels": labels.common(BUILD_COMPONENT),
         },
         "immutable": True,
-        "data": {SCRIPT_NAME: script},
+        "data": dict(files),
     }
 
 
@@ -100,6 +124,8 @@ def build_job(engine: LLMEngine, plan: TargetPlan, script_configmap: str,
         {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "HF_HOME", "value": f"{SCRATCH_MOUNT}/huggingface"},
+        # The package is on a read-only mount: no bytecode to write.
+        {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"},
     ]
     hf = spec.model.hugging_face
     if hf is not None and hf.token_secret_ref is not None:
@@ -108,15 +134,16 @@ def build_job(engine: LLMEngine, plan: TargetPlan, script_configmap: str,
             "name": ref.name, "key": ref.key}}})
     env += [e.model_dump(mode="json", by_alias=True, exclude_none=True) for e in build.env]
 
+    entrypoint, entrypoint_mount = entrypoint_volume(script_configmap)
     mounts: list[dict[str, Any]] = [
         {"name": "engines", "mountPath": ENGINES_MOUNT},
-        {"name": "entrypoint", "mountPath": SCRIPT_DIR, "readOnly": True},
+        entrypoint_mount,
         {"name": "dshm", "mountPath": "/dev/shm"},
         {"name": "scratch", "mountPath": SCRATCH_MOUNT},
     ]
     volumes: list[dict[str, Any]] = [
         {"name": "engines", "persistentVolumeClaim": {"claimName": spec.storage.claim_name}},
-        {"name": "entrypoint", "configMap": {"name": script_configmap, "defaultMode": 0o555}},
+        entrypoint,
         # NCCL between ranks uses shared memory; the container default (64 MiB) is far too small.
         {"name": "dshm", "emptyDir": {"medium": "Memory"}},
         {"name": "scratch", "emptyDir": {}},
@@ -146,7 +173,8 @@ def build_job(engine: LLMEngine, plan: TargetPlan, script_configmap: str,
         "containers": [{
             "name": CONTAINER,
             "image": build.image,
-            "command": ["python3", f"{SCRIPT_DIR}/{SCRIPT_NAME}"],
+            "command": job_command("build"),
+            "workingDir": JOBS_DIR,
             "env": env,
             "resources": resources_,
             "volumeMounts": mounts,

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
+from trtllm_jobs import contract as job_contract
 from trtllm_operator.api import EngineTargetStatus, LLMEngineSpec
 from trtllm_operator.api.engine import BuildVersions
 from trtllm_operator.claims import WAITING_REASONS
@@ -135,7 +136,8 @@ def built_status(plan: TargetPlan, image: str, job: Mapping[str, Any] | None,
     if s.get("tensorrtLlmVersion") or s.get("tensorrtVersion"):
         versions = BuildVersions(tensorrt_llm=s.get("tensorrtLlmVersion"),
                                  tensorrt=s.get("tensorrtVersion"))
-    cache = " (the engine was already in the volume)" if s.get("phase") == "CacheHit" else ""
+    cache = (" (the engine was already in the volume)"
+             if s.get("phase") == job_contract.Phase.CACHE_HIT else "")
     return EngineTargetStatus(
         **_base(plan, image), state="Built", reason="Built",
         message=f"engine published at {plan.path}{cache}",
@@ -152,7 +154,7 @@ def failed_status(plan: TargetPlan, image: str, namespace: str, job: Mapping[str
     """A Failed target: the entrypoint's reason when it gave one, else the Job's; and a fix."""
     s = summary or {}
     failed = _job_condition(job, "Failed") or {}
-    reason = str(s.get("reason") or failed.get("reason") or "BuildFailed")
+    reason = str(s.get("reason") or failed.get("reason") or job_contract.Reason.BUILD_FAILED)
     what = str(s.get("message") or failed.get("message") or "the build Job failed")
     tail = str(s.get("logTail") or "").strip()
     retry = (f"fix the cause, then delete the Job to retry (kubectl delete job -n {namespace} "

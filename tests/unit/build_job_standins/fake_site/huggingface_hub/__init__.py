@@ -2,20 +2,33 @@
 tests of the Hugging Face path never touch the network.
 
 FAKE_HF_MODE: ok (default) | missing (RepositoryNotFoundError) | gated (GatedRepoError) |
-offline (a connection error). FAKE_HF_LISTED_SHARD_BYTES makes the listing claim that size for
-each safetensors shard (a big model without big files; downloads still write the small
-contents), FAKE_HF_PARAMETERS ("BF16=8030261248,F32=1") is what the hub reports in
-ModelInfo.safetensors.parameters (absent when unset, as for a repo without safetensors).
+offline (a connection error) | norevision (RevisionNotFoundError) | denied (HTTP 401) |
+ratelimit (HTTP 429) | unavailable (HTTP 503) | diskfull (ENOSPC while writing) | corrupt (a
+weight file arrives with other bytes than the hub's sha256 says). FAKE_HF_FAIL_CALLS limits the
+failure to the first N calls (then the hub answers), FAKE_HF_FAIL_AT names the call that fails
+(model_info or snapshot_download; default both); FAKE_HF_FAIL_AFTER_FILES=N lets
+snapshot_download write N files before it fails. FAKE_HF_SECONDS_PER_FILE slows the download.
+FAKE_HF_FORBIDDEN makes every call fail (and records it): for callers that must not touch the
+hub. FAKE_HF_LISTED_SHARD_BYTES makes the listing claim that size for each safetensors shard (a
+big model without big files; downloads still write the small contents), FAKE_HF_PARAMETERS
+("BF16=8030261248,F32=1") is what the hub reports in ModelInfo.safetensors.parameters (absent
+when unset, as for a repo without safetensors).
+snapshot_download refuses a keyword argument that is not in the project's flag table
+(build-jobs/trtllm_flags_1_3.json, hf_download.python_api) and, like the real one with a
+local_dir, keeps files already complete there and records them as ``kept``.
 Calls are appended to FAKE_HF_LOG as JSON lines; whether the token matched
 FAKE_HF_EXPECTED_TOKEN is recorded, never the token itself. Like a careless library, the fake
-does print the token and put it in error messages: the build job must redact.
+does print the token and put it in error messages: the jobs must redact.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
 import sys
+import time
 from fnmatch import fnmatch
 from pathlib import Path
 from types import SimpleNamespace
@@ -40,8 +53,17 @@ FILES: dict[str, bytes] = {
 }
 
 
+TABLE = Path(__file__).resolve().parents[5] / "build-jobs" / "trtllm_flags_1_3.json"
+SNAPSHOT_ARGUMENTS = frozenset(
+    json.loads(TABLE.read_text())["hf_download"]["python_api"]["arguments"])
+
+
 class HfHubHTTPError(Exception):
-    pass
+    def __init__(self, message: str, status: int | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.response = (SimpleNamespace(status_code=status, headers=headers or {})
+                         if status is not None else None)
 
 
 class RepositoryNotFoundError(HfHubHTTPError):
@@ -56,6 +78,10 @@ class RevisionNotFoundError(HfHubHTTPError):
     pass
 
 
+class EntryNotFoundError(HfHubHTTPError):
+    pass
+
+
 def _record(call: str, token: str | None, **fields: Any) -> None:
     log = os.environ.get("FAKE_HF_LOG")
     if log:
@@ -65,8 +91,38 @@ def _record(call: str, token: str | None, **fields: Any) -> None:
             handle.write(json.dumps(fields) + "\n")
 
 
-def _fail_if_asked(repo_id: str, token: str | None) -> None:
+def _failures_so_far() -> int:
+    log = os.environ.get("FAKE_HF_LOG")
+    if not log or not os.path.exists(log):
+        return 0
+    with open(log) as handle:
+        return sum(1 for line in handle if json.loads(line).get("failed"))
+
+
+def _fail_if_asked(repo_id: str, token: str | None, call: str = "") -> None:
+    if os.environ.get("FAKE_HF_FORBIDDEN"):
+        # The caller promised not to touch the hub (e.g. a build from the model cache).
+        _record(call, token, repo_id=repo_id, forbidden=True)
+        raise RuntimeError(f"huggingface_hub.{call} called although FAKE_HF_FORBIDDEN is set")
     mode = os.environ.get("FAKE_HF_MODE", "ok")
+    if mode in ("ok", "diskfull", "corrupt"):
+        return
+    at = os.environ.get("FAKE_HF_FAIL_AT")
+    if at and at != call:
+        return
+    limit = os.environ.get("FAKE_HF_FAIL_CALLS")
+    if limit is not None and _failures_so_far() >= int(limit):
+        return
+    _record(call, token, repo_id=repo_id, failed=mode)
+    if mode == "norevision":
+        raise RevisionNotFoundError(f"404 Client Error: Revision Not Found for {repo_id}",
+                                    404)
+    if mode == "denied":
+        raise HfHubHTTPError(f"401 Client Error: Unauthorized (sent token {token})", 401)
+    if mode == "ratelimit":
+        raise HfHubHTTPError("429 Client Error: Too Many Requests", 429, {"Retry-After": "0"})
+    if mode == "unavailable":
+        raise HfHubHTTPError("503 Server Error: Service Unavailable", 503)
     if mode == "missing":
         raise RepositoryNotFoundError(f"401 Client Error: Repository Not Found for url: "
                                       f"https://huggingface.co/api/models/{repo_id} "
@@ -81,9 +137,9 @@ class HfApi:
     def model_info(self, repo_id: str, *, revision: str | None = None,
                    token: str | None = None, files_metadata: bool = False,
                    **kwargs: Any) -> SimpleNamespace:
+        _fail_if_asked(repo_id, token, "model_info")
         _record("model_info", token, repo_id=repo_id, revision=revision,
                 files_metadata=files_metadata)
-        _fail_if_asked(repo_id, token)
         print(f"fake hub: request authorized with {token}", file=sys.stderr)
         shard = os.environ.get("FAKE_HF_LISTED_SHARD_BYTES")
 
@@ -94,7 +150,12 @@ class HfApi:
                 return int(shard)
             return len(data)
 
-        siblings = [SimpleNamespace(rfilename=name, size=size(name, data))
+        def lfs(name: str, data: bytes) -> SimpleNamespace | None:
+            if not files_metadata or not name.endswith((".safetensors", ".bin", ".pth")):
+                return None
+            return SimpleNamespace(sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+
+        siblings = [SimpleNamespace(rfilename=name, size=size(name, data), lfs=lfs(name, data))
                     for name, data in FILES.items()]
         safetensors = None
         if params := os.environ.get("FAKE_HF_PARAMETERS"):
@@ -107,18 +168,42 @@ class HfApi:
 def snapshot_download(repo_id: str, *, revision: str | None = None, token: str | None = None,
                       local_dir: str | None = None, ignore_patterns: list[str] | None = None,
                       **kwargs: Any) -> str:
-    _fail_if_asked(repo_id, token)
+    unknown = set(kwargs) - SNAPSHOT_ARGUMENTS
+    if unknown:
+        raise TypeError(f"snapshot_download() got unexpected keyword arguments {sorted(unknown)}"
+                        f" (not in {TABLE.name})")
+    fail_after = os.environ.get("FAKE_HF_FAIL_AFTER_FILES")
+    if fail_after is None:
+        _fail_if_asked(repo_id, token, "snapshot_download")
     if revision != SHA:
         raise RevisionNotFoundError(f"revision {revision} not pinned to the resolved commit")
     assert local_dir is not None
-    written = []
+    mode = os.environ.get("FAKE_HF_MODE", "ok")
+    pause = float(os.environ.get("FAKE_HF_SECONDS_PER_FILE") or 0)
+    written, kept = [], []
     for name, data in FILES.items():
         if any(fnmatch(name, pattern) for pattern in ignore_patterns or []):
             continue
         path = Path(local_dir) / name
+        if path.is_file() and path.read_bytes() == data:
+            kept.append(name)  # already complete in local_dir: not fetched again
+            continue
+        if fail_after is not None and len(written) >= int(fail_after):
+            _fail_if_asked(repo_id, token, "snapshot_download")
+        if mode == "diskfull" and name.endswith(".safetensors"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        if mode == "corrupt" and name.endswith(".safetensors"):
+            data = b"x" * len(data)
+        # Like the real one: a partial file and resume metadata under local_dir/.cache.
+        meta = Path(local_dir) / ".cache" / "huggingface" / "download" / f"{name}.metadata"
+        meta.parent.mkdir(parents=True, exist_ok=True)
+        meta.write_text(f"{SHA}\n")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
         written.append(name)
+        time.sleep(pause)
     _record("snapshot_download", token, repo_id=repo_id, revision=revision,
-            local_dir=local_dir, ignore_patterns=ignore_patterns, written=written)
+            local_dir=local_dir, ignore_patterns=ignore_patterns, written=written, kept=kept,
+            arguments=sorted(["repo_id", "revision", "token", "local_dir", "ignore_patterns",
+                              *kwargs]))
     return local_dir

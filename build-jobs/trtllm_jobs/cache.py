@@ -1,0 +1,49 @@
+"""The model cache: one folder per (Hugging Face repo, resolved commit) on the shared volume.
+
+Layout (``root`` is the shared volume's mount, the engines volume)::
+
+    <root>/models/<org>--<name>/<commit>/                 a published entry (never half-written)
+    <root>/models/<org>--<name>/<commit>/model-manifest.json
+    <root>/models/<org>--<name>/<commit>.staging-<pod>/   a download in progress (or a dead one)
+
+The download job (``trtllm_jobs.download``) writes entries; the build job (and the serving and
+quantize pods, later) only reads them. An entry is valid when its manifest has this schema,
+names the repo and commit, and every file it lists is present with its recorded size.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Final
+
+from .publish import read_manifest
+
+MANIFEST_NAME: Final = "model-manifest.json"
+MANIFEST_SCHEMA_VERSION: Final = 1
+
+
+def model_dir(root: Path, repo: str) -> Path:
+    """``<root>/models/<org>--<name>``: a repo id holds at most one '/', which becomes '--'
+    (repo names may not contain '--' twice in a row at the start, so it cannot collide)."""
+    return root / "models" / repo.replace("/", "--")
+
+
+def entry_dir(root: Path, repo: str, commit: str) -> Path:
+    return model_dir(root, repo) / commit
+
+
+def read_entry(folder: Path, repo: str,
+               commit: str | None = None) -> tuple[dict[str, Any] | None, str]:
+    """(manifest, "") if ``folder`` is a complete cache entry of ``repo`` (at ``commit`` when
+    given), else (None, why not)."""
+    expect: dict[str, Any] = {"repo": repo}
+    if commit is not None:
+        expect["commit"] = commit
+    manifest, why = read_manifest(folder, MANIFEST_NAME, MANIFEST_SCHEMA_VERSION, expect)
+    if manifest is None:
+        return None, why
+    if not isinstance(manifest.get("checkpointBytes"), int) or manifest["checkpointBytes"] < 0:
+        return None, "manifest has no checkpointBytes"
+    if not isinstance(manifest.get("commit"), str):
+        return None, "manifest has no commit"
+    return manifest, ""

@@ -1,1 +1,0 @@
-../../../build-jobs/trtllm_build_job.py
