@@ -248,7 +248,7 @@ def test_the_engine_builds_and_shows_the_warning_in_spec_warning_and_an_event() 
     view, writer = eng_ctl.FakeView(body), eng_ctl.FakeWriter()
     events: list[Event] = []
     controller = EngineController(view=view, writer=writer, job_resource=None,
-                                  script="print()", events=_events_sink(events),
+                                  script={"build.py": "print()"}, events=_events_sink(events),
                                   clock=lambda: datetime(2026, 11, 23, tzinfo=UTC))
 
     asyncio.run(controller.reconcile(eng_ctl.KEY))
