@@ -54,6 +54,7 @@ class Reason(StrEnum):
     BUILDER_IMAGE_UNSUPPORTED = "BuilderImageUnsupported"
     SERVING_IMAGE_UNSUPPORTED = "ServingImageUnsupported"
     IMAGE_RELEASE_MISMATCH = "ImageReleaseMismatch"
+    IMAGE_RELEASE_UNKNOWN = "ImageReleaseUnknown"
     UNPINNED_REVISION = "UnpinnedRevision"
     QUANTIZATION_UNSUPPORTED = "QuantizationUnsupported"
     PARALLELISM_EXCEEDS_NODE = "ParallelismExceedsNode"
@@ -117,8 +118,8 @@ class ClusterFacts:
 def validate_engine(spec: LLMEngineSpec, cluster: ClusterFacts) -> tuple[Finding, ...]:
     """Every finding about an LLMEngine spec, in spec order (image, model, then each target)."""
     found: list[Finding] = []
-    found += check_image(spec.build.image, "spec.build.image",
-                         Reason.BUILDER_IMAGE_UNSUPPORTED)
+    found += check_image(spec.build.image, spec.build.image_release, "spec.build.image",
+                         "spec.build.imageRelease", Reason.BUILDER_IMAGE_UNSUPPORTED)
     found += check_revision(spec)
     for target in spec.targets:
         found += check_gpu_present(target, cluster)
@@ -129,26 +130,73 @@ def validate_engine(spec: LLMEngineSpec, cluster: ClusterFacts) -> tuple[Finding
     return tuple(found)
 
 
-def check_image(image: str, field_name: str, reason: Reason) -> list[Finding]:
-    """An image whose tag names a release that cannot build or serve engines.
+def check_image(image: str, image_release: str | None, field_name: str, release_field: str,
+                reason: Reason,
+                supported: facts.ReleaseRange = facts.ENGINE_RELEASES) -> list[Finding]:
+    """An image whose release is unknown, or cannot build or serve engines.
 
-    Below 1.0, ``trtllm-serve`` has no ``--backend tensorrt``; from 1.3 on, ``trtllm-build``
-    and the TensorRT backend are gone. A tag that is not a version (a digest, ``latest``)
-    cannot be judged and passes.
+    ``supported`` are the releases that work (a function of the backend once there is more than
+    one). Below 1.0, ``trtllm-serve`` has no ``--backend tensorrt``; from 1.3.0rc21 on,
+    ``trtllm-build`` and the TensorRT backend are gone. A tag that is not a version (none, so
+    ``latest``; a digest; ``nightly``) says nothing about what the image can do: the user states
+    the release in ``release_field`` or tags the image with it.
     """
-    release = facts.release_of_image(image)
+    release = facts.effective_release(image, image_release)
     if release is None:
+        return [Finding(
+            Reason.IMAGE_RELEASE_UNKNOWN, Severity.ERROR, field_name,
+            f"{field_name} {image} does not name its TensorRT-LLM release ({_unversioned(image)}), "
+            f"so whether it can build and serve engines is unknown: tag the image with its "
+            f"version, e.g. "
+            f"{_repository(image)}:{facts.release_of_image(facts.DEFAULT_TRTLLM_IMAGE)}, or "
+            f"set {release_field} to the release it contains",
+        )]
+    if release in supported:
         return []
-    use = f"use a 1.0 to 1.2.x release such as {facts.DEFAULT_TRTLLM_IMAGE}"
-    if release.line >= facts.FIRST_RELEASE_WITHOUT_TRTLLM_BUILD:
+    use = (f"use a release from {_first(supported)} to {_before(supported)}, e.g. "
+           f"{facts.DEFAULT_TRTLLM_IMAGE}")
+    stated = f" ({release_field} {image_release})" if image_release is not None else ""
+    if supported.end is not None and release >= supported.end:
         problem = ("which no longer ships trtllm-build or the TensorRT engine backend "
-                   "(removed after 1.2)")
-    elif release.line < facts.FIRST_RELEASE_WITH_TENSORRT_BACKEND_FLAG:
-        problem = "which is older than 1.0: trtllm-serve cannot serve engines there"
+                   f"(removed in {facts.FIRST_RELEASE_WITHOUT_TRTLLM_BUILD})")
     else:
-        return []
+        problem = "which is older than 1.0: trtllm-serve cannot serve engines there"
     return [Finding(reason, Severity.ERROR, field_name,
-                    f"{field_name} {image} is TensorRT-LLM {release}, {problem}: {use}")]
+                    f"{field_name} {image} is TensorRT-LLM {release}{stated}, {problem}: {use}")]
+
+
+def _unversioned(image: str) -> str:
+    """Why an image reference names no release, in words."""
+    name = image.split("@", 1)[0]
+    last = name.rsplit("/", 1)[-1]
+    if ":" in last:
+        return f"its tag {last.rsplit(':', 1)[1]} is not a version"
+    return "it is pinned by digest only" if "@" in image else "it has no tag, so it is latest"
+
+
+def _repository(image: str) -> str:
+    """The image reference without tag or digest: ``host:5000/img:tag`` -> ``host:5000/img``."""
+    name = image.split("@", 1)[0]
+    head, _, last = name.rpartition("/")
+    return f"{head}/{last.split(':', 1)[0]}" if head else last.split(":", 1)[0]
+
+
+def _first(supported: facts.ReleaseRange) -> str:
+    """The first release of a range, in words: ``1.0`` for 1.0.0rc0."""
+    first = supported.first
+    if first.patch == 0 and first.rc == 0 and first.post is None:
+        return f"{first.major}.{first.minor}"
+    return str(first)
+
+
+def _before(supported: facts.ReleaseRange) -> str:
+    """The last release of a range, in words: the release candidate before ``end``."""
+    end = supported.end
+    if end is None:
+        return "the newest"
+    if end.rc:
+        return str(facts.Release(end.major, end.minor, end.patch, rc=end.rc - 1))
+    return f"before {end}"
 
 
 def check_revision(spec: LLMEngineSpec) -> list[Finding]:
@@ -241,8 +289,9 @@ def validate_deployment(spec: LLMDeploymentSpec, engine: LLMEngineSpec | None,
         ),)
     found: list[Finding] = []
     if spec.image is not None:
-        found += check_image(spec.image, "spec.image", Reason.SERVING_IMAGE_UNSUPPORTED)
-        found += check_same_release(spec.image, engine.build.image, name)
+        found += check_image(spec.image, spec.image_release, "spec.image", "spec.imageRelease",
+                             Reason.SERVING_IMAGE_UNSUPPORTED)
+        found += check_same_release(spec, engine, name)
     found += check_gpu_is_target(spec.gpu, engine, name)
     found += check_serve_limits(spec, engine, name)
     if spec.gpu is not None and spec.gpu in engine.targets:
@@ -252,19 +301,25 @@ def validate_deployment(spec: LLMDeploymentSpec, engine: LLMEngineSpec | None,
     return tuple(found)
 
 
-def check_same_release(image: str, builder_image: str, engine_name: str) -> list[Finding]:
+def check_same_release(spec: LLMDeploymentSpec, engine: LLMEngineSpec,
+                       engine_name: str) -> list[Finding]:
     """A serving image of another release than the one that built the engine.
 
-    An engine loads only in the TensorRT(-LLM) version that built it.
+    An engine loads only in the TensorRT(-LLM) version that built it. Each side's release is
+    its effective one (imageRelease, else the tag); an unknown one is reported on its own.
     """
-    serving, building = facts.release_of_image(image), facts.release_of_image(builder_image)
+    if spec.image is None:
+        return []
+    build = engine.build
+    serving = facts.effective_release(spec.image, spec.image_release)
+    building = facts.effective_release(build.image, build.image_release)
     if serving is None or building is None or serving == building:
         return []
     return [Finding(
         Reason.IMAGE_RELEASE_MISMATCH, Severity.ERROR, "spec.image",
-        f"spec.image {image} is TensorRT-LLM {serving}, but LLMEngine {engine_name} is built "
-        f"with {building} ({builder_image}): an engine only loads in the release that built "
-        f"it; use a {building} image or leave spec.image unset",
+        f"spec.image {spec.image} is TensorRT-LLM {serving}, but LLMEngine {engine_name} is "
+        f"built with {building} ({build.image}): an engine only loads in the release that "
+        f"built it; use a {building} image or leave spec.image unset",
     )]
 
 
