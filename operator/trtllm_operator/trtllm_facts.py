@@ -117,6 +117,12 @@ BUILD_FLAGS_SET_BY_OPERATOR: Final[tuple[str, ...]] = (
 )
 """Flags the build Job writes from typed fields; ``spec.build.extraArgs`` may not repeat them."""
 
+BUILD_FLAGS_REFUSED: Final[dict[str, str]] = {
+    "--dry_run": "it makes trtllm-build write no engine",
+}
+"""Real trtllm-build flags that are not the operator's to set yet make no sense in a build Job,
+and why (the build job refuses them too)."""
+
 # --------------------------------------------------------------------------- trtllm-serve
 
 ServeLogLevel = Literal["internal_error", "error", "warning", "info", "verbose", "debug", "trace"]

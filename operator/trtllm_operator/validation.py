@@ -17,15 +17,16 @@ Severity decides what the operator does:
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from trtllm_operator import gpus
+from trtllm_operator import flag_tables, gpus
 from trtllm_operator import trtllm_facts as facts
 from trtllm_operator.api.deployment import LLMDeploymentSpec
-from trtllm_operator.api.engine import BuildLimits, LLMEngineSpec, Parallelism
+from trtllm_operator.api.engine import BuildLimits, BuildPlugins, LLMEngineSpec, Parallelism
 
 _COMMIT_SHA = re.compile(r"^[0-9a-f]{40}$")
 
@@ -55,6 +56,9 @@ class Reason(StrEnum):
     SERVING_IMAGE_UNSUPPORTED = "ServingImageUnsupported"
     IMAGE_RELEASE_MISMATCH = "ImageReleaseMismatch"
     IMAGE_RELEASE_UNKNOWN = "ImageReleaseUnknown"
+    UNKNOWN_FLAG = "UnknownFlag"
+    FLAG_NOT_ALLOWED = "FlagNotAllowed"
+    FLAG_VALUE_INVALID = "FlagValueInvalid"
     UNPINNED_REVISION = "UnpinnedRevision"
     QUANTIZATION_UNSUPPORTED = "QuantizationUnsupported"
     PARALLELISM_EXCEEDS_NODE = "ParallelismExceedsNode"
@@ -120,6 +124,7 @@ def validate_engine(spec: LLMEngineSpec, cluster: ClusterFacts) -> tuple[Finding
     found: list[Finding] = []
     found += check_image(spec.build.image, spec.build.image_release, "spec.build.image",
                          "spec.build.imageRelease", Reason.BUILDER_IMAGE_UNSUPPORTED)
+    found += check_build_extra_args(spec)
     found += check_revision(spec)
     for target in spec.targets:
         found += check_gpu_present(target, cluster)
@@ -197,6 +202,133 @@ def _before(supported: facts.ReleaseRange) -> str:
     if end.rc:
         return str(facts.Release(end.major, end.minor, end.patch, rc=end.rc - 1))
     return f"before {end}"
+
+
+_BUILD_TYPED = ("the operator writes it from typed fields: use spec.build.limits, "
+                "spec.build.parallelism or spec.build.plugins instead")
+BUILD_FLAGS_NOT_ALLOWED: Mapping[str, str] = {
+    **{flag: _BUILD_TYPED for flag in facts.BUILD_FLAGS_SET_BY_OPERATOR},
+    **{f"--{name}": _BUILD_TYPED for name in BuildPlugins.model_fields},
+    **{flag: f"{why}; remove it" for flag, why in facts.BUILD_FLAGS_REFUSED.items()},
+}
+"""Real trtllm-build flags spec.build.extraArgs may not carry, and why."""
+SERVE_FLAGS_NOT_ALLOWED: Mapping[str, str] = {
+    flag: "the operator writes it from the fields of spec.serve: use those instead"
+    for flag in facts.SERVE_FLAGS_SET_BY_OPERATOR
+}
+"""Real trtllm-serve flags spec.serve.extraArgs may not carry, and why."""
+
+
+def check_build_extra_args(spec: LLMEngineSpec) -> list[Finding]:
+    """spec.build.extraArgs against the trtllm-build flags of the builder image's release."""
+    release = facts.effective_release(spec.build.image, spec.build.image_release)
+    flags = flag_tables.for_release("trtllm-build", release) if release else None
+    if flags is None:
+        return []  # the image finding says why: no table applies to an unknown release
+    return check_extra_args(spec.build.extra_args, flags, "spec.build.extraArgs",
+                            BUILD_FLAGS_NOT_ALLOWED)
+
+
+def check_serve_extra_args(spec: LLMDeploymentSpec, engine: LLMEngineSpec) -> list[Finding]:
+    """spec.serve.extraArgs against the trtllm-serve flags of the serving image's release."""
+    if spec.image is not None:
+        release = facts.effective_release(spec.image, spec.image_release)
+    else:
+        release = facts.effective_release(engine.build.image, engine.build.image_release)
+    flags = flag_tables.for_release("trtllm-serve", release) if release else None
+    if flags is None:
+        return []
+    return check_extra_args(spec.serve.extra_args, flags, "spec.serve.extraArgs",
+                            SERVE_FLAGS_NOT_ALLOWED)
+
+
+def check_extra_args(args: Sequence[str], flags: flag_tables.FlagTable, field_name: str,
+                     not_allowed: Mapping[str, str]) -> list[Finding]:
+    """Each ``--flag`` of an extra-arguments list against a tool's flag table.
+
+    A token starting with ``--`` is a flag (``--flag=value`` carries its value); the tokens up
+    to the next flag are its values. Checked: the flag exists (else the closest real one is
+    suggested), the operator lets it through, and it has as many values as it takes, among its
+    choices and of its type when the table says so.
+    """
+    what = f"{flags.tool} {flags.line}"
+    found: list[Finding] = []
+
+    def bad(reason: Reason, message: str) -> None:
+        found.append(Finding(reason, Severity.ERROR, field_name, f"{field_name} {message}"))
+
+    for flag, values in _flag_groups(args):
+        if flag is None:
+            bad(Reason.FLAG_VALUE_INVALID,
+                f"{' '.join(values)} follows no flag: each value belongs to the --flag before "
+                f"it; put the flag first or remove the value")
+            continue
+        spec = flags.get(flag)
+        if flag in not_allowed:
+            bad(Reason.FLAG_NOT_ALLOWED, f"{flag} is not allowed here: {not_allowed[flag]}")
+        elif spec is None:
+            bad(Reason.UNKNOWN_FLAG, f"{flag} is not a {what} flag; "
+                                     f"{_closest(flag, flags, not_allowed)}")
+        else:
+            problem = _value_problem(spec, values)
+            if problem:
+                bad(Reason.FLAG_VALUE_INVALID, f"{flag} {problem}")
+    return found
+
+
+def _flag_groups(args: Sequence[str]) -> list[tuple[str | None, list[str]]]:
+    """``["--a", "1", "--b=2", "--c"]`` -> ``[("--a", ["1"]), ("--b", ["2"]), ("--c", [])]``;
+    values before any flag come first with the flag None."""
+    groups: list[tuple[str | None, list[str]]] = []
+    for token in args:
+        if token.startswith("--"):
+            flag, eq, value = token.partition("=")
+            groups.append((flag, [value] if eq else []))
+        elif groups:
+            groups[-1][1].append(token)
+        else:
+            groups.append((None, [token]))
+    return groups
+
+
+def _closest(flag: str, flags: flag_tables.FlagTable, not_allowed: Mapping[str, str]) -> str:
+    """The fix for an unknown flag: the closest real one, or where to look."""
+    match = difflib.get_close_matches(flag, list(flags.flags), n=1)
+    if not match:
+        return (f"remove it, or check the spelling against {flags.tool} --help of that "
+                f"release")
+    best = flags.flags[match[0]].name if match[0] not in not_allowed else match[0]
+    if best in not_allowed:
+        return f"did you mean {best}? That one is not allowed here: {not_allowed[best]}"
+    return f"did you mean {best}?"
+
+
+def _value_problem(spec: flag_tables.FlagSpec, values: list[str]) -> str | None:
+    """What is wrong with the values given to a flag, and the fix, if anything is."""
+    given = " ".join(values)
+    if spec.arity == "none":
+        return (f"is a switch and takes no value, but {given} follows it: remove {given}"
+                if values else None)
+    if not values:
+        return f"needs a value ({spec.type}) after it: add one, or remove the flag"
+    if spec.arity == "one" and len(values) > 1:
+        return f"takes one value, but {len(values)} follow it ({given}): keep one"
+    for value in values:
+        if spec.choices is not None and value not in spec.choices:
+            return f"value {value} is not one of {', '.join(spec.choices)}: choose one of them"
+        if spec.type == "int" and not re.fullmatch(r"-?\d+", value):
+            return f"needs an integer, not {value}"
+        if spec.type == "float" and not _is_float(value):
+            return f"needs a number, not {value}"
+    return None
+
+
+def _is_float(value: str) -> bool:
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
 
 
 def check_revision(spec: LLMEngineSpec) -> list[Finding]:
@@ -292,6 +424,7 @@ def validate_deployment(spec: LLMDeploymentSpec, engine: LLMEngineSpec | None,
         found += check_image(spec.image, spec.image_release, "spec.image", "spec.imageRelease",
                              Reason.SERVING_IMAGE_UNSUPPORTED)
         found += check_same_release(spec, engine, name)
+    found += check_serve_extra_args(spec, engine)
     found += check_gpu_is_target(spec.gpu, engine, name)
     found += check_serve_limits(spec, engine, name)
     if spec.gpu is not None and spec.gpu in engine.targets:
