@@ -169,7 +169,11 @@ def _ready_reason(get_llmd: Getter, name: str, reason: str) -> dict[str, Any] | 
 def test_a_serving_image_of_unknown_release_or_an_unknown_serve_flag_rolls_out_nothing(
         kubectl: Kubectl, namespace: str, get_engine: Getter, get_llmd: Getter,
         api_client: client.ApiClient, core: client.CoreV1Api) -> None:
-    apply(kubectl, namespace, small_engine("served", [H100]))
+    served = small_engine("served", [H100])
+    # No Hugging Face token: its build pod needs no Secret (the simulated kubelet, like a real
+    # one, holds a container whose Secret is missing).
+    served["spec"]["model"]["huggingFace"].pop("tokenSecretRef", None)
+    apply(kubectl, namespace, served)
     wait_for(lambda: _target_in(get_engine, "served", "Built"), 120, "the engine to build")
     apps = client.AppsV1Api(api_client)
 
