@@ -120,7 +120,8 @@ class ClusterFacts:
 
 
 def validate_engine(spec: LLMEngineSpec, cluster: ClusterFacts) -> tuple[Finding, ...]:
-    """Every finding about an LLMEngine spec, in spec order (image, model, then each target)."""
+    """Every finding about an LLMEngine spec, in spec order (image, build flags, model, then
+    each target)."""
     found: list[Finding] = []
     found += check_image(spec.build.image, spec.build.image_release, "spec.build.image",
                          "spec.build.imageRelease", Reason.BUILDER_IMAGE_UNSUPPORTED)
@@ -165,7 +166,8 @@ def check_image(image: str, image_release: str | None, field_name: str, release_
         problem = ("which no longer ships trtllm-build or the TensorRT engine backend "
                    f"(removed in {facts.FIRST_RELEASE_WITHOUT_TRTLLM_BUILD})")
     else:
-        problem = "which is older than 1.0: trtllm-serve cannot serve engines there"
+        problem = (f"which is older than {_first(supported)}: trtllm-serve cannot serve engines "
+                   f"there")
     return [Finding(reason, Severity.ERROR, field_name,
                     f"{field_name} {image} is TensorRT-LLM {release}{stated}, {problem}: {use}")]
 
