@@ -183,6 +183,12 @@ class Release:
     post: int | None = None
 
     @property
+    def line(self) -> tuple[int, int]:
+        """(major, minor), e.g. to name a flag table; never enough to tell what a release has
+        (1.3.0rc20 builds engines, 1.3.0rc21 does not)."""
+        return (self.major, self.minor)
+
+    @property
     def _key(self) -> tuple[int, int, int, float, int]:
         return (self.major, self.minor, self.patch,
                 float("inf") if self.rc is None else self.rc, self.post or 0)
