@@ -34,6 +34,12 @@ def _target_in(get_engine: Getter, name: str, *states: str) -> dict[str, Any] | 
     return t if t is not None and t["state"] in states else None
 
 
+def _launched(get_engine: Getter, name: str) -> dict[str, Any] | None:
+    """The target, once its build Job is created."""
+    t = _target_in(get_engine, name, "Pending", "Building", "Built")
+    return t if t is not None and t.get("job") else None
+
+
 def _invalid(get_engine: Getter, name: str) -> dict[str, Any]:
     target: dict[str, Any] = wait_for(lambda: _target_in(get_engine, name, "Invalid"), 60,
                                       f"the {name} target to become Invalid")
@@ -51,9 +57,8 @@ def _event_messages(core: client.CoreV1Api, namespace: str, name: str) -> list[s
     return [e.message or "" for e in events]
 
 
-def _assert_engine_refused(get_engine: Getter, api_client: client.ApiClient,
-                           core: client.CoreV1Api, namespace: str, name: str, reason: str,
-                           *texts: str) -> dict[str, Any]:
+def _assert_engine_refused(get_engine: Getter, core: client.CoreV1Api, namespace: str,
+                           name: str, reason: str, *texts: str) -> dict[str, Any]:
     target = _invalid(get_engine, name)
     assert target["reason"] == reason
     for text in texts:
@@ -73,7 +78,7 @@ def test_an_image_of_unknown_release_builds_nothing_until_the_release_is_stated(
     engine = small_engine("by-digest", [H100], image=DIGEST_IMAGE)
     apply(kubectl, namespace, engine)
 
-    _assert_engine_refused(get_engine, api_client, core, namespace, "by-digest",
+    _assert_engine_refused(get_engine, core, namespace, "by-digest",
                            "ImageReleaseUnknown", "spec.build.image",
                            "pinned by digest only", "or set spec.build.imageRelease")
     settle()
@@ -82,9 +87,8 @@ def test_an_image_of_unknown_release_builds_nothing_until_the_release_is_stated(
     # The fix the message names: state the release. The same image now builds.
     engine["spec"]["build"]["imageRelease"] = "1.2.0"
     apply(kubectl, namespace, engine)
-    target = wait_for(lambda: _target_in(get_engine, "by-digest", "Pending", "Building", "Built"),
-                      60, "the build to start once the release is stated")
-    assert target.get("job")
+    target = wait_for(lambda: _launched(get_engine, "by-digest"), 60,
+                      "the build to start once the release is stated")
     assert _job_names(api_client, namespace) == {target["job"]}
 
 
@@ -95,11 +99,10 @@ def test_a_builder_of_1_3_0rc21_is_refused_and_one_of_1_3_0rc20_builds(
     apply(kubectl, namespace, small_engine("rc21", [H100], image=f"{release}:1.3.0rc21"))
     apply(kubectl, namespace, small_engine("rc20", [H100], image=f"{release}:1.3.0rc20"))
 
-    _assert_engine_refused(get_engine, api_client, core, namespace, "rc21",
+    _assert_engine_refused(get_engine, core, namespace, "rc21",
                            "BuilderImageUnsupported", "spec.build.image",
                            "no longer ships trtllm-build", "1.3.0rc20")
-    rc20 = wait_for(lambda: _target_in(get_engine, "rc20", "Pending", "Building", "Built"), 60,
-                    "the 1.3.0rc20 build to start")
+    rc20 = wait_for(lambda: _launched(get_engine, "rc20"), 60, "the 1.3.0rc20 build to start")
     settle()
     assert _job_names(api_client, namespace) == {rc20["job"]}
 
@@ -110,7 +113,7 @@ def test_an_unknown_build_flag_is_refused_with_the_closest_real_flag(
     apply(kubectl, namespace, small_engine("typo", [H100],
                                            extraArgs=["--max_batchsize", "8"]))
 
-    _assert_engine_refused(get_engine, api_client, core, namespace, "typo", "UnknownFlag",
+    _assert_engine_refused(get_engine, core, namespace, "typo", "UnknownFlag",
                            "spec.build.extraArgs --max_batchsize is not a trtllm-build 1.2 "
                            "flag; did you mean --max_batch_size?")
     settle()
@@ -122,7 +125,7 @@ def test_a_build_flag_with_a_wrong_value_is_refused(
         core: client.CoreV1Api) -> None:
     apply(kubectl, namespace, small_engine("switch", [H100], extraArgs=["--strip_plan", "yes"]))
 
-    _assert_engine_refused(get_engine, api_client, core, namespace, "switch",
+    _assert_engine_refused(get_engine, core, namespace, "switch",
                            "FlagValueInvalid",
                            "spec.build.extraArgs --strip_plan is a switch and takes no value")
     settle()
@@ -134,7 +137,7 @@ def test_a_real_build_flag_the_operator_does_not_pass_on_is_refused(
         core: client.CoreV1Api) -> None:
     apply(kubectl, namespace, small_engine("dry", [H100], extraArgs=["--dry_run"]))
 
-    _assert_engine_refused(get_engine, api_client, core, namespace, "dry", "FlagNotAllowed",
+    _assert_engine_refused(get_engine, core, namespace, "dry", "FlagNotAllowed",
                            "spec.build.extraArgs --dry_run is not allowed here",
                            "write no engine")
     settle()
