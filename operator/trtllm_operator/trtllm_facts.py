@@ -11,6 +11,9 @@ below, so the CRD schema, the validation module and the command builders cannot 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import total_ordering
 from typing import Final, Literal, NamedTuple
 
 from trtllm_jobs import facts as _jobfacts
@@ -111,6 +114,10 @@ Toggle = Literal["enable", "disable"]
 BUILD_FLAGS_SET_BY_OPERATOR: Final[tuple[str, ...]] = _jobfacts.BUILD_FLAGS_SET_BY_OPERATOR
 """Flags the build Job writes from typed fields; ``spec.build.extraArgs`` may not repeat them."""
 
+BUILD_FLAGS_REFUSED: Final[Mapping[str, str]] = _jobfacts.BUILD_OPTIONS_REFUSED
+"""Real trtllm-build flags that are not the operator's to set yet make no sense in a build Job,
+and why (the build job refuses them too). The job package holds the one list."""
+
 # --------------------------------------------------------------------------- trtllm-serve
 
 ServeLogLevel = Literal["internal_error", "error", "warning", "info", "verbose", "debug", "trace"]
@@ -144,45 +151,109 @@ DEFAULT_TRTLLM_IMAGE: Final = "nvcr.io/nvidia/tensorrt-llm/release:1.2.0"
 """The builder and serving image when a resource names none: the newest release line that still
 ships ``trtllm-build``. The only place the default is written."""
 
-FIRST_RELEASE_WITH_TENSORRT_BACKEND_FLAG: Final = (1, 0)
-"""``trtllm-serve --backend tensorrt`` (how an engine folder is served) exists from 1.0."""
+RELEASE_PATTERN: Final = (
+    r"^v?(0|[1-9][0-9]{0,3})\.(0|[1-9][0-9]{0,3})(?:\.(0|[1-9][0-9]{0,3}))?"
+    r"(?:[.-]?rc\.?(0|[1-9][0-9]{0,3}))?(?:[.-]?post\.?(0|[1-9][0-9]{0,3}))?$"
+)
+"""A TensorRT-LLM version as image tags and ``spec.*.imageRelease`` spell it: ``1.2.0``,
+``v1.2.1``, ``1.3.0rc20``, ``1.2.0rc6.post2``, ``1.2.0.post1``. Also the CRD pattern of the
+imageRelease fields, so the API server and the operator read the same grammar."""
 
-FIRST_RELEASE_WITHOUT_TRTLLM_BUILD: Final = (1, 3)
-"""NVIDIA removed the TensorRT engine backend (and ``trtllm-build``) after the 1.2.x line."""
-
-_RELEASE_TAG = re.compile(r"^v?(\d+)\.(\d+)(?:\.(\d+))?([.-]?(?:rc|post|dev)\.?\d*)?$")
+_RELEASE = re.compile(RELEASE_PATTERN)
 
 
-class Release(NamedTuple):
-    """A TensorRT-LLM release as an image tag names it: ``1.2.0rc1`` -> (1, 2, 0, "rc1")."""
+@total_ordering
+@dataclass(frozen=True)
+class Release:
+    """A TensorRT-LLM release: ``1.3.0rc20`` -> major 1, minor 3, patch 0, rc 20.
+
+    Ordered as versions: every release candidate of 1.3.0 comes before the final 1.3.0
+    (``rc`` None), and a ``.postN`` rebuild after what it rebuilds.
+    """
 
     major: int
     minor: int
-    patch: int
-    suffix: str = ""
+    patch: int = 0
+    rc: int | None = None
+    post: int | None = None
 
     @property
     def line(self) -> tuple[int, int]:
-        """(major, minor): what decides which features a release has."""
+        """(major, minor), e.g. to name a flag table; never enough to tell what a release has
+        (1.3.0rc20 builds engines, 1.3.0rc21 does not)."""
         return (self.major, self.minor)
 
+    @property
+    def _key(self) -> tuple[int, int, int, float, int]:
+        return (self.major, self.minor, self.patch,
+                float("inf") if self.rc is None else self.rc, self.post or 0)
+
+    def __lt__(self, other: object) -> bool:
+        if not isinstance(other, Release):
+            return NotImplemented
+        return self._key < other._key
+
     def __str__(self) -> str:
-        return f"{self.major}.{self.minor}.{self.patch}{self.suffix}"
+        rc = "" if self.rc is None else f"rc{self.rc}"
+        post = "" if self.post is None else f".post{self.post}"
+        return f"{self.major}.{self.minor}.{self.patch}{rc}{post}"
+
+
+def parse_release(text: str) -> Release | None:
+    """The release a version string names (``1.3.0rc20``), or None if it names none.
+
+    The one parser of release text: image tags and the imageRelease fields both go through it.
+    A development or nightly tag (``1.3.0.dev2026``, ``nightly``) is no release: where it falls
+    among the release candidates cannot be told.
+    """
+    match = _RELEASE.match(text)
+    if match is None:
+        return None
+    major, minor, patch, rc, post = match.groups()
+    return Release(int(major), int(minor), int(patch or 0),
+                   None if rc is None else int(rc), None if post is None else int(post))
 
 
 def release_of_image(image: str) -> Release | None:
     """The TensorRT-LLM release an image reference names by its tag, if the tag is a version.
 
-    ``nvcr.io/nvidia/tensorrt-llm/release:1.2.0rc1`` -> ``1.2.0rc1``. A digest reference, an
-    untagged name or a tag that is not a version (``latest``, ``my-build``) gives ``None``: the
-    release cannot be told from the name alone.
+    ``nvcr.io/nvidia/tensorrt-llm/release:1.2.0rc1`` -> ``1.2.0rc1``; a registry port
+    (``host:5000/img:1.2.0``) is not a tag, and ``img:1.2.0@sha256:...`` is read by its tag. A
+    digest alone, an untagged name (= ``latest``) or a tag that is not a version (``latest``,
+    ``nightly``) gives ``None``: the release cannot be told from the name alone.
     """
-    name = image.split("@", 1)[0]
-    last = name.rsplit("/", 1)[-1]
+    last = image.split("@", 1)[0].rsplit("/", 1)[-1]
     if ":" not in last:
         return None
-    match = _RELEASE_TAG.match(last.rsplit(":", 1)[1])
-    if match is None:
-        return None
-    major, minor, patch, suffix = match.groups()
-    return Release(int(major), int(minor), int(patch or 0), suffix or "")
+    return parse_release(last.rsplit(":", 1)[1])
+
+
+def effective_release(image: str, image_release: str | None) -> Release | None:
+    """The release of an image: what its imageRelease field states, else what its tag says."""
+    return parse_release(image_release) if image_release is not None else release_of_image(
+        image)
+
+
+class ReleaseRange(NamedTuple):
+    """Releases from ``first`` (included) up to ``end`` (excluded; None = no end yet)."""
+
+    first: Release
+    end: Release | None
+
+    def __contains__(self, release: object) -> bool:
+        return (isinstance(release, Release) and self.first <= release
+                and (self.end is None or release < self.end))
+
+
+FIRST_RELEASE_WITH_TENSORRT_BACKEND_FLAG: Final = Release(1, 0, 0, rc=0)
+"""``trtllm-serve --backend tensorrt`` (how an engine folder is served) exists from the 1.0
+line on; in 0.17 to 0.21 ``--backend`` offered only pytorch."""
+
+FIRST_RELEASE_WITHOUT_TRTLLM_BUILD: Final = Release(1, 3, 0, rc=21)
+"""NVIDIA removed ``trtllm-build`` and the TensorRT engine backend in 1.3.0rc21: the release
+notes of 1.3.0rc20 call it the last release with the TensorRT backend."""
+
+ENGINE_RELEASES: Final = ReleaseRange(FIRST_RELEASE_WITH_TENSORRT_BACKEND_FLAG,
+                                      FIRST_RELEASE_WITHOUT_TRTLLM_BUILD)
+"""Releases that build engines with ``trtllm-build`` and serve them with ``--backend
+tensorrt``: the releases the operator accepts (a later backend choice may add another range)."""

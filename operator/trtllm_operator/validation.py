@@ -17,16 +17,17 @@ Severity decides what the operator does:
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from trtllm_operator import gpus
+from trtllm_operator import flag_tables, gpus
 from trtllm_operator import trtllm_facts as facts
 from trtllm_operator.api.common import EnvVar
 from trtllm_operator.api.deployment import LLMDeploymentSpec
-from trtllm_operator.api.engine import BuildLimits, LLMEngineSpec, Parallelism
+from trtllm_operator.api.engine import BuildLimits, BuildPlugins, LLMEngineSpec, Parallelism
 
 _COMMIT_SHA = re.compile(r"^[0-9a-f]{40}$")
 
@@ -55,6 +56,10 @@ class Reason(StrEnum):
     BUILDER_IMAGE_UNSUPPORTED = "BuilderImageUnsupported"
     SERVING_IMAGE_UNSUPPORTED = "ServingImageUnsupported"
     IMAGE_RELEASE_MISMATCH = "ImageReleaseMismatch"
+    IMAGE_RELEASE_UNKNOWN = "ImageReleaseUnknown"
+    UNKNOWN_FLAG = "UnknownFlag"
+    FLAG_NOT_ALLOWED = "FlagNotAllowed"
+    FLAG_VALUE_INVALID = "FlagValueInvalid"
     UNPINNED_REVISION = "UnpinnedRevision"
     QUANTIZATION_UNSUPPORTED = "QuantizationUnsupported"
     KV_CACHE_DTYPE_UNSUPPORTED = "KvCacheDtypeUnsupported"
@@ -119,10 +124,12 @@ class ClusterFacts:
 
 
 def validate_engine(spec: LLMEngineSpec, cluster: ClusterFacts) -> tuple[Finding, ...]:
-    """Every finding about an LLMEngine spec, in spec order (image, model, then each target)."""
+    """Every finding about an LLMEngine spec, in spec order (image, build flags, model, then
+    each target)."""
     found: list[Finding] = []
-    found += check_image(spec.build.image, "spec.build.image",
-                         Reason.BUILDER_IMAGE_UNSUPPORTED)
+    found += check_image(spec.build.image, spec.build.image_release, "spec.build.image",
+                         "spec.build.imageRelease", Reason.BUILDER_IMAGE_UNSUPPORTED)
+    found += check_build_extra_args(spec)
     found += check_revision(spec)
     found += check_plain_text_secrets(spec.build.env, "spec.build.env",
                                       hugging_face_fix=spec.model.hugging_face is not None)
@@ -137,26 +144,201 @@ def validate_engine(spec: LLMEngineSpec, cluster: ClusterFacts) -> tuple[Finding
     return tuple(found)
 
 
-def check_image(image: str, field_name: str, reason: Reason) -> list[Finding]:
-    """An image whose tag names a release that cannot build or serve engines.
+def check_image(image: str, image_release: str | None, field_name: str, release_field: str,
+                reason: Reason,
+                supported: facts.ReleaseRange = facts.ENGINE_RELEASES) -> list[Finding]:
+    """An image whose release is unknown, or cannot build or serve engines.
 
-    Below 1.0, ``trtllm-serve`` has no ``--backend tensorrt``; from 1.3 on, ``trtllm-build``
-    and the TensorRT backend are gone. A tag that is not a version (a digest, ``latest``)
-    cannot be judged and passes.
+    ``supported`` are the releases that work (a function of the backend once there is more than
+    one). Below 1.0, ``trtllm-serve`` has no ``--backend tensorrt``; from 1.3.0rc21 on,
+    ``trtllm-build`` and the TensorRT backend are gone. A tag that is not a version (none, so
+    ``latest``; a digest; ``nightly``) says nothing about what the image can do: the user states
+    the release in ``release_field`` or tags the image with it.
     """
-    release = facts.release_of_image(image)
+    release = facts.effective_release(image, image_release)
     if release is None:
+        return [Finding(
+            Reason.IMAGE_RELEASE_UNKNOWN, Severity.ERROR, field_name,
+            f"{field_name} {image} does not name its TensorRT-LLM release ({_unversioned(image)}), "
+            f"so whether it can build and serve engines is unknown: tag the image with its "
+            f"version, e.g. "
+            f"{_repository(image)}:{facts.release_of_image(facts.DEFAULT_TRTLLM_IMAGE)}, or "
+            f"set {release_field} to the release it contains",
+        )]
+    if release in supported:
         return []
-    use = f"use a 1.0 to 1.2.x release such as {facts.DEFAULT_TRTLLM_IMAGE}"
-    if release.line >= facts.FIRST_RELEASE_WITHOUT_TRTLLM_BUILD:
+    use = (f"use a release from {_first(supported)} to {_before(supported)}, e.g. "
+           f"{facts.DEFAULT_TRTLLM_IMAGE}")
+    stated = f" ({release_field} {image_release})" if image_release is not None else ""
+    if supported.end is not None and release >= supported.end:
         problem = ("which no longer ships trtllm-build or the TensorRT engine backend "
-                   "(removed after 1.2)")
-    elif release.line < facts.FIRST_RELEASE_WITH_TENSORRT_BACKEND_FLAG:
-        problem = "which is older than 1.0: trtllm-serve cannot serve engines there"
+                   f"(removed in {facts.FIRST_RELEASE_WITHOUT_TRTLLM_BUILD})")
     else:
-        return []
+        problem = (f"which is older than {_first(supported)}: trtllm-serve cannot serve engines "
+                   f"there")
     return [Finding(reason, Severity.ERROR, field_name,
-                    f"{field_name} {image} is TensorRT-LLM {release}, {problem}: {use}")]
+                    f"{field_name} {image} is TensorRT-LLM {release}{stated}, {problem}: {use}")]
+
+
+def _unversioned(image: str) -> str:
+    """Why an image reference names no release, in words."""
+    name = image.split("@", 1)[0]
+    last = name.rsplit("/", 1)[-1]
+    if ":" in last:
+        return f"its tag {last.rsplit(':', 1)[1]} is not a version"
+    return "it is pinned by digest only" if "@" in image else "it has no tag, so it is latest"
+
+
+def _repository(image: str) -> str:
+    """The image reference without tag or digest: ``host:5000/img:tag`` -> ``host:5000/img``."""
+    name = image.split("@", 1)[0]
+    head, _, last = name.rpartition("/")
+    return f"{head}/{last.split(':', 1)[0]}" if head else last.split(":", 1)[0]
+
+
+def _first(supported: facts.ReleaseRange) -> str:
+    """The first release of a range, in words: ``1.0`` for 1.0.0rc0."""
+    first = supported.first
+    if first.patch == 0 and first.rc == 0 and first.post is None:
+        return f"{first.major}.{first.minor}"
+    return str(first)
+
+
+def _before(supported: facts.ReleaseRange) -> str:
+    """The last release of a range, in words: the release candidate before ``end``."""
+    end = supported.end
+    if end is None:
+        return "the newest"
+    if end.rc:
+        return str(facts.Release(end.major, end.minor, end.patch, rc=end.rc - 1))
+    return f"before {end}"
+
+
+_BUILD_TYPED = ("the operator writes it from typed fields: use spec.build.limits, "
+                "spec.build.parallelism or spec.build.plugins instead")
+BUILD_FLAGS_NOT_ALLOWED: Mapping[str, str] = {
+    **{flag: _BUILD_TYPED for flag in facts.BUILD_FLAGS_SET_BY_OPERATOR},
+    **{f"--{name}": _BUILD_TYPED for name in BuildPlugins.model_fields},
+    **{flag: f"{why}; remove it" for flag, why in facts.BUILD_FLAGS_REFUSED.items()},
+}
+"""Real trtllm-build flags spec.build.extraArgs may not carry, and why."""
+SERVE_FLAGS_NOT_ALLOWED: Mapping[str, str] = {
+    flag: "the operator writes it from the fields of spec.serve: use those instead"
+    for flag in facts.SERVE_FLAGS_SET_BY_OPERATOR
+}
+"""Real trtllm-serve flags spec.serve.extraArgs may not carry, and why."""
+
+
+def check_build_extra_args(spec: LLMEngineSpec) -> list[Finding]:
+    """spec.build.extraArgs against the trtllm-build flags of the builder image's release."""
+    release = facts.effective_release(spec.build.image, spec.build.image_release)
+    flags = flag_tables.for_release("trtllm-build", release) if release else None
+    if flags is None:
+        return []  # the image finding says why: no table applies to an unknown release
+    return check_extra_args(spec.build.extra_args, flags, "spec.build.extraArgs",
+                            BUILD_FLAGS_NOT_ALLOWED)
+
+
+def check_serve_extra_args(spec: LLMDeploymentSpec, engine: LLMEngineSpec) -> list[Finding]:
+    """spec.serve.extraArgs against the trtllm-serve flags of the serving image's release."""
+    if spec.image is not None:
+        release = facts.effective_release(spec.image, spec.image_release)
+    else:
+        release = facts.effective_release(engine.build.image, engine.build.image_release)
+    flags = flag_tables.for_release("trtllm-serve", release) if release else None
+    if flags is None:
+        return []
+    return check_extra_args(spec.serve.extra_args, flags, "spec.serve.extraArgs",
+                            SERVE_FLAGS_NOT_ALLOWED)
+
+
+def check_extra_args(args: Sequence[str], flags: flag_tables.FlagTable, field_name: str,
+                     not_allowed: Mapping[str, str]) -> list[Finding]:
+    """Each ``--flag`` of an extra-arguments list against a tool's flag table.
+
+    A token starting with ``--`` is a flag (``--flag=value`` carries its value); the tokens up
+    to the next flag are its values. Checked: the flag exists (else the closest real one is
+    suggested), the operator lets it through, and it has as many values as it takes, among its
+    choices and of its type when the table says so.
+    """
+    what = f"{flags.tool} {flags.line}"
+    found: list[Finding] = []
+
+    def bad(reason: Reason, message: str) -> None:
+        found.append(Finding(reason, Severity.ERROR, field_name, f"{field_name} {message}"))
+
+    for flag, values in _flag_groups(args):
+        if flag is None:
+            bad(Reason.FLAG_VALUE_INVALID,
+                f"{' '.join(values)} follows no flag: each value belongs to the --flag before "
+                f"it; put the flag first or remove the value")
+            continue
+        spec = flags.get(flag)
+        if flag in not_allowed:
+            bad(Reason.FLAG_NOT_ALLOWED, f"{flag} is not allowed here: {not_allowed[flag]}")
+        elif spec is None:
+            bad(Reason.UNKNOWN_FLAG, f"{flag} is not a {what} flag; "
+                                     f"{_closest(flag, flags, not_allowed)}")
+        else:
+            problem = _value_problem(spec, values)
+            if problem:
+                bad(Reason.FLAG_VALUE_INVALID, f"{flag} {problem}")
+    return found
+
+
+def _flag_groups(args: Sequence[str]) -> list[tuple[str | None, list[str]]]:
+    """``["--a", "1", "--b=2", "--c"]`` -> ``[("--a", ["1"]), ("--b", ["2"]), ("--c", [])]``;
+    values before any flag come first with the flag None."""
+    groups: list[tuple[str | None, list[str]]] = []
+    for token in args:
+        if token.startswith("--"):
+            flag, eq, value = token.partition("=")
+            groups.append((flag, [value] if eq else []))
+        elif groups:
+            groups[-1][1].append(token)
+        else:
+            groups.append((None, [token]))
+    return groups
+
+
+def _closest(flag: str, flags: flag_tables.FlagTable, not_allowed: Mapping[str, str]) -> str:
+    """The fix for an unknown flag: the closest real one, or where to look."""
+    match = difflib.get_close_matches(flag, list(flags.flags), n=1)
+    if not match:
+        return (f"remove it, or check the spelling against {flags.tool} --help of that "
+                f"release")
+    best = flags.flags[match[0]].name if match[0] not in not_allowed else match[0]
+    if best in not_allowed:
+        return f"did you mean {best}? That one is not allowed here: {not_allowed[best]}"
+    return f"did you mean {best}?"
+
+
+def _value_problem(spec: flag_tables.FlagSpec, values: list[str]) -> str | None:
+    """What is wrong with the values given to a flag, and the fix, if anything is."""
+    given = " ".join(values)
+    if spec.arity == "none":
+        return (f"is a switch and takes no value, but {given} follows it: remove {given}"
+                if values else None)
+    if not values:
+        return f"needs a value ({spec.type}) after it: add one, or remove the flag"
+    if spec.arity == "one" and len(values) > 1:
+        return f"takes one value, but {len(values)} follow it ({given}): keep one"
+    for value in values:
+        if spec.choices is not None and value not in spec.choices:
+            return f"value {value} is not one of {', '.join(spec.choices)}: choose one of them"
+        if spec.type == "int" and not re.fullmatch(r"-?\d+", value):
+            return f"needs an integer, not {value}"
+        if spec.type == "float" and not _is_float(value):
+            return f"needs a number, not {value}"
+    return None
+
+
+def _is_float(value: str) -> bool:
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
 
 
 def check_revision(spec: LLMEngineSpec) -> list[Finding]:
@@ -333,8 +515,10 @@ def validate_deployment(spec: LLMDeploymentSpec, engine: LLMEngineSpec | None,
             f"namespace; create it or correct the name",
         ), *found)
     if spec.image is not None:
-        found += check_image(spec.image, "spec.image", Reason.SERVING_IMAGE_UNSUPPORTED)
-        found += check_same_release(spec.image, engine.build.image, name)
+        found += check_image(spec.image, spec.image_release, "spec.image", "spec.imageRelease",
+                             Reason.SERVING_IMAGE_UNSUPPORTED)
+        found += check_same_release(spec, engine, name)
+    found += check_serve_extra_args(spec, engine)
     found += check_gpu_is_target(spec.gpu, engine, name, resolved)
     found += check_serve_limits(spec, engine, name)
     if spec.gpu is not None and (spec.gpu in engine.targets or spec.gpu in (resolved or ())):
@@ -344,19 +528,25 @@ def validate_deployment(spec: LLMDeploymentSpec, engine: LLMEngineSpec | None,
     return tuple(found)
 
 
-def check_same_release(image: str, builder_image: str, engine_name: str) -> list[Finding]:
+def check_same_release(spec: LLMDeploymentSpec, engine: LLMEngineSpec,
+                       engine_name: str) -> list[Finding]:
     """A serving image of another release than the one that built the engine.
 
-    An engine loads only in the TensorRT(-LLM) version that built it.
+    An engine loads only in the TensorRT(-LLM) version that built it. Each side's release is
+    its effective one (imageRelease, else the tag); an unknown one is reported on its own.
     """
-    serving, building = facts.release_of_image(image), facts.release_of_image(builder_image)
+    if spec.image is None:
+        return []
+    build = engine.build
+    serving = facts.effective_release(spec.image, spec.image_release)
+    building = facts.effective_release(build.image, build.image_release)
     if serving is None or building is None or serving == building:
         return []
     return [Finding(
         Reason.IMAGE_RELEASE_MISMATCH, Severity.ERROR, "spec.image",
-        f"spec.image {image} is TensorRT-LLM {serving}, but LLMEngine {engine_name} is built "
-        f"with {building} ({builder_image}): an engine only loads in the release that built "
-        f"it; use a {building} image or leave spec.image unset",
+        f"spec.image {spec.image} is TensorRT-LLM {serving}, but LLMEngine {engine_name} is "
+        f"built with {building} ({build.image}): an engine only loads in the release that "
+        f"built it; use a {building} image or leave spec.image unset",
     )]
 
 

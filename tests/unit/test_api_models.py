@@ -83,9 +83,7 @@ def test_defaults_match_what_users_are_promised() -> None:
 def test_default_image_is_a_release_that_still_builds_engines() -> None:
     release = trtllm_facts.release_of_image(trtllm_facts.DEFAULT_TRTLLM_IMAGE)
 
-    assert release is not None
-    assert release.line >= trtllm_facts.FIRST_RELEASE_WITH_TENSORRT_BACKEND_FLAG
-    assert release.line < trtllm_facts.FIRST_RELEASE_WITHOUT_TRTLLM_BUILD
+    assert release in trtllm_facts.ENGINE_RELEASES
 
 
 def test_spec_round_trips_through_the_wire_form() -> None:

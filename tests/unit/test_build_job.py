@@ -1101,6 +1101,7 @@ def test_embedded_facts_equal_the_operators() -> None:
         "batchSize": facts.DEFAULT_CALIBRATION_BATCH_SIZE,
         "maxSeqLength": facts.DEFAULT_CALIBRATION_MAX_SEQ_LENGTH}
     assert facts.BUILD_FLAGS_SET_BY_OPERATOR is jobfacts.BUILD_FLAGS_SET_BY_OPERATOR  # one source
+    assert facts.BUILD_FLAGS_REFUSED is jobfacts.BUILD_OPTIONS_REFUSED
     emitted = {n for n, f in jobfacts.TRTLLM_BUILD_FLAGS.items() if f.emitted}
     assert emitted <= set(facts.BUILD_FLAGS_SET_BY_OPERATOR)
     assert set(jobfacts.LIMIT_FLAGS.values()) <= emitted
@@ -1114,7 +1115,10 @@ def test_serve_section_covers_what_the_operator_writes() -> None:
     assert {"MODEL", "--host", "--port", "--backend", "--tp_size", "--pp_size",
             "--max_batch_size", "--max_num_tokens", "--max_seq_len", "--max_beam_width",
             "--kv_cache_free_gpu_memory_fraction", "--tokenizer", "--log_level",
-            "--extra_llm_api_options"} == set(serve)
+            "--extra_llm_api_options"} == {
+        name for name, entry in serve.items() if entry.get("use", "emitted") == "emitted"}
+    emitted = {name for name, entry in serve.items() if entry.get("use") == "emitted"}
+    assert emitted <= set(facts.SERVE_FLAGS_SET_BY_OPERATOR)
 
 
 def test_dockerfile_builds_on_the_default_release_image() -> None:

@@ -19,11 +19,23 @@ REFERENCE = Path(os.environ.get("TRTLLM_CLI_REFERENCE",
 
 @pytest.mark.parametrize(("image", "release"), [
     ("nvcr.io/nvidia/tensorrt-llm/release:1.2.0", "1.2.0"),
+    ("nvcr.io/nvidia/tensorrt-llm/release:1.2.0.post1", "1.2.0.post1"),
+    ("nvcr.io/nvidia/tensorrt-llm/release:1.2.0rc6.post2", "1.2.0rc6.post2"),
     ("nvcr.io/nvidia/tensorrt-llm/release:1.3.0rc6", "1.3.0rc6"),
+    ("nvcr.io/nvidia/tensorrt-llm/release:1.3.0rc20", "1.3.0rc20"),
+    ("nvcr.io/nvidia/tensorrt-llm/release:1.3.0rc21", "1.3.0rc21"),
+    ("nvcr.io/nvidia/tensorrt-llm/release:1.3.0", "1.3.0"),
+    ("nvcr.io/nvidia/tensorrt-llm/release:v1.2.1", "1.2.1"),
     ("registry.local:5000/tensorrt-llm:v1.1", "1.1.0"),
+    ("host:5000/img:1.2.0", "1.2.0"),
+    ("host:5000/img", None),
     ("registry.local:5000/tensorrt-llm", None),
+    ("nvcr.io/nvidia/tensorrt-llm/release", None),
     ("nvcr.io/nvidia/tensorrt-llm/release:latest", None),
+    ("nvcr.io/nvidia/tensorrt-llm/release:nightly", None),
+    ("nvcr.io/nvidia/tensorrt-llm/release:1.3.0.dev2026070100", None),
     ("nvcr.io/nvidia/tensorrt-llm/release@sha256:" + "a" * 64, None),
+    ("nvcr.io/nvidia/tensorrt-llm/release:1.2.0@sha256:" + "a" * 64, "1.2.0"),
 ])
 def test_release_is_read_from_the_image_tag(image: str, release: str | None) -> None:
     found = facts.release_of_image(image)
@@ -31,10 +43,51 @@ def test_release_is_read_from_the_image_tag(image: str, release: str | None) -> 
     assert (str(found) if found else None) == release
 
 
-def test_release_lines_order_as_versions() -> None:
-    rc = facts.release_of_image("x:1.3.0rc1")
-    assert rc is not None
-    assert rc.line >= facts.FIRST_RELEASE_WITHOUT_TRTLLM_BUILD
+@pytest.mark.parametrize(("older", "newer"), [
+    ("1.2.0", "1.2.0.post1"),
+    ("1.2.0rc6", "1.2.0rc6.post2"),
+    ("1.2.0rc6.post2", "1.2.0"),
+    ("1.3.0rc2", "1.3.0rc10"),  # numerically, not as text
+    ("1.3.0rc20", "1.3.0rc21"),
+    ("1.3.0rc21", "1.3.0"),  # a final release comes after every candidate
+    ("1.3.0", "1.4.0rc0"),
+    ("0.21.0", "1.0.0rc0"),
+])
+def test_releases_order_as_versions(older: str, newer: str) -> None:
+    a, b = facts.parse_release(older), facts.parse_release(newer)
+
+    assert a is not None
+    assert b is not None
+    assert a < b
+    assert not b < a
+    assert a != b
+
+
+@pytest.mark.parametrize(("release", "builds"), [
+    ("0.21.0", False), ("1.0.0rc1", True), ("1.0.0", True), ("1.2.0", True),
+    ("1.2.0.post1", True), ("1.3.0rc0", True), ("1.3.0rc20", True),
+    ("1.3.0rc20.post1", True), ("1.3.0rc21", False), ("1.3.0", False), ("1.4.0", False),
+    ("1.4.2", False), ("2.0.0", False),
+])
+def test_trtllm_build_ships_up_to_1_3_0rc20(release: str, builds: bool) -> None:
+    parsed = facts.parse_release(release)
+
+    assert parsed is not None
+    assert (parsed in facts.ENGINE_RELEASES) is builds
+
+
+@pytest.mark.parametrize("text", ["latest", "1", "1.2.3.4", "1.2.0-beta", "01.2.0", " 1.2.0",
+                                  "1.2.0rc", "nightly", ""])
+def test_text_that_is_no_release(text: str) -> None:
+    assert facts.parse_release(text) is None
+
+
+def test_a_stated_release_overrides_the_tag() -> None:
+    digest = "nvcr.io/nvidia/tensorrt-llm/release@sha256:" + "a" * 64
+
+    assert facts.effective_release(digest, None) is None
+    assert facts.effective_release(digest, "1.3.0rc20") == facts.Release(1, 3, 0, rc=20)
+    assert str(facts.effective_release("img:1.2.0", "1.2.1")) == "1.2.1"
 
 
 def test_every_quantization_format_has_a_minimum_compute_capability() -> None:

@@ -33,13 +33,17 @@ CLUSTER = ClusterFacts(pools={
 
 
 def engine(targets: tuple[str, ...] = (H100,), *, fmt: str | None = None, tp: int = 1,
-           pp: int = 1, image: str | None = None, revision: str | None = SHA,
-           limits: dict[str, int] | None = None) -> LLMEngineSpec:
-    build: dict[str, Any] = {"parallelism": {"tensor": tp, "pipeline": pp}}
+           pp: int = 1, image: str | None = None, image_release: str | None = None,
+           revision: str | None = SHA, limits: dict[str, int] | None = None,
+           extra_args: tuple[str, ...] = ()) -> LLMEngineSpec:
+    build: dict[str, Any] = {"parallelism": {"tensor": tp, "pipeline": pp},
+                             "extraArgs": list(extra_args)}
     if fmt:
         build["quantization"] = {"format": fmt}
     if image:
         build["image"] = image
+    if image_release:
+        build["imageRelease"] = image_release
     if limits:
         build["limits"] = limits
     hf: dict[str, Any] = {"repo": "meta-llama/Meta-Llama-3-8B-Instruct"}
@@ -144,15 +148,19 @@ def test_parallelism_that_fits_the_largest_node_passes() -> None:
     assert validate_engine(engine((L40S,), tp=4), CLUSTER) == ()
 
 
-@pytest.mark.parametrize("tag", ["1.3.0", "1.3.0rc6", "2.0.0"])
+@pytest.mark.parametrize("tag", ["1.3.0rc21", "1.3.0", "1.4.0", "2.0.0"])
 def test_a_builder_image_without_trtllm_build_is_an_error(tag: str) -> None:
     image = f"nvcr.io/nvidia/tensorrt-llm/release:{tag}"
 
     finding = only(validate_engine(engine(image=image), CLUSTER))
 
     assert finding.reason == "BuilderImageUnsupported"
+    assert finding.severity == Severity.ERROR
+    assert finding.gpu is None  # wrong for every target
     assert finding.field == "spec.build.image"
     assert "no longer ships trtllm-build" in finding.message
+    assert "removed in 1.3.0rc21" in finding.message
+    assert "from 1.0 to 1.3.0rc20" in finding.message
     assert "nvcr.io/nvidia/tensorrt-llm/release:1.2.0" in finding.message
 
 
@@ -160,18 +168,60 @@ def test_a_builder_image_older_than_1_0_is_an_error() -> None:
     finding = only(validate_engine(engine(image="nvcr.io/nvidia/tensorrt-llm/release:0.21.0"),
                                    CLUSTER))
 
+    assert finding.reason == "BuilderImageUnsupported"
     assert "older than 1.0" in finding.message
 
 
 @pytest.mark.parametrize("image", [
     "nvcr.io/nvidia/tensorrt-llm/release:1.0.0",
     "nvcr.io/nvidia/tensorrt-llm/release:1.2.1",
+    "nvcr.io/nvidia/tensorrt-llm/release:1.2.0.post1",
+    "nvcr.io/nvidia/tensorrt-llm/release:1.3.0rc0",
+    "nvcr.io/nvidia/tensorrt-llm/release:1.3.0rc20",
     "registry.local:5000/mirror/tensorrt-llm:1.2.0rc2",
-    "registry.local/tensorrt-llm:latest",
-    "nvcr.io/nvidia/tensorrt-llm/release@sha256:" + "0" * 64,
+    "nvcr.io/nvidia/tensorrt-llm/release:1.2.0@sha256:" + "0" * 64,
 ])
-def test_builder_images_that_build_or_cannot_be_judged_pass(image: str) -> None:
+def test_builder_images_of_releases_with_trtllm_build_pass(image: str) -> None:
     assert validate_engine(engine(image=image), CLUSTER) == ()
+
+
+@pytest.mark.parametrize(("image", "why", "suggested"), [
+    ("registry.local/tensorrt-llm:latest", "its tag latest is not a version",
+     "registry.local/tensorrt-llm:1.2.0"),
+    ("registry.local:5000/tensorrt-llm", "it has no tag, so it is latest",
+     "registry.local:5000/tensorrt-llm:1.2.0"),
+    ("nvcr.io/nvidia/tensorrt-llm/release:nightly", "its tag nightly is not a version",
+     "nvcr.io/nvidia/tensorrt-llm/release:1.2.0"),
+    ("nvcr.io/nvidia/tensorrt-llm/release@sha256:" + "0" * 64, "pinned by digest only",
+     "nvcr.io/nvidia/tensorrt-llm/release:1.2.0"),
+])
+def test_a_builder_image_of_unknown_release_is_an_error(image: str, why: str,
+                                                        suggested: str) -> None:
+    finding = only(validate_engine(engine(image=image), CLUSTER))
+
+    assert finding.reason == Reason.IMAGE_RELEASE_UNKNOWN == "ImageReleaseUnknown"
+    assert finding.severity == Severity.ERROR
+    assert finding.gpu is None
+    assert finding.field == "spec.build.image"
+    assert why in finding.message
+    assert (f"tag the image with its version, e.g. {suggested}, or set spec.build.imageRelease"
+            in finding.message)
+
+
+@pytest.mark.parametrize(("release", "reason"), [
+    ("1.2.0", None), ("1.3.0rc20", None),
+    ("1.3.0rc21", Reason.BUILDER_IMAGE_UNSUPPORTED), ("0.21.0", Reason.BUILDER_IMAGE_UNSUPPORTED),
+])
+def test_a_stated_release_is_what_the_image_is_judged_by(release: str,
+                                                         reason: Reason | None) -> None:
+    digest = "mirror.local/trtllm@sha256:" + "0" * 64
+    tagged = "nvcr.io/nvidia/tensorrt-llm/release:1.2.0"  # the field wins over the tag
+
+    for image in (digest, tagged):
+        found = validate_engine(engine(image=image, image_release=release), CLUSTER)
+        assert [f.reason for f in found] == ([reason] if reason else []), image
+        if reason:
+            assert f"(spec.build.imageRelease {release})" in found[0].message
 
 
 @pytest.mark.parametrize(("revision", "shown"), [(None, "is unset"), ("main", "is main"),
@@ -275,6 +325,48 @@ def test_a_serving_image_without_the_tensorrt_backend_is_an_error() -> None:
     findings = validate_deployment(spec, engine(image=image), CLUSTER)
 
     assert [f.reason for f in findings] == [Reason.SERVING_IMAGE_UNSUPPORTED]
+
+
+DIGEST = "mirror.local/trtllm@sha256:" + "0" * 64
+
+
+def test_a_serving_image_of_unknown_release_is_an_error() -> None:
+    finding = only(validate_deployment(deployment(image="mirror.local/trtllm:latest"), engine(),
+                                       CLUSTER))
+
+    assert finding.reason == Reason.IMAGE_RELEASE_UNKNOWN
+    assert finding.field == "spec.image"
+    assert "e.g. mirror.local/trtllm:1.2.0, or set spec.imageRelease" in finding.message
+
+
+def test_a_serving_digest_with_its_release_stated_is_fine() -> None:
+    spec = deployment(image=DIGEST, imageRelease="1.2.0")
+
+    assert validate_deployment(spec, engine(), CLUSTER) == ()
+
+
+@pytest.mark.parametrize(("serving", "engine_image", "engine_release", "built_with"), [
+    ({"image": DIGEST, "imageRelease": "1.2.1"}, None, None, "1.2.0"),
+    ({"image": "nvcr.io/nvidia/tensorrt-llm/release:1.1.0"}, DIGEST, "1.2.0", "1.2.0"),
+    ({"image": DIGEST, "imageRelease": "1.3.0rc20"}, DIGEST, "1.3.0rc19", "1.3.0rc19"),
+])
+def test_the_release_mismatch_compares_the_stated_releases(
+        serving: dict[str, str], engine_image: str | None, engine_release: str | None,
+        built_with: str) -> None:
+    spec = deployment(**serving)
+
+    finding = only(validate_deployment(spec, engine(image=engine_image,
+                                                    image_release=engine_release), CLUSTER))
+
+    assert finding.reason == Reason.IMAGE_RELEASE_MISMATCH
+    assert f"built with {built_with}" in finding.message
+
+
+def test_a_serving_image_matching_a_stated_build_release_is_fine() -> None:
+    spec = deployment(image="nvcr.io/nvidia/tensorrt-llm/release:1.3.0rc20")
+
+    assert validate_deployment(spec, engine(image=DIGEST, image_release="1.3.0rc20"),
+                               CLUSTER) == ()
 
 
 def test_an_engine_too_wide_for_the_chosen_gpu_nodes_is_an_error() -> None:

@@ -23,6 +23,8 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from trtllm_operator.trtllm_facts import RELEASE_PATTERN
+
 API_GROUP: Final = "trtllm.dev"
 API_VERSION: Final = "v1alpha1"
 API_GROUP_VERSION: Final = f"{API_GROUP}/{API_VERSION}"
@@ -147,6 +149,9 @@ _LABEL_VALUE = "^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
 
 ImageReference = Annotated[str, StringConstraints(min_length=1, max_length=512, pattern=r"^\S+$")]
 """A container image reference, e.g. ``nvcr.io/nvidia/tensorrt-llm/release:1.2.0``."""
+
+ImageRelease = Annotated[str, StringConstraints(max_length=32, pattern=RELEASE_PATTERN)]
+"""A TensorRT-LLM release as its version string, e.g. ``1.2.0`` or ``1.3.0rc20``."""
 
 RelativePath = Annotated[str, StringConstraints(max_length=512)]
 """A folder inside a volume, relative to its root (checked by :data:`RELATIVE_PATH_RULE`)."""

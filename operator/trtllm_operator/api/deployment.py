@@ -24,6 +24,7 @@ from trtllm_operator.api.common import (
     FreeformObject,
     GPUProduct,
     ImageReference,
+    ImageRelease,
     IntOrString,
     KindInfo,
     LabelMap,
@@ -131,6 +132,13 @@ class Strategy(SpecModel):
 class LLMDeploymentSpec(SpecModel):
     """An engine to serve, how many replicas, and how to reach them."""
 
+    model_config = ConfigDict(json_schema_extra=validations(cel(
+        "!has(self.imageRelease) || has(self.image)",
+        "spec.imageRelease names the release of spec.image: set spec.image too, or remove "
+        "spec.imageRelease (without spec.image the engine's image and its release are used)",
+        field_path=".imageRelease",
+    )))
+
     engine_ref: EngineReference
     """The LLMEngine to serve, in the same namespace."""
     gpu: Annotated[
@@ -146,7 +154,11 @@ class LLMDeploymentSpec(SpecModel):
     when an autoscaler owns it."""
     image: ImageReference | None = None
     """Serving image; defaults to the engine's build image. Must be the same TensorRT-LLM
-    release the engine was built with."""
+    release the engine was built with, named by its tag (e.g. :1.2.0) or by imageRelease."""
+    image_release: ImageRelease | None = None
+    """The TensorRT-LLM release in spec.image (e.g. 1.2.0), for digests and private mirrors
+    whose tags are not versions. When set, it is the release every check uses instead of the
+    tag. Only with spec.image."""
     image_pull_secrets: PullSecretList = ()
     """Secrets for pulling the image from a private registry."""
     serve: Annotated[

@@ -25,6 +25,7 @@ from trtllm_operator.api.common import (
     EnvVar,
     GPUProduct,
     ImageReference,
+    ImageRelease,
     KindInfo,
     LabelMap,
     PrinterColumn,
@@ -259,7 +260,12 @@ class BuildSpec(SpecModel):
 
     image: ImageReference = facts.DEFAULT_TRTLLM_IMAGE
     """TensorRT-LLM release image that runs the build (and, by default, serves the engine).
-    Must be a release that ships trtllm-build: 1.0 up to 1.2.x."""
+    Must be a release that ships trtllm-build: 1.0 up to 1.3.0rc20. Its tag must be that
+    version (e.g. :1.2.0) unless imageRelease says it."""
+    image_release: ImageRelease | None = None
+    """The TensorRT-LLM release in spec.build.image (e.g. 1.2.0 or 1.3.0rc20), for digests and
+    private mirrors whose tags are not versions. When set, it is the release every check uses
+    instead of the tag."""
     image_pull_secrets: PullSecretList = ()
     """Secrets for pulling the image from a private registry."""
     dtype: facts.Dtype = "auto"
