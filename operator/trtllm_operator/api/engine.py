@@ -518,9 +518,10 @@ class LLMEngineStatus(StatusModel):
         Field(max_length=MAX_SKIPPED_TARGETS, json_schema_extra={
             "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["gpu"],
         }),
-    ] = ()
+    ] | None = None
     """GPU types present in the cluster that spec.targets auto did not build for, each with
-    the reason (a model too big for its memory, a quantization format it cannot run)."""
+    the reason (a model too big for its memory, a quantization format it cannot run). Absent
+    when auto leaves none out."""
     built_targets: Annotated[str, StringConstraints(max_length=16)] | None = None
     """Built targets over all targets, e.g. 2/3."""
     model: Annotated[str, StringConstraints(max_length=512)] | None = None

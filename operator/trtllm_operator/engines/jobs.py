@@ -29,9 +29,19 @@ CONTAINER: Final = "build"
 BUILD_COMPONENT: Final = "engine-build"
 
 # Exit codes of the entrypoint that no retry can fix (bad spec, no trtllm-build in the image,
-# wrong GPU, full disk, missing checkpoint, a model too big for the GPU): fail the Job at once
-# instead of retrying. The entrypoint's EXIT_CODES; a unit test keeps the two equal.
-PERMANENT_EXIT_CODES: Final = (2, 3, 4, 5, 6, 7)
+# wrong GPU, full disk, missing checkpoint, a model too big for the GPU), with their reasons:
+# the Job fails at once instead of retrying, and status names the reason even when the pod's
+# termination message is not the entrypoint's summary. The entrypoint's EXIT_CODES; a unit
+# test keeps the two equal.
+EXIT_REASONS: Final[dict[int, str]] = {
+    2: "InvalidSpec",
+    3: "TrtllmBuildMissing",
+    4: "GpuMismatch",
+    5: "DiskFull",
+    6: "ModelNotFound",
+    7: "ModelDoesNotFit",
+}
+PERMANENT_EXIT_CODES: Final = tuple(EXIT_REASONS)
 
 
 def entrypoint_script() -> str:
