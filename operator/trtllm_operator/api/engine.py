@@ -123,7 +123,7 @@ def _check_size_hint(value: int | str) -> int | str:
     bad = value < 1 if isinstance(value, int) else not re.match(SIZE_HINT_PATTERN, value)
     if bad:
         raise ValueError(f"spec.model.sizeHint {value!r} is not a positive quantity of bytes: "
-                         f"write e.g. 16Gi")
+                         f"write e.g. 16G")
     return value
 
 
@@ -136,7 +136,7 @@ SizeHint = Annotated[
         "pattern": SIZE_HINT_PATTERN,
         **validations(cel(
             "type(self) != int || self > 0",
-            "spec.model.sizeHint must be a positive quantity of bytes: write e.g. 16Gi for "
+            "spec.model.sizeHint must be a positive quantity of bytes: write e.g. 16G for "
             "an 8B-parameter model (2 bytes per parameter at 16 bits)")),
     }),
 ]
@@ -157,7 +157,7 @@ class ModelSource(SpecModel):
     volume: VolumeModel | None = None
     """Read the checkpoint from a PersistentVolumeClaim."""
     size_hint: SizeHint | None = None
-    """Size of the checkpoint's weights at 16 bits per parameter, as a quantity (16Gi for an
+    """Size of the checkpoint's weights at 16 bits per parameter, as a quantity (16G for an
     8B model: 2 bytes per parameter). Lets the operator refuse a target whose GPUs cannot hold
     the weights before any build starts, and lets targets auto skip such GPU types. Optional:
     once one engine of the same model and revision is built, the size the build measured is
