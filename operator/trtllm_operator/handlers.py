@@ -297,11 +297,12 @@ def engine_builds(namespace: str | None, name: str, status: kopf.Status,
 @kopf.index(API_GROUP, API_VERSION, "llmengines")
 def checkpoint_sizes(namespace: str | None, spec: kopf.Spec, status: kopf.Status,
                      **_: Any) -> dict[CheckpointKey, int] | None:
-    """Checkpoint sizes the builds measured, by model identity: the memory-fit check of any
-    engine of the same model uses them before its own build runs."""
+    """Checkpoint sizes the builds measured (built, or failed after measuring, such as a
+    ModelDoesNotFit refusal), by model identity: the memory-fit check of any engine of the
+    same model uses them before its own build runs."""
     key = checkpoint_key(namespace or "", spec.get("model") or {})
     sizes = [t["checkpointBytes"] for t in status.get("targets") or []
-             if t.get("state") == "Built" and isinstance(t.get("checkpointBytes"), int)]
+             if isinstance(t.get("checkpointBytes"), int)]
     return {key: min(sizes)} if key is not None and sizes else None
 
 

@@ -239,13 +239,13 @@ def test_the_index_view_gives_the_smallest_size_recorded_for_a_model() -> None:
     assert view.checkpoint_bytes(None) is None
 
 
-def test_the_checkpoint_sizes_index_keeps_only_built_targets_sizes() -> None:
+def test_the_checkpoint_sizes_index_keeps_every_measured_size() -> None:
     from trtllm_operator.handlers import checkpoint_sizes
 
     spec_ = {"model": {"huggingFace": {"repo": "org/m", "revision": "r"}}}
     status = {"targets": [
         {"gpu": H100, "state": "Built", "checkpointBytes": 10},
-        {"gpu": L40S, "state": "Failed", "checkpointBytes": 3},
+        {"gpu": L40S, "state": "Failed", "checkpointBytes": 12},  # refused as too big
         {"gpu": A100, "state": "Built"},
     ]}
     assert checkpoint_sizes(namespace="ml", spec=spec_, status=status) == {
@@ -414,6 +414,7 @@ def test_the_build_jobs_own_fit_refusal_becomes_a_failed_target_with_its_message
     plan = planning.plan_target(engine, L40S)
     build_spec = entrypoint.parse_spec(planning.build_job_spec(engine, plan, L40S_MIB))
     report = entrypoint.Report(started_at="2026-11-23T10:00:00Z", started=time.monotonic())
+    report.checkpoint_bytes = 60 * GiB  # what its resolve step records before the fit step
     with pytest.raises(entrypoint.BuildFailure) as failure:
         entrypoint.check_fit(build_spec, 60 * GiB, [], report)
     report.fail(failure.value)
@@ -427,6 +428,7 @@ def test_the_build_jobs_own_fit_refusal_becomes_a_failed_target_with_its_message
     assert s.message is not None
     assert s.message.startswith(failure.value.message[:100])
     assert "does not fit NVIDIA-L40S" in s.message
+    assert s.checkpoint_bytes == 60 * GiB  # measured before the refusal: others can use it
     assert not decision.create_job
 
 

@@ -480,8 +480,9 @@ class EngineTargetStatus(StatusModel):
     total_bytes: Annotated[int, Field(ge=0)] | None = None
     """Size of the published folder, tokenizer included."""
     checkpoint_bytes: Annotated[int, Field(ge=0)] | None = None
-    """Size of the checkpoint's weights at 16 bits per parameter, as the build measured it:
-    what memory-fit checks of other targets and engines of the same model use."""
+    """Size of the checkpoint's weights at 16 bits per parameter, as the build measured it
+    (before downloading; also reported by a build that failed later): what memory-fit checks
+    of other targets and engines of the same model use."""
     versions: BuildVersions | None = None
     """Software versions the engine was built with."""
     limits: BuiltLimits | None = None

@@ -210,8 +210,10 @@ def failed_status(plan: TargetPlan, image: str, namespace: str, job: Mapping[str
     if tail:
         message += f"\nlast log lines:\n{tail[-2000:]}"
     status = job.get("status") or {}
+    # A build refused as too big (or failing later) has measured the checkpoint already.
     return EngineTargetStatus(**_base(plan, image), state="Failed", reason=reason,
-                              message=message, start_time=_time(status.get("startTime")))
+                              message=message, start_time=_time(status.get("startTime")),
+                              checkpoint_bytes=_non_negative_int(s.get("checkpointBytes")))
 
 
 def decide_target(plan: TargetPlan, image: str, namespace: str,
