@@ -172,3 +172,32 @@ def test_a_size_one_build_measured_stops_another_engine_of_the_same_model(
     assert t["reason"] == "ModelDoesNotFit"
     assert "from the build of an engine of the same model and revision" in t["message"]
     assert set(_jobs_by_gpu(api_client, namespace)) == {H100}
+
+
+def test_a_build_refused_as_too_big_fails_at_once_and_teaches_the_operator_the_size(
+        kubectl: Kubectl, namespace: str, get_engine: Getter, core: client.CoreV1Api,
+        api_client: client.ApiClient) -> None:
+    # No sizeHint: only the build Job can tell. Its entrypoint exits 7 with this summary.
+    summary = {"phase": "Failed", "reason": "ModelDoesNotFit", "checkpointBytes": 60 * GiB,
+               "message": "org/fit does not fit NVIDIA-L40S: the engine needs at least 68.0 GiB "
+                          "per GPU but one GPU has 45.0 GiB"}
+    apply(kubectl, namespace, fit_engine("refused", [L40S], env=[
+        {"name": stages.EXIT_CODE_ENV, "value": "7"},
+        {"name": stages.MESSAGE_ENV, "value": json.dumps(summary)}]))
+
+    def judged() -> dict[str, Any] | None:
+        t = targets(get_engine("refused")).get(L40S)
+        return t if t and t["reason"] == "ModelDoesNotFit" and t["state"] == "Invalid" else None
+
+    # Failed by the build, then (the size now known) refused by the operator itself.
+    t = wait_for(judged, 90, "the L40S target to end ModelDoesNotFit")
+    assert "from the build of an engine of the same model and revision" in t["message"]
+    job = _jobs_by_gpu(api_client, namespace)[L40S]
+    failed = [c for c in job.status.conditions or [] if c.type == "Failed"]
+    assert failed
+    assert failed[0].reason == "PodFailurePolicy"  # exit 7 is permanent: no retry
+    pods = core.list_namespaced_pod(namespace,
+                                    label_selector=f"job-name={job.metadata.name}").items
+    assert len(pods) == 1
+    transitions = [e["reason"] for e in _events(kubectl, namespace, "refused")]
+    assert "BuildFailed" in transitions
