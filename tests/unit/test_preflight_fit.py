@@ -345,7 +345,17 @@ def test_auto_skips_gpu_types_the_model_cannot_fit_and_says_so_once() -> None:
     assert sorted(a["metadata"]["labels"]["trtllm.dev/gpu-product"] for a in writer.applied
                   if a["kind"] == "Job") == [A100, H100]
     assert events.count(("Normal", "TargetSkipped")) == 1
+    # Reconciled again before the view shows our write, with something else changed (the
+    # Jobs are seen now): status is written again, the skipped type not announced again.
+    for j in writer.applied:
+        if j["kind"] == "Job":
+            view.jobs[j["metadata"]["name"]] = {"metadata": j["metadata"], "status": {}}
+    patches = len(writer.status_patches)
+    asyncio.run(controller.reconcile(KEY))
+    assert len(writer.status_patches) == patches + 1
+    assert events.count(("Normal", "TargetSkipped")) == 1
     # Reconciled again with the status stored: nothing new to say.
+    status = _status(writer)
     view.body = copy.deepcopy(view.body) | {"status": status}
     asyncio.run(controller.reconcile(KEY))
     assert events.count(("Normal", "TargetSkipped")) == 1

@@ -186,10 +186,11 @@ class EngineController:
                                                             EngineConditionType.READY))
         old_wire = engine.status.to_wire()
         new_wire = new_status.to_wire()
+        announced = self._skipped_announced(key, engine)
         if await self.status_writes.publish(self.writer, key, old_wire, new_wire,
                                             uid=engine.metadata.uid):
             self._emit_transitions(body, previous, statuses)
-            self._emit_skipped(body, engine.status.skipped_targets or (), skipped)
+            self._emit_skipped(body, announced, skipped)
         if any(s.state in ("Building", "Pending", "Unschedulable") for s in statuses):
             return Result(requeue_after=BUILDING_RESYNC_SECONDS)
         return None
@@ -330,10 +331,19 @@ class EngineController:
             _count_build_outcome(t)
 
 
-    def _emit_skipped(self, body: Mapping[str, Any], before: tuple[SkippedTarget, ...],
+    def _skipped_announced(self, key: Key, engine: LLMEngine) -> set[tuple[str, str]]:
+        """(GPU type, reason) of the skipped targets already announced: in the status the view
+        shows, or in our last write to this object (the view may not show it yet)."""
+        seen = {(s.gpu, s.reason) for s in engine.status.skipped_targets or ()}
+        uid, last = self.status_writes.written.get(key, ("", {}))
+        if uid == (engine.metadata.uid or ""):
+            seen |= {(s.get("gpu", ""), s.get("reason", ""))
+                     for s in last.get("skippedTargets") or ()}
+        return seen
+
+    def _emit_skipped(self, body: Mapping[str, Any], seen: set[tuple[str, str]],
                       now: tuple[SkippedTarget, ...]) -> None:
         """One Event per GPU type auto newly leaves out, or leaves out for a new reason."""
-        seen = {(s.gpu, s.reason) for s in before}
         for s in now:
             if (s.gpu, s.reason) not in seen:
                 self.events(body, "Normal", "TargetSkipped",
