@@ -330,7 +330,6 @@ class EngineController:
             self.events(body, kind, reason, f"{t.gpu}: {t.message}"[:1024])
             _count_build_outcome(t)
 
-
     def _skipped_announced(self, key: Key, engine: LLMEngine) -> set[tuple[str, str]]:
         """(GPU type, reason) of the skipped targets already announced: in the status the view
         shows, or in our last write to this object (the view may not show it yet)."""

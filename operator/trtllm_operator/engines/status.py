@@ -184,7 +184,7 @@ def _non_negative_int(value: Any) -> int | None:
         else None
 
 
-def exit_code(pod: Mapping[str, Any] | None) -> int | None:
+def container_exit_code(pod: Mapping[str, Any] | None) -> int | None:
     """The exit code of the build container of a finished pod, if it terminated."""
     for cs in ((pod or {}).get("status") or {}).get("containerStatuses") or []:
         code = ((cs.get("state") or {}).get("terminated") or {}).get("exitCode")
@@ -249,7 +249,7 @@ def decide_target(plan: TargetPlan, image: str, namespace: str,
         return Decision(built_status(plan, image, job, summary))
     if _job_condition(job, "Failed"):
         return Decision(failed_status(plan, image, namespace, job, summary,
-                                      exit_code(observed.pod)))
+                                      container_exit_code(observed.pod)))
     if observed.stuck is not None:
         # Placed, holding its GPUs, but not building: never report it as Building. The kubelet
         # retries, so fixing the cause (creating the Secret) lets this same pod start.
