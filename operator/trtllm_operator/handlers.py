@@ -34,6 +34,7 @@ from trtllm_operator.deployments import builders as serving
 from trtllm_operator.deployments.controller import DeploymentController
 from trtllm_operator.engines import jobs as jobbuilder
 from trtllm_operator.engines.controller import EngineController, Key
+from trtllm_operator.engines.planning import CheckpointKey, checkpoint_key
 from trtllm_operator.kube import Kube, classify, make_client, namespace_terminating
 from trtllm_operator.pods import PodFact, observe_pod
 from trtllm_operator.reconcile_errors import ReconcileErrors
@@ -50,8 +51,8 @@ JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 ENGINE_LABEL = labels.ENGINE
 DEPLOYMENT_LABEL = labels.DEPLOYMENT
 
-NodeFact = tuple[str, int, tuple[int, int] | None]
-"""(product, allocatable nvidia.com/gpu, compute capability) of one GPU node."""
+NodeFact = tuple[str, int, tuple[int, int] | None, int | None]
+"""(product, allocatable nvidia.com/gpu, compute capability, MiB per GPU) of one GPU node."""
 
 
 # --------------------------------------------------------------------------- the view
@@ -80,7 +81,7 @@ class IndexView:
         for name in ("engine_bodies", "engine_builds", "gpu_nodes", "build_jobs",
                      "engine_jobs", "build_pods", "deployment_bodies",
                      "deployments_by_engine", "serving_deployments", "serving_pods",
-                     "build_configmaps", "claims", "engines_by_claim"):
+                     "build_configmaps", "claims", "engines_by_claim", "checkpoint_sizes"):
             if name in kwargs:
                 self.indexes[name] = kwargs[name]
 
@@ -110,8 +111,10 @@ class IndexView:
             for product in (list(index.keys()) if index is not None else []):
                 facts: list[NodeFact] = list(index[product])  # type: ignore[index]
                 caps = [f[2] for f in facts if f[2] is not None]
+                memory = [f[3] for f in facts if f[3] is not None]
                 pools[product] = GPUPool(tuple(sorted(f[1] for f in facts)),
-                                         caps[0] if caps else None)
+                                         caps[0] if caps else None,
+                                         min(memory) if memory else None)
             self._facts = ClusterFacts(pools)
         return self._facts
 
@@ -144,6 +147,11 @@ class IndexView:
     def all_engine_keys(self) -> list[Key]:
         index = self.indexes.get("engine_bodies")
         return list(index.keys()) if index is not None else []
+
+    def checkpoint_bytes(self, key: CheckpointKey | None) -> int | None:
+        """The checkpoint size a build of this model measured, if any engine recorded one."""
+        sizes: list[int] = self._all("checkpoint_sizes", key) if key is not None else []
+        return min(sizes, default=None)
 
     def has_configmap(self, namespace: str, name: str) -> bool:
         """From the watch, not from memory of having created it: a ConfigMap deleted since
@@ -286,6 +294,18 @@ def engine_builds(namespace: str | None, name: str, status: kopf.Status,
     return out or None
 
 
+@kopf.index(API_GROUP, API_VERSION, "llmengines")
+def checkpoint_sizes(namespace: str | None, spec: kopf.Spec, status: kopf.Status,
+                     **_: Any) -> dict[CheckpointKey, int] | None:
+    """Checkpoint sizes the builds measured (built, or failed after measuring, such as a
+    ModelDoesNotFit refusal), by model identity: the memory-fit check of any engine of the
+    same model uses them before its own build runs."""
+    key = checkpoint_key(namespace or "", spec.get("model") or {})
+    sizes = [t["checkpointBytes"] for t in status.get("targets") or []
+             if isinstance(t.get("checkpointBytes"), int)]
+    return {key: min(sizes)} if key is not None and sizes else None
+
+
 @kopf.index("", "v1", "nodes", labels={gpus.PRODUCT_LABEL: kopf.PRESENT})
 def gpu_nodes(name: str, labels: kopf.Labels, status: kopf.Status,
               **_: Any) -> dict[str, NodeFact] | None:
@@ -397,7 +417,8 @@ async def on_build_configmap(namespace: str | None, type: str, **kwargs: Any) ->
 
 def node_fact(name: str, labels: Mapping[str, str],
               status: Mapping[str, Any]) -> NodeFact | None:
-    """(product, allocatable GPUs, compute capability) of a node, None if it has no GPU."""
+    """(product, allocatable GPUs, compute capability, MiB per GPU) of a node, None if it has no
+    GPU. Labels that are missing or not numbers give None (the catalog may know instead)."""
     product = labels.get(gpus.PRODUCT_LABEL)
     if not product:
         return None
@@ -410,7 +431,11 @@ def node_fact(name: str, labels: Mapping[str, str],
                                        int(labels[gpus.COMPUTE_MINOR_LABEL]))
     except (KeyError, ValueError):
         cap = None
-    return (product, count, cap)
+    try:
+        memory: int | None = int(labels[gpus.MEMORY_LABEL])
+    except (KeyError, ValueError):
+        memory = None
+    return (product, count, cap, memory)
 
 
 @kopf.on.event("", "v1", "nodes", labels={gpus.PRODUCT_LABEL: kopf.PRESENT})

@@ -27,7 +27,14 @@ from trtllm_operator import flag_tables, gpus
 from trtllm_operator import trtllm_facts as facts
 from trtllm_operator.api.common import EnvVar
 from trtllm_operator.api.deployment import LLMDeploymentSpec
-from trtllm_operator.api.engine import BuildLimits, BuildPlugins, LLMEngineSpec, Parallelism
+from trtllm_operator.api.engine import (
+    MAX_PARALLELISM,
+    BuildLimits,
+    BuildPlugins,
+    LLMEngineSpec,
+    Parallelism,
+    size_hint_bytes,
+)
 
 _COMMIT_SHA = re.compile(r"^[0-9a-f]{40}$")
 
@@ -70,6 +77,7 @@ class Reason(StrEnum):
     ENGINE_NOT_FOUND = "EngineNotFound"
     GPU_NOT_A_TARGET = "GPUNotATarget"
     SERVE_LIMIT_EXCEEDS_ENGINE = "ServeLimitExceedsEngine"
+    MODEL_DOES_NOT_FIT = "ModelDoesNotFit"
 
 
 @dataclass(frozen=True)
@@ -94,6 +102,9 @@ class GPUPool:
     """Allocatable nvidia.com/gpu of each node."""
     compute_capability: tuple[int, int] | None = None
     """From the nvidia.com/gpu.compute.major/minor labels, when the nodes carry them."""
+    memory_mib: int | None = None
+    """Memory of one GPU in MiB: the smallest nvidia.com/gpu.memory label of the nodes (an
+    engine must fit wherever its pods may land), None when no node carries the label."""
 
     @property
     def largest_node(self) -> int:
@@ -119,13 +130,24 @@ class ClusterFacts:
         known = gpus.by_product(product)
         return known.compute_capability if known is not None else None
 
+    def memory_mib(self, product: str) -> int | None:
+        """Memory of one GPU of a type in MiB: the nodes' label, else the GPU catalog's (so a
+        target can be judged before its nodes join), None for a type unknown to both."""
+        pool = self.pools.get(product)
+        if pool is not None and pool.memory_mib is not None:
+            return pool.memory_mib
+        return gpus.memory_mib(product)
+
 
 # --------------------------------------------------------------------------- LLMEngine
 
 
-def validate_engine(spec: LLMEngineSpec, cluster: ClusterFacts) -> tuple[Finding, ...]:
+def validate_engine(spec: LLMEngineSpec, cluster: ClusterFacts,
+                    size: CheckpointSize | None = None) -> tuple[Finding, ...]:
     """Every finding about an LLMEngine spec, in spec order (image, build flags, model, then
-    each target)."""
+    each target).
+
+    ``size`` is the checkpoint's size when known (see :func:`checkpoint_size`)."""
     found: list[Finding] = []
     found += check_image(spec.build.image, spec.build.image_release, "spec.build.image",
                          "spec.build.imageRelease", Reason.BUILDER_IMAGE_UNSUPPORTED)
@@ -141,6 +163,7 @@ def validate_engine(spec: LLMEngineSpec, cluster: ClusterFacts) -> tuple[Finding
         found += check_parallelism_fits(spec.build.parallelism, target, cluster,
                                         field_name="spec.build.parallelism",
                                         fix=f"or remove {target} from spec.targets")
+        found += check_memory_fit(spec, target, cluster, size)
     return tuple(found)
 
 
@@ -492,6 +515,105 @@ def check_parallelism_fits(parallelism: Parallelism, gpu: str, cluster: ClusterF
         f"lower spec.build.parallelism {fix}",
         gpu=gpu,
     )]
+
+
+@dataclass(frozen=True)
+class CheckpointSize:
+    """The checkpoint's weights at 16 bits per parameter, and where that number comes from."""
+
+    bytes: int
+    source: str
+    """Phrased to follow "from": "spec.model.sizeHint"."""
+
+
+def checkpoint_size(spec: LLMEngineSpec, built_bytes: int | None) -> CheckpointSize | None:
+    """The best known size of an engine's checkpoint: what a build of the same model and
+    revision measured (``built_bytes``), else the spec's sizeHint, else None (then only the
+    build Job, which lists the checkpoint's files before downloading, can judge the fit)."""
+    if built_bytes is not None:
+        return CheckpointSize(built_bytes, "the build of an engine of the same model and "
+                                           "revision")
+    hint = spec.model.size_hint
+    if hint is not None:
+        return CheckpointSize(size_hint_bytes(hint), f"spec.model.sizeHint {hint}")
+    return None
+
+
+def weight_format(spec: LLMEngineSpec) -> str:
+    """The engine's weight format: its quantization format, else its dtype (a key of
+    trtllm_facts.WEIGHT_BYTES_FACTOR)."""
+    quant = spec.build.quantization
+    return quant.format if quant is not None and quant.format else spec.build.dtype
+
+
+def check_memory_fit(spec: LLMEngineSpec, target: str, cluster: ClusterFacts,
+                     size: CheckpointSize | None) -> list[Finding]:
+    """Weights that cannot fit one GPU of the target type, by trtllm_facts.fit_need_bytes (the
+    build Job's formula too). Quiet when the size or the GPU's memory is unknown."""
+    memory = cluster.memory_mib(target)
+    if size is None or memory is None:
+        return []
+    weights = weight_format(spec)
+    parallelism = spec.build.parallelism
+    world = parallelism.world_size
+    need = facts.fit_need_bytes(size.bytes, weights, world)
+    have = memory << 20
+    if need <= have:
+        return []
+    fixes = []
+    tensor = _tensor_that_fits(size.bytes, weights, parallelism, have,
+                               _gpus_per_node(target, cluster))
+    if tensor is not None:
+        fixes.append(f"raise spec.build.parallelism.tensor to {tensor}")
+    capability = cluster.compute_capability(target)
+    formats = [f for f in _FORMAT_PREFERENCE
+               if facts.WEIGHT_BYTES_FACTOR[f] < facts.WEIGHT_BYTES_FACTOR[weights]
+               and (capability is None
+                    or capability[0] * 10 + capability[1] >= facts.QUANT_FORMAT_MIN_SM[f])
+               and facts.fit_need_bytes(size.bytes, f, world) <= have]
+    if formats:
+        # The nearest two in precision: the list is a hint, not a catalogue.
+        fixes.append(f"quantize (spec.build.quantization.format: {' or '.join(formats[:2])})")
+    fixes.append(f"build for a GPU type with at least {_gib(need)} per GPU")
+    fixes.append(f"remove {target} from spec.targets")
+    field_name = "spec.build.parallelism" if tensor is not None else "spec.targets"
+    return [Finding(
+        Reason.MODEL_DOES_NOT_FIT, Severity.ERROR, field_name,
+        f"{field_name}: the model does not fit {target}: it needs about {_gib(need)} per GPU "
+        f"({_gib(size.bytes)} of weights at 16 bits, from {size.source}; x"
+        f"{facts.WEIGHT_BYTES_FACTOR[weights]:g} as {weights}, split over {world} GPU(s) by "
+        f"tensor {parallelism.tensor} x pipeline {parallelism.pipeline}, plus "
+        f"{facts.FIT_HEADROOM_FRACTION:.0%} and {_gib(facts.FIT_HEADROOM_BYTES)} headroom) "
+        f"but one {target} GPU has {_gib(have)}: " + "; or ".join(fixes),
+        gpu=target,
+    )]
+
+
+def _gpus_per_node(gpu: str, cluster: ClusterFacts) -> int | None:
+    """Most GPUs one node of the type offers: observed, else typical (catalog), else None."""
+    pool = cluster.pools.get(gpu)
+    if pool is not None and pool.node_gpus:
+        return pool.largest_node
+    known = gpus.by_product(gpu)
+    return known.gpus_per_node if known is not None else None
+
+
+def _tensor_that_fits(checkpoint_bytes: int, weights: str, parallelism: Parallelism,
+                      have: int, node_gpus: int | None) -> int | None:
+    """The smallest doubling of the tensor parallel size whose share of the weights fits one
+    GPU, if the whole engine still fits one node (and the API's bound); else None."""
+    tensor = parallelism.tensor * 2
+    limit = min(MAX_PARALLELISM, node_gpus or MAX_PARALLELISM)
+    while tensor * parallelism.pipeline <= limit:
+        if facts.fit_need_bytes(checkpoint_bytes, weights,
+                                tensor * parallelism.pipeline) <= have:
+            return tensor
+        tensor *= 2
+    return None
+
+
+def _gib(n: int) -> str:
+    return f"{n / (1 << 30):.1f} GiB"
 
 
 # --------------------------------------------------------------------------- LLMDeployment

@@ -15,6 +15,7 @@ from tests.conftest import ROOT
 from trtllm_operator.api import EngineTargetStatus
 from trtllm_operator.claims import ClaimFact
 from trtllm_operator.engines.controller import EngineController, Key
+from trtllm_operator.engines.planning import CheckpointKey
 from trtllm_operator.validation import ClusterFacts, GPUPool
 
 H100 = "NVIDIA-H100-80GB-HBM3"
@@ -29,12 +30,14 @@ class FakeView:
         self.pods: dict[str, dict[str, Any]] = {}
         self.claims: dict[str, ClaimFact] = {"trtllm-engines": ClaimFact("Bound",
                                                                          ("ReadWriteMany",))}
+        self.facts = ClusterFacts({H100: GPUPool((8, 8), (9, 0))})
+        self.sizes: dict[CheckpointKey, int] = {}
 
     def engine(self, key: Key) -> Mapping[str, Any] | None:
         return self.body
 
     def cluster_facts(self) -> ClusterFacts:
-        return ClusterFacts({H100: GPUPool((8, 8), (9, 0))})
+        return self.facts
 
     def job(self, namespace: str, name: str) -> Mapping[str, Any] | None:
         return self.jobs.get(name)
@@ -60,6 +63,9 @@ class FakeView:
 
     def claim(self, namespace: str, name: str) -> ClaimFact | None:
         return self.claims.get(name)
+
+    def checkpoint_bytes(self, key: CheckpointKey | None) -> int | None:
+        return self.sizes.get(key) if key is not None else None
 
 
 class FakeWriter:

@@ -8,11 +8,13 @@ under a content-derived folder of a shared ReadWriteMany volume, and reported pe
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
+from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Final, Literal
 
-from pydantic import ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, ConfigDict, Field, StringConstraints, WithJsonSchema
 
 from trtllm_operator import trtllm_facts as facts
 from trtllm_operator.api.common import (
@@ -50,6 +52,8 @@ from trtllm_operator.api.common import (
 
 MAX_TARGETS: Final = 16
 MAX_PARALLELISM: Final = facts.MAX_NODE_GPUS
+MAX_SKIPPED_TARGETS: Final = 64
+"""auto weighs every GPU type of the cluster; more types than this are not reported."""
 
 # --------------------------------------------------------------------------- spec.model
 
@@ -89,6 +93,57 @@ class VolumeModel(SpecModel):
     """Folder of the checkpoint inside the claim, e.g. models/Meta-Llama-3-70B-Instruct."""
 
 
+SIZE_HINT_PATTERN: Final = (
+    r"^([0-9]*[1-9][0-9]*(\.[0-9]*)?|[0-9]*\.[0-9]*[1-9][0-9]*)([KMGTPE]i|[kMGTPE])?$"
+)
+"""A positive quantity of bytes: digits with an optional fraction and binary or decimal
+suffix (16Gi, 1.5Ti, 16G, 17179869184); no sign, no milli, no exponent."""
+
+
+_SUFFIX_POWERS: Final = {"": 1} | {s: 1024 ** (i + 1) for i, s in enumerate(
+    ("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"))} | {s: 1000 ** (i + 1) for i, s in enumerate(
+    ("k", "M", "G", "T", "P", "E"))}
+
+
+def size_hint_bytes(value: int | str) -> int:
+    """Bytes a sizeHint stands for: ``16Gi`` -> 17179869184 (fractions of a byte dropped).
+
+    The pattern admits only the quantity forms that make sense for a size, so this is a short
+    parse rather than the full Kubernetes quantity grammar.
+    """
+    if isinstance(value, int):
+        return value
+    match = re.match(SIZE_HINT_PATTERN, value)
+    if match is None:
+        raise ValueError(f"spec.model.sizeHint {value!r} is not a positive quantity of bytes")
+    number = value[: len(value) - len(match.group(3) or "")]
+    return int(Decimal(number) * _SUFFIX_POWERS[match.group(3) or ""])
+
+
+def _check_size_hint(value: int | str) -> int | str:
+    bad = value < 1 if isinstance(value, int) else not re.match(SIZE_HINT_PATTERN, value)
+    if bad:
+        raise ValueError(f"spec.model.sizeHint {value!r} is not a positive quantity of bytes: "
+                         f"write e.g. 16G")
+    return value
+
+
+SizeHint = Annotated[
+    int | str,
+    AfterValidator(_check_size_hint),
+    WithJsonSchema({
+        "x-kubernetes-int-or-string": True,
+        "anyOf": [{"type": "integer"}, {"type": "string"}],
+        "pattern": SIZE_HINT_PATTERN,
+        **validations(cel(
+            "type(self) != int || self > 0",
+            "spec.model.sizeHint must be a positive quantity of bytes: write e.g. 16G for "
+            "an 8B-parameter model (2 bytes per parameter at 16 bits)")),
+    }),
+]
+"""A checkpoint size in bytes: an integer or a quantity string (see SIZE_HINT_PATTERN)."""
+
+
 class ModelSource(SpecModel):
     """Where the checkpoint comes from: exactly one of huggingFace or volume."""
 
@@ -102,6 +157,12 @@ class ModelSource(SpecModel):
     """Download the checkpoint from the Hugging Face Hub."""
     volume: VolumeModel | None = None
     """Read the checkpoint from a PersistentVolumeClaim."""
+    size_hint: SizeHint | None = None
+    """Size of the checkpoint's weights at 16 bits per parameter, as a quantity (16G for an
+    8B model: 2 bytes per parameter). Lets the operator refuse a target whose GPUs cannot hold
+    the weights before any build starts, and lets targets auto skip such GPU types. Optional:
+    once one engine of the same model and revision is built, the size the build measured is
+    used instead; without either, the build Job checks the fit itself before downloading."""
 
 
 # --------------------------------------------------------------------------- spec.build
@@ -440,10 +501,25 @@ class EngineTargetStatus(StatusModel):
     """Size of the engine files (all ranks)."""
     total_bytes: Annotated[int, Field(ge=0)] | None = None
     """Size of the published folder, tokenizer included."""
+    checkpoint_bytes: Annotated[int, Field(ge=0)] | None = None
+    """Size of the checkpoint's weights at 16 bits per parameter, as the build measured it
+    (before downloading; also reported by a build that failed later): what memory-fit checks
+    of other targets and engines of the same model use."""
     versions: BuildVersions | None = None
     """Software versions the engine was built with."""
     limits: BuiltLimits | None = None
     """Limits the engine was actually built with (unset spec limits resolved)."""
+
+
+class SkippedTarget(StatusModel):
+    """A GPU type that spec.targets auto considered and left out, and why."""
+
+    gpu: GPUProduct
+    """GPU type (nvidia.com/gpu.product)."""
+    reason: Annotated[str, StringConstraints(max_length=1024)]
+    """One CamelCase word, e.g. ModelDoesNotFit or QuantizationUnsupported."""
+    message: Annotated[str, StringConstraints(max_length=32768)]
+    """Why this GPU type cannot run the spec."""
 
 
 class LLMEngineStatus(StatusModel):
@@ -460,6 +536,15 @@ class LLMEngineStatus(StatusModel):
         }),
     ] = ()
     """One entry per GPU type in spec.targets."""
+    skipped_targets: Annotated[
+        tuple[SkippedTarget, ...],
+        Field(max_length=MAX_SKIPPED_TARGETS, json_schema_extra={
+            "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["gpu"],
+        }),
+    ] | None = None
+    """GPU types present in the cluster that spec.targets auto did not build for, each with
+    the reason (a model too big for its memory, a quantization format it cannot run). Absent
+    when auto leaves none out."""
     built_targets: Annotated[str, StringConstraints(max_length=16)] | None = None
     """Built targets over all targets, e.g. 2/3."""
     model: Annotated[str, StringConstraints(max_length=512)] | None = None

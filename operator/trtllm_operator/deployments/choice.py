@@ -22,8 +22,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from trtllm_operator import gpus
-
 MIB_PER_GIB = 1024
 
 
@@ -52,16 +50,6 @@ class Pick:
 
     gpu: str
     why: str
-
-
-def memory_mib(product: str) -> int | None:
-    """Memory per GPU of a GPU type in MiB, from the GPU catalog; None if the type is unknown.
-
-    The one place the rule learns GPU memory: point it at the pool's nvidia.com/gpu.memory
-    label once node facts carry it, and uncatalogued GPU types rank by their real memory.
-    """
-    known = gpus.by_product(product)
-    return known.memory_mib if known is not None else None
 
 
 def replica_slots(node_gpus: Iterable[int], gpus_per_replica: int) -> int:

@@ -95,7 +95,7 @@ def gpu_options(built: list[EngineTargetStatus], gpus_per_replica: int,
         options.append(choice.Option(
             gpu=t.gpu,
             slots=choice.replica_slots(pool.node_gpus if pool else (), gpus_per_replica),
-            memory_mib=choice.memory_mib(t.gpu),
+            memory_mib=cluster.memory_mib(t.gpu),
             compute=cluster.compute_capability(t.gpu)))
     return options
 

@@ -17,23 +17,37 @@ from typing import Any, Protocol
 from trtllm_operator import conditions as cond
 from trtllm_operator import metrics
 from trtllm_operator.api import ConditionStatus, EngineTargetStatus, LLMEngine, LLMEngineStatus
-from trtllm_operator.api.engine import EngineConditionType
+from trtllm_operator.api.engine import EngineConditionType, SkippedTarget
 from trtllm_operator.claims import CLAIM_REASONS, ClaimFact, check_engine_claims
 from trtllm_operator.engines import jobs
-from trtllm_operator.engines.planning import TargetPlan, plan_target
+from trtllm_operator.engines.planning import (
+    CheckpointKey,
+    TargetPlan,
+    checkpoint_key,
+    plan_target,
+)
 from trtllm_operator.engines.status import (
     AUTO_TARGET,
     Decision,
     Observed,
     build_pod_problem,
     decide_target,
+    no_targets_reason,
     resolve_targets,
+    skipped_targets,
 )
 from trtllm_operator.pods import STUCK_REASONS
 from trtllm_operator.reconcile_errors import RECONCILE_ERROR
 from trtllm_operator.spec_warnings import emit_spec_warnings, spec_warning_condition
 from trtllm_operator.status_writes import StatusWrites
-from trtllm_operator.validation import ClusterFacts, Finding, Severity, validate_engine
+from trtllm_operator.validation import (
+    CheckpointSize,
+    ClusterFacts,
+    Finding,
+    Severity,
+    checkpoint_size,
+    validate_engine,
+)
 from trtllm_operator.workqueue import Result
 
 log = logging.getLogger(__name__)
@@ -75,6 +89,7 @@ class View(Protocol):
     def job_wanted_by_others(self, namespace: str, job_name: str, but_not: str) -> bool: ...
     def has_configmap(self, namespace: str, name: str) -> bool: ...
     def claim(self, namespace: str, name: str) -> ClaimFact | None: ...
+    def checkpoint_bytes(self, key: CheckpointKey | None) -> int | None: ...
 
 
 EventSink = Callable[[Mapping[str, Any], str, str, str], None]
@@ -107,13 +122,16 @@ class EngineController:
                 "LLMEngine", namespace, name, [*engine.metadata.finalizers, IN_USE_FINALIZER],
                 engine.metadata.resource_version)
         facts = self.view.cluster_facts()
+        size = checkpoint_size(engine.spec, self.view.checkpoint_bytes(
+            checkpoint_key(namespace, engine.spec.model.to_wire())))
 
         findings = validate_engine(engine.spec.model_copy(update={"targets": tuple(
-            t for t in engine.spec.targets if t != AUTO_TARGET)}), facts)
-        auto_findings = self._auto_candidates(engine, facts)
+            t for t in engine.spec.targets if t != AUTO_TARGET)}), facts, size)
+        auto_findings = self._auto_candidates(engine, facts, size)
         eligible = {gpu: not any(f.severity == Severity.ERROR for f in fs)
                     for gpu, fs in auto_findings.items()}
         targets = resolve_targets(engine.spec, facts, eligible)
+        skipped = skipped_targets(auto_findings, facts)
         by_gpu: dict[str, list[Finding]] = {}
         for f in (*findings, *[f for fs in auto_findings.values() for f in fs]):
             if f.gpu is not None:
@@ -155,23 +173,27 @@ class EngineController:
             # Created, never applied: a Job's template is immutable, and engines sharing a
             # fingerprint share the Job. 409 means it is already there (made by another engine,
             # or by us a moment ago and not yet in the view): nothing started, nothing counted.
+            # The GPU's memory lets the build Job refuse a model too big for it before the
+            # download (exit 7, ModelDoesNotFit), when the operator could not tell beforehand.
             if decision.create_job and await self.writer.create_if_absent(jobs.build_job(
                     engine, plan, jobs.script_configmap_name(self.script),
-                    self.active_deadline_seconds)):
+                    self.active_deadline_seconds, gpu_memory_mib=facts.memory_mib(plan.gpu))):
                 metrics.BUILDS_STARTED.labels(plan.gpu).inc()
         await self._delete_unplanned_jobs(namespace, name, {p.job_name for p in plans})
 
         statuses = tuple(d.status for d in decisions)
-        new_status = self._status(engine, statuses, findings)
+        new_status = self._status(engine, statuses, findings, skipped)
         metrics.record_ready("LLMEngine", key, cond.is_true(new_status.conditions,
                                                             EngineConditionType.READY))
         old_wire = engine.status.to_wire()
         new_wire = new_status.to_wire()
+        announced = self._skipped_announced(key, engine)
         if await self.status_writes.publish(self.writer, key, old_wire, new_wire,
                                             uid=engine.metadata.uid):
             self._emit_transitions(body, previous, statuses)
             emit_spec_warnings(self.events, body, engine.status.conditions,
                                new_status.conditions, findings)
+            self._emit_skipped(body, announced, skipped)
         if any(s.state in ("Building", "Pending", "Unschedulable") for s in statuses):
             return Result(requeue_after=BUILDING_RESYNC_SECONDS)
         return None
@@ -203,8 +225,8 @@ class EngineController:
             self.events(body, "Warning", "DeletionBlocked", message)
         return Result(requeue_after=BUILDING_RESYNC_SECONDS)
 
-    def _auto_candidates(self, engine: LLMEngine,
-                         facts: ClusterFacts) -> dict[str, list[Finding]]:
+    def _auto_candidates(self, engine: LLMEngine, facts: ClusterFacts,
+                         size: CheckpointSize | None) -> dict[str, list[Finding]]:
         """Findings for every GPU type present, when ``auto`` asks to consider them all."""
         if AUTO_TARGET not in engine.spec.targets:
             return {}
@@ -214,7 +236,7 @@ class EngineController:
             return {}
         spec = engine.spec.model_copy(update={"targets": candidates})
         out: dict[str, list[Finding]] = {p: [] for p in candidates}
-        for f in validate_engine(spec, facts):
+        for f in validate_engine(spec, facts, size):
             if f.gpu in out:
                 out[f.gpu].append(f)
         return out
@@ -242,7 +264,8 @@ class EngineController:
                 await self.writer.delete(self.job_resource, namespace, job_name)
 
     def _status(self, engine: LLMEngine, targets: tuple[EngineTargetStatus, ...],
-                findings: tuple[Finding, ...]) -> LLMEngineStatus:
+                findings: tuple[Finding, ...],
+                skipped: tuple[SkippedTarget, ...] = ()) -> LLMEngineStatus:
         gen = engine.metadata.generation
         now = self.clock()
         total = len(targets)
@@ -252,8 +275,7 @@ class EngineController:
         conds = cond.remove_condition(engine.status.conditions, RECONCILE_ERROR)
 
         if total == 0:
-            reason, message = "NoTargets", ("spec.targets resolved to no GPU type: auto found "
-                                            "no GPU node that can run this build")
+            reason, message = no_targets_reason(skipped)
             ready: ConditionStatus = "False"
         elif built == total:
             ready, reason, message = "True", "AllTargetsBuilt", f"{built}/{total} targets built"
@@ -283,7 +305,8 @@ class EngineController:
         conds = spec_warning_condition(conds, findings, gen, now)
         return LLMEngineStatus(
             observed_generation=gen, conditions=conds, targets=targets,
-            built_targets=f"{built}/{total}", model=_model_line(engine))
+            skipped_targets=skipped or None, built_targets=f"{built}/{total}",
+            model=_model_line(engine))
 
     def _emit_transitions(self, body: Mapping[str, Any],
                           previous: Mapping[str, EngineTargetStatus],
@@ -302,6 +325,25 @@ class EngineController:
                 "Unschedulable": "TargetUnschedulable"}[t.state]
             self.events(body, kind, reason, f"{t.gpu}: {t.message}"[:1024])
             _count_build_outcome(t)
+
+    def _skipped_announced(self, key: Key, engine: LLMEngine) -> set[tuple[str, str]]:
+        """(GPU type, reason) of the skipped targets already announced: in the status the view
+        shows, or in our last write to this object (the view may not show it yet)."""
+        seen = {(s.gpu, s.reason) for s in engine.status.skipped_targets or ()}
+        uid, last = self.status_writes.written.get(key, ("", {}))
+        if uid == (engine.metadata.uid or ""):
+            seen |= {(s.get("gpu", ""), s.get("reason", ""))
+                     for s in last.get("skippedTargets") or ()}
+        return seen
+
+    def _emit_skipped(self, body: Mapping[str, Any], seen: set[tuple[str, str]],
+                      now: tuple[SkippedTarget, ...]) -> None:
+        """One Event per GPU type auto newly leaves out, or leaves out for a new reason."""
+        for s in now:
+            if (s.gpu, s.reason) not in seen:
+                self.events(body, "Normal", "TargetSkipped",
+                            f"{s.gpu}: auto does not build for it ({s.reason}): "
+                            f"{s.message}"[:1024])
 
 
 def _count_build_outcome(t: EngineTargetStatus) -> None:

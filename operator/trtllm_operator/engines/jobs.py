@@ -37,7 +37,10 @@ BUILD_COMPONENT: Final = "engine-build"
 
 # Exit codes of the entrypoints that no retry can fix (bad spec, no trtllm-build in the image,
 # wrong GPU, full disk, missing or forbidden checkpoint, a model too big for the GPU): fail the
-# Job at once instead of retrying. Taken from the package the jobs run, not restated.
+# Job at once instead of retrying; status names the reason even when the pod's termination
+# message is not the entrypoint's summary. Taken from the package the jobs run, not restated.
+EXIT_REASONS: Final[dict[int, str]] = {
+    code: reason.value for reason, code in job_contract.EXIT_CODES.items()}
 PERMANENT_EXIT_CODES: Final = job_contract.PERMANENT_EXIT_CODES
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -74,6 +75,23 @@ def model_identity(spec: LLMEngineSpec) -> dict[str, Any]:
     vol = spec.model.volume
     assert vol is not None  # exactly one source: the CRD's CEL rule and the model both say so
     return {"volume": {"claimName": vol.claim_name, "path": vol.path}}
+
+
+CheckpointKey = tuple[str, ...]
+"""Identifies a checkpoint across LLMEngines: ("huggingFace", repo, revision) anywhere in the
+cluster, or ("volume", namespace, claim, path) (claims are namespaced)."""
+
+
+def checkpoint_key(namespace: str, model: Mapping[str, Any]) -> CheckpointKey | None:
+    """The identity of ``spec.model`` (wire form) for sharing measured checkpoint sizes; None
+    for a spec without a source (refused by admission)."""
+    hf = model.get("huggingFace")
+    if hf and hf.get("repo"):
+        return ("huggingFace", str(hf["repo"]), str(hf.get("revision") or "main"))
+    vol = model.get("volume")
+    if vol and vol.get("claimName"):
+        return ("volume", namespace, str(vol["claimName"]), str(vol.get("path") or "").strip("/"))
+    return None
 
 
 def fingerprint_inputs(spec: LLMEngineSpec, gpu: str) -> dict[str, Any]:

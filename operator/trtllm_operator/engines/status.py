@@ -17,8 +17,9 @@ from typing import Any, Final
 
 from trtllm_jobs import contract as job_contract
 from trtllm_operator.api import EngineTargetStatus, LLMEngineSpec
-from trtllm_operator.api.engine import BuildVersions
+from trtllm_operator.api.engine import MAX_SKIPPED_TARGETS, BuildVersions, SkippedTarget
 from trtllm_operator.claims import WAITING_REASONS
+from trtllm_operator.engines.jobs import EXIT_REASONS
 from trtllm_operator.engines.planning import TargetPlan
 from trtllm_operator.pods import PodContext, PodProblem, diagnose, observe_pod
 from trtllm_operator.validation import ClusterFacts, Finding, Reason, Severity
@@ -80,6 +81,35 @@ def resolve_targets(spec: LLMEngineSpec, cluster: ClusterFacts,
     discovered = sorted(p for p, pool in cluster.pools.items()
                         if pool.node_gpus and p not in explicit and eligible.get(p, False))
     return (*explicit, *discovered)
+
+
+def skipped_targets(auto_findings: Mapping[str, Sequence[Finding]],
+                    cluster: ClusterFacts) -> tuple[SkippedTarget, ...]:
+    """The GPU types ``auto`` considered (those with GPUs allocatable) and left out for an
+    Error, each with its first Error's reason and every Error's message, sorted by GPU type."""
+    out = []
+    for gpu in sorted(auto_findings):
+        pool = cluster.pools.get(gpu)
+        errors = [f for f in auto_findings[gpu] if f.severity == Severity.ERROR]
+        if pool is None or not pool.node_gpus or not errors:
+            continue
+        out.append(SkippedTarget(gpu=gpu, reason=errors[0].reason.value,
+                                 message="; ".join(f.message for f in errors)))
+    return tuple(out[:MAX_SKIPPED_TARGETS])
+
+
+def no_targets_reason(skipped: Sequence[SkippedTarget]) -> tuple[str, str]:
+    """Ready's (reason, message) when spec.targets resolved to no GPU type at all: the
+    skipped types' reason when they share one (ModelDoesNotFit: every GPU type is too small),
+    else NoTargets."""
+    if not skipped:
+        return "NoTargets", ("spec.targets resolved to no GPU type: auto found no GPU node "
+                             "that can run this build")
+    reasons = {s.reason for s in skipped}
+    reason = reasons.pop() if len(reasons) == 1 else "NoTargets"
+    details = "; ".join(f"{s.gpu}: {s.reason}" for s in skipped)
+    return reason, (f"spec.targets auto found no GPU type that can run this build ({details}); "
+                    f"status.skippedTargets says why for each")
 
 
 def termination_summary(pod: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -145,16 +175,35 @@ def built_status(plan: TargetPlan, image: str, job: Mapping[str, Any] | None,
         start_time=_time(status.get("startTime")),
         completion_time=_time(status.get("completionTime")),
         engine_bytes=s.get("engineBytes"), total_bytes=s.get("totalBytes"),
+        checkpoint_bytes=_non_negative_int(s.get("checkpointBytes")),
         versions=versions,
     )
 
 
+def _non_negative_int(value: Any) -> int | None:
+    """A count from the build's JSON, None if it is not one (status must still be written)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 \
+        else None
+
+
+def container_exit_code(pod: Mapping[str, Any] | None) -> int | None:
+    """The exit code of the build container of a finished pod, if it terminated."""
+    for cs in ((pod or {}).get("status") or {}).get("containerStatuses") or []:
+        code = ((cs.get("state") or {}).get("terminated") or {}).get("exitCode")
+        if isinstance(code, int):
+            return code
+    return None
+
+
 def failed_status(plan: TargetPlan, image: str, namespace: str, job: Mapping[str, Any],
-                  summary: Mapping[str, Any] | None) -> EngineTargetStatus:
-    """A Failed target: the entrypoint's reason when it gave one, else the Job's; and a fix."""
+                  summary: Mapping[str, Any] | None,
+                  exit_code: int | None = None) -> EngineTargetStatus:
+    """A Failed target: the entrypoint's reason when it gave one, else the one its exit code
+    stands for, else the Job's; and a fix."""
     s = summary or {}
     failed = _job_condition(job, "Failed") or {}
-    reason = str(s.get("reason") or failed.get("reason") or job_contract.Reason.BUILD_FAILED)
+    reason = str(s.get("reason") or EXIT_REASONS.get(exit_code or 0) or failed.get("reason")
+                 or job_contract.Reason.BUILD_FAILED)
     what = str(s.get("message") or failed.get("message") or "the build Job failed")
     tail = str(s.get("logTail") or "").strip()
     retry = (f"fix the cause, then delete the Job to retry (kubectl delete job -n {namespace} "
@@ -163,8 +212,10 @@ def failed_status(plan: TargetPlan, image: str, namespace: str, job: Mapping[str
     if tail:
         message += f"\nlast log lines:\n{tail[-2000:]}"
     status = job.get("status") or {}
+    # A build refused as too big (or failing later) has measured the checkpoint already.
     return EngineTargetStatus(**_base(plan, image), state="Failed", reason=reason,
-                              message=message, start_time=_time(status.get("startTime")))
+                              message=message, start_time=_time(status.get("startTime")),
+                              checkpoint_bytes=_non_negative_int(s.get("checkpointBytes")))
 
 
 def decide_target(plan: TargetPlan, image: str, namespace: str,
@@ -199,7 +250,8 @@ def decide_target(plan: TargetPlan, image: str, namespace: str,
     if _job_condition(job, "Complete"):
         return Decision(built_status(plan, image, job, summary))
     if _job_condition(job, "Failed"):
-        return Decision(failed_status(plan, image, namespace, job, summary))
+        return Decision(failed_status(plan, image, namespace, job, summary,
+                                      container_exit_code(observed.pod)))
     if observed.stuck is not None:
         # Placed, holding its GPUs, but not building: never report it as Building. The kubelet
         # retries, so fixing the cause (creating the Secret) lets this same pod start.
