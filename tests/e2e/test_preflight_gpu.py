@@ -24,7 +24,7 @@ from tests.e2e.conftest import (
 from tests.support import wait_for
 from trtllm_operator import gpus
 
-pytestmark = pytest.mark.usefixtures("running_operator", "gpu_fleet", "storage", "hf_token")
+pytestmark = pytest.mark.usefixtures("running_operator", "gpu_fleet", "storage")
 
 A100_MIG = f"{A100}-MIG-1g.10gb"
 TOKEN = "hf_" + "Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4zQQ"  # shaped like a token, not a real one

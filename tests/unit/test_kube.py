@@ -7,6 +7,7 @@ import asyncio
 from typing import Any
 
 import httpx2
+import pytest
 from lightkube import ApiError
 from lightkube.models.meta_v1 import Status
 
@@ -54,3 +55,27 @@ def test_every_write_takes_a_token_and_create_reports_201_or_409() -> None:
     assert asyncio.run(writes()) == (True, False)
     # Four writes took the whole burst: the next one would have to wait a second.
     assert bucket.reserve() == 1.0
+
+
+class GoneClient(FakeClient):
+    """The object was deleted a moment ago (its last finalizer removed elsewhere)."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__()
+        self.code = code
+
+    async def patch(self, *args: Any, **kwargs: Any) -> None:
+        request = httpx2.Request("PATCH", "https://127.0.0.1/apis/trtllm.dev/v1alpha1/x")
+        response = httpx2.Response(self.code, request=request, json={
+            "kind": "Status", "code": self.code, "message": "no"})
+        raise ApiError(request=request, response=response,
+                       status=Status(code=self.code, message="no"))
+
+
+def test_removing_finalizers_of_an_object_already_gone_is_done_and_other_errors_raise() -> None:
+    gone = Kube(GoneClient(404), writes=TokenBucket(qps=100.0, burst=10))  # type: ignore[arg-type]
+    asyncio.run(gone.set_finalizers("LLMEngine", "ml", "e", [], "1"))  # no exception: done
+    conflict = Kube(GoneClient(409), writes=TokenBucket(qps=100.0, burst=10))  # type: ignore[arg-type]
+    with pytest.raises(ApiError) as raised:  # the work queue retries it
+        asyncio.run(conflict.set_finalizers("LLMEngine", "ml", "e", [], "1"))
+    assert raised.value.status.code == 409
