@@ -130,7 +130,9 @@ def test_a_refused_service_shows_as_reconcile_error_on_the_llm_deployment(
         "metadata": {"name": "chat"},
         "spec": {"engineRef": {"name": "served"}, "gpu": H100, "replicas": 1}})
 
-    error = wait_for(lambda: condition(get_llmd("chat"), "ReconcileError"), 60,
+    # Three failed reconciles (backoff 0.5 s, 1 s, 2 s, jittered) after the Deployment is
+    # written; generous for a loaded machine.
+    error = wait_for(lambda: condition(get_llmd("chat"), "ReconcileError"), 120,
                      "a ReconcileError condition on the LLMDeployment")
     assert (error["status"], error["reason"]) == ("True", "Forbidden")
     assert "services" in error["message"]
