@@ -153,13 +153,19 @@ class Kube:
     async def set_finalizers(self, kind: str, namespace: str, name: str,
                              finalizers: list[str], resource_version: str | None) -> None:
         """Replace metadata.finalizers (never spec). The resourceVersion makes it conditional:
-        a concurrent change to the list fails with 409 and the reconcile retries."""
+        a concurrent change to the list fails with 409 and the reconcile retries. An object
+        already gone (404: e.g. its namespace was deleted) needs no finalizer change."""
         meta: dict[str, Any] = {"finalizers": finalizers}
         if resource_version:
             meta["resourceVersion"] = resource_version
         await self.writes.acquire()
-        await self.client.patch(_RESOURCES[kind], name, {"metadata": meta},
-                                namespace=namespace, patch_type=PatchType.MERGE)
+        try:
+            await self.client.patch(_RESOURCES[kind], name, {"metadata": meta},
+                                    namespace=namespace, patch_type=PatchType.MERGE)
+        except ApiError as exc:
+            if exc.status.code != 404:
+                raise
+            log.debug("%s %s/%s is gone; finalizers not changed", kind, namespace, name)
 
     @_counted("delete")
     async def delete(self, resource: Any, namespace: str, name: str) -> bool:

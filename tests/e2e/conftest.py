@@ -78,6 +78,21 @@ def storage(core: client.CoreV1Api, namespace: str) -> Iterator[str]:
     core.delete_persistent_volume(pv_name)
 
 
+HF_TOKEN_SECRET = "hf-token"
+
+
+@pytest.fixture
+def hf_token(core: client.CoreV1Api, namespace: str) -> str:
+    """The Secret the sample engines name in ``tokenSecretRef`` (key HF_TOKEN), as a user makes it.
+
+    The simulated kubelet refuses to start a build pod whose token Secret is missing, as a real
+    one does. The value is a placeholder: nothing ever calls Hugging Face.
+    """
+    core.create_namespaced_secret(namespace, {
+        "metadata": {"name": HF_TOKEN_SECRET}, "stringData": {"HF_TOKEN": "hf_placeholder"}})
+    return HF_TOKEN_SECRET
+
+
 def load_sample(name: str) -> dict[str, Any]:
     doc: dict[str, Any] = yaml.safe_load((ROOT / "samples" / name).read_text())
     return doc

@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.conftest import Kubectl
 from tests.e2e.conftest import H100, OperatorProcess, apply, load_sample
 
-pytestmark = pytest.mark.usefixtures("gpu_fleet", "storage")
+pytestmark = pytest.mark.usefixtures("gpu_fleet", "storage", "hf_token")
 
 
 def scrape(op: OperatorProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

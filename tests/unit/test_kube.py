@@ -7,6 +7,7 @@ import asyncio
 from typing import Any
 
 import httpx2
+import pytest
 from lightkube import ApiError
 from lightkube.models.meta_v1 import Status
 
@@ -54,3 +55,32 @@ def test_every_write_takes_a_token_and_create_reports_201_or_409() -> None:
     assert asyncio.run(writes()) == (True, False)
     # Four writes took the whole burst: the next one would have to wait a second.
     assert bucket.reserve() == 1.0
+
+
+def _api_error(code: int, reason: str) -> ApiError:
+    request = httpx2.Request("PATCH", "https://127.0.0.1/apis/trtllm.dev/v1alpha1/x")
+    response = httpx2.Response(code, request=request, json={
+        "kind": "Status", "code": code, "reason": reason, "message": reason})
+    return ApiError(request=request, response=response,
+                    status=Status(code=code, reason=reason, message=reason))
+
+
+class RefusingClient(FakeClient):
+    """Every patch fails with the given code."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__()
+        self.code, self.reason = code, reason
+
+    async def patch(self, *args: Any, **kwargs: Any) -> None:
+        raise _api_error(self.code, self.reason)
+
+
+def test_finalizers_of_an_object_already_gone_need_no_change_but_a_conflict_is_raised() -> None:
+    gone = Kube(RefusingClient(404, "NotFound"))  # type: ignore[arg-type]
+    asyncio.run(gone.set_finalizers("LLMEngine", "ml", "e", [], "7"))  # no error: nothing to do
+
+    conflict = Kube(RefusingClient(409, "Conflict"))  # type: ignore[arg-type]
+    with pytest.raises(ApiError) as raised:  # the reconcile must see it, to retry
+        asyncio.run(conflict.set_finalizers("LLMEngine", "ml", "e", [], "7"))
+    assert raised.value.status.code == 409
