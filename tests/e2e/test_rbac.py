@@ -33,6 +33,8 @@ BROKEN_DEADLINE = 40.0  # well under the 60 s resync: a missing watch cannot hid
 
 pytestmark = pytest.mark.usefixtures("gpu_fleet")
 
+SERVE_OPTIONS = {"kv_cache_config": {"enable_block_reuse": True}}
+
 CHECKS = ("engine built", "auto targets built", "build failure explained", "deployment ready",
           "events recorded", "removed target stopped", "deployment drift repaired",
           "service recreated", "deletion held while in use", "engine released")
@@ -78,9 +80,11 @@ class Flow:
             {"name": stages.MESSAGE_ENV, "value": summary}]))
         self._apply(self._engine("shrinking", [H100, L40S], 64, env=[
             {"name": stages.DURATION_ENV, "value": "600s"}]))
+        # extraLlmApiOptions: the operator server-side-applies a ConfigMap for them.
         self._apply({"apiVersion": "trtllm.dev/v1alpha1", "kind": "LLMDeployment",
                      "metadata": {"name": "server"},
-                     "spec": {"engineRef": {"name": "served"}, "gpu": H100, "replicas": 1}})
+                     "spec": {"engineRef": {"name": "served"}, "gpu": H100, "replicas": 1,
+                              "serve": {"extraLlmApiOptions": SERVE_OPTIONS}}})
 
     def _get(self, plural: str, name: str) -> dict[str, Any] | None:
         try:
