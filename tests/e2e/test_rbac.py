@@ -35,9 +35,10 @@ pytestmark = pytest.mark.usefixtures("gpu_fleet")
 
 SERVE_OPTIONS = {"kv_cache_config": {"enable_block_reuse": True}}
 
-CHECKS = ("engine built", "auto targets built", "build failure explained", "deployment ready",
-          "events recorded", "removed target stopped", "deployment drift repaired",
-          "service recreated", "deletion held while in use", "engine released")
+CHECKS = ("engine built", "auto targets built", "build failure explained",
+          "serve options written", "deployment ready", "events recorded",
+          "removed target stopped", "deployment drift repaired", "service recreated",
+          "deletion held while in use", "engine released")
 
 
 # --------------------------------------------------------------------------- the flow
@@ -141,6 +142,15 @@ class Flow:
                 self.passed.add("removed target stopped")
 
         server = self._get("llmdeployments", "server")
+        if "serve options written" not in self.passed:
+            try:
+                options = self.core.read_namespaced_config_map("server-llm-api-options", self.ns)
+                if yaml.safe_load((options.data or {}).get(
+                        "extra-llm-api-options.yaml", "")) == SERVE_OPTIONS:
+                    self.passed.add("serve options written")
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
         if self.step == 0 and ready(server):
             self.passed.add("deployment ready")
             # A hand edit that starts no pod: only a watch on Deployments can notice it.
