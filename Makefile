@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 DEMO_ARGS ?=
 
 .PHONY: help venv binaries lint unit test crds crds-check cluster-up cluster-down cluster-status \
-	bench-cluster demo demo-ci clean
+	bench-cluster demo demo-ci clean fuzz
 
 help:
 	@echo "make demo          the whole product on a local simulated GPU cluster (Ctrl-C stops it)"
@@ -19,6 +19,7 @@ help:
 	@echo "make crds          regenerate crds/ from the pydantic models"
 	@echo "make cluster-up    start the local simulated GPU cluster in the background"
 	@echo "make cluster-down  stop it"
+	@echo "make fuzz          the long property run (FUZZ_SPECS generated specs, default 10000)"
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
