@@ -61,6 +61,8 @@ class Reason(StrEnum):
     ENGINE_NOT_FOUND = "EngineNotFound"
     GPU_NOT_A_TARGET = "GPUNotATarget"
     SERVE_LIMIT_EXCEEDS_ENGINE = "ServeLimitExceedsEngine"
+    # A free-form Kubernetes sub-object (affinity, env valueFrom) of the wrong shape.
+    POD_FIELD_INVALID = "PodFieldInvalid"
 
 
 @dataclass(frozen=True)

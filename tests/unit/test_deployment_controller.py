@@ -119,3 +119,16 @@ def test_a_missing_engine_claim_writes_no_deployment() -> None:
     assert (ready["status"], ready["reason"]) == ("False", "ClaimNotFound")
     assert "LLMEngine llama-3-8b spec.storage.claimName trtllm-engines" in ready["message"]
     assert ("Warning", "ClaimNotFound") in events
+
+
+def test_an_affinity_of_the_wrong_shape_writes_no_deployment_and_names_the_field() -> None:
+    # Admitted (the CRD keeps affinity open), but no Kubernetes Affinity: found before any
+    # Deployment is built, not as a failure of every reconcile.
+    view = FakeView()
+    view.body["spec"]["affinity"] = {"nodeAffinity": {
+        "preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 2.5, "preference": {}}]}}
+    writer, _events, ready = _run(view)
+    assert writer.applied == []
+    assert (ready["status"], ready["reason"]) == ("False", "PodFieldInvalid")
+    assert ("spec.affinity.nodeAffinity.preferredDuringSchedulingIgnoredDuringExecution[0]"
+            ".weight: Expected `int`, got `float`") in ready["message"]

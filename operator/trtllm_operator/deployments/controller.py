@@ -31,6 +31,7 @@ from trtllm_operator.api.deployment import DeploymentConditionType
 from trtllm_operator.api.engine import BuiltLimits
 from trtllm_operator.claims import SHARED_READ, ClaimFact, check_claim
 from trtllm_operator.deployments import builders
+from trtllm_operator.kube_objects import check_deployment_objects
 from trtllm_operator.pods import PodContext, PodFact, PodProblem, diagnose
 from trtllm_operator.reconcile_errors import RECONCILE_ERROR
 from trtllm_operator.status_writes import StatusWrites
@@ -170,7 +171,8 @@ class DeploymentController:
         engine_body = self.view.engine((namespace, d.spec.engine_ref.name))
         engine = LLMEngine.model_validate(engine_body) if engine_body else None
         facts = self.view.cluster_facts()
-        findings = validate_deployment(d.spec, engine.spec if engine else None, facts)
+        findings = (*check_deployment_objects(d.spec),
+                    *validate_deployment(d.spec, engine.spec if engine else None, facts))
         choice = choose_target(d, engine, findings)
 
         preflight: Finding | None = None

@@ -29,6 +29,7 @@ from trtllm_operator.engines.status import (
     decide_target,
     resolve_targets,
 )
+from trtllm_operator.kube_objects import check_engine_objects
 from trtllm_operator.pods import STUCK_REASONS
 from trtllm_operator.reconcile_errors import RECONCILE_ERROR
 from trtllm_operator.status_writes import StatusWrites
@@ -107,8 +108,9 @@ class EngineController:
                 engine.metadata.resource_version)
         facts = self.view.cluster_facts()
 
-        findings = validate_engine(engine.spec.model_copy(update={"targets": tuple(
-            t for t in engine.spec.targets if t != AUTO_TARGET)}), facts)
+        findings = (*check_engine_objects(engine.spec), *validate_engine(
+            engine.spec.model_copy(update={"targets": tuple(
+                t for t in engine.spec.targets if t != AUTO_TARGET)}), facts))
         auto_findings = self._auto_candidates(engine, facts)
         eligible = {gpu: not any(f.severity == Severity.ERROR for f in fs)
                     for gpu, fs in auto_findings.items()}
