@@ -41,6 +41,7 @@ from trtllm_operator.api.common import (
     gpu_product_rule,
     no_gpu_resources_rule,
     no_operator_flags_rule,
+    pod_count_rule,
     ready_columns,
     validations,
 )
@@ -104,10 +105,12 @@ class ServiceSpec(SpecModel):
 class RollingUpdate(SpecModel):
     """How many pods a rolling update may add or take away at a time."""
 
-    max_surge: IntOrString | None = None
+    max_surge: Annotated[IntOrString | None, Field(json_schema_extra=pod_count_rule(
+        "spec.strategy.rollingUpdate.maxSurge"))] = None
     """Extra pods during an update (number or percentage; Kubernetes default 25%). Each needs
     a full set of GPUs: with no spare GPUs, use 0 and a non-zero maxUnavailable."""
-    max_unavailable: IntOrString | None = None
+    max_unavailable: Annotated[IntOrString | None, Field(json_schema_extra=pod_count_rule(
+        "spec.strategy.rollingUpdate.maxUnavailable"))] = None
     """Pods that may be unavailable during an update (number or percentage; default 25%)."""
 
 
