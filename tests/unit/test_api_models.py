@@ -184,3 +184,11 @@ def test_rolling_update_amounts_accept_counts_and_percentages() -> None:
     assert spec.strategy.rolling_update is not None
     assert (spec.strategy.rolling_update.max_surge,
             spec.strategy.rolling_update.max_unavailable) == (0, "25%")
+
+
+@pytest.mark.parametrize("update", [{"maxUnavailable": 0},
+                                    {"maxSurge": "0%", "maxUnavailable": "0%"}])
+def test_a_rolling_update_that_can_replace_no_pod_is_refused(update: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError, match="maxSurge is 0"):
+        LLMDeploymentSpec.model_validate(
+            {"engineRef": {"name": "e"}, "strategy": {"rollingUpdate": update}})
