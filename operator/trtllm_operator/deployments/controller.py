@@ -31,6 +31,7 @@ from trtllm_operator.api.deployment import DeploymentConditionType
 from trtllm_operator.api.engine import BuiltLimits
 from trtllm_operator.claims import SHARED_READ, ClaimFact, check_claim
 from trtllm_operator.deployments import builders
+from trtllm_operator.kube import invalid_refusal
 from trtllm_operator.kube_objects import check_deployment_objects
 from trtllm_operator.pods import PodContext, PodFact, PodProblem, diagnose
 from trtllm_operator.reconcile_errors import RECONCILE_ERROR
@@ -38,6 +39,7 @@ from trtllm_operator.status_writes import StatusWrites
 from trtllm_operator.validation import (
     ClusterFacts,
     Finding,
+    Reason,
     Severity,
     check_parallelism_fits,
     validate_deployment,
@@ -193,8 +195,20 @@ class DeploymentController:
                 options = builders.options_configmap(d, engine.metadata.name)
                 if options is not None:
                     await self.writer.apply(options)
-                observed = await self.writer.apply(builders.deployment(d, engine, serving, claim))
-                await self.writer.apply(builders.service(d, engine.metadata.name))
+                try:
+                    observed = await self.writer.apply(
+                        builders.deployment(d, engine, serving, claim))
+                except Exception as exc:
+                    refused = invalid_refusal(exc)
+                    if refused is None:
+                        raise
+                    # A rule of Kubernetes the free-form fields (affinity, env) broke: a
+                    # status reason until the spec changes, not a retried failure.
+                    preflight = Finding(Reason.POD_FIELD_INVALID, Severity.ERROR, "spec", (
+                        f"the API server refused the serving Deployment: {refused}; correct "
+                        f"the field it names (spec.affinity, spec.env, spec.resources)"))
+                else:
+                    await self.writer.apply(builders.service(d, engine.metadata.name))
 
         status = self._status(d, choice, preflight, observed, facts)
         metrics.record_ready("LLMDeployment", key, cond.is_true(
