@@ -301,3 +301,35 @@ def test_serving_env_from_a_missing_secret_is_named_and_creating_it_makes_it_rea
     kubectl("wait", "-n", namespace, "--for=condition=Ready", "llmdeployment/keyed",
             "--timeout=90s")
     assert value not in _everything_written(kubectl, namespace, running_operator)
+
+
+@pytest.mark.usefixtures("storage", "hf_token")
+def test_affinity_the_kubernetes_types_refuse_is_a_reason_and_no_deployment(
+        kubectl: Kubectl, namespace: str, get_llmd: Getter, api_client: client.ApiClient,
+        running_operator: OperatorProcess) -> None:
+    _served_engine(kubectl, namespace, "served")
+    log_start = running_operator.log_path.stat().st_size
+    term = {"matchExpressions": [{"key": "zone", "operator": "In"}]}  # In without values
+    wrong_type = _llmd("typed", "served", [])
+    wrong_type["spec"]["affinity"] = {"nodeAffinity": {
+        "preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 2.5, "preference": term}]}}
+    broken_rule = _llmd("ruled", "served", [])
+    broken_rule["spec"]["affinity"] = {"nodeAffinity": {
+        "preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 5, "preference": term}]}}
+    apply(kubectl, namespace, wrong_type)
+    apply(kubectl, namespace, broken_rule)
+
+    # A wrong type is found before anything is built; a rule of Kubernetes by the API server.
+    typed = wait_for(lambda: _not_ready(get_llmd, "typed", "PodFieldInvalid"), 60,
+                     "Ready False with PodFieldInvalid (type)")
+    assert ("spec.affinity.nodeAffinity.preferredDuringSchedulingIgnoredDuringExecution[0]"
+            ".weight: Expected `int`, got `float`") in typed["message"]
+    ruled = wait_for(lambda: _not_ready(get_llmd, "ruled", "PodFieldInvalid"), 60,
+                     "Ready False with PodFieldInvalid (API server)")
+    assert "matchExpressions[0].values: Required value" in ruled["message"]
+    settle(2)
+    apps = client.AppsV1Api(api_client)
+    assert [d.metadata.name for d in apps.list_namespaced_deployment(namespace).items] == []
+    with running_operator.log_path.open("rb") as log:
+        log.seek(log_start)
+        assert "Traceback" not in log.read().decode(errors="replace")
