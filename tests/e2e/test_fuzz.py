@@ -7,7 +7,7 @@ Most specs are a valid sample (samples/) with ONE field mutated -- dropped, of t
 out of range, an odd string or an extreme integer -- so both the refused and the accepted paths
 are exercised; some are samples as they are, some are generated from scratch. The outcomes are
 not hard-coded: the checks change, the contract does not. FUZZ_SPECS sets how many specs a run
-tries (default 60, part of `make test`; `make fuzz` runs 10,000). The run ends with one summary
+tries (default 200, part of `make test`; `make fuzz` runs 10,000). The run ends with one summary
 line: specs tried, refused at admission, accepted (by Ready reason), operator crashes and
 tracebacks.
 """
@@ -37,7 +37,7 @@ from trtllm_operator.localcluster.cluster import static_rwx_claim
 from trtllm_operator.localcluster.operator_process import OperatorProcess
 
 BATCH = 20
-SPECS = int(os.environ.get("FUZZ_SPECS", "60"))
+SPECS = int(os.environ.get("FUZZ_SPECS", "200"))
 JUDGE_WAIT = float(os.environ.get("FUZZ_JUDGE_WAIT", "60"))
 CAMEL = re.compile(r"^[A-Z][A-Za-z0-9]+$")
 
