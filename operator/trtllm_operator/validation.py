@@ -78,6 +78,8 @@ class Reason(StrEnum):
     GPU_NOT_A_TARGET = "GPUNotATarget"
     SERVE_LIMIT_EXCEEDS_ENGINE = "ServeLimitExceedsEngine"
     MODEL_DOES_NOT_FIT = "ModelDoesNotFit"
+    # A free-form Kubernetes sub-object (affinity, env valueFrom) of the wrong shape.
+    POD_FIELD_INVALID = "PodFieldInvalid"
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,8 @@ from trtllm_operator.api.deployment import DeploymentConditionType
 from trtllm_operator.api.engine import BuiltLimits
 from trtllm_operator.claims import SHARED_READ, ClaimFact, check_claim
 from trtllm_operator.deployments import builders, choice
+from trtllm_operator.kube import invalid_refusal
+from trtllm_operator.kube_objects import check_deployment_objects
 from trtllm_operator.pods import PodContext, PodFact, PodProblem, diagnose
 from trtllm_operator.reconcile_errors import RECONCILE_ERROR
 from trtllm_operator.spec_warnings import emit_spec_warnings, spec_warning_condition
@@ -39,6 +41,7 @@ from trtllm_operator.status_writes import StatusWrites
 from trtllm_operator.validation import (
     ClusterFacts,
     Finding,
+    Reason,
     Severity,
     check_parallelism_fits,
     validate_deployment,
@@ -206,9 +209,9 @@ class DeploymentController:
         engine_body = self.view.engine((namespace, d.spec.engine_ref.name))
         engine = LLMEngine.model_validate(engine_body) if engine_body else None
         facts = self.view.cluster_facts()
-        findings = validate_deployment(
+        findings = (*check_deployment_objects(d.spec), *validate_deployment(
             d.spec, engine.spec if engine else None, facts,
-            resolved=resolved_targets(engine) if engine else None)
+            resolved=resolved_targets(engine) if engine else None))
         observed = self.view.serving_deployment(namespace, name)
         # What it serves on now: the running Deployment's GPU type, else what status recorded.
         chosen = choose_target(d, engine, findings, facts,
@@ -231,8 +234,20 @@ class DeploymentController:
                 options = builders.options_configmap(d, engine.metadata.name)
                 if options is not None:
                     await self.writer.apply(options)
-                observed = await self.writer.apply(builders.deployment(d, engine, serving, claim))
-                await self.writer.apply(builders.service(d, engine.metadata.name))
+                try:
+                    observed = await self.writer.apply(
+                        builders.deployment(d, engine, serving, claim))
+                except Exception as exc:
+                    refused = invalid_refusal(exc)
+                    if refused is None:
+                        raise
+                    # A rule of Kubernetes the free-form fields (affinity, env) broke: a
+                    # status reason until the spec changes, not a retried failure.
+                    preflight = Finding(Reason.POD_FIELD_INVALID, Severity.ERROR, "spec", (
+                        f"the API server refused the serving Deployment: {refused}; correct "
+                        f"the field it names (spec.affinity, spec.env, spec.resources)"))
+                else:
+                    await self.writer.apply(builders.service(d, engine.metadata.name))
 
         status = self._status(d, chosen, preflight, observed, facts)
         status = status.model_copy(update={"conditions": spec_warning_condition(

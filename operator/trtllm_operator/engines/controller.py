@@ -36,6 +36,7 @@ from trtllm_operator.engines.status import (
     resolve_targets,
     skipped_targets,
 )
+from trtllm_operator.kube_objects import check_engine_objects
 from trtllm_operator.pods import STUCK_REASONS
 from trtllm_operator.reconcile_errors import RECONCILE_ERROR
 from trtllm_operator.spec_warnings import emit_spec_warnings, spec_warning_condition
@@ -125,8 +126,9 @@ class EngineController:
         size = checkpoint_size(engine.spec, self.view.checkpoint_bytes(
             checkpoint_key(namespace, engine.spec.model.to_wire())))
 
-        findings = validate_engine(engine.spec.model_copy(update={"targets": tuple(
-            t for t in engine.spec.targets if t != AUTO_TARGET)}), facts, size)
+        findings = (*check_engine_objects(engine.spec), *validate_engine(
+            engine.spec.model_copy(update={"targets": tuple(
+                t for t in engine.spec.targets if t != AUTO_TARGET)}), facts, size))
         auto_findings = self._auto_candidates(engine, facts, size)
         eligible = {gpu: not any(f.severity == Severity.ERROR for f in fs)
                     for gpu, fs in auto_findings.items()}
