@@ -67,7 +67,8 @@ def test_a_dataset_is_named_only_when_the_spec_allows_the_download() -> None:
 def test_one_job_per_model_commit_format_and_claim_whichever_engine_asks() -> None:
     name = planning.quantize_job_name(engine().spec, SHA)
 
-    assert name.startswith("trtllm-quantize-") and len(name) == len("trtllm-quantize-") + 12
+    assert name.startswith("trtllm-quantize-")
+    assert len(name) == len("trtllm-quantize-") + 12
     assert planning.quantize_job_name(engine(name="other").spec, SHA) == name
     for other in (engine(fmt="nvfp4"), engine(kv="fp8"), engine(claim="elsewhere")):
         assert planning.quantize_job_name(other.spec, SHA) != name
