@@ -33,7 +33,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any, ClassVar, Final
@@ -115,8 +115,8 @@ def read_calibration_texts(calibration: Calibration) -> list[str]:
             f"or point spec.build.quantization.calibration.datasetPath at one"))
     texts: list[str] = []
     for file in files:
-        with file.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, 1):
+        with file.open(encoding="utf-8", errors="strict") as handle:
+            for number, line in enumerate(_lines(handle, file), 1):
                 if not line.strip():
                     continue
                 try:
@@ -134,6 +134,15 @@ def read_calibration_texts(calibration: Calibration) -> list[str]:
         raise JobFailure(Reason.CALIBRATION_DATA_MISSING, (
             f"no calibration sample in {path}: no line holds a non-empty \"text\" string"))
     return texts
+
+
+def _lines(handle: Iterable[str], file: Path) -> Iterator[str]:
+    try:
+        yield from handle
+    except UnicodeDecodeError as exc:
+        raise JobFailure(Reason.CALIBRATION_DATA_MISSING, (
+            f"{file} is not UTF-8 text ({exc.reason} at byte {exc.start}): calibration files "
+            f"hold one JSON object per line")) from exc
 
 
 def _batches(items: Sequence[str], size: int) -> Iterator[list[str]]:

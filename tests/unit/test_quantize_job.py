@@ -276,14 +276,15 @@ def test_no_calibration_named_fails_without_fetching_anything(box: Sandbox) -> N
 
 
 @pytest.mark.parametrize(("content", "problem"), [
-    (None, "is missing"), ("not json\n", "is not JSON"), ('{"prompt": "x"}\n', "no calibration"),
+    (None, "is missing"), (b"not json\n", "is not JSON"), (b'{"prompt": "x"}\n', "no calibration"),
+    (b"\xff\xfe binary", "is not UTF-8 text"),
 ])
-def test_unusable_calibration_data_is_refused(box: Sandbox, content: str | None,
+def test_unusable_calibration_data_is_refused(box: Sandbox, content: bytes | None,
                                               problem: str) -> None:
     if content is None:
         box.calibration_file.unlink()
     else:
-        box.calibration_file.write_text(content)
+        box.calibration_file.write_bytes(content)
 
     run = box.run()
 
