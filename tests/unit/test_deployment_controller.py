@@ -164,3 +164,18 @@ def test_a_move_to_another_gpu_type_is_an_event_with_the_reason() -> None:
     assert ("Normal", "GPUChosen") in events
     dep = next(m for m in writer.applied if m["kind"] == "Deployment")
     assert dep["spec"]["template"]["spec"]["nodeSelector"]["nvidia.com/gpu.product"] == H100
+
+
+def test_a_pytorch_engine_is_served_from_its_folder_with_the_options_file() -> None:
+    view = FakeView()
+    view.engine_body["spec"]["build"] = {"image": "nvcr.io/nvidia/tensorrt-llm/release:1.3.0rc25"}
+    view.engine_body["status"]["targets"][0]["path"] = "models/meta-llama--x/" + "a" * 40
+    writer, _events, _ready = _run(view)
+
+    assert [m["kind"] for m in writer.applied] == ["ConfigMap", "Deployment", "Service"]
+    options = yaml.safe_load(next(iter(writer.applied[0]["data"].values())))
+    assert options["return_perf_metrics"] is True
+    container = writer.applied[1]["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"][:4] == ["trtllm-serve", "/model", "--backend", "pytorch"]
+    assert "--config" in container["command"]
+    assert {"name": "HF_HUB_OFFLINE", "value": "1"} in container["env"]
