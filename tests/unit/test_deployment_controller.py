@@ -209,3 +209,18 @@ def test_a_deployment_the_api_server_refuses_as_invalid_is_a_reason_not_a_retry(
     assert "matchExpressions[0].values: Required value" in ready["message"]
     assert [m["kind"] for m in writer.applied] == []  # no Service for a refused Deployment
     assert result is not None  # looked at again later, at the slow not-ready pace
+
+
+def test_a_pytorch_engine_is_served_from_its_folder_with_the_options_file() -> None:
+    view = FakeView()
+    view.engine_body["spec"]["build"] = {"image": "nvcr.io/nvidia/tensorrt-llm/release:1.3.0rc25"}
+    view.engine_body["status"]["targets"][0]["path"] = "models/meta-llama--x/" + "a" * 40
+    writer, _events, _ready = _run(view)
+
+    assert [m["kind"] for m in writer.applied] == ["ConfigMap", "Deployment", "Service"]
+    options = yaml.safe_load(next(iter(writer.applied[0]["data"].values())))
+    assert options["return_perf_metrics"] is True
+    container = writer.applied[1]["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"][:4] == ["trtllm-serve", "/model", "--backend", "pytorch"]
+    assert "--config" in container["command"]
+    assert {"name": "HF_HUB_OFFLINE", "value": "1"} in container["env"]

@@ -86,8 +86,11 @@ class ServeSpec(SpecModel):
     ] = ()
     """More trtllm-serve arguments, one per entry, e.g. ["--num_postprocess_workers", "2"]."""
     extra_llm_api_options: FreeformObject | None = None
-    """LLM API options written to a YAML file for --extra_llm_api_options, e.g.
-    {kv_cache_config: {enable_block_reuse: true}}."""
+    """LLM API options written to a YAML file for --extra_llm_api_options (--config on the
+    pytorch backend), e.g. {kv_cache_config: {enable_block_reuse: true}}."""
+    usage_telemetry: bool = False
+    """pytorch backend: let trtllm-serve send NVIDIA its usage statistics (on by default in
+    TensorRT-LLM). Off unless set: the pods get --no-telemetry and TRTLLM_NO_USAGE_STATS=1."""
 
 
 class ServiceSpec(SpecModel):

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from trtllm_operator import conditions as cond
-from trtllm_operator import gpus, metrics
+from trtllm_operator import gpus, metrics, trtllm_facts
 from trtllm_operator.api import (
     ConditionStatus,
     EngineTargetStatus,
@@ -29,7 +29,7 @@ from trtllm_operator.api import (
     LLMEngine,
 )
 from trtllm_operator.api.deployment import DeploymentConditionType
-from trtllm_operator.api.engine import BuiltLimits
+from trtllm_operator.api.engine import BuiltLimits, size_hint_bytes
 from trtllm_operator.claims import SHARED_READ, ClaimFact, check_claim
 from trtllm_operator.deployments import builders, choice
 from trtllm_operator.kube import invalid_refusal
@@ -44,6 +44,7 @@ from trtllm_operator.validation import (
     Reason,
     Severity,
     check_parallelism_fits,
+    effective_backend,
     validate_deployment,
 )
 from trtllm_operator.workqueue import Result
@@ -151,9 +152,17 @@ def serving_for(engine: LLMEngine, target: EngineTargetStatus) -> builders.Servi
     built = target.limits or BuiltLimits.model_validate(
         requested.model_dump() if requested else {})
     assert target.fingerprint and target.path
-    return builders.Serving(gpu=target.gpu, fingerprint=target.fingerprint, path=target.path,
-                            limits=built, world_size=par.world_size, tensor=par.tensor,
-                            pipeline=par.pipeline)
+    build = engine.spec.build
+    backend = effective_backend(engine.spec)
+    hint = engine.spec.model.size_hint
+    return builders.Serving(
+        gpu=target.gpu, fingerprint=target.fingerprint, path=target.path, limits=built,
+        world_size=par.world_size, tensor=par.tensor, pipeline=par.pipeline, backend=backend,
+        # The serving release equals the builder's (validation refuses another).
+        release=trtllm_facts.effective_release(build.image, build.image_release),
+        served_model_name=builders.served_model_name(engine) if backend == "pytorch" else None,
+        checkpoint_bytes=target.checkpoint_bytes or (
+            size_hint_bytes(hint) if hint is not None else None))
 
 
 def _serving_gpu(dep: Mapping[str, Any] | None) -> str | None:
@@ -231,7 +240,8 @@ class DeploymentController:
             if preflight is None:
                 serving = serving_for(engine, chosen.target)
                 claim = engine.spec.storage.claim_name
-                options = builders.options_configmap(d, engine.metadata.name)
+                options = builders.options_configmap(d, engine.metadata.name,
+                                                     serving.backend)
                 if options is not None:
                     await self.writer.apply(options)
                 try:

@@ -47,6 +47,7 @@ from trtllm_operator.validation import (
     Finding,
     Severity,
     checkpoint_size,
+    effective_backend,
     validate_engine,
 )
 from trtllm_operator.workqueue import Result
@@ -308,7 +309,7 @@ class EngineController:
         return LLMEngineStatus(
             observed_generation=gen, conditions=conds, targets=targets,
             skipped_targets=skipped or None, built_targets=f"{built}/{total}",
-            model=_model_line(engine))
+            model=_model_line(engine), backend=effective_backend(engine.spec))
 
     def _emit_transitions(self, body: Mapping[str, Any],
                           previous: Mapping[str, EngineTargetStatus],
