@@ -50,7 +50,7 @@ def _wait_ready(kubectl: Kubectl, namespace: str, kind: str, name: str,
 def test_two_deployments_of_one_engine_land_on_their_gpu_types(
         cluster: ClusterUnderTest, kubectl: Kubectl, namespace: str, get_llmd: Getter,
         core: client.CoreV1Api, api_client: client.ApiClient) -> None:
-    pool = uuid.uuid4().hex[:8]
+    pool = f"p{uuid.uuid4().hex[:8]}"  # a letter first: "123e4567" would read as a number
     cluster.add_nodes("h100", 1, labels={"test-pool": pool})
     cluster.add_nodes("l40s", 1, labels={"test-pool": pool})
     apply(kubectl, namespace, small_engine("llama", [H100, L40S], parallelism={"tensor": 2}))
@@ -114,7 +114,7 @@ def test_deployment_waits_for_its_engine_then_becomes_ready(
 def test_rebuild_rolls_pods_keeping_all_but_one_ready(
         cluster: ClusterUnderTest, kubectl: Kubectl, namespace: str, get_engine: Getter,
         get_llmd: Getter, api_client: client.ApiClient) -> None:
-    pool = uuid.uuid4().hex[:8]
+    pool = f"p{uuid.uuid4().hex[:8]}"  # a letter first: "123e4567" would read as a number
     cluster.add_nodes("h100", 1, labels={"test-pool": pool})
     engine = small_engine("rolling", [H100])
     apply(kubectl, namespace, engine)
@@ -168,7 +168,7 @@ def test_parallelism_beyond_the_gpu_types_nodes_is_reported(
 
 def test_pending_pods_surface_the_schedulers_reason(
         cluster: ClusterUnderTest, kubectl: Kubectl, namespace: str, get_llmd: Getter) -> None:
-    pool = uuid.uuid4().hex[:8]
+    pool = f"p{uuid.uuid4().hex[:8]}"  # a letter first: "123e4567" would read as a number
     cluster.add_nodes("h100", 1, labels={"test-pool": pool})
     apply(kubectl, namespace, small_engine("big", [H100], parallelism={"tensor": 8}))
     apply(kubectl, namespace, _llmd("two-of-eight", "big", H100, replicas=2, pool=pool))
