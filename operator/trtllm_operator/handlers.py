@@ -29,6 +29,7 @@ from lightkube.resources.batch_v1 import Job
 
 from trtllm_operator import gpus, labels, metrics
 from trtllm_operator.api import API_GROUP, API_VERSION, EngineTargetStatus
+from trtllm_operator.api.engine import ModelCacheStatus
 from trtllm_operator.claims import ClaimFact, observe_claim
 from trtllm_operator.deployments import builders as serving
 from trtllm_operator.deployments.controller import DeploymentController
@@ -81,7 +82,8 @@ class IndexView:
         for name in ("engine_bodies", "engine_builds", "gpu_nodes", "build_jobs",
                      "engine_jobs", "build_pods", "deployment_bodies",
                      "deployments_by_engine", "serving_deployments", "serving_pods",
-                     "build_configmaps", "claims", "engines_by_claim", "checkpoint_sizes"):
+                     "build_configmaps", "claims", "engines_by_claim", "model_caches",
+                     "checkpoint_sizes"):
             if name in kwargs:
                 self.indexes[name] = kwargs[name]
 
@@ -138,11 +140,21 @@ class IndexView:
         return [str(job) for job in self._all("engine_jobs", (namespace, engine))]
 
     def job_wanted_by_others(self, namespace: str, job_name: str, but_not: str) -> bool:
-        return any(engine != but_not
-                   for engine, _ in self._all("engine_builds", (namespace, job_name)))
+        return any(engine != but_not for engine, _ in (
+            *self._all("engine_builds", (namespace, job_name)),
+            *self._all("model_caches", (namespace, job_name))))
 
     def engines_using_job(self, namespace: str, job_name: str) -> set[str]:
-        return {engine for engine, _ in self._all("engine_builds", (namespace, job_name))}
+        """Engines recording a build Job or a download Job of that name."""
+        return {engine for engine, _ in (*self._all("engine_builds", (namespace, job_name)),
+                                         *self._all("model_caches", (namespace, job_name)))}
+
+    def model_cached_elsewhere(self, namespace: str, job_name: str,
+                               but_not: str) -> ModelCacheStatus | None:
+        for engine, model in self._all("model_caches", (namespace, job_name)):
+            if engine != but_not and model.get("state") == "Cached":
+                return ModelCacheStatus.model_validate(model)
+        return None
 
     def all_engine_keys(self) -> list[Key]:
         index = self.indexes.get("engine_bodies")
@@ -242,6 +254,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
                                writes=TokenBucket(cfg.api_write_qps, cfg.api_write_burst))
     RUNTIME.controller = EngineController(
         view=RUNTIME.view, writer=kube, events=_post_event, job_resource=Job,
+        log_reader=kube.log_tail,
         active_deadline_seconds=cfg.build_deadline_seconds)
     deployments = DeploymentController(view=RUNTIME.view, writer=kube, events=_post_event)
 
@@ -292,6 +305,16 @@ def engine_builds(namespace: str | None, name: str, status: kopf.Status,
         if job:
             out[(namespace or "", job)] = (name, copy.deepcopy(dict(target)))
     return out or None
+
+
+@kopf.index(API_GROUP, API_VERSION, "llmengines")
+def model_caches(namespace: str | None, name: str, status: kopf.Status,
+                 **_: Any) -> dict[tuple[str, str], Any] | None:
+    """Which LLMEngines record which download Job, and its state: (namespace, job) ->
+    (engine, status.modelCache). Lets an engine reuse a checkpoint another one saw Cached."""
+    model = status.get("modelCache") or {}
+    job = model.get("job")
+    return {(namespace or "", job): (name, copy.deepcopy(dict(model)))} if job else None
 
 
 @kopf.index(API_GROUP, API_VERSION, "llmengines")
