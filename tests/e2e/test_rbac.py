@@ -309,7 +309,10 @@ def test_removing_any_one_rule_breaks_part_of_the_flow(
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         results = list(pool.map(run_without, range(len(rules))))
-    superfluous = [(rule, tail) for rule, passed, tail in results if passed == set(CHECKS)]
+    # kwok's nodes serve no pod logs: download progress (the only use of pods/log) cannot be
+    # seen here, with the rule or without it.
+    superfluous = [(rule, tail) for rule, passed, tail in results
+                   if passed == set(CHECKS) and rule != "core/pods/log:get"]
     assert not superfluous, f"rules whose removal broke nothing: {superfluous}"
     # Each removal broke something specific; print which, for the record.
     for rule, passed, _ in results:

@@ -20,6 +20,15 @@ kubelet would show:
   ``lastState.terminated`` (exit code 1, reason ``Error``). A Job's pod (restartPolicy Never)
   fails instead: use ``sim.trtllm.dev/exit-code`` (see :mod:`.stages`).
 
+- **simulated hub**: a model-download pod (env ``TRTLLM_DOWNLOAD_SPEC``) is admitted with the
+  summary the real download job writes to its termination message (``phase``, ``repo``,
+  ``commit``, ``path``, ``totalBytes``, ``checkpointBytes``; on ``SIM_EXIT_CODE`` the reason
+  that exit code stands for), as the annotation the completion Stage copies, unless the test
+  set a message itself. The commit is the revision when it is one, else a hash of repo and
+  revision (a stable simulated hub); ``SIM_CHECKPOINT_BYTES`` sets the size. kwok keeps no
+  logs, so no progress lines exist here: a slow download (``SIM_DURATION``) shows Downloading
+  without figures.
+
 A pod that passes every check gets the annotation ``sim.trtllm.dev/admitted``; kwok's pod
 Stages only act on admitted pods, so kwok never runs a pod a kubelet would refuse. A PVC volume
 needs nothing here: the real scheduler leaves a pod whose claim is missing or unbound Pending
@@ -31,7 +40,10 @@ the operator), no LIST per pod, one patch per decision.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -39,7 +51,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from trtllm_jobs import cache, contract
+from trtllm_operator.localcluster.stages import (
+    EXIT_CODE_ANNOTATION,
+    EXIT_CODE_ENV,
+    MESSAGE_ANNOTATION,
+    MESSAGE_ENV,
+)
+
 SIM_PREFIX = "sim.trtllm.dev"
+DOWNLOAD_SPEC_ENV = "TRTLLM_DOWNLOAD_SPEC"
 ADMITTED_ANNOTATION = f"{SIM_PREFIX}/admitted"
 CRASH_ANNOTATION = f"{SIM_PREFIX}/crash"
 CRASH_ENV = "SIM_CRASH"
@@ -137,6 +158,32 @@ def _first_env(pod: dict[str, Any], name: str) -> str | None:
         if env.get("name") == name:
             return str(env.get("value") or "")
     return None
+
+
+def simulated_download_summary(pod: dict[str, Any]) -> str | None:
+    """The termination message a download pod would write (see the module doc), or None for
+    any other pod and for a pod whose message a test steers itself."""
+    raw = _first_env(pod, DOWNLOAD_SPEC_ENV)
+    annotations = pod["metadata"].get("annotations") or {}
+    if raw is None or annotations.get(MESSAGE_ANNOTATION) or _first_env(pod, MESSAGE_ENV):
+        return None
+    spec = json.loads(raw)
+    repo, revision = spec["model"]["repo"], spec["model"]["revision"]
+    base = {"repo": repo, "revision": revision}
+    code = int(annotations.get(EXIT_CODE_ANNOTATION) or _first_env(pod, EXIT_CODE_ENV) or 0)
+    if code:
+        reason = next((str(r) for r, c in contract.EXIT_CODES.items() if c == code),
+                      str(contract.Reason.DOWNLOAD_FAILED))
+        return json.dumps({"phase": str(contract.Phase.FAILED), "reason": reason,
+                           "message": f"simulated download failure: {reason}", **base})
+    commit = revision if re.fullmatch(r"[0-9a-f]{40}", revision) else hashlib.sha1(
+        f"{repo}@{revision}".encode()).hexdigest()
+    checkpoint = int(_first_env(pod, "SIM_CHECKPOINT_BYTES") or 16_060_522_496)
+    return json.dumps({
+        "phase": str(contract.Phase.DOWNLOADED), **base, "commit": commit,
+        "path": str(cache.entry_dir(Path(spec["cacheRoot"]), repo, commit)),
+        "totalBytes": checkpoint + 9_085_657, "checkpointBytes": checkpoint, "fileCount": 9,
+        "durationSeconds": 1.0})
 
 
 def owned_by_job(pod: dict[str, Any]) -> bool:
@@ -358,7 +405,10 @@ class KubeletAdmission:
         with self._lock:
             waiting = decide(pod, self._known, pull_attempted=uid in self._pulled_once)
         if not waiting:
-            admit = {"metadata": {"annotations": {ADMITTED_ANNOTATION: "true"}}}
+            admit: dict[str, Any] = {"metadata": {"annotations": {ADMITTED_ANNOTATION: "true"}}}
+            summary = simulated_download_summary(pod)
+            if summary is not None:
+                admit["metadata"]["annotations"][MESSAGE_ANNOTATION] = summary
             self._client.patch(Pod, name, admit, namespace=ns, patch_type=PatchType.MERGE)
             with self._lock:
                 self._pending.pop((ns, name), None)
