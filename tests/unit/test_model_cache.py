@@ -21,7 +21,8 @@ from trtllm_operator.engines import model_cache as mc
 from trtllm_operator.engines.jobs import job_command
 from trtllm_operator.engines.planning import plan_target
 from trtllm_operator.engines.status import Decision
-from trtllm_operator.localcluster.kubelet import simulated_download_summary
+from trtllm_operator.localcluster import stages
+from trtllm_operator.localcluster.kubelet import download_pod_annotations
 from trtllm_operator.validation import checkpoint_size
 
 H100 = "NVIDIA-H100-80GB-HBM3"
@@ -344,13 +345,17 @@ def test_the_simulated_hub_writes_the_real_jobs_summary_shape() -> None:
     engine = _engine(revision="main")
     job = mc.download_job(engine, _plan(engine), "cm", 60)
     pod = {"metadata": {"annotations": {}}, "spec": job["spec"]["template"]["spec"]}
-    summary = json.loads(simulated_download_summary(pod) or "")
+    out = download_pod_annotations(pod, {})
+    assert set(out) == {stages.MESSAGE_ANNOTATION}
+    summary = json.loads(out[stages.MESSAGE_ANNOTATION])
     assert summary["phase"] == "Downloaded"
     assert len(summary["commit"]) == 40
     assert summary["path"] == _plan(engine).entry_path(summary["commit"])
-    pod["spec"] = copy.deepcopy(pod["spec"])
-    pod["spec"]["containers"][0]["env"].append({"name": "SIM_EXIT_CODE", "value": "8"})
-    failed = json.loads(simulated_download_summary(pod) or "")
+    steered = download_pod_annotations(pod, {
+        "sim.trtllm.dev/download-exit-code": "8", "sim.trtllm.dev/download-duration": "30s"})
+    assert steered[stages.EXIT_CODE_ANNOTATION] == "8"
+    assert steered[stages.DURATION_ANNOTATION] == "30s"
+    failed = json.loads(steered[stages.MESSAGE_ANNOTATION])
     assert (failed["phase"], failed["reason"]) == ("Failed", "ModelAccessDenied")
     build_pod = {"metadata": {}, "spec": {"containers": [{"env": []}]}}
-    assert simulated_download_summary(build_pod) is None
+    assert download_pod_annotations(build_pod, {"sim.trtllm.dev/download-exit-code": "8"}) == {}

@@ -93,7 +93,7 @@ def download_job(engine: LLMEngine, plan: ModelPlan, script_configmap: str,
       Discovery's ``nvidia.com/gpu.present``); the GPU taint is tolerated only so that a
       cluster made of GPU nodes alone can still run it;
     - the engines claim read-write (the cache lives there), the token Secret as a
-      secretKeyRef, ``spec.build.env`` (proxies, a hub mirror) as for builds;
+      secretKeyRef (``spec.build.env`` is the build container's own: not passed here);
     - no API access (``automountServiceAccountToken: false``): progress goes to the log;
     - ``JOB_NAME`` from the pod's job-name label names the staging folder, so a retry resumes.
     """
@@ -115,7 +115,6 @@ def download_job(engine: LLMEngine, plan: ModelPlan, script_configmap: str,
     if hf is not None and hf.token_secret_ref is not None:
         env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {
             "name": hf.token_secret_ref.name, "key": hf.token_secret_ref.key}}})
-    env += [e.model_dump(mode="json", by_alias=True, exclude_none=True) for e in build.env]
     entrypoint, entrypoint_mount = jobs.entrypoint_volume(script_configmap)
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
