@@ -34,6 +34,7 @@ from trtllm_operator.claims import ClaimFact, observe_claim
 from trtllm_operator.deployments import builders as serving
 from trtllm_operator.deployments.controller import DeploymentController
 from trtllm_operator.engines import jobs as jobbuilder
+from trtllm_operator.engines import model_cache
 from trtllm_operator.engines.controller import EngineController, Key
 from trtllm_operator.engines.planning import CheckpointKey, checkpoint_key
 from trtllm_operator.kube import Kube, classify, make_client, namespace_terminating
@@ -46,6 +47,15 @@ from trtllm_operator.workqueue import Backoff, TokenBucket, WorkQueue
 log = logging.getLogger(__name__)
 
 BUILD_LABELS = {labels.MANAGED_BY: labels.MANAGER, labels.COMPONENT: jobbuilder.BUILD_COMPONENT}
+
+
+def _job_component(value: str | None, **_: Any) -> bool:
+    return value in (jobbuilder.BUILD_COMPONENT, model_cache.DOWNLOAD_COMPONENT)
+
+
+# Build Jobs and model-download Jobs (and their pods): the engine reconcile reads both.
+JOB_LABELS: dict[str, Any] = {labels.MANAGED_BY: labels.MANAGER,
+                              labels.COMPONENT: _job_component}
 SERVING_LABELS = {labels.MANAGED_BY: labels.MANAGER, labels.COMPONENT: serving.SERVING_COMPONENT}
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 # Handlers receive a ``labels`` argument that shadows the module inside them.
@@ -337,7 +347,7 @@ def gpu_nodes(name: str, labels: kopf.Labels, status: kopf.Status,
     return {fact[0]: fact} if fact else None
 
 
-@kopf.index("batch", "v1", "jobs", labels=BUILD_LABELS)
+@kopf.index("batch", "v1", "jobs", labels=JOB_LABELS)
 def build_jobs(namespace: str | None, name: str, body: kopf.Body,
                      **_: Any) -> dict[tuple[str, str], Any]:
     """Build Jobs by (namespace, name), metadata and status only."""
@@ -346,7 +356,7 @@ def build_jobs(namespace: str | None, name: str, body: kopf.Body,
                                 "status": copy.deepcopy(dict(body.get("status") or {}))}}
 
 
-@kopf.index("batch", "v1", "jobs", labels=BUILD_LABELS)
+@kopf.index("batch", "v1", "jobs", labels=JOB_LABELS)
 def engine_jobs(namespace: str | None, name: str, labels: kopf.Labels,
                 **_: Any) -> dict[tuple[str, str], str] | None:
     """Build Jobs by the LLMEngine that created them."""
@@ -359,7 +369,7 @@ def _job_of(pod_labels: Mapping[str, str]) -> str | None:
     return pod_labels.get(JOB_NAME_LABEL) or pod_labels.get("job-name")
 
 
-@kopf.index("", "v1", "pods", labels=BUILD_LABELS)
+@kopf.index("", "v1", "pods", labels=JOB_LABELS)
 def build_pods(namespace: str | None, labels: kopf.Labels, body: kopf.Body,
                **_: Any) -> dict[tuple[str, str], Any] | None:
     """Build pods by (namespace, Job name): phase, conditions, termination messages."""
@@ -412,14 +422,14 @@ def _enqueue_for_job(namespace: str, job_name: str, creator: str | None) -> None
         RUNTIME.engines.add((namespace, engine))
 
 
-@kopf.on.event("batch", "v1", "jobs", labels=BUILD_LABELS)
+@kopf.on.event("batch", "v1", "jobs", labels=JOB_LABELS)
 async def on_build_job(namespace: str | None, name: str, labels: kopf.Labels,
                        **kwargs: Any) -> None:
     _bind(kwargs)
     _enqueue_for_job(namespace or "", name, labels.get(ENGINE_LABEL))
 
 
-@kopf.on.event("", "v1", "pods", labels=BUILD_LABELS)
+@kopf.on.event("", "v1", "pods", labels=JOB_LABELS)
 async def on_build_pod(namespace: str | None, labels: kopf.Labels, **kwargs: Any) -> None:
     _bind(kwargs)
     job = _job_of(labels)

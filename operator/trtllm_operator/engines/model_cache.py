@@ -34,7 +34,7 @@ from trtllm_operator.engines.status import Decision, termination_summary
 from trtllm_operator.pods import PodProblem
 
 JOB_PREFIX: Final = "trtllm-model-"
-JOB_KIND_LABEL: Final = "trtllm.dev/job-kind"
+DOWNLOAD_COMPONENT: Final = "model-download"
 REPO_ANNOTATION: Final = "trtllm.dev/model-repo"
 REVISION_ANNOTATION: Final = "trtllm.dev/model-revision"
 CONTAINER: Final = "download"
@@ -99,8 +99,7 @@ def download_job(engine: LLMEngine, plan: ModelPlan, script_configmap: str,
     """
     spec = engine.spec
     build = spec.build
-    lbl = labels.common(jobs.BUILD_COMPONENT) | {labels.ENGINE: engine.metadata.name,
-                                                 JOB_KIND_LABEL: "download"}
+    lbl = labels.common(DOWNLOAD_COMPONENT) | {labels.ENGINE: engine.metadata.name}
     env: list[dict[str, Any]] = [
         {"name": "TRTLLM_DOWNLOAD_SPEC", "value": json.dumps(download_spec(plan),
                                                              sort_keys=True)},
