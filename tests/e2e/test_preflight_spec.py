@@ -46,9 +46,13 @@ def _invalid(get_engine: Getter, name: str) -> dict[str, Any]:
     return target
 
 
-def _job_names(api_client: client.ApiClient, namespace: str) -> set[str]:
-    jobs = client.BatchV1Api(api_client).list_namespaced_job(namespace).items
+def _job_names(api_client: client.ApiClient, namespace: str, selector: str = "") -> set[str]:
+    jobs = client.BatchV1Api(api_client).list_namespaced_job(
+        namespace, label_selector=selector).items
     return {j.metadata.name for j in jobs}
+
+
+BUILDS = "app.kubernetes.io/component=engine-build"
 
 
 def _event_messages(core: client.CoreV1Api, namespace: str, name: str) -> list[str]:
@@ -89,7 +93,7 @@ def test_an_image_of_unknown_release_builds_nothing_until_the_release_is_stated(
     apply(kubectl, namespace, engine)
     target = wait_for(lambda: _launched(get_engine, "by-digest"), 60,
                       "the build to start once the release is stated")
-    assert _job_names(api_client, namespace) == {target["job"]}
+    assert _job_names(api_client, namespace, BUILDS) == {target["job"]}
 
 
 def test_a_builder_of_1_3_0rc21_is_refused_and_one_of_1_3_0rc20_builds(
@@ -104,7 +108,7 @@ def test_a_builder_of_1_3_0rc21_is_refused_and_one_of_1_3_0rc20_builds(
                            "no longer ships trtllm-build", "1.3.0rc20")
     rc20 = wait_for(lambda: _launched(get_engine, "rc20"), 60, "the 1.3.0rc20 build to start")
     settle()
-    assert _job_names(api_client, namespace) == {rc20["job"]}
+    assert _job_names(api_client, namespace, BUILDS) == {rc20["job"]}
 
 
 def test_an_unknown_build_flag_is_refused_with_the_closest_real_flag(

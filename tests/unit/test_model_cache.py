@@ -359,3 +359,11 @@ def test_the_simulated_hub_writes_the_real_jobs_summary_shape() -> None:
     assert (failed["phase"], failed["reason"]) == ("Failed", "ModelAccessDenied")
     build_pod = {"metadata": {}, "spec": {"containers": [{"env": []}]}}
     assert download_pod_annotations(build_pod, {"sim.trtllm.dev/download-exit-code": "8"}) == {}
+
+
+def test_nothing_is_downloaded_for_an_engine_that_cannot_build() -> None:
+    controller, view, writer, _ = _downloading_setup()
+    view.claims.clear()  # the engines claim is missing: no target can build
+    asyncio.run(controller.reconcile(KEY))
+    assert writer.applied == []
+    assert "modelCache" not in _status(writer)

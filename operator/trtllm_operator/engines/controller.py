@@ -166,6 +166,7 @@ class EngineController:
         previous = {t.gpu: t for t in engine.status.targets}
         plans: list[TargetPlan] = []
         decisions: list[Decision] = []
+        wants_build = False
         for gpu in targets:
             plan = plan_target(engine, gpu)
             plans.append(plan)
@@ -179,7 +180,10 @@ class EngineController:
             )
             decision = decide_target(plan, engine.spec.build.image, namespace,
                                      [*claim_findings, *by_gpu.get(gpu, [])], observed, facts)
+            wants_build = wants_build or decision.create_job
             decisions.append(mc.gate_target(decision, model) if model else decision)
+        if model is not None and model.create_job and not wants_build:
+            model = None  # every target is built or cannot build: nothing to download for
 
         # Running builds need the script too: pods of a Job whose ConfigMap was deleted would
         # wait in ContainerCreating (FailedMount) until the build deadline.
