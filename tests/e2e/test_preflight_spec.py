@@ -24,7 +24,7 @@ from tests.e2e.conftest import (
 )
 from tests.support import wait_for
 
-pytestmark = pytest.mark.usefixtures("running_operator", "gpu_fleet", "storage")
+pytestmark = pytest.mark.usefixtures("running_operator", "gpu_fleet", "storage", "hf_token")
 
 DIGEST_IMAGE = "nvcr.io/nvidia/tensorrt-llm/release@sha256:" + "a" * 64
 
