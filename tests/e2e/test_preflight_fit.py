@@ -21,7 +21,7 @@ from tests.support import wait_for
 from trtllm_operator import gpus
 from trtllm_operator.localcluster import stages
 
-pytestmark = pytest.mark.usefixtures("running_operator", "gpu_fleet", "storage")
+pytestmark = pytest.mark.usefixtures("running_operator", "gpu_fleet", "storage", "hf_token")
 
 GiB = 1 << 30
 
