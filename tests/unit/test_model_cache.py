@@ -158,6 +158,13 @@ def test_a_completed_download_without_its_pod_cannot_invent_a_commit() -> None:
     d = mc.decide_model(plan, "ml", mc.ModelObserved(job=_job("Complete")))
     assert (d.status.state, d.status.reason) == ("Failed", "DownloadSummaryMissing")
     assert f"kubectl delete job -n ml {plan.job_name}" in (d.status.message or "")
+    # What another engine recorded stands in for the lost message.
+    known = ModelCacheStatus(state="Cached", job=plan.job_name, commit=COMMIT,
+                             path=plan.entry_path(COMMIT))
+    d = mc.decide_model(plan, "ml", mc.ModelObserved(job=_job("Complete"),
+                                                     cached_elsewhere=known))
+    assert d.cached
+    assert d.status.commit == COMMIT
     # A pinned commit is its own answer.
     pinned = _plan(_engine(revision=COMMIT))
     assert mc.decide_model(pinned, "ml", mc.ModelObserved(job=_job("Complete"))).cached

@@ -237,9 +237,10 @@ def decide_model(plan: ModelPlan, namespace: str, observed: ModelObserved) -> Mo
     if _condition(job, "Complete"):
         commit = summary.get("commit")
         if not isinstance(commit, str) or not commit:
-            prev = observed.previous
-            if prev is not None and prev.state == "Cached" and prev.job == name:
-                return ModelDecision(prev)
+            # The pod (and its message) is gone: what this or another engine recorded stands.
+            for known in (observed.previous, observed.cached_elsewhere):
+                if known is not None and known.state == "Cached" and known.job == name:
+                    return ModelDecision(known.model_copy(update={"progress": None}))
             commit = plan.revision if _is_commit(plan.revision) else None
         if commit is None:
             return ModelDecision(ModelCacheStatus(
