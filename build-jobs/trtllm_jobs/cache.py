@@ -32,6 +32,14 @@ def entry_dir(root: Path, repo: str, commit: str) -> Path:
     return model_dir(root, repo) / commit
 
 
+def quantized_dir(root: Path, repo: str, commit: str, fmt: str, kv_cache_dtype: str | None
+                  ) -> Path:
+    """``<root>/quantized/<org>--<name>/<commit>/<format>[-kv<kvdtype>]``: one ModelOpt export
+    per model, commit and format, shared by every target whose GPU runs the format."""
+    leaf = fmt + (f"-kv{kv_cache_dtype}" if kv_cache_dtype else "")
+    return root / "quantized" / repo.replace("/", "--") / commit / leaf
+
+
 def read_entry(folder: Path, repo: str,
                commit: str | None = None) -> tuple[dict[str, Any] | None, str]:
     """(manifest, "") if ``folder`` is a complete cache entry of ``repo`` (at ``commit`` when

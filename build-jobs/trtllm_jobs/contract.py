@@ -34,6 +34,7 @@ class Phase(StrEnum):
 
     BUILT = "Built"
     DOWNLOADED = "Downloaded"
+    QUANTIZED = "Quantized"
     CACHE_HIT = "CacheHit"
     """The artifact was already published (by an earlier job, or by another one meanwhile)."""
     FAILED = "Failed"
@@ -50,6 +51,8 @@ class Reason(StrEnum):
     MODEL_DOES_NOT_FIT = "ModelDoesNotFit"
     MODEL_ACCESS_DENIED = "ModelAccessDenied"
     CACHED_MODEL_INVALID = "CachedModelInvalid"
+    MODELOPT_MISSING = "ModelOptMissing"
+    CALIBRATION_DATA_MISSING = "CalibrationDataMissing"
     GPU_UNAVAILABLE = "GpuUnavailable"
     EXAMPLES_NOT_FOUND = "ExamplesNotFound"
     DOWNLOAD_FAILED = "DownloadFailed"
@@ -70,6 +73,8 @@ EXIT_CODES: Final[Mapping[Reason, int]] = {
     Reason.MODEL_DOES_NOT_FIT: 7,
     Reason.MODEL_ACCESS_DENIED: 8,
     Reason.CACHED_MODEL_INVALID: 9,
+    Reason.MODELOPT_MISSING: 10,
+    Reason.CALIBRATION_DATA_MISSING: 11,
 }
 """The one reason -> exit code map of every job kind. These cannot be fixed by retrying the
 same pod (the operator fails the Job at once on them); every other failure exits 1; success

@@ -196,3 +196,23 @@ TOKENIZER_FILES: Final = (
 )
 """Files trtllm-serve's tokenizer loader reads from the engine folder. trtllm-build writes no
 tokenizer, and config.json is deliberately absent: the engine has its own."""
+
+
+# --------------------------------------------------------------------------- quantize job
+
+MODELOPT_CONFIGS: Final[Mapping[str, str]] = {
+    "fp8": "FP8_DEFAULT_CFG",
+    "nvfp4": "NVFP4_DEFAULT_CFG",
+    "int4_awq": "INT4_AWQ_CFG",
+    "w4a8_awq": "W4A8_AWQ_BETA_CFG",
+}
+"""The PyTorch line's quantization formats and the ModelOpt config each is quantized with
+(``modelopt_python_api.quantize.configs`` of trtllm_flags_1_3.json; a test keeps them equal).
+No int8_sq: ModelOpt exports it as a legacy TensorRT-LLM checkpoint, which trtllm-serve of that
+line cannot load."""
+MODELOPT_KV_CONFIGS: Final[Mapping[str, str]] = {"fp8": "FP8_KV_CFG"}
+"""KV-cache dtypes the quantize job calibrates scales for, and their ModelOpt config."""
+HF_QUANT_CONFIG: Final = "hf_quant_config.json"
+"""What ``export_hf_checkpoint`` writes beside the weights and trtllm-serve recognises a
+ModelOpt checkpoint by: an export without it is not quantized."""
+

@@ -33,6 +33,8 @@ from .facts import (
     DTYPES,
     KV_CACHE_DTYPES,
     LIMIT_FLAGS,
+    MODELOPT_CONFIGS,
+    MODELOPT_KV_CONFIGS,
     QUANT_FORMATS,
     TRTLLM_BUILD_FLAGS,
     Flag,
@@ -40,6 +42,7 @@ from .facts import (
 
 ENV_BUILD_SPEC: Final = "TRTLLM_BUILD_SPEC"
 ENV_DOWNLOAD_SPEC: Final = "TRTLLM_DOWNLOAD_SPEC"
+ENV_QUANTIZE_SPEC: Final = "TRTLLM_QUANTIZE_SPEC"
 REPO_PATTERN: Final = r"([A-Za-z0-9][-A-Za-z0-9_.]*/)?[A-Za-z0-9][-A-Za-z0-9_.]*"
 COMMIT_PATTERN: Final = r"[0-9a-f]{40}"
 
@@ -299,3 +302,96 @@ def parse_download_spec(raw: Any) -> DownloadSpec:
 def is_commit(revision: str) -> bool:
     """A full commit sha: the cache entry can be looked up without asking the hub."""
     return re.fullmatch(COMMIT_PATTERN, revision) is not None
+
+
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+    """Where the quantize job's calibration samples come from: a file or folder on the claim
+    (offline), or, only when the spec names one, a dataset fetched through ModelOpt."""
+
+    dataset_path: Path | None
+    dataset: str | None
+    size: int
+    max_seq_length: int
+    batch_size: int
+
+    def describe(self) -> str:
+        where = str(self.dataset_path) if self.dataset_path else f"dataset {self.dataset}"
+        return f"{self.size} samples of {self.max_seq_length} tokens from {where}"
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizeSpec:
+    """A validated quantize spec: one cached checkpoint, one format, one calibration."""
+
+    raw: Mapping[str, Any]
+    repo: str
+    commit: str
+    cached_path: Path
+    format: str
+    kv_cache_dtype: str | None
+    calibration: Calibration | None
+    """None: the spec named no calibration data (the job fails with CalibrationDataMissing,
+    naming the fix, rather than fetching a default dataset)."""
+    cache_root: Path
+
+    @property
+    def output_dir(self) -> Path:
+        return cache.quantized_dir(self.cache_root, self.repo, self.commit, self.format,
+                                   self.kv_cache_dtype)
+
+    def describe(self) -> str:
+        kv = f" (KV cache {self.kv_cache_dtype})" if self.kv_cache_dtype else ""
+        return f"{self.repo}@{self.commit[:12]} as {self.format}{kv}"
+
+
+_QUANTIZE_FIELDS: Final = frozenset({"version", "kind", "model", "format", "kvCacheDtype",
+                                     "calibration", "cacheRoot"})
+_CALIBRATION_FIELDS: Final = ("datasetPath", "dataset", "size", "maxSeqLength", "batchSize")
+
+
+def parse_quantize_spec(raw: Any) -> QuantizeSpec:
+    """``{"version": 1, "kind": "quantize", "model": {"repo", "commit", "cachedPath"},
+    "format": "fp8", "kvCacheDtype": null, "calibration": {"datasetPath" | "dataset", "size",
+    "maxSeqLength", "batchSize"} | null, "cacheRoot": "/engines"}``."""
+    obj = as_object(raw, "(spec)")
+    known_keys(obj, _QUANTIZE_FIELDS, "")
+    if obj.get("version") != SPEC_VERSION:
+        invalid("version", f"this entrypoint reads spec version {SPEC_VERSION}, got "
+                           f"{json.dumps(obj.get('version'))}: the operator and the entrypoint "
+                           "differ")
+    if obj.get("kind") != "quantize":
+        invalid("kind", f"must be \"quantize\", got {json.dumps(obj.get('kind'))}")
+    model = as_object(obj.get("model"), "model")
+    known_keys(model, ("repo", "commit", "cachedPath"), "model")
+    repo = required_string(model, "repo", "model.repo", pattern=REPO_PATTERN)
+    commit = required_string(model, "commit", "model.commit", pattern=COMMIT_PATTERN)
+    cached = absolute_path(model, "cachedPath", "model.cachedPath")
+    legacy = " (int8_sq exports a legacy TensorRT-LLM checkpoint)" if obj.get(
+        "format") == "int8_sq" else ""
+    fmt = string(obj, "format", "format", optional=True)
+    if fmt not in MODELOPT_CONFIGS:
+        invalid("format", f"{json.dumps(fmt)} is not a format of the PyTorch line{legacy}; "
+                          f"choose one of {', '.join(MODELOPT_CONFIGS)}")
+    assert fmt is not None
+    kv = string(obj, "kvCacheDtype", "kvCacheDtype", choices=tuple(MODELOPT_KV_CONFIGS),
+                optional=True)
+    calibration = None
+    if obj.get("calibration") is not None:
+        calib = as_object(obj["calibration"], "calibration")
+        known_keys(calib, _CALIBRATION_FIELDS, "calibration")
+        path = (absolute_path(calib, "datasetPath", "calibration.datasetPath")
+                if calib.get("datasetPath") is not None else None)
+        dataset = string(calib, "dataset", "calibration.dataset", optional=True)
+        if (path is None) == (dataset is None):
+            invalid("calibration", "name exactly one source: datasetPath (a file or folder on "
+                                   "the claim, read offline) or dataset (fetched)")
+        ints = {key: positive_int(calib.get(key), f"calibration.{key}",
+                                  default=int(CALIBRATION_DEFAULTS[key]))
+                for key in ("size", "batchSize", "maxSeqLength")}
+        calibration = Calibration(path, dataset, ints["size"], ints["maxSeqLength"],
+                                  ints["batchSize"])
+    return QuantizeSpec(raw=obj, repo=repo, commit=commit, cached_path=cached, format=fmt,
+                        kv_cache_dtype=kv, calibration=calibration,
+                        cache_root=absolute_path(obj, "cacheRoot", "cacheRoot"))
+

@@ -22,7 +22,7 @@ Arity = Literal["none", "one", "many"]
 
 _SECTIONS: Final[dict[Tool, str]] = {"trtllm-build": "trtllm_build",
                                      "trtllm-serve": "trtllm_serve"}
-_FILES: Final = {"1.2": "trtllm_flags_1_2.json"}
+_FILES: Final = {"1.2": "trtllm_flags_1_2.json", "1.3": "trtllm_flags_1_3.json"}
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,12 @@ class FlagSpec:
     type: str
     choices: tuple[str, ...] | None
     """The values it accepts when the table enumerates them."""
+    use: str | None = None
+    """What the operator does with it (1.3 table): emitted, operatorOwned, extraArg, refused."""
+    note: str | None = None
+    """Why, when the table says."""
+    emit_as: str | None = None
+    """The spelling the operator writes, for an emitted flag."""
 
     @property
     def arity(self) -> Arity:
@@ -57,27 +63,69 @@ class FlagTable:
 
 
 @cache
+def _document(line: str) -> dict[str, Any]:
+    text = resources.files("trtllm_operator").joinpath("data", _FILES[line]).read_text()
+    document: dict[str, Any] = json.loads(text)
+    return document
+
+
+@cache
 def table(tool: Tool, line: str = "1.2") -> FlagTable:
     """The table of ``tool`` for a release line (``KeyError`` for a line without one)."""
-    text = resources.files("trtllm_operator").joinpath("data", _FILES[line]).read_text()
-    section: dict[str, dict[str, Any]] = json.loads(text)[_SECTIONS[tool]]
+    section: dict[str, Any] = _document(line)[_SECTIONS[tool]]
+    # The 1.3 table nests the flags under "options" (next to "positional"); 1.2 lists them flat.
+    entries: dict[str, dict[str, Any]] = section.get("options", section)
     flags: dict[str, FlagSpec] = {}
-    for name, entry in section.items():
+    for name, entry in entries.items():
         if not name.startswith("--"):
             continue  # a positional argument (trtllm-serve's MODEL)
         choices = entry.get("choices")
-        spec = FlagSpec(name, entry["type"],
-                        tuple(choices) if isinstance(choices, list) else None)
+        kind = entry["type"] + (" multiple" if entry.get("multiple") else "")
+        spec = FlagSpec(name, kind, tuple(choices) if isinstance(choices, list) else None,
+                        entry.get("use"), entry.get("note"), entry.get("emit_as"))
         aliases = entry.get("aliases")
         for spelling in (name, *(aliases if isinstance(aliases, list) else [])):
             flags[spelling] = spec
     return FlagTable(tool, line, flags)
 
 
+def line_of(release: facts.Release) -> str | None:
+    """The flag table line a release is checked against: ``1.2`` for every release that
+    builds engines (1.0 to 1.3.0rc20), ``1.3`` for the PyTorch line (1.3.0rc21 on); None
+    before 1.0."""
+    if release in facts.ENGINE_RELEASES:
+        return "1.2"
+    return "1.3" if release in facts.PYTORCH_RELEASES else None
+
+
 def for_release(tool: Tool, release: facts.Release) -> FlagTable | None:
     """The table to check ``tool``'s flags in ``release`` against, if the project has one.
 
-    The 1.2 table stands for every release that builds engines (1.0 to 1.3.0rc20): it is the
-    line the project was read from and tested against.
+    The 1.2 table stands for every release that builds engines: it is the line the project was
+    read from and tested against. The PyTorch line has no trtllm-build.
     """
-    return table(tool, "1.2") if release in facts.ENGINE_RELEASES else None
+    line = line_of(release)
+    if line is None or (tool == "trtllm-build" and line != "1.2"):
+        return None
+    return table(tool, line)
+
+
+@dataclass(frozen=True)
+class OptionsFile:
+    """How trtllm-serve takes its options file on a release line, and the keys users may not
+    set in it."""
+
+    flag: str
+    refused_user_keys: tuple[str, ...]
+    why_refused: str
+
+
+@cache
+def options_file(line: str) -> OptionsFile:
+    """The options-file facts of a release line: the flag from the table (``--config`` on the
+    PyTorch line); 1.2 has only ``--extra_llm_api_options`` and refuses no key."""
+    section = _document(line).get("options_file")
+    if section is None:
+        return OptionsFile("--extra_llm_api_options", (), "")
+    refused = section["refused_user_keys"]
+    return OptionsFile(section["flag"], tuple(refused["keys"]), refused["why"])

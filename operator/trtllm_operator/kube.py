@@ -61,6 +61,14 @@ def namespace_terminating(exc: ApiError) -> bool:
     return exc.status.code == 403 and "being terminated" in (exc.status.message or "")
 
 
+def invalid_refusal(exc: Exception) -> str | None:
+    """The API server's message when it refused a write as invalid (422): the object built
+    from the user's spec breaks a rule of Kubernetes itself, and retrying cannot help."""
+    if isinstance(exc, ApiError) and exc.status.code == 422:
+        return exc.status.message or "the object is invalid"
+    return None
+
+
 # Refusals that resolve themselves on a retry: optimistic concurrency (409 Conflict on a
 # finalizer or status change), the server shedding load (429) or restarting (5xx).
 TRANSIENT_CODES = frozenset({409, 429, 500, 502, 503, 504})

@@ -257,3 +257,44 @@ ENGINE_RELEASES: Final = ReleaseRange(FIRST_RELEASE_WITH_TENSORRT_BACKEND_FLAG,
                                       FIRST_RELEASE_WITHOUT_TRTLLM_BUILD)
 """Releases that build engines with ``trtllm-build`` and serve them with ``--backend
 tensorrt``: the releases the operator accepts (a later backend choice may add another range)."""
+
+FIRST_RELEASE_OF_PYTORCH_LINE: Final = FIRST_RELEASE_WITHOUT_TRTLLM_BUILD
+"""The first release the project's PyTorch-line flag table (``trtllm_flags_1_3.json``) covers:
+read from NVIDIA's sources after the TensorRT backend was removed. Earlier releases also had a
+PyTorch backend, but their serve options were not read, so the operator does not serve it there."""
+
+PYTORCH_RELEASES: Final = ReleaseRange(FIRST_RELEASE_OF_PYTORCH_LINE, None)
+"""Releases that serve Hugging Face checkpoints with ``trtllm-serve --backend pytorch`` as the
+operator writes it (1.3.0rc21 on, 1.4.x)."""
+
+# --------------------------------------------------------------------------- backends
+
+Backend = Literal["tensorrt", "pytorch"]
+"""``spec.backend`` of an LLMEngine: ``tensorrt`` compiles one engine per GPU type with
+trtllm-build; ``pytorch`` serves the Hugging Face checkpoint (or its ModelOpt-quantized export)
+directly."""
+
+BACKEND_RELEASES: Final[Mapping[Backend, ReleaseRange]] = {
+    "tensorrt": ENGINE_RELEASES,
+    "pytorch": PYTORCH_RELEASES,
+}
+"""The releases each backend works with (builder and serving image alike)."""
+
+
+def backend_of_release(release: Release | None) -> Backend:
+    """The backend an image's release implies when spec.backend is unset: pytorch from
+    1.3.0rc21 on (trtllm-build is gone), tensorrt before and when the release is unknown (then
+    the image check refuses the spec anyway, with ImageReleaseUnknown)."""
+    if release is not None and release in PYTORCH_RELEASES:
+        return "pytorch"
+    return "tensorrt"
+
+
+PYTORCH_QUANT_FORMATS: Final[tuple[QuantFormat, ...]] = ("fp8", "nvfp4", "int4_awq", "w4a8_awq")
+"""Formats the pytorch backend offers: ModelOpt exports them as Hugging Face (unified)
+checkpoints that trtllm-serve loads (``modelopt_hf_ptq.operator_formats`` of the 1.3 table).
+int8_sq is not one: ModelOpt still exports it as a legacy TensorRT-LLM checkpoint, which only
+trtllm-build reads."""
+
+PYTORCH_KV_CACHE_DTYPES: Final[tuple[KvCacheDtype, ...]] = ("fp8",)
+"""KV-cache dtypes the quantize Job writes scales for (ModelOpt's fp8 KV-cache config)."""

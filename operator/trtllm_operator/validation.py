@@ -78,6 +78,12 @@ class Reason(StrEnum):
     GPU_NOT_A_TARGET = "GPUNotATarget"
     SERVE_LIMIT_EXCEEDS_ENGINE = "ServeLimitExceedsEngine"
     MODEL_DOES_NOT_FIT = "ModelDoesNotFit"
+    # A free-form Kubernetes sub-object (affinity, env valueFrom) of the wrong shape.
+    POD_FIELD_INVALID = "PodFieldInvalid"
+    BACKEND_UNSUPPORTED_BY_IMAGE = "BackendUnsupportedByImage"
+    FIELD_NOT_FOR_BACKEND = "FieldNotForBackend"
+    CALIBRATION_DATA_MISSING = "CalibrationDataMissing"
+    OPTION_NOT_ALLOWED = "OptionNotAllowed"
 
 
 @dataclass(frozen=True)
@@ -149,9 +155,10 @@ def validate_engine(spec: LLMEngineSpec, cluster: ClusterFacts,
 
     ``size`` is the checkpoint's size when known (see :func:`checkpoint_size`)."""
     found: list[Finding] = []
-    found += check_image(spec.build.image, spec.build.image_release, "spec.build.image",
-                         "spec.build.imageRelease", Reason.BUILDER_IMAGE_UNSUPPORTED)
-    found += check_build_extra_args(spec)
+    found += check_builder_image(spec)
+    found += check_backend_fields(spec)
+    if effective_backend(spec) == "tensorrt":
+        found += check_build_extra_args(spec)
     found += check_revision(spec)
     found += check_plain_text_secrets(spec.build.env, "spec.build.env",
                                       hugging_face_fix=spec.model.hugging_face is not None)
@@ -165,6 +172,140 @@ def validate_engine(spec: LLMEngineSpec, cluster: ClusterFacts,
                                         fix=f"or remove {target} from spec.targets")
         found += check_memory_fit(spec, target, cluster, size)
     return tuple(found)
+
+
+def effective_backend(spec: LLMEngineSpec) -> facts.Backend:
+    """The backend an LLMEngine uses: spec.backend, else the one its builder image's release
+    implies (tensorrt up to 1.3.0rc20, pytorch from 1.3.0rc21 on). The one place this is
+    decided: validation, status, planning and the serving builders all ask here."""
+    if spec.backend is not None:
+        return spec.backend
+    build = spec.build
+    return facts.backend_of_release(facts.effective_release(build.image, build.image_release))
+
+
+_BACKEND_EXAMPLE: Mapping[facts.Backend, str] = {
+    "tensorrt": facts.DEFAULT_TRTLLM_IMAGE,
+    "pytorch": f"nvcr.io/nvidia/tensorrt-llm/release:{facts.FIRST_RELEASE_OF_PYTORCH_LINE}",
+}
+
+
+def check_builder_image(spec: LLMEngineSpec) -> list[Finding]:
+    """spec.build.image against the backend: an explicit spec.backend its release cannot do is
+    BackendUnsupportedByImage (on spec.backend); otherwise the image check of the backend the
+    release implies (an unknown release, or one older than any backend)."""
+    build = spec.build
+    release = facts.effective_release(build.image, build.image_release)
+    wanted = spec.backend
+    if release is None or wanted is None:
+        return check_image(build.image, build.image_release, "spec.build.image",
+                           "spec.build.imageRelease", Reason.BUILDER_IMAGE_UNSUPPORTED,
+                           facts.BACKEND_RELEASES[effective_backend(spec)])
+    supported = facts.BACKEND_RELEASES[wanted]
+    if release in supported:
+        return []
+    other: facts.Backend = "pytorch" if wanted == "tensorrt" else "tensorrt"
+    why = {"tensorrt": f"trtllm-build and the TensorRT engine backend exist only from "
+                       f"{_first(supported)} to {_before(supported)}",
+           "pytorch": f"the operator serves Hugging Face checkpoints with --backend pytorch "
+                      f"from {_first(supported)} on (the release line its flag table covers)"}
+    switch = (f"set spec.backend {other} (or remove it: the image's release implies {other})"
+              if release in facts.BACKEND_RELEASES[other] else "")
+    stated = f" (spec.build.imageRelease {build.image_release})" if build.image_release else ""
+    return [Finding(
+        Reason.BACKEND_UNSUPPORTED_BY_IMAGE, Severity.ERROR, "spec.backend",
+        f"spec.backend {wanted} cannot run in spec.build.image {build.image}, which is "
+        f"TensorRT-LLM {release}{stated}: {why[wanted]}; use such a release, e.g. "
+        f"{_BACKEND_EXAMPLE[wanted]}" + (f", or {switch}" if switch else ""),
+    )]
+
+
+def check_backend_fields(spec: LLMEngineSpec) -> list[Finding]:
+    """Fields that mean nothing for the backend in effect, decided field by field:
+
+    pytorch builds no engine, so what only trtllm-build reads is refused rather than silently
+    ignored (spec.build.limits, plugins, extraArgs, a dtype other than auto); quantization is a
+    ModelOpt export there, so only its formats (fp8, nvfp4, int4_awq, w4a8_awq; never int8_sq,
+    which ModelOpt exports as a legacy engine checkpoint) and the fp8 KV cache it calibrates,
+    with calibration data named by the spec. tensorrt's quantize.py reads neither
+    calibration.datasetPath nor downloadDataset.
+    """
+    backend = effective_backend(spec)
+    build = spec.build
+    quant = build.quantization
+    calibration = quant.calibration if quant is not None else None
+    found: list[Finding] = []
+
+    def refuse(field_name: str, message: str, reason: Reason = Reason.FIELD_NOT_FOR_BACKEND
+               ) -> None:
+        found.append(Finding(reason, Severity.ERROR, field_name,
+                             f"{field_name} {message}"))
+
+    if backend == "tensorrt":
+        if calibration is not None and calibration.dataset_path is not None:
+            refuse("spec.build.quantization.calibration.datasetPath",
+                   "is read only by the pytorch backend's quantize Job; quantize.py of the "
+                   "tensorrt backend takes calibration.dataset by name: remove datasetPath")
+        if calibration is not None and calibration.download_dataset:
+            refuse("spec.build.quantization.calibration.downloadDataset",
+                   "is read only by the pytorch backend's quantize Job: remove it")
+        return found
+    serve_fields = "maxBatchSize, maxNumTokens, maxSeqLen, maxBeamWidth"
+    if build.limits is not None:
+        refuse("spec.build.limits",
+               f"has no effect with the pytorch backend: nothing is built, trtllm-serve plans "
+               f"memory when it starts; set the runtime limits in each LLMDeployment's "
+               f"spec.serve ({serve_fields}) and remove spec.build.limits")
+    if build.plugins is not None:
+        refuse("spec.build.plugins", "are trtllm-build settings and the pytorch backend runs "
+                                     "no trtllm-build: remove spec.build.plugins")
+    if build.extra_args:
+        refuse("spec.build.extraArgs", "are trtllm-build flags and the pytorch backend runs no "
+                                       "trtllm-build: remove them (trtllm-serve flags go in "
+                                       "an LLMDeployment's spec.serve.extraArgs)")
+    if build.dtype != "auto":
+        refuse("spec.build.dtype", f"{build.dtype}: the pytorch backend serves the "
+                                   f"checkpoint in its own dtype; set it to auto or remove it")
+    if quant is None:
+        return found
+    formats = ", ".join(facts.PYTORCH_QUANT_FORMATS)
+    if quant.format is not None and quant.format not in facts.PYTORCH_QUANT_FORMATS:
+        legacy = (" (ModelOpt exports it as a legacy TensorRT-LLM checkpoint, which only "
+                  "trtllm-build reads)" if quant.format == "int8_sq" else "")
+        refuse("spec.build.quantization.format",
+               f"{quant.format} is not offered with the pytorch backend{legacy}: choose one of "
+               f"{formats}, or set spec.backend tensorrt with a 1.2 image",
+               Reason.QUANTIZATION_UNSUPPORTED)
+    kv = quant.kv_cache_dtype
+    if kv is not None and kv not in facts.PYTORCH_KV_CACHE_DTYPES:
+        refuse("spec.build.quantization.kvCacheDtype",
+               f"{kv} is not offered with the pytorch backend: use "
+               f"{', '.join(facts.PYTORCH_KV_CACHE_DTYPES)} or remove it",
+               Reason.KV_CACHE_DTYPE_UNSUPPORTED)
+    elif kv is not None and quant.format is None:
+        refuse("spec.build.quantization.kvCacheDtype",
+               f"{kv} without a format: with the pytorch backend the KV-cache scales come from "
+               f"the quantize Job, which runs for a format; add spec.build.quantization.format "
+               f"({formats}), or drop quantization and pass --kv_cache_dtype {kv} in the "
+               f"LLMDeployment's spec.serve.extraArgs")
+    if quant.format in facts.QUANT_FORMATS_NEEDING_CALIBRATION:
+        if calibration is None or (calibration.dataset_path is None
+                                   and not calibration.download_dataset):
+            refuse("spec.build.quantization.calibration",
+                   f"must name the calibration data for {quant.format}: the quantize Job "
+                   f"runs offline and never downloads by surprise; set calibration.datasetPath "
+                   f"to a .jsonl file or folder on the storage claim, or set "
+                   f"calibration.downloadDataset true to fetch calibration.dataset "
+                   f"({calibration.dataset if calibration else facts.DEFAULT_CALIBRATION_DATASET}"
+                   f") from the Hugging Face Hub",
+                   Reason.CALIBRATION_DATA_MISSING)
+        elif calibration.dataset_path is not None and calibration.download_dataset:
+            refuse("spec.build.quantization.calibration",
+                   "sets both datasetPath and downloadDataset: the quantize Job reads one "
+                   "source; remove downloadDataset to calibrate offline from datasetPath, or "
+                   "datasetPath to fetch calibration.dataset",
+                   Reason.CALIBRATION_DATA_MISSING)
+    return found
 
 
 def check_image(image: str, image_release: str | None, field_name: str, release_field: str,
@@ -190,9 +331,15 @@ def check_image(image: str, image_release: str | None, field_name: str, release_
         )]
     if release in supported:
         return []
+    stated = f" ({release_field} {image_release})" if image_release is not None else ""
+    if supported == facts.PYTORCH_RELEASES:
+        return [Finding(reason, Severity.ERROR, field_name, (
+            f"{field_name} {image} is TensorRT-LLM {release}{stated}, older than "
+            f"{_first(supported)}, the first release the operator serves the pytorch backend "
+            f"with: use a release from {_first(supported)} on, e.g. "
+            f"{_BACKEND_EXAMPLE['pytorch']}"))]
     use = (f"use a release from {_first(supported)} to {_before(supported)}, e.g. "
            f"{facts.DEFAULT_TRTLLM_IMAGE}")
-    stated = f" ({release_field} {image_release})" if image_release is not None else ""
     if supported.end is not None and release >= supported.end:
         problem = ("which no longer ships trtllm-build or the TensorRT engine backend "
                    f"(removed in {facts.FIRST_RELEASE_WITHOUT_TRTLLM_BUILD})")
@@ -249,7 +396,18 @@ SERVE_FLAGS_NOT_ALLOWED: Mapping[str, str] = {
     flag: "the operator writes it from the fields of spec.serve: use those instead"
     for flag in facts.SERVE_FLAGS_SET_BY_OPERATOR
 }
-"""Real trtllm-serve flags spec.serve.extraArgs may not carry, and why."""
+"""Real trtllm-serve flags spec.serve.extraArgs may not carry, and why (1.2 line)."""
+
+
+def serve_flags_not_allowed(flags: flag_tables.FlagTable) -> Mapping[str, str]:
+    """The trtllm-serve flags spec.serve.extraArgs may not carry on a release line, and why:
+    on the PyTorch line the table says it per flag (every use but extraArg)."""
+    if flags.line == "1.2":
+        return SERVE_FLAGS_NOT_ALLOWED
+    written = "the operator writes it from the fields of spec.serve: use those instead"
+    return {spelling: (written if spec.use == "emitted"
+                       else f"{spec.note or 'the operator does not pass it'}; remove it")
+            for spelling, spec in flags.flags.items() if spec.use != "extraArg"}
 
 
 def check_build_extra_args(spec: LLMEngineSpec) -> list[Finding]:
@@ -272,7 +430,22 @@ def check_serve_extra_args(spec: LLMDeploymentSpec, engine: LLMEngineSpec) -> li
     if flags is None:
         return []
     return check_extra_args(spec.serve.extra_args, flags, "spec.serve.extraArgs",
-                            SERVE_FLAGS_NOT_ALLOWED)
+                            serve_flags_not_allowed(flags))
+
+
+def check_serve_options(spec: LLMDeploymentSpec) -> list[Finding]:
+    """Keys of spec.serve.extraLlmApiOptions the pytorch backend's options file must not take
+    from the user: each repeats a flag the operator writes or a key it sets, and which side
+    wins differs between releases (the 1.3 table's refused_user_keys)."""
+    options = spec.serve.extra_llm_api_options or {}
+    file = flag_tables.options_file("1.3")
+    return [Finding(
+        Reason.OPTION_NOT_ALLOWED, Severity.ERROR, f"spec.serve.extraLlmApiOptions.{key}",
+        f"spec.serve.extraLlmApiOptions.{key} is set by the operator (from spec.serve or the "
+        f"engine's parallelism, or for metrics) and the file is applied after the flags, so "
+        f"yours would silently win in some releases and lose in others: remove it and use the "
+        f"spec.serve field instead",
+    ) for key in sorted(set(options) & set(file.refused_user_keys))]
 
 
 def check_extra_args(args: Sequence[str], flags: flag_tables.FlagTable, field_name: str,
@@ -640,13 +813,18 @@ def validate_deployment(spec: LLMDeploymentSpec, engine: LLMEngineSpec | None,
             f"spec.engineRef.name {name}: there is no LLMEngine of that name in this "
             f"namespace; create it or correct the name",
         ), *found)
+    backend = effective_backend(engine)
     if spec.image is not None:
         found += check_image(spec.image, spec.image_release, "spec.image", "spec.imageRelease",
-                             Reason.SERVING_IMAGE_UNSUPPORTED)
+                             Reason.SERVING_IMAGE_UNSUPPORTED, facts.BACKEND_RELEASES[backend])
         found += check_same_release(spec, engine, name)
     found += check_serve_extra_args(spec, engine)
     found += check_gpu_is_target(spec.gpu, engine, name, resolved)
-    found += check_serve_limits(spec, engine, name)
+    if backend == "tensorrt":
+        # The pytorch backend builds nothing: no engine limit to exceed.
+        found += check_serve_limits(spec, engine, name)
+    else:
+        found += check_serve_options(spec)
     if spec.gpu is not None and (spec.gpu in engine.targets or spec.gpu in (resolved or ())):
         found += check_parallelism_fits(
             engine.build.parallelism, spec.gpu, cluster, field_name="spec.gpu",

@@ -85,14 +85,13 @@ HF_TOKEN_SECRET = "hf-token"
 
 @pytest.fixture
 def hf_token(core: client.CoreV1Api, namespace: str) -> str:
-    """The Secret the samples' tokenSecretRef names (key HF_TOKEN), as a user would create it.
+    """The Secret the sample engines name in ``tokenSecretRef`` (key HF_TOKEN), as a user makes it.
 
-    The local kubelet simulator refuses to start a container whose Secret is missing, as a
-    real kubelet does, so every test that builds a sample engine needs it.
+    The simulated kubelet refuses to start a build pod whose token Secret is missing, as a real
+    one does. The value is a placeholder: nothing ever calls Hugging Face.
     """
     core.create_namespaced_secret(namespace, {
-        "metadata": {"name": HF_TOKEN_SECRET},
-        "stringData": {"HF_TOKEN": "hf_" + "x" * 34}})
+        "metadata": {"name": HF_TOKEN_SECRET}, "stringData": {"HF_TOKEN": "hf_placeholder"}})
     return HF_TOKEN_SECRET
 
 

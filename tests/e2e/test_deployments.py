@@ -18,7 +18,8 @@ from tests.support import wait_for
 from trtllm_operator import gpus
 from trtllm_operator.localcluster import stages
 
-pytestmark = pytest.mark.usefixtures("running_operator", "gpu_fleet", "storage", "hf_token")
+pytestmark = pytest.mark.usefixtures("running_operator", "gpu_fleet", "storage",
+                                      "hf_token")
 
 
 def _llmd(name: str, engine: str, gpu: str | None = None, replicas: int = 1,

@@ -28,7 +28,8 @@ from tests.support import wait_for
 from trtllm_operator import gpus
 from trtllm_operator.localcluster import stages
 
-pytestmark = pytest.mark.usefixtures("running_operator", "gpu_fleet", "storage", "hf_token")
+pytestmark = pytest.mark.usefixtures("running_operator", "gpu_fleet", "storage",
+                                      "hf_token")
 
 
 def _build_jobs(batch: client.BatchV1Api, namespace: str) -> list[client.V1Job]:

@@ -1,32 +1,43 @@
 """Property test: every generated LLMEngine / LLMDeployment spec is either refused at admission
 with a message naming the field, or accepted and judged by the running operator (a Ready
-condition with a CamelCase reason at the object's generation). The operator never logs a
-traceback for any of them.
+condition with a CamelCase reason at the object's generation). The operator never dies and
+never logs a traceback for any of them.
 
-The outcomes are not hard-coded: the checks change, the contract does not. FUZZ_SPECS sets how
-many specs a run tries (default 120, part of `make test`; `make fuzz` runs 10,000).
+Most specs are a valid sample (samples/) with ONE field mutated -- dropped, of the wrong type,
+out of range, an odd string or an extreme integer -- so both the refused and the accepted paths
+are exercised; some are samples as they are, some are generated from scratch. The outcomes are
+not hard-coded: the checks change, the contract does not. FUZZ_SPECS sets how many specs a run
+tries (default 200, part of `make test`; `make fuzz` runs 10,000). The run ends with one summary
+line: specs tried, refused at admission, accepted (by Ready reason), operator crashes and
+tracebacks.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+import yaml
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from tests.conftest import ROOT, Kubectl
+from tests.e2e.conftest import H100, L40S, apply, small_engine
+from trtllm_operator.localcluster.cluster import static_rwx_claim
 from trtllm_operator.localcluster.operator_process import OperatorProcess
 
 BATCH = 20
-SPECS = int(os.environ.get("FUZZ_SPECS", "120"))
+SPECS = int(os.environ.get("FUZZ_SPECS", "200"))
 JUDGE_WAIT = float(os.environ.get("FUZZ_JUDGE_WAIT", "60"))
 CAMEL = re.compile(r"^[A-Z][A-Za-z0-9]+$")
 
@@ -92,8 +103,103 @@ DEPLOYMENT_SPEC = st.fixed_dictionaries({
     "env": ENV,
 })
 
-SPEC = st.one_of(st.tuples(st.just("llmengines"), NAMES, ENGINE_SPEC),
-                 st.tuples(st.just("llmdeployments"), NAMES, DEPLOYMENT_SPEC))
+RANDOM_SPEC = st.one_of(st.tuples(st.just("llmengines"), NAMES, ENGINE_SPEC),
+                        st.tuples(st.just("llmdeployments"), NAMES, DEPLOYMENT_SPEC))
+
+# --------------------------------------------------------------------------- sample mutations
+
+# The engine the generated deployments name (the samples' own engines are built too), created
+# before the specs run so that accepted deployments go on to roll out.
+SERVED_ENGINE = "fz-engine"
+PLURALS = {"LLMEngine": "llmengines", "LLMDeployment": "llmdeployments"}
+
+
+def _samples() -> list[tuple[str, str, dict[str, Any]]]:
+    """(plural, name, spec) of every sample."""
+    found = []
+    for path in sorted((ROOT / "samples").glob("*.yaml")):
+        doc = yaml.safe_load(path.read_text())
+        found.append((PLURALS[doc["kind"]], doc["metadata"]["name"], doc["spec"]))
+    return found
+
+
+SAMPLES = _samples()
+
+Path_ = tuple[str | int, ...]
+
+
+def _paths(node: Any, prefix: Path_ = ()) -> list[Path_]:
+    """Every key and list item below ``node``, as paths from it."""
+    if isinstance(node, dict):
+        items: list[tuple[str | int, Any]] = list(node.items())
+    elif isinstance(node, list):
+        items = list(enumerate(node))
+    else:
+        return []
+    found: list[Path_] = []
+    for key, value in items:
+        found.append((*prefix, key))
+        found += _paths(value, (*prefix, key))
+    return found
+
+
+EXTREME_INTS = [0, -1, -2**31, 2**31, 2**40, 2**53 + 1, 2**63 - 1, -2**63]
+ODD_STRINGS = ["", " ", "a" * 300, "x" * 5000, "ünïcödé", "../../etc/passwd", "-x", "--",
+               "line\nbreak", "0", "null", "${HOME}", "UPPER_case", "with space",
+               "nvidia.com/gpu", "*"]
+OTHER_TYPES: list[Any] = [42, -3.5, "text", True, None, [], {}, ["a", 1], {"k": "v"}]
+
+
+@st.composite
+def _mutated(draw: st.DrawFn) -> tuple[str, str, dict[str, Any], str]:
+    """A sample with ONE field changed; the last item says what was done, for violations."""
+    plural, name, sample = draw(st.sampled_from(SAMPLES))
+    spec = copy.deepcopy(sample)
+    path = draw(st.sampled_from(_paths(spec)))
+    parent: Any = spec
+    for key in path[:-1]:
+        parent = parent[key]
+    leaf, old = path[-1], parent[path[-1]]
+    kinds = ["drop", "wrong type"]
+    if isinstance(old, bool):
+        pass
+    elif isinstance(old, int | float):
+        kinds += ["extreme int"] * 2
+    elif isinstance(old, str):
+        kinds += ["odd string"] * 2
+    elif isinstance(old, dict | list):
+        kinds += ["emptied"]
+    kind = draw(st.sampled_from(kinds))
+    if kind == "drop":
+        del parent[leaf]
+    elif kind == "extreme int":
+        parent[leaf] = draw(st.sampled_from(EXTREME_INTS))
+    elif kind == "odd string":
+        parent[leaf] = draw(st.sampled_from(ODD_STRINGS))
+    elif kind == "emptied":
+        parent[leaf] = type(old)()
+    else:
+        parent[leaf] = draw(st.sampled_from(
+            [v for v in OTHER_TYPES if type(v) is not type(old)]))
+    where = "spec." + ".".join(str(k) for k in path)
+    shown = "" if kind == "drop" else f" = {json.dumps(parent[leaf])[:40]}"
+    return plural, name, spec, f"{kind} {where}{shown}"
+
+
+@st.composite
+def _spec(draw: st.DrawFn) -> tuple[str, str, dict[str, Any], str]:
+    """Mostly a sample with one field mutated; some samples as they are; some from scratch."""
+    roll = draw(st.integers(0, 9))
+    if roll < 7:
+        return draw(_mutated())
+    if roll < 8:
+        plural, name, sample = draw(st.sampled_from(SAMPLES))
+        return plural, name, copy.deepcopy(sample), "sample"
+    plural, name, spec = draw(RANDOM_SPEC)
+    return plural, name, spec, "random"
+
+
+SPEC = _spec()
 
 
 @dataclass
@@ -101,8 +207,19 @@ class Figures:
     tried: int = 0
     refused: int = 0
     accepted: int = 0
-    judged: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+    """Ready reason of each accepted spec when the operator first judged it."""
+    crashes: int = 0
+    tracebacks: int = 0
     violations: list[str] = field(default_factory=list)
+
+    def summary(self, seconds: float) -> str:
+        judged = sum(self.reasons.values())
+        reasons = ", ".join(f"{r}={n}" for r, n in self.reasons.most_common())
+        return (f"fuzz: tried={self.tried} refused_at_admission={self.refused} "
+                f"accepted={self.accepted} (judged={judged}: {reasons or 'none'}) "
+                f"operator_crashes={self.crashes} tracebacks={self.tracebacks} "
+                f"violations={len(self.violations)} time={seconds:.0f}s")
 
 
 def _names_field(exc: ApiException) -> bool:
@@ -132,16 +249,38 @@ def figures() -> Iterator[Figures]:
     figs = Figures()
     start = time.monotonic()
     yield figs
-    print(f"\nfuzz: tried={figs.tried} refused={figs.refused} accepted={figs.accepted} "
-          f"judged={figs.judged} violations={len(figs.violations)} "
-          f"time={time.monotonic() - start:.0f}s")
+    print("\n" + figs.summary(time.monotonic() - start))
     for v in figs.violations:
         print("  VIOLATION", v)
 
 
+@pytest.fixture
+def served_engines(core: client.CoreV1Api, kubectl: Kubectl, namespace: str) -> Iterator[None]:
+    """The engines deployments name, built before the specs run: every engine sample under its
+    own name (the deployment samples name them; the 70B one reads the "models" claim) and
+    SERVED_ENGINE."""
+    pv, pvc = static_rwx_claim(namespace, "models", f"models-{namespace}"[:63])
+    core.create_persistent_volume(pv)
+    core.create_namespaced_persistent_volume_claim(namespace, pvc)
+    try:
+        engines = [small_engine(SERVED_ENGINE, [H100, L40S])] + [
+            {"apiVersion": "trtllm.dev/v1alpha1", "kind": "LLMEngine",
+             "metadata": {"name": name}, "spec": spec}
+            for plural, name, spec in SAMPLES if plural == "llmengines"]
+        for engine in engines:
+            apply(kubectl, namespace, engine)
+        for engine in engines:
+            kubectl("wait", "-n", namespace, "--for=condition=Ready",
+                    f"llmengine/{engine['metadata']['name']}", "--timeout=120s", timeout=130)
+        yield
+    finally:
+        core.delete_persistent_volume(pv["metadata"]["name"])
+
+
+@pytest.mark.usefixtures("storage", "hf_token", "gpu_fleet", "served_engines")
+@pytest.mark.usefixtures("storage", "hf_token", "gpu_fleet")
 def test_every_spec_is_refused_with_its_field_or_judged(
-        api_client: client.ApiClient, namespace: str, storage: str,
-        gpu_fleet: dict[str, list[str]], running_operator: OperatorProcess,
+        api_client: client.ApiClient, namespace: str, running_operator: OperatorProcess,
         figures: Figures) -> None:
     objects = client.CustomObjectsApi(api_client)
     batch_no = iter(range(10**9))
@@ -149,16 +288,17 @@ def test_every_spec_is_refused_with_its_field_or_judged(
     @settings(max_examples=max(1, SPECS // BATCH), deadline=None, database=None,
               phases=[Phase.generate], suppress_health_check=list(HealthCheck))
     @given(st.lists(SPEC, min_size=BATCH, max_size=BATCH))
-    def run_batch(batch: list[tuple[str, str, dict[str, Any]]]) -> None:
+    def run_batch(batch: list[tuple[str, str, dict[str, Any], str]]) -> None:
         n = next(batch_no)
-        created: dict[tuple[str, str], dict[str, Any]] = {}
-        for i, (plural, name, spec) in enumerate(batch):
+        created: dict[tuple[str, str], str] = {}
+        for i, (plural, name, spec, origin) in enumerate(batch):
             # A unique suffix keeps every object new; the name's shape is what is fuzzed.
             name = f"{name}{n}x{i}" if len(name) < 200 else name
             figures.tried += 1
             body = {"apiVersion": "trtllm.dev/v1alpha1", "metadata": {"name": name},
                     "kind": "LLMEngine" if plural == "llmengines" else "LLMDeployment",
                     "spec": spec}
+            described = f"{plural} [{origin}] {json.dumps(spec)[:400]}"
             try:
                 objects.create_namespaced_custom_object(
                     "trtllm.dev", "v1alpha1", namespace, plural, body)
@@ -167,11 +307,11 @@ def test_every_spec_is_refused_with_its_field_or_judged(
                     figures.refused += 1
                 else:
                     figures.violations.append(
-                        f"{plural} {json.dumps(spec)}: refused {exc.status} without a field: "
+                        f"{described}: refused {exc.status} without a field: "
                         f"{(exc.body or '')[:300]}")
                 continue
             figures.accepted += 1
-            created[(plural, name)] = spec
+            created[(plural, name)] = described
         pending = dict(created)
         deadline = time.monotonic() + JUDGE_WAIT
         while pending and time.monotonic() < deadline:
@@ -180,15 +320,16 @@ def test_every_spec_is_refused_with_its_field_or_judged(
                     "trtllm.dev", "v1alpha1", namespace, plural)["items"]
                 for obj in listed:
                     key = (plural, obj["metadata"]["name"])
-                    if key in pending and _ready(obj) is not None:
-                        figures.judged += 1
+                    ready = _ready(obj) if key in pending else None
+                    if ready is not None:
+                        figures.reasons[ready["reason"]] += 1
                         del pending[key]
             time.sleep(1)
-        for (plural, name), spec in pending.items():
+        for (plural, name), described in pending.items():
             obj = objects.get_namespaced_custom_object(
                 "trtllm.dev", "v1alpha1", namespace, plural, name)
             figures.violations.append(
-                f"{plural} {json.dumps(spec)}: accepted but not judged in {JUDGE_WAIT:.0f}s: "
+                f"{described}: accepted but not judged in {JUDGE_WAIT:.0f}s: "
                 f"status={json.dumps(obj.get('status'))[:300]}")
         for plural, name in created:
             try:
@@ -197,11 +338,15 @@ def test_every_spec_is_refused_with_its_field_or_judged(
             except ApiException as exc:
                 if exc.status != 404:
                     raise
-        assert running_operator.healthy(), "the operator process died"
+        if running_operator.proc is None or running_operator.proc.poll() is not None:
+            figures.crashes += 1
+            raise AssertionError(f"the operator process died:\n{running_operator.tail()}")
 
     run_batch()
     log = running_operator.log_path.read_text(errors="replace")
-    tracebacks = log.count("Traceback")
-    if tracebacks:
-        figures.violations.append(f"operator log has {tracebacks} traceback(s)")
+    figures.tracebacks = log.count("Traceback")
+    if figures.tracebacks:
+        first = log[log.index("Traceback") - 300:][:3000]
+        figures.violations.append(
+            f"operator log has {figures.tracebacks} traceback(s); the first:\n{first}")
     assert not figures.violations, "\n".join(figures.violations[:20])

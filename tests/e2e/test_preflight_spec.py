@@ -96,19 +96,38 @@ def test_an_image_of_unknown_release_builds_nothing_until_the_release_is_stated(
     assert _job_names(api_client, namespace, BUILDS) == {target["job"]}
 
 
-def test_a_builder_of_1_3_0rc21_is_refused_and_one_of_1_3_0rc20_builds(
+def test_the_tensorrt_backend_of_1_3_0rc21_is_refused_and_one_of_1_3_0rc20_builds(
         kubectl: Kubectl, namespace: str, get_engine: Getter, api_client: client.ApiClient,
         core: client.CoreV1Api) -> None:
     release = "nvcr.io/nvidia/tensorrt-llm/release"
-    apply(kubectl, namespace, small_engine("rc21", [H100], image=f"{release}:1.3.0rc21"))
+    rc21 = small_engine("rc21", [H100], image=f"{release}:1.3.0rc21")
+    rc21["spec"]["backend"] = "tensorrt"
+    apply(kubectl, namespace, rc21)
     apply(kubectl, namespace, small_engine("rc20", [H100], image=f"{release}:1.3.0rc20"))
 
     _assert_engine_refused(get_engine, core, namespace, "rc21",
-                           "BuilderImageUnsupported", "spec.build.image",
-                           "no longer ships trtllm-build", "1.3.0rc20")
+                           "BackendUnsupportedByImage", "spec.backend tensorrt",
+                           "exist only from 1.0 to 1.3.0rc20", "or set spec.backend pytorch")
+    assert get_engine("rc21")["status"]["backend"] == "tensorrt"
     rc20 = wait_for(lambda: _launched(get_engine, "rc20"), 60, "the 1.3.0rc20 build to start")
+    assert get_engine("rc20")["status"]["backend"] == "tensorrt"
     settle()
     assert _job_names(api_client, namespace, BUILDS) == {rc20["job"]}
+
+
+def test_build_only_fields_of_a_pytorch_engine_are_refused_before_any_job(
+        kubectl: Kubectl, namespace: str, get_engine: Getter, api_client: client.ApiClient,
+        core: client.CoreV1Api) -> None:
+    """The sample's trtllm-build settings (limits, plugins) mean nothing to the pytorch backend
+    that a 1.3.0rc21 image implies: refused, naming the field, not silently ignored."""
+    apply(kubectl, namespace, small_engine(
+        "torch", [H100], image="nvcr.io/nvidia/tensorrt-llm/release:1.3.0rc21"))
+
+    _assert_engine_refused(get_engine, core, namespace, "torch", "FieldNotForBackend",
+                           "spec.build.limits has no effect with the pytorch backend")
+    assert get_engine("torch")["status"]["backend"] == "pytorch"
+    settle()
+    assert _job_names(api_client, namespace) == set()
 
 
 def test_an_unknown_build_flag_is_refused_with_the_closest_real_flag(

@@ -33,9 +33,12 @@ BROKEN_DEADLINE = 40.0  # well under the 60 s resync: a missing watch cannot hid
 
 pytestmark = pytest.mark.usefixtures("gpu_fleet")
 
-CHECKS = ("engine built", "auto targets built", "build failure explained", "deployment ready",
-          "events recorded", "removed target stopped", "deployment drift repaired",
-          "service recreated", "deletion held while in use", "engine released")
+SERVE_OPTIONS = {"kv_cache_config": {"enable_block_reuse": True}}
+
+CHECKS = ("engine built", "auto targets built", "build failure explained",
+          "serve options written", "deployment ready", "events recorded",
+          "removed target stopped", "deployment drift repaired", "service recreated",
+          "deletion held while in use", "engine released")
 
 
 # --------------------------------------------------------------------------- the flow
@@ -78,9 +81,11 @@ class Flow:
             {"name": stages.MESSAGE_ENV, "value": summary}]))
         self._apply(self._engine("shrinking", [H100, L40S], 64, env=[
             {"name": stages.DURATION_ENV, "value": "600s"}]))
+        # extraLlmApiOptions: the operator server-side-applies a ConfigMap for them.
         self._apply({"apiVersion": "trtllm.dev/v1alpha1", "kind": "LLMDeployment",
                      "metadata": {"name": "server"},
-                     "spec": {"engineRef": {"name": "served"}, "gpu": H100, "replicas": 1}})
+                     "spec": {"engineRef": {"name": "served"}, "gpu": H100, "replicas": 1,
+                              "serve": {"extraLlmApiOptions": SERVE_OPTIONS}}})
 
     def _get(self, plural: str, name: str) -> dict[str, Any] | None:
         try:
@@ -137,6 +142,15 @@ class Flow:
                 self.passed.add("removed target stopped")
 
         server = self._get("llmdeployments", "server")
+        if "serve options written" not in self.passed:
+            try:
+                options = self.core.read_namespaced_config_map("server-llm-api-options", self.ns)
+                if yaml.safe_load((options.data or {}).get(
+                        "extra-llm-api-options.yaml", "")) == SERVE_OPTIONS:
+                    self.passed.add("serve options written")
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
         if self.step == 0 and ready(server):
             self.passed.add("deployment ready")
             # A hand edit that starts no pod: only a watch on Deployments can notice it.
@@ -244,6 +258,34 @@ def _describe(rule: dict[str, Any]) -> str:
     return f"{groups}/{','.join(rule['resources'])}:{','.join(rule['verbs'])}"
 
 
+# The API server's words for an RBAC refusal (the authorizer's "forbidden" reason), as they
+# reach the operator's log or a condition: ...is forbidden: User "system:serviceaccount:ns:sa"
+# cannot list resource "llmengines" in API group "trtllm.dev" in the namespace "ns".
+DENIAL = re.compile(r'User \\?"(?P<user>[^"\\]+)\\?" cannot (?P<verb>\w+) resource '
+                    r'\\?"(?P<resource>[^"\\]+)\\?" in API group \\?"(?P<group>[^"\\]*)\\?"')
+
+
+def _denial(rule: dict[str, Any], user: str, *texts: str) -> str | None:
+    """The first refusal in ``texts`` of one of the rule's verbs on one of its resources."""
+    for text in texts:
+        for m in DENIAL.finditer(text):
+            if (m["user"] == user and m["verb"] in rule["verbs"]
+                    and m["resource"] in rule["resources"] and m["group"] in rule["apiGroups"]):
+                return m.group(0).replace("\\", "")
+    return None
+
+
+def _conditions_text(flow: Flow) -> str:
+    """Every condition message on the flow's objects (ReconcileError carries the refusal)."""
+    messages = []
+    for plural in ("llmengines", "llmdeployments"):
+        for obj in flow.objects.list_namespaced_custom_object(
+                "trtllm.dev", "v1alpha1", flow.ns, plural)["items"]:
+            messages += [c.get("message") or ""
+                         for c in (obj.get("status") or {}).get("conditions") or []]
+    return "\n".join(messages)
+
+
 # --------------------------------------------------------------------------- tests
 
 
@@ -272,14 +314,14 @@ def test_the_whole_flow_passes_under_the_charts_service_account(
         flow.cleanup()
 
 
-def test_removing_any_one_rule_breaks_part_of_the_flow(
+def test_removing_any_one_rule_breaks_part_of_the_flow_with_a_denial_naming_it(
         chart: dict[str, Any], cluster: ClusterUnderTest, core: client.CoreV1Api,
         api_client: client.ApiClient, kubectl: Kubectl, tmp_path: Path) -> None:
     rules = _rules_manifest(chart["rules"])
     assert len(rules) >= 10
     rbac = client.RbacAuthorizationV1Api(api_client)
 
-    def run_without(index: int) -> tuple[str, set[str], str]:
+    def run_without(index: int) -> tuple[str, set[str], str | None, str]:
         rule = rules[index]
         case = f"rbac-drop{index}-{uuid.uuid4().hex[:4]}"
         namespace = _namespace(core, f"rbac-drop{index}")
@@ -300,7 +342,10 @@ def test_removing_any_one_rule_breaks_part_of_the_flow(
         try:
             op.start()
             flow.start()
-            return _describe(rule), flow.run(BROKEN_DEADLINE), op.tail(20)
+            passed = flow.run(BROKEN_DEADLINE)
+            seen = _denial(rule, f"system:serviceaccount:{namespace}:operator",
+                           op.log_path.read_text(errors="replace"), _conditions_text(flow))
+            return _describe(rule), passed, seen, op.tail(20)
         finally:
             op.stop()
             rbac.delete_cluster_role_binding(case)
@@ -310,10 +355,16 @@ def test_removing_any_one_rule_breaks_part_of_the_flow(
     with ThreadPoolExecutor(max_workers=4) as pool:
         results = list(pool.map(run_without, range(len(rules))))
     # kwok's nodes serve no pod logs: download progress (the only use of pods/log) cannot be
-    # seen here, with the rule or without it.
-    superfluous = [(rule, tail) for rule, passed, tail in results
-                   if passed == set(CHECKS) and rule != "core/pods/log:get"]
+    # seen here, with the rule or without it, and a refused log read only loses the figures.
+    unprovable = {"core/pods/log:get"}
+    superfluous = [(rule, tail) for rule, passed, _, tail in results
+                   if passed == set(CHECKS) and rule not in unprovable]
     assert not superfluous, f"rules whose removal broke nothing: {superfluous}"
-    # Each removal broke something specific; print which, for the record.
-    for rule, passed, _ in results:
-        print(f"without {rule}: fails {sorted(set(CHECKS) - passed)}")
+    # Not just a flow that stalled: the API server's refusal of the very verb and resource
+    # the removed rule granted is what the operator reported.
+    unexplained = [(rule, tail) for rule, _, seen, tail in results
+                   if seen is None and rule not in unprovable]
+    assert not unexplained, f"removals with no denial of that rule in log or status: " \
+                            f"{unexplained}"
+    for rule, passed, seen, _ in results:  # for the record
+        print(f"without {rule}: fails {sorted(set(CHECKS) - passed)}; saw: {seen}")

@@ -165,3 +165,28 @@ def test_built_versions_use_the_product_spelling() -> None:
 def test_api_version_constant_matches_the_models() -> None:
     assert LLMEngine.model_validate(ENGINE_BODY).api_version == API_GROUP_VERSION
     assert LLMDeployment.model_validate(DEPLOYMENT_BODY).api_version == API_GROUP_VERSION
+
+
+@pytest.mark.parametrize("value", [-1, -2**31, 2**31, "lots", "25", "-5%", ""])
+def test_rolling_update_amounts_are_pod_counts_or_percentages(value: int | str) -> None:
+    # What the Deployment would refuse on every reconcile is refused up front.
+    with pytest.raises(ValidationError, match="maxUnavailable"):
+        LLMDeploymentSpec.model_validate(
+            {"engineRef": {"name": "e"}, "strategy": {"rollingUpdate": {"maxUnavailable": value}}})
+
+
+def test_rolling_update_amounts_accept_counts_and_percentages() -> None:
+    spec = LLMDeploymentSpec.model_validate(
+        {"engineRef": {"name": "e"}, "strategy": {"rollingUpdate": {"maxSurge": 0,
+                                                                     "maxUnavailable": "25%"}}})
+    assert spec.strategy.rolling_update is not None
+    assert (spec.strategy.rolling_update.max_surge,
+            spec.strategy.rolling_update.max_unavailable) == (0, "25%")
+
+
+@pytest.mark.parametrize("update", [{"maxUnavailable": 0},
+                                    {"maxSurge": "0%", "maxUnavailable": "0%"}])
+def test_a_rolling_update_that_can_replace_no_pod_is_refused(update: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError, match="maxSurge is 0"):
+        LLMDeploymentSpec.model_validate(
+            {"engineRef": {"name": "e"}, "strategy": {"rollingUpdate": update}})

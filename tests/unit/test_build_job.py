@@ -1034,7 +1034,7 @@ def test_exit_codes_are_one_map() -> None:
     assert {r.value: contract.exit_code(r) for r in contract.EXIT_CODES} == {
         "InvalidSpec": 2, "TrtllmBuildMissing": 3, "GpuMismatch": 4, "DiskFull": 5,
         "ModelNotFound": 6, "ModelDoesNotFit": 7, "ModelAccessDenied": 8,
-        "CachedModelInvalid": 9}
+        "CachedModelInvalid": 9, "ModelOptMissing": 10, "CalibrationDataMissing": 11}
     assert contract.exit_code(None) == 0
     assert contract.exit_code(contract.Reason.BUILD_FAILED) == 1
     assert all(re.fullmatch(r"[A-Z][A-Za-z]+", r.value) for r in contract.Reason)

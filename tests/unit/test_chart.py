@@ -44,7 +44,7 @@ NAMESPACED_RULES = expand([
     (["batch"], ["jobs"], ["list", "watch", "create", "delete"]),
     ([""], ["pods", "persistentvolumeclaims"], ["list", "watch"]),
     ([""], ["pods/log"], ["get"]),
-    ([""], ["configmaps"], ["list", "watch", "create"]),
+    ([""], ["configmaps"], ["list", "watch", "create", "patch"]),
     (["apps"], ["deployments"], ["list", "watch", "create", "patch"]),
     ([""], ["services"], ["list", "watch", "create", "patch"]),
     ([""], ["events"], ["create"]),

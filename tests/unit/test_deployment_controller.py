@@ -8,7 +8,10 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx2
 import yaml
+from lightkube import ApiError
+from lightkube.models.meta_v1 import Status
 
 from tests.conftest import ROOT
 from trtllm_operator.claims import ClaimFact
@@ -164,3 +167,60 @@ def test_a_move_to_another_gpu_type_is_an_event_with_the_reason() -> None:
     assert ("Normal", "GPUChosen") in events
     dep = next(m for m in writer.applied if m["kind"] == "Deployment")
     assert dep["spec"]["template"]["spec"]["nodeSelector"]["nvidia.com/gpu.product"] == H100
+
+
+def test_an_affinity_of_the_wrong_shape_writes_no_deployment_and_names_the_field() -> None:
+    # Admitted (the CRD keeps affinity open), but no Kubernetes Affinity: found before any
+    # Deployment is built, not as a failure of every reconcile.
+    view = FakeView()
+    view.body["spec"]["affinity"] = {"nodeAffinity": {
+        "preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 2.5, "preference": {}}]}}
+    writer, _events, ready = _run(view)
+    assert writer.applied == []
+    assert (ready["status"], ready["reason"]) == ("False", "PodFieldInvalid")
+    assert ("spec.affinity.nodeAffinity.preferredDuringSchedulingIgnoredDuringExecution[0]"
+            ".weight: Expected `int`, got `float`") in ready["message"]
+
+
+class RefusingWriter(FakeWriter):
+    """The API server refuses the Deployment as invalid (a rule of Kubernetes itself)."""
+
+    async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        if manifest["kind"] == "Deployment":
+            request = httpx2.Request("PATCH", "https://127.0.0.1/apis/apps/v1/x")
+            message = ('Deployment.apps "server" is invalid: spec.template.spec.affinity.'
+                       'nodeAffinity.preferredDuringSchedulingIgnoredDuringExecution[0].'
+                       'preference.matchExpressions[0].values: Required value')
+            body = {"kind": "Status", "code": 422, "reason": "Invalid", "message": message}
+            raise ApiError(request=request, response=httpx2.Response(422, request=request,
+                                                                     json=body),
+                           status=Status(code=422, reason="Invalid", message=message))
+        return await super().apply(manifest)
+
+
+def test_a_deployment_the_api_server_refuses_as_invalid_is_a_reason_not_a_retry() -> None:
+    writer = RefusingWriter()
+    controller = DeploymentController(
+        view=FakeView(), writer=writer, events=lambda *_: None,
+        clock=lambda: datetime(2026, 11, 23, tzinfo=UTC))
+    result = asyncio.run(controller.reconcile(KEY))  # no exception: nothing to retry
+    ready = next(c for c in writer.status_patches[-1]["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "PodFieldInvalid")
+    assert "matchExpressions[0].values: Required value" in ready["message"]
+    assert [m["kind"] for m in writer.applied] == []  # no Service for a refused Deployment
+    assert result is not None  # looked at again later, at the slow not-ready pace
+
+
+def test_a_pytorch_engine_is_served_from_its_folder_with_the_options_file() -> None:
+    view = FakeView()
+    view.engine_body["spec"]["build"] = {"image": "nvcr.io/nvidia/tensorrt-llm/release:1.3.0rc25"}
+    view.engine_body["status"]["targets"][0]["path"] = "models/meta-llama--x/" + "a" * 40
+    writer, _events, _ready = _run(view)
+
+    assert [m["kind"] for m in writer.applied] == ["ConfigMap", "Deployment", "Service"]
+    options = yaml.safe_load(next(iter(writer.applied[0]["data"].values())))
+    assert options["return_perf_metrics"] is True
+    container = writer.applied[1]["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"][:4] == ["trtllm-serve", "/model", "--backend", "pytorch"]
+    assert "--config" in container["command"]
+    assert {"name": "HF_HUB_OFFLINE", "value": "1"} in container["env"]

@@ -279,11 +279,13 @@ def test_an_error_naming_no_gpu_makes_every_target_invalid_and_starts_no_job() -
     no Job, each target Invalid, Ready False saying why, and an Event for it."""
     controller, view, writer, events = _setup()
     view.body["spec"]["build"]["image"] = "nvcr.io/nvidia/tensorrt-llm/release:1.4.0"
+    view.body["spec"]["backend"] = "tensorrt"
     asyncio.run(controller.reconcile(KEY))
     assert [a["kind"] for a in writer.applied] == []
     status = writer.status_patches[-1]
     assert [(t["gpu"], t["state"]) for t in status["targets"]] == [(H100, "Invalid")]
+    assert status["backend"] == "tensorrt"
     ready = next(c for c in status["conditions"] if c["type"] == "Ready")
     assert ready["status"] == "False"
-    assert "BuilderImageUnsupported" in ready["message"]
+    assert "BackendUnsupportedByImage" in ready["message"]
     assert ("Warning", "TargetInvalid") in events

@@ -153,7 +153,7 @@ def test_build_job_manifest() -> None:
     assert spec["backoffLimit"] == 1
     assert "ttlSecondsAfterFinished" not in spec  # the result must outlive its recording
     assert spec["podFailurePolicy"]["rules"][0]["onExitCodes"]["values"] == [
-        2, 3, 4, 5, 6, 7, 8, 9]
+        2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
 
 
 def test_volume_model_is_mounted_read_only() -> None:

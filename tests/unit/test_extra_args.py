@@ -199,12 +199,17 @@ def test_a_1_3_rc20_builder_is_checked_against_the_1_2_table() -> None:
     assert [f.reason for f in findings] == [Reason.UNKNOWN_FLAG]
 
 
-@pytest.mark.parametrize("image", ["nvcr.io/nvidia/tensorrt-llm/release:latest",
-                                   "nvcr.io/nvidia/tensorrt-llm/release:1.4.0"])
-def test_flags_are_not_judged_by_a_table_of_another_release(image: str) -> None:
-    findings = build_findings("--bogus", image=image)
+def test_flags_are_not_judged_by_a_table_of_another_release() -> None:
+    findings = build_findings("--bogus", image="nvcr.io/nvidia/tensorrt-llm/release:latest")
 
     assert [f.field for f in findings] == ["spec.build.image"]
+
+
+def test_build_flags_of_a_pytorch_engine_are_refused_whatever_they_are() -> None:
+    findings = build_findings("--bogus", image="nvcr.io/nvidia/tensorrt-llm/release:1.4.0")
+
+    assert [(f.reason, f.field) for f in findings] == [
+        (Reason.FIELD_NOT_FOR_BACKEND, "spec.build.extraArgs")]
 
 
 # --------------------------------------------------------------------------- trtllm-serve

@@ -40,7 +40,7 @@ def test_every_module_imports_only_the_standard_library(path: Path) -> None:
 
 
 def test_every_job_kind_is_an_entry_module_with_main() -> None:
-    assert trtllm_jobs.JOB_KINDS == ("build", "download")
+    assert trtllm_jobs.JOB_KINDS == ("build", "download", "quantize")
     for kind in trtllm_jobs.JOB_KINDS:
         module = importlib.import_module(f"trtllm_jobs.{kind}")
         assert callable(module.main)

@@ -57,27 +57,32 @@ def test_every_write_takes_a_token_and_create_reports_201_or_409() -> None:
     assert bucket.reserve() == 1.0
 
 
-class GoneClient(FakeClient):
-    """The object was deleted a moment ago (its last finalizer removed elsewhere)."""
+def _api_error(code: int, reason: str) -> ApiError:
+    request = httpx2.Request("PATCH", "https://127.0.0.1/apis/trtllm.dev/v1alpha1/x")
+    response = httpx2.Response(code, request=request, json={
+        "kind": "Status", "code": code, "reason": reason, "message": reason})
+    return ApiError(request=request, response=response,
+                    status=Status(code=code, reason=reason, message=reason))
 
-    def __init__(self, code: int) -> None:
+
+class RefusingClient(FakeClient):
+    """Every patch fails with the given code."""
+
+    def __init__(self, code: int, reason: str) -> None:
         super().__init__()
-        self.code = code
+        self.code, self.reason = code, reason
 
     async def patch(self, *args: Any, **kwargs: Any) -> None:
-        request = httpx2.Request("PATCH", "https://127.0.0.1/apis/trtllm.dev/v1alpha1/x")
-        response = httpx2.Response(self.code, request=request, json={
-            "kind": "Status", "code": self.code, "message": "no"})
-        raise ApiError(request=request, response=response,
-                       status=Status(code=self.code, message="no"))
+        raise _api_error(self.code, self.reason)
 
 
-def test_removing_finalizers_of_an_object_already_gone_is_done_and_other_errors_raise() -> None:
-    gone = Kube(GoneClient(404), writes=TokenBucket(qps=100.0, burst=10))  # type: ignore[arg-type]
-    asyncio.run(gone.set_finalizers("LLMEngine", "ml", "e", [], "1"))  # no exception: done
-    conflict = Kube(GoneClient(409), writes=TokenBucket(qps=100.0, burst=10))  # type: ignore[arg-type]
-    with pytest.raises(ApiError) as raised:  # the work queue retries it
-        asyncio.run(conflict.set_finalizers("LLMEngine", "ml", "e", [], "1"))
+def test_finalizers_of_an_object_already_gone_need_no_change_but_a_conflict_is_raised() -> None:
+    gone = Kube(RefusingClient(404, "NotFound"))  # type: ignore[arg-type]
+    asyncio.run(gone.set_finalizers("LLMEngine", "ml", "e", [], "7"))  # no error: nothing to do
+
+    conflict = Kube(RefusingClient(409, "Conflict"))  # type: ignore[arg-type]
+    with pytest.raises(ApiError) as raised:  # the reconcile must see it, to retry
+        asyncio.run(conflict.set_finalizers("LLMEngine", "ml", "e", [], "7"))
     assert raised.value.status.code == 409
 
 

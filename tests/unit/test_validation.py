@@ -13,6 +13,7 @@ from trtllm_operator.validation import (
     GPUPool,
     Reason,
     Severity,
+    effective_backend,
     errors,
     for_gpu,
     validate_deployment,
@@ -35,11 +36,14 @@ CLUSTER = ClusterFacts(pools={
 def engine(targets: tuple[str, ...] = (H100,), *, fmt: str | None = None, tp: int = 1,
            pp: int = 1, image: str | None = None, image_release: str | None = None,
            revision: str | None = SHA, limits: dict[str, int] | None = None,
-           extra_args: tuple[str, ...] = ()) -> LLMEngineSpec:
+           extra_args: tuple[str, ...] = (), backend: str | None = None,
+           quantization: dict[str, Any] | None = None) -> LLMEngineSpec:
     build: dict[str, Any] = {"parallelism": {"tensor": tp, "pipeline": pp},
                              "extraArgs": list(extra_args)}
     if fmt:
         build["quantization"] = {"format": fmt}
+    if quantization:
+        build["quantization"] = quantization
     if image:
         build["image"] = image
     if image_release:
@@ -51,7 +55,7 @@ def engine(targets: tuple[str, ...] = (H100,), *, fmt: str | None = None, tp: in
         hf["revision"] = revision
     return LLMEngineSpec.model_validate({
         "model": {"huggingFace": hf}, "build": build, "targets": list(targets),
-        "storage": {"claimName": "engines"},
+        "storage": {"claimName": "engines"}, **({"backend": backend} if backend else {}),
     })
 
 
@@ -149,19 +153,49 @@ def test_parallelism_that_fits_the_largest_node_passes() -> None:
 
 
 @pytest.mark.parametrize("tag", ["1.3.0rc21", "1.3.0", "1.4.0", "2.0.0"])
-def test_a_builder_image_without_trtllm_build_is_an_error(tag: str) -> None:
+def test_the_tensorrt_backend_in_an_image_without_trtllm_build_is_an_error(tag: str) -> None:
     image = f"nvcr.io/nvidia/tensorrt-llm/release:{tag}"
 
-    finding = only(validate_engine(engine(image=image), CLUSTER))
+    finding = only(validate_engine(engine(image=image, backend="tensorrt"), CLUSTER))
 
-    assert finding.reason == "BuilderImageUnsupported"
+    assert finding.reason == "BackendUnsupportedByImage"
     assert finding.severity == Severity.ERROR
     assert finding.gpu is None  # wrong for every target
-    assert finding.field == "spec.build.image"
-    assert "no longer ships trtllm-build" in finding.message
-    assert "removed in 1.3.0rc21" in finding.message
-    assert "from 1.0 to 1.3.0rc20" in finding.message
+    assert finding.field == "spec.backend"
+    assert f"is TensorRT-LLM {tag}" in finding.message
+    assert "exist only from 1.0 to 1.3.0rc20" in finding.message
     assert "nvcr.io/nvidia/tensorrt-llm/release:1.2.0" in finding.message
+    assert "or set spec.backend pytorch" in finding.message
+
+
+@pytest.mark.parametrize(("tag", "backend"), [
+    ("1.0.0", "tensorrt"), ("1.2.0", "tensorrt"), ("1.3.0rc20", "tensorrt"),
+    ("1.3.0rc21", "pytorch"), ("1.3.0", "pytorch"), ("1.4.0", "pytorch"),
+    ("latest", "tensorrt"),  # unknown release: refused by the image check anyway
+])
+def test_an_unset_backend_follows_the_builder_release(tag: str, backend: str) -> None:
+    spec = engine(image=f"nvcr.io/nvidia/tensorrt-llm/release:{tag}")
+
+    assert effective_backend(spec) == backend
+    assert effective_backend(spec.model_copy(update={"backend": "pytorch"})) == "pytorch"
+
+
+@pytest.mark.parametrize("tag", ["1.2.0", "1.3.0rc20", "0.21.0"])
+def test_the_pytorch_backend_before_1_3_0rc21_is_an_error(tag: str) -> None:
+    finding = only(validate_engine(engine(image=f"nvcr.io/nvidia/tensorrt-llm/release:{tag}",
+                                          backend="pytorch"), CLUSTER))
+
+    assert finding.reason == "BackendUnsupportedByImage"
+    assert finding.field == "spec.backend"
+    assert "from 1.3.0rc21 on" in finding.message
+    assert "e.g. nvcr.io/nvidia/tensorrt-llm/release:1.3.0rc21" in finding.message
+    assert ("or set spec.backend tensorrt" in finding.message) == (tag != "0.21.0")
+
+
+def test_a_pytorch_image_needs_no_backend_field() -> None:
+    image = "nvcr.io/nvidia/tensorrt-llm/release:1.3.0rc25"
+    assert validate_engine(engine(image=image), CLUSTER) == ()
+    assert validate_engine(engine(image=image, backend="pytorch"), CLUSTER) == ()
 
 
 def test_a_builder_image_older_than_1_0_is_an_error() -> None:
@@ -210,7 +244,7 @@ def test_a_builder_image_of_unknown_release_is_an_error(image: str, why: str,
 
 @pytest.mark.parametrize(("release", "reason"), [
     ("1.2.0", None), ("1.3.0rc20", None),
-    ("1.3.0rc21", Reason.BUILDER_IMAGE_UNSUPPORTED), ("0.21.0", Reason.BUILDER_IMAGE_UNSUPPORTED),
+    ("1.3.0rc21", None), ("0.21.0", Reason.BUILDER_IMAGE_UNSUPPORTED),
 ])
 def test_a_stated_release_is_what_the_image_is_judged_by(release: str,
                                                          reason: Reason | None) -> None:
@@ -319,12 +353,24 @@ def test_the_same_release_from_a_mirror_is_fine() -> None:
 
 
 def test_a_serving_image_without_the_tensorrt_backend_is_an_error() -> None:
-    image = "nvcr.io/nvidia/tensorrt-llm/release:1.3.0"
-    spec = deployment(image=image)
+    spec = deployment(image="nvcr.io/nvidia/tensorrt-llm/release:1.3.0")
 
-    findings = validate_deployment(spec, engine(image=image), CLUSTER)
+    findings = validate_deployment(spec, engine(), CLUSTER)
 
-    assert [f.reason for f in findings] == [Reason.SERVING_IMAGE_UNSUPPORTED]
+    assert [f.reason for f in findings] == [Reason.SERVING_IMAGE_UNSUPPORTED,
+                                            Reason.IMAGE_RELEASE_MISMATCH]
+
+
+def test_a_pytorch_engine_served_by_an_engine_release_is_an_error() -> None:
+    spec = deployment(image="nvcr.io/nvidia/tensorrt-llm/release:1.2.0")
+    pytorch = engine(image="nvcr.io/nvidia/tensorrt-llm/release:1.3.0rc25")
+
+    found = validate_deployment(spec, pytorch, CLUSTER)
+
+    assert [f.reason for f in found] == [Reason.SERVING_IMAGE_UNSUPPORTED,
+                                         Reason.IMAGE_RELEASE_MISMATCH]
+    assert "older than 1.3.0rc21, the first release the operator serves the pytorch" in (
+        found[0].message)
 
 
 DIGEST = "mirror.local/trtllm@sha256:" + "0" * 64
@@ -376,3 +422,123 @@ def test_an_engine_too_wide_for_the_chosen_gpu_nodes_is_an_error() -> None:
     assert finding.reason == "ParallelismExceedsNode"
     assert finding.field == "spec.gpu"
     assert "choose another GPU type in spec.gpu" in finding.message
+
+
+# --------------------------------------------------------------------------- pytorch backend
+
+PYTORCH_IMAGE = "nvcr.io/nvidia/tensorrt-llm/release:1.3.0rc25"
+OFFLINE = {"datasetPath": "calibration/chat.jsonl"}
+
+
+def pytorch(**kw: Any) -> LLMEngineSpec:
+    return engine(image=PYTORCH_IMAGE, **kw)
+
+
+def test_build_only_fields_are_refused_for_pytorch_each_naming_its_field() -> None:
+    spec = LLMEngineSpec.model_validate({
+        **pytorch().model_dump(by_alias=True, exclude_none=True),
+        "build": {"image": PYTORCH_IMAGE, "dtype": "float16", "limits": {"maxBatchSize": 8},
+                  "plugins": {"gemmPlugin": "auto"}, "extraArgs": ["--strip_plan"]}})
+
+    found = validate_engine(spec, CLUSTER)
+
+    assert [(f.reason, f.field) for f in found] == [
+        (Reason.FIELD_NOT_FOR_BACKEND, "spec.build.limits"),
+        (Reason.FIELD_NOT_FOR_BACKEND, "spec.build.plugins"),
+        (Reason.FIELD_NOT_FOR_BACKEND, "spec.build.extraArgs"),
+        (Reason.FIELD_NOT_FOR_BACKEND, "spec.build.dtype"),
+    ]
+    assert "LLMDeployment's spec.serve (maxBatchSize" in found[0].message
+    assert all(f.severity is Severity.ERROR and f.gpu is None for f in found)
+
+
+@pytest.mark.parametrize("fmt", ["fp8", "nvfp4", "int4_awq", "w4a8_awq"])
+def test_pytorch_formats_with_offline_calibration_pass(fmt: str) -> None:
+    spec = pytorch(targets=(B200,), quantization={"format": fmt, "calibration": OFFLINE})
+    assert [f for f in validate_engine(spec, CLUSTER) if f.reason != "GPUNotInCluster"] == []
+
+
+@pytest.mark.parametrize("fmt", ["int8_sq", "int8_wo", "int4_wo"])
+def test_formats_modelopt_cannot_export_for_pytorch_are_refused(fmt: str) -> None:
+    finding = only(validate_engine(
+        pytorch(quantization={"format": fmt, "calibration": OFFLINE}), CLUSTER))
+
+    assert finding.reason == Reason.QUANTIZATION_UNSUPPORTED
+    assert finding.field == "spec.build.quantization.format"
+    assert "choose one of fp8, nvfp4, int4_awq, w4a8_awq" in finding.message
+    assert ("legacy TensorRT-LLM checkpoint" in finding.message) == (fmt == "int8_sq")
+
+
+def test_calibration_data_must_be_named_for_pytorch() -> None:
+    finding = only(validate_engine(pytorch(fmt="fp8"), CLUSTER))
+
+    assert finding.reason == Reason.CALIBRATION_DATA_MISSING
+    assert finding.field == "spec.build.quantization.calibration"
+    assert "never downloads by surprise" in finding.message
+    assert "calibration.datasetPath" in finding.message
+    assert "calibration.downloadDataset true to fetch calibration.dataset (cnn_dailymail)" in (
+        finding.message)
+    downloading = {"format": "fp8", "calibration": {"downloadDataset": True}}
+    assert validate_engine(pytorch(quantization=downloading), CLUSTER) == ()
+    both = {"format": "fp8", "calibration": {**OFFLINE, "downloadDataset": True}}
+    assert only(validate_engine(pytorch(quantization=both), CLUSTER)).reason == (
+        Reason.CALIBRATION_DATA_MISSING)
+
+
+def test_kv_cache_dtypes_for_pytorch() -> None:
+    int8 = only(validate_engine(pytorch(quantization={
+        "format": "fp8", "kvCacheDtype": "int8", "calibration": OFFLINE}), CLUSTER))
+    alone = only(validate_engine(pytorch(quantization={"kvCacheDtype": "fp8"}), CLUSTER))
+
+    assert (int8.reason, int8.field) == (Reason.KV_CACHE_DTYPE_UNSUPPORTED,
+                                         "spec.build.quantization.kvCacheDtype")
+    assert (alone.reason, alone.field) == (Reason.FIELD_NOT_FOR_BACKEND,
+                                           "spec.build.quantization.kvCacheDtype")
+    assert "--kv_cache_dtype fp8 in the LLMDeployment's spec.serve.extraArgs" in alone.message
+
+
+def test_pytorch_calibration_fields_are_refused_for_tensorrt() -> None:
+    found = validate_engine(engine(quantization={
+        "format": "fp8", "calibration": {**OFFLINE, "downloadDataset": True}}), CLUSTER)
+
+    assert [(f.reason, f.field) for f in found] == [
+        (Reason.FIELD_NOT_FOR_BACKEND, "spec.build.quantization.calibration.datasetPath"),
+        (Reason.FIELD_NOT_FOR_BACKEND, "spec.build.quantization.calibration.downloadDataset"),
+    ]
+
+
+def test_a_pytorch_deployment_is_not_held_to_engine_limits() -> None:
+    spec = deployment(serve={"maxBatchSize": 4096, "maxNumTokens": 65536})
+    assert validate_deployment(spec, pytorch(), CLUSTER) == ()
+
+
+def test_pytorch_serve_extra_args_are_judged_by_the_1_3_table() -> None:
+    def reasons(*args: str) -> list[tuple[str, str]]:
+        found = validate_deployment(deployment(serve={"extraArgs": list(args)}), pytorch(),
+                                    CLUSTER)
+        return [(f.reason, f.message) for f in found]
+
+    assert reasons("--kv_cache_dtype", "fp8", "--enable_chunked_prefill") == []
+    [(reason, message)] = reasons("--grpc")
+    assert reason == Reason.FLAG_NOT_ALLOWED
+    assert "Replaces the OpenAI HTTP server" in message
+    [(reason, message)] = reasons("--bogus")
+    assert reason == Reason.UNKNOWN_FLAG
+    assert "not a trtllm-serve 1.3 flag" in message
+    [(reason, _)] = reasons("--kv_cache_dtype", "int8")
+    assert reason == Reason.FLAG_VALUE_INVALID
+    [(reason, _)] = reasons("--no-telemetry")
+    assert reason == Reason.FLAG_NOT_ALLOWED
+
+
+def test_options_the_operator_writes_are_refused_in_the_pytorch_options_file() -> None:
+    spec = deployment(serve={"extraLlmApiOptions": {
+        "max_batch_size": 8, "return_perf_metrics": False,
+        "kv_cache_config": {"enable_block_reuse": True}}})
+
+    found = validate_deployment(spec, pytorch(), CLUSTER)
+
+    assert [(f.reason, f.field) for f in found] == [
+        (Reason.OPTION_NOT_ALLOWED, "spec.serve.extraLlmApiOptions.max_batch_size"),
+        (Reason.OPTION_NOT_ALLOWED, "spec.serve.extraLlmApiOptions.return_perf_metrics"),
+    ]

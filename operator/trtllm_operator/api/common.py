@@ -9,11 +9,13 @@ resources, env) and kept open where a full schema would be huge (affinity, ``val
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -98,14 +100,37 @@ def default_empty_object() -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- scalar types
 
+_PERCENT = r"^[0-9]{1,9}%$"
+
+
+def _pod_count_or_percent(value: int | str) -> int | str:
+    """The rule the API server applies to a Deployment's maxSurge/maxUnavailable."""
+    ok = (0 <= value <= 2**31 - 1 if isinstance(value, int)
+          else re.match(_PERCENT, value) is not None)
+    if not ok:
+        raise ValueError("must be a number of pods (0 or more) or a percentage such as 25%")
+    return value
+
+
+def pod_count_rule(path: str) -> dict[str, Any]:
+    """``json_schema_extra`` checking an :data:`IntOrString` at admission (the Deployment it
+    becomes would refuse it on every reconcile)."""
+    return validations(cel(
+        f"type(self) == int ? self >= 0 && self <= 2147483647 "
+        f": string(self).matches('{_PERCENT}')",
+        f"{path} is neither a number of pods (0 or more) nor a percentage: use e.g. 1 or "
+        f"25%, as in a Deployment's rolling update"))
+
+
 IntOrString = Annotated[
     int | str,
+    AfterValidator(_pod_count_or_percent),
     WithJsonSchema({
         "x-kubernetes-int-or-string": True,
         "anyOf": [{"type": "integer"}, {"type": "string"}],
     }),
 ]
-"""An integer or a string such as a percentage (``25%``), as in a Deployment's ``maxSurge``."""
+"""A pod count or a percentage (``25%``), as in a Deployment's ``maxSurge``."""
 
 _QUANTITY_PATTERN = (
     r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]"

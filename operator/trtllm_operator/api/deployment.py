@@ -10,7 +10,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Final, Literal
 
-from pydantic import ConfigDict, Field, StringConstraints
+from pydantic import ConfigDict, Field, StringConstraints, model_validator
 
 from trtllm_operator import trtllm_facts as facts
 from trtllm_operator.api.common import (
@@ -42,6 +42,7 @@ from trtllm_operator.api.common import (
     gpu_product_rule,
     no_gpu_resources_rule,
     no_operator_flags_rule,
+    pod_count_rule,
     ready_columns,
     validations,
 )
@@ -85,8 +86,11 @@ class ServeSpec(SpecModel):
     ] = ()
     """More trtllm-serve arguments, one per entry, e.g. ["--num_postprocess_workers", "2"]."""
     extra_llm_api_options: FreeformObject | None = None
-    """LLM API options written to a YAML file for --extra_llm_api_options, e.g.
-    {kv_cache_config: {enable_block_reuse: true}}."""
+    """LLM API options written to a YAML file for --extra_llm_api_options (--config on the
+    pytorch backend), e.g. {kv_cache_config: {enable_block_reuse: true}}."""
+    usage_telemetry: bool = False
+    """pytorch backend: let trtllm-serve send NVIDIA its usage statistics (on by default in
+    TensorRT-LLM). Off unless set: the pods get --no-telemetry and TRTLLM_NO_USAGE_STATS=1."""
 
 
 class ServiceSpec(SpecModel):
@@ -102,13 +106,34 @@ class ServiceSpec(SpecModel):
     """Annotations of the Service, e.g. for a cloud load balancer."""
 
 
+def _zero(field: str) -> str:
+    return f"(type(self.{field}) == int ? self.{field} == 0 : self.{field} == '0%')"
+
+
 class RollingUpdate(SpecModel):
     """How many pods a rolling update may add or take away at a time."""
 
-    max_surge: IntOrString | None = None
+    # maxSurge defaults to 0 here (no spare GPUs assumed): a Deployment refuses both at 0.
+    model_config = ConfigDict(json_schema_extra=validations(cel(
+        f"!((!has(self.maxSurge) || {_zero('maxSurge')}) "
+        f"&& has(self.maxUnavailable) && {_zero('maxUnavailable')})",
+        "spec.strategy.rollingUpdate.maxUnavailable is 0 while maxSurge is 0 (its default "
+        "here): no pod could ever be replaced; set maxUnavailable to 1 or more, or maxSurge "
+        "to 1 or more", field_path=".maxUnavailable")))
+
+    @model_validator(mode="after")
+    def _can_progress(self) -> RollingUpdate:
+        if self.max_surge in (None, 0, "0%") and self.max_unavailable in (0, "0%"):
+            raise ValueError("maxUnavailable is 0 while maxSurge is 0: no pod could ever be "
+                             "replaced")
+        return self
+
+    max_surge: Annotated[IntOrString | None, Field(json_schema_extra=pod_count_rule(
+        "spec.strategy.rollingUpdate.maxSurge"))] = None
     """Extra pods during an update (number or percentage; Kubernetes default 25%). Each needs
     a full set of GPUs: with no spare GPUs, use 0 and a non-zero maxUnavailable."""
-    max_unavailable: IntOrString | None = None
+    max_unavailable: Annotated[IntOrString | None, Field(json_schema_extra=pod_count_rule(
+        "spec.strategy.rollingUpdate.maxUnavailable"))] = None
     """Pods that may be unavailable during an update (number or percentage; default 25%)."""
 
 

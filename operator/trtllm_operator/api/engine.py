@@ -187,6 +187,18 @@ class Calibration(SpecModel):
         facts.DEFAULT_CALIBRATION_BATCH_SIZE
     )
     """Samples per calibration batch; raise it to calibrate faster when memory allows."""
+    dataset_path: Annotated[
+        RelativePath,
+        Field(min_length=1, json_schema_extra=validations(relative_path_rule(
+            "spec.build.quantization.calibration.datasetPath", "calibration/chat.jsonl"))),
+    ] | None = None
+    """pytorch backend: calibration samples on the storage claim (spec.storage.claimName), a
+    JSON Lines file with one {"text": ...} object per line, or a folder of such files. The
+    quantize Job reads them offline. The tensorrt backend does not read it."""
+    download_dataset: bool = False
+    """pytorch backend: let the quantize Job fetch calibration.dataset from the Hugging Face
+    Hub at run time. Off by default, so nothing is downloaded unless the spec says so; a format
+    that calibrates needs datasetPath or this."""
 
 
 class Quantization(SpecModel):
@@ -403,6 +415,11 @@ class LLMEngineSpec(SpecModel):
 
     model: ModelSource
     """The checkpoint to build."""
+    backend: facts.Backend | None = None
+    """tensorrt compiles one engine per GPU type with trtllm-build (images 1.0 to 1.3.0rc20);
+    pytorch serves the Hugging Face checkpoint itself, or its ModelOpt-quantized export, with
+    trtllm-serve --backend pytorch (images 1.3.0rc21 and later). Unset: chosen from
+    spec.build.image's release (status.backend shows the choice)."""
     build: Annotated[
         BuildSpec, Field(default_factory=BuildSpec, json_schema_extra=default_empty_object())
     ]
@@ -587,6 +604,8 @@ class LLMEngineStatus(StatusModel):
     """Built targets over all targets, e.g. 2/3."""
     model: Annotated[str, StringConstraints(max_length=512)] | None = None
     """The checkpoint in one line: repo@revision, or pvc://claim/path."""
+    backend: facts.Backend | None = None
+    """The backend in effect: spec.backend, or the one spec.build.image's release implies."""
     model_cache: ModelCacheStatus | None = None
     """The download of a Hugging Face checkpoint into the model cache (none for a volume)."""
 
@@ -616,6 +635,8 @@ ENGINE_KIND = KindInfo(
         PrinterColumn("Built", "string", ".status.builtTargets",
                       "Built targets over all targets."),
         PrinterColumn("Model", "string", ".status.model", "The checkpoint being built."),
+        PrinterColumn("Backend", "string", ".status.backend",
+                      "tensorrt (an engine per GPU type) or pytorch (the checkpoint served)."),
         PrinterColumn("Cache", "string", ".status.modelCache.state",
                       "The checkpoint's download into the model cache.", priority=1),
         AGE_COLUMN,

@@ -14,7 +14,7 @@ from typing import Any, Final
 
 import yaml
 
-from trtllm_operator import gpus, labels
+from trtllm_operator import flag_tables, gpus, labels
 from trtllm_operator import trtllm_facts as facts
 from trtllm_operator.api import LLMDeployment, LLMEngine
 from trtllm_operator.api.engine import BuiltLimits
@@ -32,6 +32,46 @@ PATH_ANNOTATION: Final = labels.ENGINE_PATH
 # from a network volume, so startup gets a long budget and liveness starts only after it.
 STARTUP_BUDGET_SECONDS: Final = 30 * 60
 
+# ------------------------------------------------------------------ pytorch backend
+
+MODEL_DIR: Final = "/model"
+"""Where a pytorch-backend pod sees its Hugging Face folder (the cached or quantized model)."""
+METRICS_PATH: Final = "/prometheus/metrics"
+"""Prometheus text on the serving port, mounted when return_perf_metrics is on (never /metrics,
+which is a JSON list emptied on read)."""
+METRICS_LABEL: Final = "trtllm.dev/metrics"
+"""Pod label a PodMonitor selects on (value ``prometheus``): labels, not annotations, are what
+a PodMonitor's selector reads."""
+PYTORCH_STARTUP_BASE_SECONDS: Final = 15 * 60
+"""Start-up work besides reading the weights: CUDA and NCCL initialisation, kernel autotuning,
+CUDA graph capture and the KV-cache allocation."""
+PYTORCH_LOAD_BYTES_PER_SECOND: Final = 100 << 20
+"""A conservative read rate of a shared network volume (100 MiB/s): the weights are read once,
+at start-up, before /health answers."""
+PYTORCH_STARTUP_DEFAULT_SECONDS: Final = 60 * 60
+"""The budget when the checkpoint's size is unknown: an hour, enough for ~200 GB at that rate."""
+PYTORCH_STARTUP_MAX_SECONDS: Final = 4 * 60 * 60
+SHM_BYTES_PER_GPU: Final = 2 << 30
+"""/dev/shm per GPU of the pod. NVIDIA runs the container with --ipc=host and states no size;
+the ranks' worker processes and NCCL's shared-memory transport use it, and Docker's 64 MiB
+default fails with a bus error. 2 GiB per GPU (a memory-backed emptyDir, counted against the
+pod's memory) leaves room for both without giving a pod half the node's RAM."""
+
+
+def startup_budget_seconds(checkpoint_bytes: int | None) -> int:
+    """How long a pytorch-backend pod may take to answer /health: the base plus reading the
+    weights at PYTORCH_LOAD_BYTES_PER_SECOND, at least 30 minutes, at most 4 hours; an hour
+    when the size is unknown."""
+    if checkpoint_bytes is None:
+        return PYTORCH_STARTUP_DEFAULT_SECONDS
+    load = PYTORCH_STARTUP_BASE_SECONDS + checkpoint_bytes // PYTORCH_LOAD_BYTES_PER_SECOND
+    return max(STARTUP_BUDGET_SECONDS, min(PYTORCH_STARTUP_MAX_SECONDS, load))
+
+
+def shm_size_limit(world_size: int) -> str:
+    """The /dev/shm emptyDir's sizeLimit for a pod of ``world_size`` GPUs (SHM_BYTES_PER_GPU)."""
+    return f"{world_size * (SHM_BYTES_PER_GPU >> 30)}Gi"
+
 
 @dataclass(frozen=True)
 class Serving:
@@ -45,6 +85,21 @@ class Serving:
     world_size: int
     tensor: int
     pipeline: int
+    backend: facts.Backend = "tensorrt"
+    """pytorch: ``path`` is a Hugging Face folder (the cached or quantized model), not an
+    engine."""
+    release: facts.Release | None = None
+    """The serving image's release: picks the flag table (and the options-file flag)."""
+    served_model_name: str | None = None
+    """What /v1/models reports (pytorch; else the folder's name, a commit hash)."""
+    checkpoint_bytes: int | None = None
+    """The weights at 16 bits per parameter, when known: sizes the start-up budget."""
+
+    @property
+    def options_flag(self) -> str:
+        """The flag that takes the options file in the serving release (per its table)."""
+        line = flag_tables.line_of(self.release) if self.release is not None else None
+        return flag_tables.options_file(line or "1.2").flag
 
 
 def selector(d: LLMDeployment) -> dict[str, str]:
@@ -84,7 +139,9 @@ def effective_limits(d: LLMDeployment, built: BuiltLimits) -> dict[str, int | No
 
 
 def serve_command(d: LLMDeployment, serving: Serving) -> list[str]:
-    """The trtllm-serve command line (only flags of the 1.2 flag table)."""
+    """The trtllm-serve command line, only flags of the table of the serving release."""
+    if serving.backend == "pytorch":
+        return pytorch_serve_command(d, serving)
     serve = d.spec.serve
     cmd = [
         "trtllm-serve", ENGINE_DIR, "--backend", "tensorrt",
@@ -105,13 +162,65 @@ def serve_command(d: LLMDeployment, serving: Serving) -> list[str]:
     return cmd
 
 
+def pytorch_serve_command(d: LLMDeployment, serving: Serving) -> list[str]:
+    """``trtllm-serve <folder> --backend pytorch ...``: the flags the PyTorch-line table marks
+    emitted, in their emit_as spelling. Only the runtime limits the spec sets are passed (no
+    engine limits exist: trtllm-serve's defaults apply otherwise); the KV-cache fraction goes in
+    the options file, which the flag of that release always receives (metrics are turned on
+    there)."""
+    serve = d.spec.serve
+    cmd = ["trtllm-serve", MODEL_DIR, "--backend", "pytorch",
+           "--host", "0.0.0.0", "--port", str(serve.port),
+           "--tp_size", str(serving.tensor), "--pp_size", str(serving.pipeline)]
+    limits = {"max_batch_size": serve.max_batch_size, "max_num_tokens": serve.max_num_tokens,
+              "max_seq_len": serve.max_seq_len, "max_beam_width": serve.max_beam_width}
+    for flag, value in limits.items():
+        if value is not None:
+            cmd += [f"--{flag}", str(value)]
+    if serve.log_level is not None:
+        cmd += ["--log_level", serve.log_level]
+    if serving.served_model_name is not None:
+        cmd += ["--served_model_name", serving.served_model_name]
+    cmd += [serving.options_flag, f"{OPTIONS_DIR}/{OPTIONS_FILE}"]
+    if not serve.usage_telemetry:
+        cmd.append("--no-telemetry")
+    return cmd + list(serve.extra_args)
+
+
+def pytorch_options(d: LLMDeployment) -> dict[str, Any]:
+    """The pytorch backend's options file: the user's keys (validation refuses those the
+    operator writes), metrics on, and the KV-cache fraction merged into kv_cache_config (a
+    kv_cache_config mapping in the file replaces the one a flag would build)."""
+    serve = d.spec.serve
+    options: dict[str, Any] = dict(serve.extra_llm_api_options or {})
+    options |= {"return_perf_metrics": True, "enable_iter_perf_stats": True}
+    if serve.kv_cache_free_gpu_memory_fraction is not None:
+        kv = options.get("kv_cache_config")
+        options["kv_cache_config"] = (dict(kv) if isinstance(kv, dict) else {}) | {
+            "free_gpu_memory_fraction": serve.kv_cache_free_gpu_memory_fraction}
+    return options
+
+
+def served_model_name(engine: LLMEngine) -> str:
+    """The name clients use in requests: the Hugging Face repo id, or the volume folder's name
+    (what trtllm-serve reports for a folder it is given, were it not a commit hash here)."""
+    model = engine.spec.model
+    if model.hugging_face is not None:
+        return model.hugging_face.repo
+    assert model.volume is not None
+    return model.volume.path.rstrip("/").rsplit("/", 1)[-1]
+
+
 def options_configmap_name(d: LLMDeployment) -> str:
     return f"{d.metadata.name}-llm-api-options"
 
 
-def options_configmap(d: LLMDeployment, engine_name: str) -> dict[str, Any] | None:
-    """The YAML file behind --extra_llm_api_options, when the spec gives options."""
-    options = d.spec.serve.extra_llm_api_options
+def options_configmap(d: LLMDeployment, engine_name: str,
+                      backend: facts.Backend = "tensorrt") -> dict[str, Any] | None:
+    """The YAML options file: for tensorrt when the spec gives options, for pytorch always
+    (it turns the Prometheus metrics on)."""
+    options = (pytorch_options(d) if backend == "pytorch"
+               else d.spec.serve.extra_llm_api_options)
     if options is None:
         return None
     return {
@@ -152,15 +261,20 @@ def deployment(d: LLMDeployment, engine: LLMEngine, serving: Serving,
         user = spec.resources.model_dump(mode="json", by_alias=True, exclude_none=True)
         resources = {"requests": dict(user.get("requests", {})),
                      "limits": dict(user.get("limits", {})) | resources["limits"]}
+    pytorch = serving.backend == "pytorch"
     mounts: list[dict[str, Any]] = [
-        {"name": "engine", "mountPath": ENGINE_DIR, "subPath": serving.path, "readOnly": True},
+        {"name": "engine", "mountPath": MODEL_DIR if pytorch else ENGINE_DIR,
+         "subPath": serving.path, "readOnly": True},
         {"name": "dshm", "mountPath": "/dev/shm"},
     ]
+    shm: dict[str, Any] = {"medium": "Memory"}
+    if pytorch:
+        shm["sizeLimit"] = shm_size_limit(serving.world_size)
     volumes: list[dict[str, Any]] = [
         {"name": "engine", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}},
-        {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+        {"name": "dshm", "emptyDir": shm},
     ]
-    if spec.serve.extra_llm_api_options is not None:
+    if pytorch or spec.serve.extra_llm_api_options is not None:
         mounts.append({"name": "options", "mountPath": OPTIONS_DIR, "readOnly": True})
         volumes.append({"name": "options",
                         "configMap": {"name": options_configmap_name(d)}})
@@ -172,10 +286,13 @@ def deployment(d: LLMDeployment, engine: LLMEngine, serving: Serving,
         "image": image,
         "command": serve_command(d, serving),
         "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
-        "env": [e.model_dump(mode="json", by_alias=True, exclude_none=True) for e in spec.env],
+        "env": [*(_pytorch_env(d) if pytorch else []),
+                *(e.model_dump(mode="json", by_alias=True, exclude_none=True)
+                  for e in spec.env)],
         "resources": resources,
         "volumeMounts": mounts,
-        "startupProbe": _probe(port, 10, STARTUP_BUDGET_SECONDS // 10),
+        "startupProbe": _probe(port, 10, (startup_budget_seconds(serving.checkpoint_bytes)
+                                          if pytorch else STARTUP_BUDGET_SECONDS) // 10),
         "readinessProbe": _probe(port, 10, 3),
         "livenessProbe": _probe(port, 20, 3),
         "securityContext": {"allowPrivilegeEscalation": False},
@@ -192,6 +309,14 @@ def deployment(d: LLMDeployment, engine: LLMEngine, serving: Serving,
         pod_spec["affinity"] = dict(spec.affinity)
     if spec.image_pull_secrets:
         pod_spec["imagePullSecrets"] = [{"name": s.name} for s in spec.image_pull_secrets]
+    annotations = {FINGERPRINT_ANNOTATION: serving.fingerprint, PATH_ANNOTATION: serving.path}
+    pod_labels = dict(lbl)
+    if pytorch:
+        # What a PodMonitor (selecting on the label) or an annotation-driven scrape config
+        # needs: the port's name and number, and the path.
+        pod_labels[METRICS_LABEL] = "prometheus"
+        annotations |= {"prometheus.io/scrape": "true", "prometheus.io/port": str(port),
+                        "prometheus.io/path": METRICS_PATH}
     manifest: dict[str, Any] = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -202,17 +327,22 @@ def deployment(d: LLMDeployment, engine: LLMEngine, serving: Serving,
             "selector": {"matchLabels": selector(d)},
             "strategy": _strategy(d),
             "template": {
-                "metadata": {
-                    "labels": lbl,
-                    # A new engine (or path) changes the template, hence a rollout.
-                    "annotations": {FINGERPRINT_ANNOTATION: serving.fingerprint,
-                                    PATH_ANNOTATION: serving.path},
-                },
+                # A new engine (or path) changes the template, hence a rollout.
+                "metadata": {"labels": pod_labels, "annotations": annotations},
                 "spec": pod_spec,
             },
         },
     }
     return manifest
+
+
+def _pytorch_env(d: LLMDeployment) -> list[dict[str, Any]]:
+    """The serving pod never downloads (the folder is local; with HF_HUB_OFFLINE a missing file
+    is an error, not a fetch), and sends no usage statistics unless the spec allows it."""
+    env = [{"name": "HF_HUB_OFFLINE", "value": "1"}]
+    if not d.spec.serve.usage_telemetry:
+        env.append({"name": "TRTLLM_NO_USAGE_STATS", "value": "1"})
+    return env
 
 
 def service(d: LLMDeployment, engine_name: str) -> dict[str, Any]:

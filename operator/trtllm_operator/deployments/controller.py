@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from trtllm_operator import conditions as cond
-from trtllm_operator import gpus, metrics
+from trtllm_operator import gpus, metrics, trtllm_facts
 from trtllm_operator.api import (
     ConditionStatus,
     EngineTargetStatus,
@@ -29,9 +29,11 @@ from trtllm_operator.api import (
     LLMEngine,
 )
 from trtllm_operator.api.deployment import DeploymentConditionType
-from trtllm_operator.api.engine import BuiltLimits
+from trtllm_operator.api.engine import BuiltLimits, size_hint_bytes
 from trtllm_operator.claims import SHARED_READ, ClaimFact, check_claim
 from trtllm_operator.deployments import builders, choice
+from trtllm_operator.kube import invalid_refusal
+from trtllm_operator.kube_objects import check_deployment_objects
 from trtllm_operator.pods import PodContext, PodFact, PodProblem, diagnose
 from trtllm_operator.reconcile_errors import RECONCILE_ERROR
 from trtllm_operator.spec_warnings import emit_spec_warnings, spec_warning_condition
@@ -39,8 +41,10 @@ from trtllm_operator.status_writes import StatusWrites
 from trtllm_operator.validation import (
     ClusterFacts,
     Finding,
+    Reason,
     Severity,
     check_parallelism_fits,
+    effective_backend,
     validate_deployment,
 )
 from trtllm_operator.workqueue import Result
@@ -148,9 +152,17 @@ def serving_for(engine: LLMEngine, target: EngineTargetStatus) -> builders.Servi
     built = target.limits or BuiltLimits.model_validate(
         requested.model_dump() if requested else {})
     assert target.fingerprint and target.path
-    return builders.Serving(gpu=target.gpu, fingerprint=target.fingerprint, path=target.path,
-                            limits=built, world_size=par.world_size, tensor=par.tensor,
-                            pipeline=par.pipeline)
+    build = engine.spec.build
+    backend = effective_backend(engine.spec)
+    hint = engine.spec.model.size_hint
+    return builders.Serving(
+        gpu=target.gpu, fingerprint=target.fingerprint, path=target.path, limits=built,
+        world_size=par.world_size, tensor=par.tensor, pipeline=par.pipeline, backend=backend,
+        # The serving release equals the builder's (validation refuses another).
+        release=trtllm_facts.effective_release(build.image, build.image_release),
+        served_model_name=builders.served_model_name(engine) if backend == "pytorch" else None,
+        checkpoint_bytes=target.checkpoint_bytes or (
+            size_hint_bytes(hint) if hint is not None else None))
 
 
 def _serving_gpu(dep: Mapping[str, Any] | None) -> str | None:
@@ -206,9 +218,9 @@ class DeploymentController:
         engine_body = self.view.engine((namespace, d.spec.engine_ref.name))
         engine = LLMEngine.model_validate(engine_body) if engine_body else None
         facts = self.view.cluster_facts()
-        findings = validate_deployment(
+        findings = (*check_deployment_objects(d.spec), *validate_deployment(
             d.spec, engine.spec if engine else None, facts,
-            resolved=resolved_targets(engine) if engine else None)
+            resolved=resolved_targets(engine) if engine else None))
         observed = self.view.serving_deployment(namespace, name)
         # What it serves on now: the running Deployment's GPU type, else what status recorded.
         chosen = choose_target(d, engine, findings, facts,
@@ -228,11 +240,24 @@ class DeploymentController:
             if preflight is None:
                 serving = serving_for(engine, chosen.target)
                 claim = engine.spec.storage.claim_name
-                options = builders.options_configmap(d, engine.metadata.name)
+                options = builders.options_configmap(d, engine.metadata.name,
+                                                     serving.backend)
                 if options is not None:
                     await self.writer.apply(options)
-                observed = await self.writer.apply(builders.deployment(d, engine, serving, claim))
-                await self.writer.apply(builders.service(d, engine.metadata.name))
+                try:
+                    observed = await self.writer.apply(
+                        builders.deployment(d, engine, serving, claim))
+                except Exception as exc:
+                    refused = invalid_refusal(exc)
+                    if refused is None:
+                        raise
+                    # A rule of Kubernetes the free-form fields (affinity, env) broke: a
+                    # status reason until the spec changes, not a retried failure.
+                    preflight = Finding(Reason.POD_FIELD_INVALID, Severity.ERROR, "spec", (
+                        f"the API server refused the serving Deployment: {refused}; correct "
+                        f"the field it names (spec.affinity, spec.env, spec.resources)"))
+                else:
+                    await self.writer.apply(builders.service(d, engine.metadata.name))
 
         status = self._status(d, chosen, preflight, observed, facts)
         status = status.model_copy(update={"conditions": spec_warning_condition(

@@ -39,6 +39,7 @@ from trtllm_operator.engines.status import (
     resolve_targets,
     skipped_targets,
 )
+from trtllm_operator.kube_objects import check_engine_objects
 from trtllm_operator.pods import STUCK_REASONS
 from trtllm_operator.reconcile_errors import RECONCILE_ERROR
 from trtllm_operator.spec_warnings import emit_spec_warnings, spec_warning_condition
@@ -49,6 +50,7 @@ from trtllm_operator.validation import (
     Finding,
     Severity,
     checkpoint_size,
+    effective_backend,
     validate_engine,
 )
 from trtllm_operator.workqueue import Result
@@ -141,8 +143,9 @@ class EngineController:
             checkpoint_key(namespace, engine.spec.model.to_wire())),
             cached_bytes=mc.model_size_source(model.status if model else None))
 
-        findings = validate_engine(engine.spec.model_copy(update={"targets": tuple(
-            t for t in engine.spec.targets if t != AUTO_TARGET)}), facts, size)
+        findings = (*check_engine_objects(engine.spec), *validate_engine(
+            engine.spec.model_copy(update={"targets": tuple(
+                t for t in engine.spec.targets if t != AUTO_TARGET)}), facts, size))
         auto_findings = self._auto_candidates(engine, facts, size)
         eligible = {gpu: not any(f.severity == Severity.ERROR for f in fs)
                     for gpu, fs in auto_findings.items()}
@@ -399,7 +402,8 @@ class EngineController:
         return LLMEngineStatus(
             observed_generation=gen, conditions=conds, targets=targets,
             skipped_targets=skipped or None, built_targets=f"{built}/{total}",
-            model=_model_line(engine), model_cache=model)
+            model=_model_line(engine), backend=effective_backend(engine.spec),
+            model_cache=model)
 
     def _emit_transitions(self, body: Mapping[str, Any],
                           previous: Mapping[str, EngineTargetStatus],

@@ -25,6 +25,9 @@ from trtllm_operator.engines.planning import (
     SCRATCH_MOUNT,
     TargetPlan,
     build_job_spec,
+    quantize_job_name,
+    quantize_job_spec,
+    quantized_path,
 )
 
 JOBS_PACKAGE: Final = "trtllm_jobs"
@@ -207,6 +210,95 @@ def build_job(engine: LLMEngine, plan: TargetPlan, script_configmap: str,
         "spec": {
             "backoffLimit": 1,
             "activeDeadlineSeconds": active_deadline_seconds,
+            "podFailurePolicy": {"rules": [{
+                "action": "FailJob",
+                "onExitCodes": {"containerName": CONTAINER, "operator": "In",
+                                "values": list(PERMANENT_EXIT_CODES)},
+            }]},
+            "template": {"metadata": {"labels": lbl}, "spec": pod_spec},
+        },
+    }
+
+
+# --------------------------------------------------------------------------- quantize (pytorch)
+
+QUANTIZE_COMPONENT: Final = "model-quantize"
+
+
+def quantize_job(engine: LLMEngine, commit: str, gpu: str, gpus_: int, script_configmap: str,
+                 active_deadline_seconds: int = 6 * 3600) -> dict[str, Any]:
+    """The Job that quantizes ``engine``'s model at ``commit`` on a node of GPU type ``gpu``.
+
+    The caller picks ``gpu`` (a type whose compute capability runs the format, with nodes that
+    hold ``gpus_`` GPUs for the bf16 model: ModelOpt spreads it over them with device_map auto).
+    Like the build Job: the package ConfigMap mounted as ``trtllm_jobs``, the storage claim at
+    ENGINES_MOUNT (the model cache and the output both live there), permanent exit codes fail
+    at once, no TTL. Unlike it: ``JOB_NAME`` (downward API) names the staging folder and
+    ``podReplacementPolicy: Failed`` keeps a replacement pod from starting while the old one
+    still writes; ``HF_HUB_OFFLINE=1`` unless the spec asks for a dataset download.
+    """
+    spec = engine.spec
+    build = spec.build
+    name = quantize_job_name(spec, commit)
+    quant_spec = quantize_job_spec(spec, commit)
+    lbl = labels.common(QUANTIZE_COMPONENT) | {labels.ENGINE: engine.metadata.name,
+                                               labels.GPU_PRODUCT: gpu}
+    env: list[dict[str, Any]] = [
+        {"name": "TRTLLM_QUANTIZE_SPEC", "value": json.dumps(quant_spec, sort_keys=True)},
+        {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "JOB_NAME", "valueFrom": {"fieldRef": {
+            "fieldPath": "metadata.labels['batch.kubernetes.io/job-name']"}}},
+        {"name": "HF_HOME", "value": f"{SCRATCH_MOUNT}/huggingface"},
+        {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"},
+    ]
+    downloads = (quant_spec["calibration"] or {}).get("dataset") is not None
+    if not downloads:
+        env.append({"name": "HF_HUB_OFFLINE", "value": "1"})
+    hf = spec.model.hugging_face
+    if downloads and hf is not None and hf.token_secret_ref is not None:
+        ref = hf.token_secret_ref
+        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {
+            "name": ref.name, "key": ref.key}}})
+    env += [e.model_dump(mode="json", by_alias=True, exclude_none=True) for e in build.env]
+    entrypoint, entrypoint_mount = entrypoint_volume(script_configmap)
+    resources_: dict[str, Any] = {"limits": {gpus.GPU_RESOURCE: str(gpus_)}}
+    if build.resources is not None:
+        user = build.resources.model_dump(mode="json", by_alias=True, exclude_none=True)
+        resources_ = {"requests": dict(user.get("requests", {})),
+                      "limits": dict(user.get("limits", {})) | resources_["limits"]}
+    tolerations = [{"key": gpus.GPU_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}]
+    tolerations += [t.model_dump(mode="json", by_alias=True, exclude_none=True)
+                    for t in build.tolerations]
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "nodeSelector": {gpus.PRODUCT_LABEL: gpu} | dict(build.node_selector or {}),
+        "tolerations": tolerations,
+        "containers": [{
+            "name": CONTAINER, "image": build.image, "command": job_command("quantize"),
+            "workingDir": JOBS_DIR, "env": env, "resources": resources_,
+            "volumeMounts": [
+                {"name": "engines", "mountPath": ENGINES_MOUNT}, entrypoint_mount,
+                {"name": "dshm", "mountPath": "/dev/shm"},
+                {"name": "scratch", "mountPath": SCRATCH_MOUNT}],
+            "terminationMessagePolicy": "FallbackToLogsOnError",
+        }],
+        "volumes": [
+            {"name": "engines", "persistentVolumeClaim": {"claimName": spec.storage.claim_name}},
+            entrypoint, {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+            {"name": "scratch", "emptyDir": {}}],
+    }
+    if build.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": s.name} for s in build.image_pull_secrets]
+    return {
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": name, "namespace": engine.metadata.namespace, "labels": lbl,
+                     "annotations": {labels.ENGINE_PATH: quantized_path(spec, commit)},
+                     "ownerReferences": [owner_reference(engine)]},
+        "spec": {
+            "backoffLimit": 1,
+            "activeDeadlineSeconds": active_deadline_seconds,
+            "podReplacementPolicy": "Failed",
             "podFailurePolicy": {"rules": [{
                 "action": "FailJob",
                 "onExitCodes": {"containerName": CONTAINER, "operator": "In",

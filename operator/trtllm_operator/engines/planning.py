@@ -20,8 +20,10 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final
 
+from trtllm_jobs import cache as _jobcache
 from trtllm_operator.api import LLMEngine, LLMEngineSpec
 
 FINGERPRINT_SCHEMA: Final = 1
@@ -228,4 +230,60 @@ def build_job_spec(engine: LLMEngine, plan: TargetPlan,
         },
         "buildOptions": options,
         "gpuMemoryMiB": gpu_memory_mib,
+    }
+
+
+# --------------------------------------------------------------------------- quantize (pytorch)
+
+QUANTIZE_JOB_PREFIX: Final = "trtllm-quantize-"
+
+
+def quantized_path(spec: LLMEngineSpec, commit: str) -> str:
+    """The quantized checkpoint's folder inside the storage claim:
+    ``quantized/<org>--<name>/<commit>/<format>[-kv<kvdtype>]`` (the quantize job's layout,
+    ``trtllm_jobs.cache.quantized_dir``). Only for a quantized Hugging Face model."""
+    hf = spec.model.hugging_face
+    quant = spec.build.quantization
+    if hf is None or quant is None or quant.format is None:
+        raise ValueError("only a Hugging Face model with spec.build.quantization.format has "
+                         "a quantized checkpoint")
+    return str(_jobcache.quantized_dir(Path(""), hf.repo, commit, quant.format,
+                                       quant.kv_cache_dtype))
+
+
+def quantize_job_name(spec: LLMEngineSpec, commit: str) -> str:
+    """``trtllm-quantize-<12 hex>``: one Job per (model, commit, format, KV dtype, storage),
+    whichever LLMEngines and targets share it; deterministic, so a restarted operator finds
+    the Job it started."""
+    key = "\0".join((quantized_path(spec, commit), spec.storage.claim_name))
+    return QUANTIZE_JOB_PREFIX + hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def quantize_job_spec(spec: LLMEngineSpec, commit: str) -> dict[str, Any]:
+    """The quantize spec JSON ``python3 -m trtllm_jobs.quantize`` reads from
+    TRTLLM_QUANTIZE_SPEC: the cached checkpoint of ``commit`` (the download Job's entry on the
+    storage claim), the format, and the calibration data the LLMEngine names (a path on the
+    claim, or a dataset only when spec says downloadDataset; none lets the job fail with
+    CalibrationDataMissing, which validation refuses before it gets that far)."""
+    hf = spec.model.hugging_face
+    quant = spec.build.quantization
+    if hf is None or quant is None or quant.format is None:
+        raise ValueError("a quantize Job needs a Hugging Face model and "
+                         "spec.build.quantization.format")
+    calibration: dict[str, Any] | None = None
+    calib = quant.calibration
+    if calib is not None and (calib.dataset_path is not None or calib.download_dataset):
+        calibration = {"size": calib.size, "maxSeqLength": calib.max_seq_length,
+                       "batchSize": calib.batch_size}
+        if calib.dataset_path is not None:
+            calibration["datasetPath"] = f"{ENGINES_MOUNT}/{calib.dataset_path}"
+        else:
+            calibration["dataset"] = calib.dataset
+    root = Path(ENGINES_MOUNT)
+    return {
+        "version": 1, "kind": "quantize",
+        "model": {"repo": hf.repo, "commit": commit,
+                  "cachedPath": str(_jobcache.entry_dir(root, hf.repo, commit))},
+        "format": quant.format, "kvCacheDtype": quant.kv_cache_dtype,
+        "calibration": calibration, "cacheRoot": ENGINES_MOUNT,
     }

@@ -1,0 +1,1 @@
+"""Stand-in nvidia-modelopt (see standin_log for the modes)."""
