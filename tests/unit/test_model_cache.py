@@ -212,6 +212,11 @@ def test_targets_wait_for_the_model_or_fail_with_its_reason() -> None:
                                                message="no such repo"))
     gated = mc.gate_target(Decision(target, create_job=True), failed)
     assert (gated.status.state, gated.status.reason) == ("Failed", "ModelNotFound")
+    stuck = mc.ModelDecision(ModelCacheStatus(state="Pending", reason="SecretNotFound",
+                                              message='secret "hf" not found; create it'))
+    gated = mc.gate_target(Decision(target, create_job=True), stuck)
+    assert (gated.status.state, gated.status.reason) == ("Pending", "SecretNotFound")
+    assert 'secret "hf" not found; create it' in (gated.status.message or "")
     # A target already building (its Job exists) is not disturbed.
     running = Decision(target.model_copy(update={"state": "Building"}))
     assert mc.gate_target(running, downloading) is running

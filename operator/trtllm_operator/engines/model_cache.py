@@ -31,7 +31,7 @@ from trtllm_operator.api.engine import DownloadProgress, ModelCacheStatus
 from trtllm_operator.engines import jobs
 from trtllm_operator.engines.planning import ENGINES_MOUNT, SCRATCH_MOUNT
 from trtllm_operator.engines.status import Decision, termination_summary
-from trtllm_operator.pods import PodProblem
+from trtllm_operator.pods import STUCK_REASONS, PodProblem
 
 JOB_PREFIX: Final = "trtllm-model-"
 DOWNLOAD_COMPONENT: Final = "model-download"
@@ -293,8 +293,10 @@ def decide_model(plan: ModelPlan, namespace: str, observed: ModelObserved) -> Mo
 
 def gate_target(decision: Decision, model: ModelDecision) -> Decision:
     """A target that would start its build now waits for the checkpoint instead: Pending
-    (``ModelDownloading``) while it downloads, Failed with the download's reason if it failed.
-    Targets already built, building, or invalid are left as they are."""
+    (``ModelDownloading``) while it downloads, or with the download pod's own reason while
+    that pod cannot start (``SecretNotFound``, ``ImagePullFailed``: the fix is the same as for
+    a build pod), Failed with the download's reason if it failed. Targets already built,
+    building, or invalid are left as they are."""
     if model.cached or not decision.create_job:
         return decision
     s, m = decision.status, model.status
@@ -302,6 +304,10 @@ def gate_target(decision: Decision, model: ModelDecision) -> Decision:
         return Decision(s.model_copy(update={
             "state": "Failed", "reason": m.reason, "job": None,
             "message": f"the model download failed: {m.message}"}))
+    if m.reason in STUCK_REASONS:
+        return Decision(s.model_copy(update={
+            "state": "Pending", "reason": m.reason, "job": None,
+            "message": f"the model download cannot start: {m.message}"}))
     return Decision(s.model_copy(update={
         "state": "Pending", "reason": "ModelDownloading", "job": None,
         "message": f"waiting for the model: {m.message}"}))
