@@ -29,10 +29,12 @@ from lightkube.resources.batch_v1 import Job
 
 from trtllm_operator import gpus, labels, metrics
 from trtllm_operator.api import API_GROUP, API_VERSION, EngineTargetStatus
+from trtllm_operator.api.engine import ModelCacheStatus
 from trtllm_operator.claims import ClaimFact, observe_claim
 from trtllm_operator.deployments import builders as serving
 from trtllm_operator.deployments.controller import DeploymentController
 from trtllm_operator.engines import jobs as jobbuilder
+from trtllm_operator.engines import model_cache
 from trtllm_operator.engines.controller import EngineController, Key
 from trtllm_operator.engines.planning import CheckpointKey, checkpoint_key
 from trtllm_operator.kube import Kube, classify, make_client, namespace_terminating
@@ -45,6 +47,15 @@ from trtllm_operator.workqueue import Backoff, TokenBucket, WorkQueue
 log = logging.getLogger(__name__)
 
 BUILD_LABELS = {labels.MANAGED_BY: labels.MANAGER, labels.COMPONENT: jobbuilder.BUILD_COMPONENT}
+
+
+def _job_component(value: str | None, **_: Any) -> bool:
+    return value in (jobbuilder.BUILD_COMPONENT, model_cache.DOWNLOAD_COMPONENT)
+
+
+# Build Jobs and model-download Jobs (and their pods): the engine reconcile reads both.
+JOB_LABELS: dict[str, Any] = {labels.MANAGED_BY: labels.MANAGER,
+                              labels.COMPONENT: _job_component}
 SERVING_LABELS = {labels.MANAGED_BY: labels.MANAGER, labels.COMPONENT: serving.SERVING_COMPONENT}
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 # Handlers receive a ``labels`` argument that shadows the module inside them.
@@ -81,7 +92,8 @@ class IndexView:
         for name in ("engine_bodies", "engine_builds", "gpu_nodes", "build_jobs",
                      "engine_jobs", "build_pods", "deployment_bodies",
                      "deployments_by_engine", "serving_deployments", "serving_pods",
-                     "build_configmaps", "claims", "engines_by_claim", "checkpoint_sizes"):
+                     "build_configmaps", "claims", "engines_by_claim", "model_caches",
+                     "checkpoint_sizes"):
             if name in kwargs:
                 self.indexes[name] = kwargs[name]
 
@@ -138,11 +150,21 @@ class IndexView:
         return [str(job) for job in self._all("engine_jobs", (namespace, engine))]
 
     def job_wanted_by_others(self, namespace: str, job_name: str, but_not: str) -> bool:
-        return any(engine != but_not
-                   for engine, _ in self._all("engine_builds", (namespace, job_name)))
+        return any(engine != but_not for engine, _ in (
+            *self._all("engine_builds", (namespace, job_name)),
+            *self._all("model_caches", (namespace, job_name))))
 
     def engines_using_job(self, namespace: str, job_name: str) -> set[str]:
-        return {engine for engine, _ in self._all("engine_builds", (namespace, job_name))}
+        """Engines recording a build Job or a download Job of that name."""
+        return {engine for engine, _ in (*self._all("engine_builds", (namespace, job_name)),
+                                         *self._all("model_caches", (namespace, job_name)))}
+
+    def model_cached_elsewhere(self, namespace: str, job_name: str,
+                               but_not: str) -> ModelCacheStatus | None:
+        for engine, model in self._all("model_caches", (namespace, job_name)):
+            if engine != but_not and model.get("state") == "Cached":
+                return ModelCacheStatus.model_validate(model)
+        return None
 
     def all_engine_keys(self) -> list[Key]:
         index = self.indexes.get("engine_bodies")
@@ -242,6 +264,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
                                writes=TokenBucket(cfg.api_write_qps, cfg.api_write_burst))
     RUNTIME.controller = EngineController(
         view=RUNTIME.view, writer=kube, events=_post_event, job_resource=Job,
+        log_reader=kube.log_tail,
         active_deadline_seconds=cfg.build_deadline_seconds)
     deployments = DeploymentController(view=RUNTIME.view, writer=kube, events=_post_event)
 
@@ -295,6 +318,16 @@ def engine_builds(namespace: str | None, name: str, status: kopf.Status,
 
 
 @kopf.index(API_GROUP, API_VERSION, "llmengines")
+def model_caches(namespace: str | None, name: str, status: kopf.Status,
+                 **_: Any) -> dict[tuple[str, str], Any] | None:
+    """Which LLMEngines record which download Job, and its state: (namespace, job) ->
+    (engine, status.modelCache). Lets an engine reuse a checkpoint another one saw Cached."""
+    model = status.get("modelCache") or {}
+    job = model.get("job")
+    return {(namespace or "", job): (name, copy.deepcopy(dict(model)))} if job else None
+
+
+@kopf.index(API_GROUP, API_VERSION, "llmengines")
 def checkpoint_sizes(namespace: str | None, spec: kopf.Spec, status: kopf.Status,
                      **_: Any) -> dict[CheckpointKey, int] | None:
     """Checkpoint sizes the builds measured (built, or failed after measuring, such as a
@@ -314,7 +347,7 @@ def gpu_nodes(name: str, labels: kopf.Labels, status: kopf.Status,
     return {fact[0]: fact} if fact else None
 
 
-@kopf.index("batch", "v1", "jobs", labels=BUILD_LABELS)
+@kopf.index("batch", "v1", "jobs", labels=JOB_LABELS)
 def build_jobs(namespace: str | None, name: str, body: kopf.Body,
                      **_: Any) -> dict[tuple[str, str], Any]:
     """Build Jobs by (namespace, name), metadata and status only."""
@@ -323,7 +356,7 @@ def build_jobs(namespace: str | None, name: str, body: kopf.Body,
                                 "status": copy.deepcopy(dict(body.get("status") or {}))}}
 
 
-@kopf.index("batch", "v1", "jobs", labels=BUILD_LABELS)
+@kopf.index("batch", "v1", "jobs", labels=JOB_LABELS)
 def engine_jobs(namespace: str | None, name: str, labels: kopf.Labels,
                 **_: Any) -> dict[tuple[str, str], str] | None:
     """Build Jobs by the LLMEngine that created them."""
@@ -336,7 +369,7 @@ def _job_of(pod_labels: Mapping[str, str]) -> str | None:
     return pod_labels.get(JOB_NAME_LABEL) or pod_labels.get("job-name")
 
 
-@kopf.index("", "v1", "pods", labels=BUILD_LABELS)
+@kopf.index("", "v1", "pods", labels=JOB_LABELS)
 def build_pods(namespace: str | None, labels: kopf.Labels, body: kopf.Body,
                **_: Any) -> dict[tuple[str, str], Any] | None:
     """Build pods by (namespace, Job name): phase, conditions, termination messages."""
@@ -389,14 +422,14 @@ def _enqueue_for_job(namespace: str, job_name: str, creator: str | None) -> None
         RUNTIME.engines.add((namespace, engine))
 
 
-@kopf.on.event("batch", "v1", "jobs", labels=BUILD_LABELS)
+@kopf.on.event("batch", "v1", "jobs", labels=JOB_LABELS)
 async def on_build_job(namespace: str | None, name: str, labels: kopf.Labels,
                        **kwargs: Any) -> None:
     _bind(kwargs)
     _enqueue_for_job(namespace or "", name, labels.get(ENGINE_LABEL))
 
 
-@kopf.on.event("", "v1", "pods", labels=BUILD_LABELS)
+@kopf.on.event("", "v1", "pods", labels=JOB_LABELS)
 async def on_build_pod(namespace: str | None, labels: kopf.Labels, **kwargs: Any) -> None:
     _bind(kwargs)
     job = _job_of(labels)

@@ -176,6 +176,19 @@ class Kube:
                 raise
             log.debug("%s %s/%s is gone; finalizers not written", kind, namespace, name)
 
+    async def log_tail(self, namespace: str, pod: str, container: str,
+                       lines: int) -> str | None:
+        """The last ``lines`` of a container's log (``pods/log`` get), None if it cannot be
+        read (no log yet, the pod gone, a node that serves no logs). A read, so not held to
+        the write limit; the caller reads each download pod's log at most every few seconds."""
+        try:
+            chunks = [line async for line in self.client.log(
+                pod, namespace=namespace, container=container, tail_lines=lines)]
+        except (ApiError, httpx2.HTTPError) as exc:
+            log.debug("no log of pod %s/%s: %s", namespace, pod, type(exc).__name__)
+            return None
+        return "".join(chunks)
+
     @_counted("delete")
     async def delete(self, resource: Any, namespace: str, name: str) -> bool:
         """Delete with background propagation; False if it was already gone."""

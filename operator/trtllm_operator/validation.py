@@ -699,10 +699,14 @@ class CheckpointSize:
     """Phrased to follow "from": "spec.model.sizeHint"."""
 
 
-def checkpoint_size(spec: LLMEngineSpec, built_bytes: int | None) -> CheckpointSize | None:
-    """The best known size of an engine's checkpoint: what a build of the same model and
-    revision measured (``built_bytes``), else the spec's sizeHint, else None (then only the
-    build Job, which lists the checkpoint's files before downloading, can judge the fit)."""
+def checkpoint_size(spec: LLMEngineSpec, built_bytes: int | None,
+                    cached_bytes: int | None = None) -> CheckpointSize | None:
+    """The best known size of an engine's checkpoint: the model cache's manifest of this very
+    checkpoint (``cached_bytes``), else what a build of the same model and revision measured
+    (``built_bytes``), else the spec's sizeHint, else None (then only the build Job, which
+    lists the checkpoint's files before downloading, can judge the fit)."""
+    if cached_bytes is not None:
+        return CheckpointSize(cached_bytes, "the model cache's manifest of this checkpoint")
     if built_bytes is not None:
         return CheckpointSize(built_bytes, "the build of an engine of the same model and "
                                            "revision")

@@ -54,11 +54,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
 
 @pytest.fixture(scope="session")
 def gpu_fleet(cluster: ClusterUnderTest) -> dict[str, list[str]]:
-    """The simulated GPU nodes e2e tests share: 2 H100 (8 GPUs), 1 L40S (4), 1 A100 (8)."""
+    """The simulated nodes e2e tests share: 2 H100 (8 GPUs), 1 L40S (4), 1 A100 (8), and 2
+    CPU-only nodes (where model downloads run)."""
     return {
         "h100": cluster.add_nodes("h100", 2),
         "l40s": cluster.add_nodes("l40s", 1),
         "a100": cluster.add_nodes("a100", 1),
+        "cpu": cluster.add_nodes(None, 2),
     }
 
 

@@ -61,9 +61,10 @@ def test_a_refused_build_job_shows_as_reconcile_error_until_the_refusal_is_lifte
     core.delete_namespaced_resource_quota("no-jobs", namespace)
     wait_for(lambda: reconcile_error() is None and targets(get_engine("refused")), 90,
              "the condition to go once the Job could be created")
-    assert len(_build_jobs(api_client, namespace)) == 1
+    # The model is downloaded first (its own Job), then the one build runs.
     kubectl("wait", "-n", namespace, "--for=condition=Ready", "llmengine/refused",
             "--timeout=90s")
+    assert len(_build_jobs(api_client, namespace)) == 1
 
 
 def test_a_deleted_build_script_configmap_is_recreated_for_the_next_build(

@@ -32,7 +32,9 @@ from trtllm_operator.localcluster.cluster import static_rwx_claim
 
 pytestmark = pytest.mark.usefixtures("running_operator", "gpu_fleet")
 
-BUILD_SELECTOR = "app.kubernetes.io/component=engine-build"
+# The model download's pod meets a missing Secret or an unpullable image first (same image,
+# same token): the job pods of an engine, download and builds alike.
+BUILD_SELECTOR = "app.kubernetes.io/component in (engine-build,model-download)"
 # An image that can never be pulled (RFC 2606 reserves .invalid), with a release tag so the
 # image-release checks pass and only the pull fails.
 UNPULLABLE_BUILDER = "registry.invalid/nvidia/tensorrt-llm/release:1.2.0"

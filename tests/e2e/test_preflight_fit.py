@@ -21,16 +21,20 @@ from tests.support import wait_for
 from trtllm_operator import gpus
 from trtllm_operator.localcluster import stages
 
-pytestmark = pytest.mark.usefixtures("running_operator", "gpu_fleet", "storage")
+pytestmark = pytest.mark.usefixtures("running_operator", "gpu_fleet", "storage", "hf_token")
 
 GiB = 1 << 30
 
 
 def fit_engine(name: str, target_list: list[str], size_hint: str | None = None,
-               **build: Any) -> dict[str, Any]:
+               model_bytes: int | None = None, **build: Any) -> dict[str, Any]:
     """The 8B sample engine, with a model repo of its own: sizes measured by builds are shared
-    by model across the cluster, so each test keeps its model to itself."""
+    by model across the cluster, so each test keeps its model to itself. ``model_bytes``: the
+    checkpoint size the simulated hub's download reports (the model cache's manifest)."""
     obj = small_engine(name, target_list, **build)
+    if model_bytes is not None:
+        obj["metadata"]["annotations"] = {
+            "sim.trtllm.dev/download-checkpoint-bytes": str(model_bytes)}
     hf = obj["spec"]["model"]["huggingFace"]
     hf["repo"] = f"org/fit-{uuid.uuid4().hex[:8]}"
     del hf["tokenSecretRef"]  # an open model: no Secret for the build pod to wait for
@@ -81,7 +85,7 @@ def test_an_explicit_target_the_model_cannot_fit_is_invalid_and_gets_no_job(
         kubectl: Kubectl, namespace: str, get_engine: Getter,
         api_client: client.ApiClient) -> None:
     # 60 GiB of bf16 weights: about 68 GiB per GPU with headroom. H100 has 80, L40S 45.
-    apply(kubectl, namespace, fit_engine("big", [H100, L40S], "60Gi"))
+    apply(kubectl, namespace, fit_engine("big", [H100, L40S], "60Gi", model_bytes=60 * GiB))
 
     def l40s_judged() -> dict[str, Any] | None:
         t = targets(get_engine("big")).get(L40S)
@@ -112,7 +116,7 @@ def test_an_explicit_target_the_model_cannot_fit_is_invalid_and_gets_no_job(
 def test_auto_skips_the_gpu_type_too_small_says_why_and_builds_the_others(
         kubectl: Kubectl, namespace: str, get_engine: Getter,
         api_client: client.ApiClient) -> None:
-    apply(kubectl, namespace, fit_engine("auto", ["auto"], "60Gi"))
+    apply(kubectl, namespace, fit_engine("auto", ["auto"], "60Gi", model_bytes=60 * GiB))
     kubectl("wait", "-n", namespace, "--for=condition=Ready", "llmengine/auto",
             "--timeout=90s")
     engine = get_engine("auto")
@@ -146,13 +150,13 @@ def test_auto_with_every_gpu_type_too_small_is_not_ready_and_builds_nothing(
     assert _jobs_by_gpu(api_client, namespace) == {}
 
 
-def test_a_size_one_build_measured_stops_another_engine_of_the_same_model(
+def test_a_size_the_download_measured_stops_another_engine_of_the_same_model(
         kubectl: Kubectl, namespace: str, get_engine: Getter,
         api_client: client.ApiClient) -> None:
     # What the entrypoint reports for a 60 GiB checkpoint, through the simulation.
     summary = {"phase": "Built", "checkpointBytes": 60 * GiB,
                "resolvedRevision": "8afb486c1db24fe5011ec46dfbe5b5dccdb575c2"}
-    first = fit_engine("first", [H100],
+    first = fit_engine("first", [H100], model_bytes=60 * GiB,
                        env=[{"name": stages.MESSAGE_ENV, "value": json.dumps(summary)}])
     apply(kubectl, namespace, first)
     kubectl("wait", "-n", namespace, "--for=condition=Ready", "llmengine/first",
@@ -170,34 +174,26 @@ def test_a_size_one_build_measured_stops_another_engine_of_the_same_model(
 
     t = wait_for(judged, 60, "the L40S target of the second engine to be refused")
     assert t["reason"] == "ModelDoesNotFit"
-    assert "from the build of an engine of the same model and revision" in t["message"]
+    # The model cache's manifest (the download's measure) is the best size source.
+    assert "from the model cache's manifest of this checkpoint" in t["message"]
     assert set(_jobs_by_gpu(api_client, namespace)) == {H100}
 
 
-def test_a_build_refused_as_too_big_fails_at_once_and_teaches_the_operator_the_size(
-        kubectl: Kubectl, namespace: str, get_engine: Getter, core: client.CoreV1Api,
+def test_a_model_the_download_measured_too_big_is_refused_before_any_build(
+        kubectl: Kubectl, namespace: str, get_engine: Getter,
         api_client: client.ApiClient) -> None:
-    # No sizeHint: only the build Job can tell. Its entrypoint exits 7 with this summary.
-    summary = {"phase": "Failed", "reason": "ModelDoesNotFit", "checkpointBytes": 60 * GiB,
-               "message": "org/fit does not fit NVIDIA-L40S: the engine needs at least 68.0 GiB "
-                          "per GPU but one GPU has 45.0 GiB"}
-    apply(kubectl, namespace, fit_engine("refused", [L40S], env=[
-        {"name": stages.EXIT_CODE_ENV, "value": "7"},
-        {"name": stages.MESSAGE_ENV, "value": json.dumps(summary)}]))
+    # No sizeHint: the download (one CPU Job) measures the checkpoint, and the operator
+    # refuses the GPU type before any build Job - no GPU time spent finding out. (The build
+    # Job's own fit check, exit 7, remains for a checkpoint whose size nothing reported.)
+    apply(kubectl, namespace, fit_engine("refused", [L40S], model_bytes=60 * GiB))
 
     def judged() -> dict[str, Any] | None:
         t = targets(get_engine("refused")).get(L40S)
         return t if t and t["reason"] == "ModelDoesNotFit" and t["state"] == "Invalid" else None
 
-    # Failed by the build, then (the size now known) refused by the operator itself.
     t = wait_for(judged, 90, "the L40S target to end ModelDoesNotFit")
-    assert "from the build of an engine of the same model and revision" in t["message"]
-    job = _jobs_by_gpu(api_client, namespace)[L40S]
-    failed = [c for c in job.status.conditions or [] if c.type == "Failed"]
-    assert failed
-    assert failed[0].reason == "PodFailurePolicy"  # exit 7 is permanent: no retry
-    pods = core.list_namespaced_pod(namespace,
-                                    label_selector=f"job-name={job.metadata.name}").items
-    assert len(pods) == 1
+    assert "from the model cache's manifest of this checkpoint" in t["message"]
+    assert get_engine("refused")["status"]["modelCache"]["checkpointBytes"] == 60 * GiB
+    assert _jobs_by_gpu(api_client, namespace) == {}
     transitions = [e["reason"] for e in _events(kubectl, namespace, "refused")]
-    assert "BuildFailed" in transitions
+    assert "TargetInvalid" in transitions

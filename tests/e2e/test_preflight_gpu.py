@@ -91,7 +91,12 @@ def test_a_multi_gpu_engine_for_a_mig_slice_is_refused_and_a_single_gpu_one_buil
     assert labels[gpus.MEMORY_LABEL] == "10240"  # per slice, from the profile
     apply(kubectl, namespace, small_engine("migtp2", [A100_MIG],
                                            parallelism={"tensor": 2}))
-    apply(kubectl, namespace, small_engine("migtp1", [A100_MIG]))
+    # An 8B model's bf16 weights (16 GB, what the simulated hub's download reports by default)
+    # cannot fit a 10 GB slice: the single-GPU engine is of a small model (about 3B).
+    small = small_engine("migtp1", [A100_MIG])
+    small["metadata"]["annotations"] = {"sim.trtllm.dev/download-checkpoint-bytes":
+                                        str(6 * 10**9)}
+    apply(kubectl, namespace, small)
 
     invalid = wait_for(lambda: _target_in(get_engine, "migtp2", A100_MIG, "Invalid"), 60,
                        "the tp=2 MIG target to be refused")

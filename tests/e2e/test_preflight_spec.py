@@ -24,7 +24,7 @@ from tests.e2e.conftest import (
 )
 from tests.support import wait_for
 
-pytestmark = pytest.mark.usefixtures("running_operator", "gpu_fleet", "storage")
+pytestmark = pytest.mark.usefixtures("running_operator", "gpu_fleet", "storage", "hf_token")
 
 DIGEST_IMAGE = "nvcr.io/nvidia/tensorrt-llm/release@sha256:" + "a" * 64
 
@@ -46,9 +46,13 @@ def _invalid(get_engine: Getter, name: str) -> dict[str, Any]:
     return target
 
 
-def _job_names(api_client: client.ApiClient, namespace: str) -> set[str]:
-    jobs = client.BatchV1Api(api_client).list_namespaced_job(namespace).items
+def _job_names(api_client: client.ApiClient, namespace: str, selector: str = "") -> set[str]:
+    jobs = client.BatchV1Api(api_client).list_namespaced_job(
+        namespace, label_selector=selector).items
     return {j.metadata.name for j in jobs}
+
+
+BUILDS = "app.kubernetes.io/component=engine-build"
 
 
 def _event_messages(core: client.CoreV1Api, namespace: str, name: str) -> list[str]:
@@ -89,7 +93,7 @@ def test_an_image_of_unknown_release_builds_nothing_until_the_release_is_stated(
     apply(kubectl, namespace, engine)
     target = wait_for(lambda: _launched(get_engine, "by-digest"), 60,
                       "the build to start once the release is stated")
-    assert _job_names(api_client, namespace) == {target["job"]}
+    assert _job_names(api_client, namespace, BUILDS) == {target["job"]}
 
 
 def test_the_tensorrt_backend_of_1_3_0rc21_is_refused_and_one_of_1_3_0rc20_builds(
@@ -108,7 +112,7 @@ def test_the_tensorrt_backend_of_1_3_0rc21_is_refused_and_one_of_1_3_0rc20_build
     rc20 = wait_for(lambda: _launched(get_engine, "rc20"), 60, "the 1.3.0rc20 build to start")
     assert get_engine("rc20")["status"]["backend"] == "tensorrt"
     settle()
-    assert _job_names(api_client, namespace) == {rc20["job"]}
+    assert _job_names(api_client, namespace, BUILDS) == {rc20["job"]}
 
 
 def test_build_only_fields_of_a_pytorch_engine_are_refused_before_any_job(

@@ -354,11 +354,16 @@ def test_removing_any_one_rule_breaks_part_of_the_flow_with_a_denial_naming_it(
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         results = list(pool.map(run_without, range(len(rules))))
-    superfluous = [(rule, tail) for rule, passed, _, tail in results if passed == set(CHECKS)]
+    # kwok's nodes serve no pod logs: download progress (the only use of pods/log) cannot be
+    # seen here, with the rule or without it, and a refused log read only loses the figures.
+    unprovable = {"core/pods/log:get"}
+    superfluous = [(rule, tail) for rule, passed, _, tail in results
+                   if passed == set(CHECKS) and rule not in unprovable]
     assert not superfluous, f"rules whose removal broke nothing: {superfluous}"
     # Not just a flow that stalled: the API server's refusal of the very verb and resource
     # the removed rule granted is what the operator reported.
-    unexplained = [(rule, tail) for rule, _, seen, tail in results if seen is None]
+    unexplained = [(rule, tail) for rule, _, seen, tail in results
+                   if seen is None and rule not in unprovable]
     assert not unexplained, f"removals with no denial of that rule in log or status: " \
                             f"{unexplained}"
     for rule, passed, seen, _ in results:  # for the record

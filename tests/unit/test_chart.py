@@ -43,6 +43,7 @@ NAMESPACED_RULES = expand([
     (["trtllm.dev"], ["llmdeployments"], ["list", "watch"]),
     (["batch"], ["jobs"], ["list", "watch", "create", "delete"]),
     ([""], ["pods", "persistentvolumeclaims"], ["list", "watch"]),
+    ([""], ["pods/log"], ["get"]),
     ([""], ["configmaps"], ["list", "watch", "create", "patch"]),
     (["apps"], ["deployments"], ["list", "watch", "create", "patch"]),
     ([""], ["services"], ["list", "watch", "create", "patch"]),

@@ -301,7 +301,7 @@ def columns(kind: Any, priority: int) -> list[str]:
 def test_printer_columns() -> None:
     assert columns(ENGINE_KIND, 0) == ["Ready", "Built", "Model", "Backend", "Age"]
     assert columns(DEPLOYMENT_KIND, 0) == ["Ready", "Replicas", "Engine", "GPU", "Age"]
-    assert columns(ENGINE_KIND, 1) == ["Reason", "Message"]
+    assert columns(ENGINE_KIND, 1) == ["Cache", "Reason", "Message"]
     assert columns(DEPLOYMENT_KIND, 1) == ["Endpoint", "Reason", "Message"]
 
 

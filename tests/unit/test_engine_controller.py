@@ -13,6 +13,7 @@ import yaml
 
 from tests.conftest import ROOT
 from trtllm_operator.api import EngineTargetStatus
+from trtllm_operator.api.engine import ModelCacheStatus
 from trtllm_operator.claims import ClaimFact
 from trtllm_operator.engines.controller import EngineController, Key
 from trtllm_operator.engines.planning import CheckpointKey
@@ -20,6 +21,8 @@ from trtllm_operator.validation import ClusterFacts, GPUPool
 
 H100 = "NVIDIA-H100-80GB-HBM3"
 KEY = ("ml", "llama-3-8b")
+COMMIT = "a" * 40
+CACHED_PATH = f"/engines/models/meta-llama--Meta-Llama-3-8B-Instruct/{COMMIT}"
 
 
 class FakeView:
@@ -32,6 +35,10 @@ class FakeView:
                                                                          ("ReadWriteMany",))}
         self.facts = ClusterFacts({H100: GPUPool((8, 8), (9, 0))})
         self.sizes: dict[CheckpointKey, int] = {}
+        # Most tests are about builds: their checkpoint is already in the model cache, as
+        # another LLMEngine recorded it. Model-phase tests set this to None.
+        self.model_cached: ModelCacheStatus | None = ModelCacheStatus(
+            state="Cached", reason="Downloaded", commit=COMMIT, path=CACHED_PATH)
 
     def engine(self, key: Key) -> Mapping[str, Any] | None:
         return self.body
@@ -66,6 +73,12 @@ class FakeView:
 
     def checkpoint_bytes(self, key: CheckpointKey | None) -> int | None:
         return self.sizes.get(key) if key is not None else None
+
+    def model_cached_elsewhere(self, namespace: str, job_name: str,
+                               but_not: str) -> ModelCacheStatus | None:
+        if self.model_cached is None:
+            return None
+        return self.model_cached.model_copy(update={"job": job_name})
 
 
 class FakeWriter:

@@ -84,3 +84,37 @@ def test_finalizers_of_an_object_already_gone_need_no_change_but_a_conflict_is_r
     with pytest.raises(ApiError) as raised:  # the reconcile must see it, to retry
         asyncio.run(conflict.set_finalizers("LLMEngine", "ml", "e", [], "7"))
     assert raised.value.status.code == 409
+
+
+class LogClient:
+    """lightkube's ``log``: an async iterator of lines, or a 404 for a pod without a log."""
+
+    def __init__(self, lines: list[str] | None) -> None:
+        self.lines = lines
+        self.calls: list[dict[str, Any]] = []
+
+    def log(self, name: str, **kwargs: Any) -> Any:
+        self.calls.append({"name": name, **kwargs})
+        lines = self.lines
+
+        async def gen() -> Any:
+            if lines is None:
+                request = httpx2.Request("GET", "https://127.0.0.1/api/v1/namespaces/ml/pods/p/log")
+                response = httpx2.Response(404, request=request, json={
+                    "kind": "Status", "code": 404, "reason": "NotFound", "message": "no log"})
+                raise ApiError(request=request, response=response,
+                               status=Status(code=404, reason="NotFound", message="no log"))
+            for line in lines:
+                yield line
+        return gen()
+
+
+def test_a_log_tail_is_read_with_tail_lines_and_an_unreadable_log_is_none() -> None:
+    client = LogClient(['{"progress": {"doneBytes": 1, "totalBytes": 2}}\n', "done\n"])
+    kube = Kube(client)  # type: ignore[arg-type]
+    text = asyncio.run(kube.log_tail("ml", "p", "download", 20))
+    assert text == '{"progress": {"doneBytes": 1, "totalBytes": 2}}\ndone\n'
+    assert client.calls == [{"name": "p", "namespace": "ml", "container": "download",
+                             "tail_lines": 20}]
+    assert asyncio.run(Kube(LogClient(None)).log_tail(  # type: ignore[arg-type]
+        "ml", "p", "download", 20)) is None

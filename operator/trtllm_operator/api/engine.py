@@ -453,6 +453,8 @@ class EngineConditionType(StrEnum):
     """Every target has an engine (possibly for an older spec while a rebuild runs)."""
     BUILDING = "Building"
     """At least one build Job is running."""
+    MODEL_CACHED = "ModelCached"
+    """The Hugging Face checkpoint is in the model cache (absent for a volume-sourced model)."""
 
 
 TargetState = Literal["Pending", "Building", "Built", "Failed", "Invalid", "Unschedulable"]
@@ -539,6 +541,42 @@ class SkippedTarget(StatusModel):
     """Why this GPU type cannot run the spec."""
 
 
+ModelCacheState = Literal["Pending", "Downloading", "Cached", "Failed"]
+
+
+class DownloadProgress(StatusModel):
+    """Bytes fetched so far, from the download pod's last progress line."""
+
+    done_bytes: Annotated[int, Field(ge=0)]
+    """Bytes in the staging folder (partial files count)."""
+    total_bytes: Annotated[int, Field(ge=0)]
+    """Bytes of every file to fetch."""
+
+
+class ModelCacheStatus(StatusModel):
+    """The Hugging Face checkpoint in the shared model cache: one download per repo and
+    revision, shared by every target and every LLMEngine naming it."""
+
+    state: ModelCacheState
+    """Pending, Downloading, Cached or Failed."""
+    reason: Annotated[str, StringConstraints(max_length=1024)] | None = None
+    """Why, in one word (e.g. Downloaded, CacheHit, ModelNotFound, ModelAccessDenied)."""
+    message: Annotated[str, StringConstraints(max_length=32768)] | None = None
+    """What happened and, on failure, how to retry."""
+    job: Annotated[str, StringConstraints(max_length=63)] | None = None
+    """The download Job (shared by every LLMEngine naming this repo and revision)."""
+    commit: Annotated[str, StringConstraints(max_length=64)] | None = None
+    """The commit the revision resolved to."""
+    path: Annotated[str, StringConstraints(max_length=1024)] | None = None
+    """The cache entry as build pods see it, e.g. /engines/models/org--name/<commit>."""
+    total_bytes: Annotated[int, Field(ge=0)] | None = None
+    """Bytes of every file of the cache entry."""
+    checkpoint_bytes: Annotated[int, Field(ge=0)] | None = None
+    """The weights at 16 bits per parameter: the memory fit check's size source."""
+    progress: DownloadProgress | None = None
+    """While Downloading: bytes done and total, when the pod's log could be read."""
+
+
 class LLMEngineStatus(StatusModel):
     """What the operator observed about the builds."""
 
@@ -568,6 +606,8 @@ class LLMEngineStatus(StatusModel):
     """The checkpoint in one line: repo@revision, or pvc://claim/path."""
     backend: facts.Backend | None = None
     """The backend in effect: spec.backend, or the one spec.build.image's release implies."""
+    model_cache: ModelCacheStatus | None = None
+    """The download of a Hugging Face checkpoint into the model cache (none for a volume)."""
 
 
 class LLMEngine(ResourceModel):
@@ -597,6 +637,8 @@ ENGINE_KIND = KindInfo(
         PrinterColumn("Model", "string", ".status.model", "The checkpoint being built."),
         PrinterColumn("Backend", "string", ".status.backend",
                       "tensorrt (an engine per GPU type) or pytorch (the checkpoint served)."),
+        PrinterColumn("Cache", "string", ".status.modelCache.state",
+                      "The checkpoint's download into the model cache.", priority=1),
         AGE_COLUMN,
         *ready_columns()[1:],
     ),

@@ -9,17 +9,20 @@ when the status differs from what is stored.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from trtllm_jobs.reporting import last_progress
 from trtllm_operator import conditions as cond
 from trtllm_operator import metrics
 from trtllm_operator.api import ConditionStatus, EngineTargetStatus, LLMEngine, LLMEngineStatus
-from trtllm_operator.api.engine import EngineConditionType, SkippedTarget
+from trtllm_operator.api.engine import EngineConditionType, ModelCacheStatus, SkippedTarget
 from trtllm_operator.claims import CLAIM_REASONS, ClaimFact, check_engine_claims
 from trtllm_operator.engines import jobs
+from trtllm_operator.engines import model_cache as mc
 from trtllm_operator.engines.planning import (
     CheckpointKey,
     TargetPlan,
@@ -91,7 +94,13 @@ class View(Protocol):
     def job_wanted_by_others(self, namespace: str, job_name: str, but_not: str) -> bool: ...
     def has_configmap(self, namespace: str, name: str) -> bool: ...
     def claim(self, namespace: str, name: str) -> ClaimFact | None: ...
+    def model_cached_elsewhere(self, namespace: str, job_name: str,
+                               but_not: str) -> ModelCacheStatus | None: ...
     def checkpoint_bytes(self, key: CheckpointKey | None) -> int | None: ...
+
+
+LogReader = Callable[[str, str, str, int], Awaitable[str | None]]
+"""(namespace, pod, container, tail lines) -> the log's last lines, None if unreadable."""
 
 
 EventSink = Callable[[Mapping[str, Any], str, str, str], None]
@@ -108,6 +117,11 @@ class EngineController:
     active_deadline_seconds: int = 6 * 3600
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     status_writes: StatusWrites = field(default_factory=lambda: StatusWrites("LLMEngine"))
+    log_reader: LogReader | None = None
+    """Reads a running download pod's progress; None: progress is not shown."""
+    monotonic: Callable[[], float] = time.monotonic
+    _progress: dict[tuple[str, str], tuple[float, tuple[int, int] | None]] = field(
+        default_factory=dict)
 
     async def reconcile(self, key: Key) -> Result | None:
         body = self.view.engine(key)
@@ -124,8 +138,10 @@ class EngineController:
                 "LLMEngine", namespace, name, [*engine.metadata.finalizers, IN_USE_FINALIZER],
                 engine.metadata.resource_version)
         facts = self.view.cluster_facts()
+        model = await self._model(engine)
         size = checkpoint_size(engine.spec, self.view.checkpoint_bytes(
-            checkpoint_key(namespace, engine.spec.model.to_wire())))
+            checkpoint_key(namespace, engine.spec.model.to_wire())),
+            cached_bytes=mc.model_size_source(model.status if model else None))
 
         findings = (*check_engine_objects(engine.spec), *validate_engine(
             engine.spec.model_copy(update={"targets": tuple(
@@ -153,6 +169,7 @@ class EngineController:
         previous = {t.gpu: t for t in engine.status.targets}
         plans: list[TargetPlan] = []
         decisions: list[Decision] = []
+        wants_build = False
         for gpu in targets:
             plan = plan_target(engine, gpu)
             plans.append(plan)
@@ -164,14 +181,24 @@ class EngineController:
                 previous=previous.get(gpu),
                 stuck=build_pod_problem(engine.spec, namespace, pod),
             )
-            decisions.append(decide_target(plan, engine.spec.build.image, namespace,
-                                           [*claim_findings, *by_gpu.get(gpu, [])],
-                                           observed, facts))
+            decision = decide_target(plan, engine.spec.build.image, namespace,
+                                     [*claim_findings, *by_gpu.get(gpu, [])], observed, facts)
+            wants_build = wants_build or decision.create_job
+            decisions.append(mc.gate_target(decision, model) if model else decision)
+        if model is not None and model.create_job and not wants_build:
+            model = None  # every target is built or cannot build: nothing to download for
 
         # Running builds need the script too: pods of a Job whose ConfigMap was deleted would
         # wait in ContainerCreating (FailedMount) until the build deadline.
-        if any(d.create_job or d.status.state in ("Pending", "Building") for d in decisions):
+        if (model is not None and model.create_job) or any(
+                d.create_job or d.status.state in ("Pending", "Building") for d in decisions):
             await self._ensure_script(namespace)
+        model_plan = mc.plan_model(engine.spec)
+        if model is not None and model_plan is not None and model.create_job:
+            await self.writer.create_if_absent(mc.download_job(
+                engine, model_plan, jobs.script_configmap_name(self.script),
+                self.active_deadline_seconds))
+        cached_path = model.status.path if model is not None and model.cached else None
         for plan, decision in zip(plans, decisions, strict=True):
             # Created, never applied: a Job's template is immutable, and engines sharing a
             # fingerprint share the Job. 409 means it is already there (made by another engine,
@@ -180,12 +207,15 @@ class EngineController:
             # download (exit 7, ModelDoesNotFit), when the operator could not tell beforehand.
             if decision.create_job and await self.writer.create_if_absent(jobs.build_job(
                     engine, plan, jobs.script_configmap_name(self.script),
-                    self.active_deadline_seconds, gpu_memory_mib=facts.memory_mib(plan.gpu))):
+                    self.active_deadline_seconds, gpu_memory_mib=facts.memory_mib(plan.gpu),
+                    cached_path=cached_path)):
                 metrics.BUILDS_STARTED.labels(plan.gpu).inc()
-        await self._delete_unplanned_jobs(namespace, name, {p.job_name for p in plans})
+        await self._delete_unplanned_jobs(namespace, name, {p.job_name for p in plans} | (
+            {model_plan.job_name} if model_plan is not None else set()))
 
         statuses = tuple(d.status for d in decisions)
-        new_status = self._status(engine, statuses, findings, skipped)
+        new_status = self._status(engine, statuses, findings, skipped,
+                                  model.status if model is not None else None)
         metrics.record_ready("LLMEngine", key, cond.is_true(new_status.conditions,
                                                             EngineConditionType.READY))
         old_wire = engine.status.to_wire()
@@ -194,12 +224,65 @@ class EngineController:
         if await self.status_writes.publish(self.writer, key, old_wire, new_wire,
                                             uid=engine.metadata.uid):
             self._emit_transitions(body, previous, statuses)
+            if model is not None:
+                self._emit_model_transition(body, engine.status.model_cache, model.status)
             emit_spec_warnings(self.events, body, engine.status.conditions,
                                new_status.conditions, findings)
             self._emit_skipped(body, announced, skipped)
+        if model is not None and model.status.state == "Downloading" \
+                and self.log_reader is not None:
+            # Pod logs send no events: look again for the next progress line.
+            return Result(requeue_after=mc.PROGRESS_READ_SECONDS)
         if any(s.state in ("Building", "Pending", "Unschedulable") for s in statuses):
             return Result(requeue_after=BUILDING_RESYNC_SECONDS)
         return None
+
+    async def _model(self, engine: LLMEngine) -> mc.ModelDecision | None:
+        """The checkpoint's download (None for a volume-sourced model)."""
+        plan = mc.plan_model(engine.spec)
+        if plan is None:
+            return None
+        namespace, name = engine.metadata.namespace or "", engine.metadata.name
+        job = self.view.job(namespace, plan.job_name)
+        pod = self.view.newest_pod(namespace, plan.job_name) if job is not None else None
+        return mc.decide_model(plan, namespace, mc.ModelObserved(
+            job=job, pod=pod, previous=engine.status.model_cache,
+            cached_elsewhere=self.view.model_cached_elsewhere(namespace, plan.job_name, name),
+            stuck=build_pod_problem(engine.spec, namespace, pod),
+            progress=await self._read_progress(namespace, plan.job_name, pod)))
+
+    async def _read_progress(self, namespace: str, job_name: str,
+                             pod: Mapping[str, Any] | None) -> tuple[int, int] | None:
+        """The running download pod's last progress line, read at most every
+        PROGRESS_READ_SECONDS per Job (between reads: the last one read)."""
+        key = (namespace, job_name)
+        phase = ((pod or {}).get("status") or {}).get("phase")
+        if self.log_reader is None or pod is None or phase != "Running":
+            self._progress.pop(key, None)
+            return None
+        now = self.monotonic()
+        last = self._progress.get(key)
+        if last is not None and now - last[0] < mc.PROGRESS_READ_SECONDS:
+            return last[1]
+        text = await self.log_reader(namespace, str(pod["metadata"]["name"]), mc.CONTAINER,
+                                     mc.PROGRESS_TAIL_LINES)
+        progress = last_progress(text) if text else None
+        self._progress[key] = (now, progress or (last[1] if last else None))
+        return self._progress[key][1]
+
+    def _emit_model_transition(self, body: Mapping[str, Any], old: ModelCacheStatus | None,
+                               new: ModelCacheStatus) -> None:
+        if old is not None and (old.state, old.reason, old.job) == (
+                new.state, new.reason, new.job):
+            return
+        if old is None and new.state == "Cached":
+            return  # found in the cache at first sight: nothing happened worth an Event
+        kind = "Warning" if new.state == "Failed" or new.reason in ANNOUNCED_REASONS \
+            else "Normal"
+        reason = new.reason if new.reason in ANNOUNCED_REASONS and new.reason else {
+            "Pending": "ModelDownloadPending", "Downloading": "ModelDownloading",
+            "Cached": "ModelCached", "Failed": "ModelDownloadFailed"}[new.state]
+        self.events(body, kind, reason, f"model: {new.message}"[:1024])
 
     # ------------------------------------------------------------------ pieces
 
@@ -268,7 +351,8 @@ class EngineController:
 
     def _status(self, engine: LLMEngine, targets: tuple[EngineTargetStatus, ...],
                 findings: tuple[Finding, ...],
-                skipped: tuple[SkippedTarget, ...] = ()) -> LLMEngineStatus:
+                skipped: tuple[SkippedTarget, ...] = (),
+                model: ModelCacheStatus | None = None) -> LLMEngineStatus:
         gen = engine.metadata.generation
         now = self.clock()
         total = len(targets)
@@ -305,11 +389,21 @@ class EngineController:
             (f"building for {', '.join(t.gpu for t in building)}" if building
              else "no build Job is running"),
             observed_generation=gen, now=now)
+        if model is not None:
+            conds = cond.set_condition(
+                conds, EngineConditionType.MODEL_CACHED,
+                "True" if model.state == "Cached" else "False", model.reason or model.state,
+                # Without the progress figures: they change every few seconds.
+                (model.message or "").split(" (")[0] if model.state == "Downloading"
+                else model.message or "", observed_generation=gen, now=now)
+        else:
+            conds = cond.remove_condition(conds, EngineConditionType.MODEL_CACHED)
         conds = spec_warning_condition(conds, findings, gen, now)
         return LLMEngineStatus(
             observed_generation=gen, conditions=conds, targets=targets,
             skipped_targets=skipped or None, built_targets=f"{built}/{total}",
-            model=_model_line(engine), backend=effective_backend(engine.spec))
+            model=_model_line(engine), backend=effective_backend(engine.spec),
+            model_cache=model)
 
     def _emit_transitions(self, body: Mapping[str, Any],
                           previous: Mapping[str, EngineTargetStatus],

@@ -110,7 +110,8 @@ def job_labels(engine: LLMEngine, plan: TargetPlan) -> dict[str, str]:
 
 def build_job(engine: LLMEngine, plan: TargetPlan, script_configmap: str,
               active_deadline_seconds: int = 6 * 3600,
-              gpu_memory_mib: int | None = None) -> dict[str, Any]:
+              gpu_memory_mib: int | None = None,
+              cached_path: str | None = None) -> dict[str, Any]:
     """The Job that builds ``plan`` on a node of its GPU type.
 
     - ``nodeSelector`` pins the GPU product: an engine only loads on the GPU it was built on;
@@ -126,7 +127,7 @@ def build_job(engine: LLMEngine, plan: TargetPlan, script_configmap: str,
     lbl = job_labels(engine, plan)
     env: list[dict[str, Any]] = [
         {"name": "TRTLLM_BUILD_SPEC", "value": json.dumps(
-            build_job_spec(engine, plan, gpu_memory_mib), sort_keys=True)},
+            build_job_spec(engine, plan, gpu_memory_mib, cached_path), sort_keys=True)},
         {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "HF_HOME", "value": f"{SCRATCH_MOUNT}/huggingface"},

@@ -178,7 +178,8 @@ def extra_args_as_options(args: tuple[str, ...]) -> dict[str, str | bool | list[
 
 
 def build_job_spec(engine: LLMEngine, plan: TargetPlan,
-                   gpu_memory_mib: int | None = None) -> dict[str, Any]:
+                   gpu_memory_mib: int | None = None,
+                   cached_path: str | None = None) -> dict[str, Any]:
     """The build-spec JSON the build-job entrypoint (build-jobs/) reads from TRTLLM_BUILD_SPEC.
 
     ``gpu_memory_mib`` is the target GPU type's nvidia.com/gpu.memory label (None when unknown):
@@ -192,6 +193,10 @@ def build_job_spec(engine: LLMEngine, plan: TargetPlan,
     model: dict[str, Any]
     if hf is not None:
         model = {"source": "huggingFace", "repo": hf.repo, "revision": hf.revision or "main"}
+        if cached_path is not None:
+            # The model cache's entry (engines/model_cache.py): the build reads it in place
+            # and never talks to the hub. Not a fingerprint input: same repo and revision.
+            model["cachedPath"] = cached_path
     else:
         assert spec.model.volume is not None
         model = {"source": "volume", "path": f"{MODELS_MOUNT}/{spec.model.volume.path}"}

@@ -20,6 +20,16 @@ kubelet would show:
   ``lastState.terminated`` (exit code 1, reason ``Error``). A Job's pod (restartPolicy Never)
   fails instead: use ``sim.trtllm.dev/exit-code`` (see :mod:`.stages`).
 
+- **simulated hub**: a model-download pod (env ``TRTLLM_DOWNLOAD_SPEC``) is admitted with the
+  summary the real download job writes to its termination message (``phase``, ``repo``,
+  ``commit``, ``path``, ``totalBytes``, ``checkpointBytes``; on failure the reason its exit
+  code stands for), as the annotation the completion Stage copies. The commit is the revision
+  when it is one, else a hash of repo and revision (a stable simulated hub). The operator
+  writes the download pod itself, so a test steers it through annotations on the LLMEngine
+  that created it: ``sim.trtllm.dev/download-exit-code``, ``sim.trtllm.dev/download-duration``
+  (Go duration), ``sim.trtllm.dev/download-checkpoint-bytes``. kwok keeps no logs, so no
+  progress lines exist here: a slow download shows Downloading without figures.
+
 A pod that passes every check gets the annotation ``sim.trtllm.dev/admitted``; kwok's pod
 Stages only act on admitted pods, so kwok never runs a pod a kubelet would refuse. A PVC volume
 needs nothing here: the real scheduler leaves a pod whose claim is missing or unbound Pending
@@ -31,7 +41,10 @@ the operator), no LIST per pod, one patch per decision.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -39,7 +52,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from trtllm_jobs import cache, contract
+from trtllm_operator.localcluster.stages import (
+    DURATION_ANNOTATION,
+    EXIT_CODE_ANNOTATION,
+    MESSAGE_ANNOTATION,
+)
+
 SIM_PREFIX = "sim.trtllm.dev"
+DOWNLOAD_SPEC_ENV = "TRTLLM_DOWNLOAD_SPEC"
+DOWNLOAD_EXIT_CODE_ANNOTATION = f"{SIM_PREFIX}/download-exit-code"
+DOWNLOAD_DURATION_ANNOTATION = f"{SIM_PREFIX}/download-duration"
+DOWNLOAD_BYTES_ANNOTATION = f"{SIM_PREFIX}/download-checkpoint-bytes"
 ADMITTED_ANNOTATION = f"{SIM_PREFIX}/admitted"
 CRASH_ANNOTATION = f"{SIM_PREFIX}/crash"
 CRASH_ENV = "SIM_CRASH"
@@ -137,6 +161,44 @@ def _first_env(pod: dict[str, Any], name: str) -> str | None:
         if env.get("name") == name:
             return str(env.get("value") or "")
     return None
+
+
+def is_download_pod(pod: dict[str, Any]) -> bool:
+    return _first_env(pod, DOWNLOAD_SPEC_ENV) is not None
+
+
+def download_pod_annotations(pod: dict[str, Any],
+                             steering: dict[str, str]) -> dict[str, str]:
+    """The Stage annotations of a download pod: its termination message (what the real job
+    would write) and, if the creating LLMEngine's ``steering`` annotations ask, its exit code
+    and duration. Empty for any other pod."""
+    raw = _first_env(pod, DOWNLOAD_SPEC_ENV)
+    if raw is None:
+        return {}
+    out: dict[str, str] = {}
+    if steering.get(DOWNLOAD_DURATION_ANNOTATION):
+        out[DURATION_ANNOTATION] = steering[DOWNLOAD_DURATION_ANNOTATION]
+    spec = json.loads(raw)
+    repo, revision = spec["model"]["repo"], spec["model"]["revision"]
+    base = {"repo": repo, "revision": revision}
+    code = int(steering.get(DOWNLOAD_EXIT_CODE_ANNOTATION) or 0)
+    if code:
+        out[EXIT_CODE_ANNOTATION] = str(code)
+        reason = next((str(r) for r, c in contract.EXIT_CODES.items() if c == code),
+                      str(contract.Reason.DOWNLOAD_FAILED))
+        out[MESSAGE_ANNOTATION] = json.dumps({
+            "phase": str(contract.Phase.FAILED), "reason": reason,
+            "message": f"simulated download failure: {reason}", **base})
+        return out
+    commit = revision if re.fullmatch(r"[0-9a-f]{40}", revision) else hashlib.sha1(
+        f"{repo}@{revision}".encode()).hexdigest()
+    checkpoint = int(steering.get(DOWNLOAD_BYTES_ANNOTATION) or 16_060_522_496)
+    out[MESSAGE_ANNOTATION] = json.dumps({
+        "phase": str(contract.Phase.DOWNLOADED), **base, "commit": commit,
+        "path": str(cache.entry_dir(Path(spec["cacheRoot"]), repo, commit)),
+        "totalBytes": checkpoint + 9_085_657, "checkpointBytes": checkpoint, "fileCount": 9,
+        "durationSeconds": 1.0})
+    return out
 
 
 def owned_by_job(pod: dict[str, Any]) -> bool:
@@ -358,7 +420,10 @@ class KubeletAdmission:
         with self._lock:
             waiting = decide(pod, self._known, pull_attempted=uid in self._pulled_once)
         if not waiting:
-            admit = {"metadata": {"annotations": {ADMITTED_ANNOTATION: "true"}}}
+            admit: dict[str, Any] = {"metadata": {"annotations": {ADMITTED_ANNOTATION: "true"}}}
+            if is_download_pod(pod):
+                admit["metadata"]["annotations"] |= download_pod_annotations(
+                    pod, self._steering(ns, meta.get("labels") or {}))
             self._client.patch(Pod, name, admit, namespace=ns, patch_type=PatchType.MERGE)
             with self._lock:
                 self._pending.pop((ns, name), None)
@@ -371,6 +436,22 @@ class KubeletAdmission:
         if all((w.container, w.reason, w.message) in seen for w in waiting):
             return  # already reported: one patch per change, not per retry
         self._patch_status(Pod, ns, name, waiting_status(pod, waiting), PatchType)
+
+    def _steering(self, namespace: str, pod_labels: dict[str, str]) -> dict[str, str]:
+        """The sim annotations of the LLMEngine that created a download pod ({} if gone)."""
+        from lightkube import ApiError
+        from lightkube.generic_resource import create_namespaced_resource
+
+        engine = pod_labels.get("trtllm.dev/engine")
+        if not engine:
+            return {}
+        res = create_namespaced_resource("trtllm.dev", "v1alpha1", "LLMEngine", "llmengines")
+        try:
+            obj = self._client.get(res, engine, namespace=namespace)
+        except ApiError:
+            return {}
+        annotations = obj.metadata.annotations if obj.metadata else None
+        return {k: v for k, v in (annotations or {}).items() if k.startswith(SIM_PREFIX)}
 
     def _patch_status(self, pod_res: Any, ns: str, name: str, status: dict[str, Any],
                       patch_type: Any) -> None:
