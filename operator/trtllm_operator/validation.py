@@ -84,6 +84,7 @@ class Reason(StrEnum):
     FIELD_NOT_FOR_BACKEND = "FieldNotForBackend"
     CALIBRATION_DATA_MISSING = "CalibrationDataMissing"
     OPTION_NOT_ALLOWED = "OptionNotAllowed"
+    BACKEND_FEATURE_UNAVAILABLE = "BackendFeatureUnavailable"
 
 
 @dataclass(frozen=True)
@@ -157,6 +158,7 @@ def validate_engine(spec: LLMEngineSpec, cluster: ClusterFacts,
     found: list[Finding] = []
     found += check_builder_image(spec)
     found += check_backend_fields(spec)
+    found += check_pytorch_model_source(spec)
     if effective_backend(spec) == "tensorrt":
         found += check_build_extra_args(spec)
     found += check_revision(spec)
@@ -305,7 +307,30 @@ def check_backend_fields(spec: LLMEngineSpec) -> list[Finding]:
                    "source; remove downloadDataset to calibrate offline from datasetPath, or "
                    "datasetPath to fetch calibration.dataset",
                    Reason.CALIBRATION_DATA_MISSING)
+    if (quant.format is not None or kv is not None) and not any(
+            f.field.startswith("spec.build.quantization") for f in found):
+        # A quantization spec that is right in itself, which the operator cannot act on yet:
+        # say so rather than wait forever for a Job never launched (field problems first).
+        refuse("spec.build.quantization",
+               "with the pytorch backend needs a quantize Job (ModelOpt export to a quantized "
+               "Hugging Face checkpoint), which this version of the operator does not launch "
+               "yet: remove spec.build.quantization to serve the checkpoint as it is, or use "
+               f"a tensorrt-line image (up to 1.3.0rc20, e.g. {facts.DEFAULT_TRTLLM_IMAGE}) "
+               "to build a quantized engine", Reason.BACKEND_FEATURE_UNAVAILABLE)
     return found
+
+
+def check_pytorch_model_source(spec: LLMEngineSpec) -> list[Finding]:
+    """The pytorch backend serves the model cache's copy of a Hugging Face checkpoint; serving
+    a checkpoint straight from another claim is not offered yet."""
+    if effective_backend(spec) != "pytorch" or spec.model.volume is None:
+        return []
+    return [Finding(
+        Reason.BACKEND_FEATURE_UNAVAILABLE, Severity.ERROR, "spec.model.volume",
+        "spec.model.volume: the pytorch backend serves checkpoints from the model cache, which "
+        "this version of the operator fills from Hugging Face only: use "
+        "spec.model.huggingFace, or a tensorrt-line image to build an engine from the volume",
+    )]
 
 
 def check_image(image: str, image_release: str | None, field_name: str, release_field: str,

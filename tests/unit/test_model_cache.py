@@ -379,3 +379,52 @@ def test_nothing_is_downloaded_for_an_engine_that_cannot_build() -> None:
     asyncio.run(controller.reconcile(KEY))
     assert writer.applied == []
     assert "modelCache" not in _status(writer)
+
+
+def _pytorch(view: Any) -> None:
+    """The engine on the PyTorch line: a 1.3.0rc21+ image and none of trtllm-build's fields."""
+    build = view.body["spec"]["build"]
+    build["image"] = "nvcr.io/nvidia/tensorrt-llm/release:1.3.0rc25"
+    for key in ("limits", "plugins", "extraArgs", "quantization"):
+        build.pop(key, None)
+    build["dtype"] = "auto"
+
+
+def test_a_pytorch_target_builds_nothing_and_serves_the_cached_checkpoint() -> None:
+    controller, view, writer, _events = _downloading_setup()
+    _pytorch(view)
+    asyncio.run(controller.reconcile(KEY))
+    download = writer.applied[-1]["metadata"]["name"]
+    assert [a["metadata"]["name"][:13] for a in writer.applied if a["kind"] == "Job"] == \
+        ["trtllm-model-"]
+    target = _status(writer)["targets"][0]
+    assert (target["state"], target["reason"]) == ("Pending", "ModelDownloading")
+    assert target.get("job") is None
+
+    view.jobs[download] = _job("Complete")
+    view.pods[download] = _pod("Succeeded", {"phase": "Downloaded", "commit": COMMIT,
+                                             "totalBytes": 20, "checkpointBytes": 16})
+    view.body = copy.deepcopy(view.body) | {"status": _status(writer)}
+    asyncio.run(controller.reconcile(KEY))
+    assert [a for a in writer.applied if a["metadata"]["name"].startswith("trtllm-build-")] == []
+    target = _status(writer)["targets"][0]
+    assert (target["state"], target["reason"]) == ("Built", "CheckpointCached")
+    assert target["path"] == f"models/meta-llama--Meta-Llama-3-8B-Instruct/{COMMIT}"
+    assert target["checkpointBytes"] == 16
+    assert target.get("job") is None
+    assert _status(writer)["backend"] == "pytorch"
+    ready = next(c for c in _status(writer)["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "True"
+
+
+def test_a_quantized_pytorch_engine_is_refused_as_not_yet_offered_and_downloads_nothing() -> None:
+    controller, view, writer, _events = _downloading_setup()
+    _pytorch(view)
+    view.body["spec"]["build"]["quantization"] = {
+        "format": "fp8", "calibration": {"datasetPath": "calib/cnn.jsonl"}}
+    asyncio.run(controller.reconcile(KEY))
+    assert [a for a in writer.applied if a["kind"] == "Job"] == []
+    target = _status(writer)["targets"][0]
+    assert (target["state"], target["reason"]) == ("Invalid", "BackendFeatureUnavailable")
+    assert "spec.build.quantization" in target["message"]
+    assert "does not launch yet" in target["message"]

@@ -170,6 +170,8 @@ class EngineController:
         plans: list[TargetPlan] = []
         decisions: list[Decision] = []
         wants_build = False
+        pytorch = effective_backend(engine.spec) == "pytorch"
+        hf_repo = engine.spec.model.hugging_face.repo if engine.spec.model.hugging_face else None
         for gpu in targets:
             plan = plan_target(engine, gpu)
             plans.append(plan)
@@ -184,6 +186,11 @@ class EngineController:
             decision = decide_target(plan, engine.spec.build.image, namespace,
                                      [*claim_findings, *by_gpu.get(gpu, [])], observed, facts)
             wants_build = wants_build or decision.create_job
+            if pytorch and model is not None and hf_repo is not None:
+                # No engine to build: the target serves the cached checkpoint once it is in.
+                decision = mc.serve_cached_checkpoint(decision, model, hf_repo)
+            elif pytorch:
+                decision = Decision(decision.status)  # refused by preflight: never a Job
             decisions.append(mc.gate_target(decision, model) if model else decision)
         if model is not None and model.create_job and not wants_build:
             model = None  # every target is built or cannot build: nothing to download for

@@ -318,3 +318,23 @@ def model_size_source(model: ModelCacheStatus | None) -> int | None:
     if model is None or model.state != "Cached":
         return None
     return model.checkpoint_bytes
+
+
+def serve_cached_checkpoint(decision: Decision, model: ModelDecision, repo: str) -> Decision:
+    """A target of the pytorch backend without quantization: nothing is built, trtllm-serve
+    loads the cached Hugging Face checkpoint itself. Where the tensorrt backend would start a
+    build, the target is Built once the checkpoint is Cached (its path is the cache entry,
+    relative to the claim as serving pods mount it), and waits for it like a build otherwise.
+    Targets refused by preflight (Invalid, Unschedulable) are left as they are; no Job is
+    ever created for them."""
+    if not decision.create_job:
+        return decision
+    if not model.cached:
+        return Decision(gate_target(decision, model).status)
+    m = model.status
+    path = str(Path(m.path or "").relative_to(ENGINES_MOUNT))
+    return Decision(decision.status.model_copy(update={
+        "state": "Built", "reason": "CheckpointCached", "job": None, "path": path,
+        "message": f"serves the cached checkpoint {repo}@{(m.commit or '')[:12]} with "
+                   f"trtllm-serve --backend pytorch (no engine build on this backend)",
+        "total_bytes": m.total_bytes, "checkpoint_bytes": m.checkpoint_bytes}))
