@@ -80,7 +80,8 @@ class IndexView:
         """Take the live index objects kopf passes to every handler."""
         for name in ("engine_bodies", "engine_builds", "gpu_nodes", "build_jobs",
                      "engine_jobs", "build_pods", "deployment_bodies",
-                     "deployments_by_engine", "serving_deployments", "serving_pods",
+                     "deployments_by_engine", "serving_deployments", "serving_services",
+                     "serving_configmaps", "serving_pods",
                      "build_configmaps", "claims", "engines_by_claim", "checkpoint_sizes"):
             if name in kwargs:
                 self.indexes[name] = kwargs[name]
@@ -172,6 +173,14 @@ class IndexView:
     def serving_deployment(self, namespace: str, name: str) -> Mapping[str, Any] | None:
         dep: Mapping[str, Any] | None = self._first("serving_deployments", (namespace, name))
         return dep
+
+    def serving_child(self, kind: str, namespace: str,
+                      name: str) -> Mapping[str, Any] | None:
+        """The watched copy of a serving Deployment, Service or options ConfigMap."""
+        index = {"Deployment": "serving_deployments", "Service": "serving_services",
+                 "ConfigMap": "serving_configmaps"}[kind]
+        child: Mapping[str, Any] | None = self._first(index, (namespace, name))
+        return child
 
     def serving_pods(self, namespace: str, name: str) -> list[PodFact]:
         pods: list[PodFact] = self._all("serving_pods", (namespace, name))
@@ -502,21 +511,39 @@ def deployments_by_engine(namespace: str | None, name: str, spec: kopf.Spec,
     return {(namespace or "", engine): name} if engine else None
 
 
+def _child(body: kopf.Body, *parts: str) -> dict[str, Any]:
+    """What the reconcile compares with its desired child: the metadata the operator sets
+    (and generation), and the named parts (spec, data, status) whole. managedFields and the
+    rest of metadata are left out: the operator sets none of it."""
+    meta = body.get("metadata") or {}
+    out: dict[str, Any] = {"metadata": {k: copy.deepcopy(meta[k]) for k in (
+        "name", "namespace", "labels", "annotations", "ownerReferences", "generation")
+        if k in meta}}
+    for part in parts:
+        if part in body:
+            out[part] = copy.deepcopy(dict(body[part]))
+    return out
+
+
 @kopf.index("apps", "v1", "deployments", labels=SERVING_LABELS)
 def serving_deployments(namespace: str | None, name: str, body: kopf.Body,
                         **_: Any) -> dict[Key, Any]:
-    """The operator's trtllm-serve Deployments: generation, template identity, status."""
-    spec = body.get("spec") or {}
-    template = spec.get("template") or {}
-    return {(namespace or "", name): {
-        "metadata": {"generation": body.metadata.get("generation")},
-        "spec": {"template": {
-            "metadata": {"annotations": dict((template.get("metadata") or {})
-                                             .get("annotations") or {})},
-            "spec": {"nodeSelector": dict((template.get("spec") or {})
-                                          .get("nodeSelector") or {})}}},
-        "status": copy.deepcopy(dict(body.get("status") or {})),
-    }}
+    """The operator's trtllm-serve Deployments: what it owns of them, and their status."""
+    return {(namespace or "", name): _child(body, "spec", "status")}
+
+
+@kopf.index("", "v1", "services", labels=SERVING_LABELS)
+def serving_services(namespace: str | None, name: str, body: kopf.Body,
+                     **_: Any) -> dict[Key, Any]:
+    """The operator's Services in front of trtllm-serve: compared before any apply."""
+    return {(namespace or "", name): _child(body, "spec")}
+
+
+@kopf.index("", "v1", "configmaps", labels=SERVING_LABELS)
+def serving_configmaps(namespace: str | None, name: str, body: kopf.Body,
+                       **_: Any) -> dict[Key, Any]:
+    """The operator's extra LLM API options ConfigMaps: compared before any apply."""
+    return {(namespace or "", name): _child(body, "data")}
 
 
 @kopf.index("", "v1", "pods", labels=SERVING_LABELS)
@@ -569,6 +596,12 @@ async def on_serving_deployment(namespace: str | None, labels: kopf.Labels,
 @kopf.on.event("", "v1", "services", labels=SERVING_LABELS)
 async def on_serving_service(namespace: str | None, labels: kopf.Labels,
                              **kwargs: Any) -> None:
+    await _on_serving_child(namespace, labels, kwargs)
+
+
+@kopf.on.event("", "v1", "configmaps", labels=SERVING_LABELS)
+async def on_serving_configmap(namespace: str | None, labels: kopf.Labels,
+                               **kwargs: Any) -> None:
     await _on_serving_child(namespace, labels, kwargs)
 
 
