@@ -178,6 +178,9 @@ def _as_observed(manifest: dict[str, Any]) -> dict[str, Any]:
     observed["metadata"] |= {"generation": 1, "uid": "x"}
     if manifest["kind"] == "Deployment":
         observed["spec"]["revisionHistoryLimit"] = 10
+        container = observed["spec"]["template"]["spec"]["containers"][0]
+        if container.get("env") == []:
+            del container["env"]  # the API server stores an empty list as absent
         observed["spec"]["template"]["spec"]["containers"][0]["terminationMessagePath"] = (
             "/dev/termination-log")
         observed["status"] = {"replicas": 1}

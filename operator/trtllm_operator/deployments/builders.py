@@ -257,10 +257,12 @@ def with_spec_hash(manifest: dict[str, Any]) -> dict[str, Any]:
 
 def _contains(observed: Any, desired: Any) -> bool:
     """Every field ``desired`` sets has the same value in ``observed``; fields the API server
-    defaulted (or others own) may be added. Lists match element by element."""
+    defaulted (or others own) may be added. Lists match element by element. An empty list or
+    object is what the API server stores as absent (``env: []``)."""
     if isinstance(desired, dict):
         return isinstance(observed, dict) and all(
-            k in observed and _contains(observed[k], v) for k, v in desired.items())
+            _contains(observed[k], v) if k in observed else v in ([], {}, None)
+            for k, v in desired.items())
     if isinstance(desired, list):
         return (isinstance(observed, list) and len(observed) == len(desired)
                 and all(_contains(o, d) for o, d in zip(observed, desired, strict=True)))
