@@ -6,9 +6,10 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
+BENCH_ARGS ?= --deployments 100
 
 .PHONY: help venv binaries lint unit test crds crds-check cluster-up cluster-down cluster-status \
-	bench-cluster demo demo-ci clean fuzz
+	bench-cluster bench demo demo-ci clean fuzz
 
 help:
 	@echo "make demo          the whole product on a local simulated GPU cluster (Ctrl-C stops it)"
@@ -20,6 +21,7 @@ help:
 	@echo "make cluster-up    start the local simulated GPU cluster in the background"
 	@echo "make cluster-down  stop it"
 	@echo "make fuzz          the long property run (FUZZ_SPECS generated specs, default 10000)"
+	@echo "make bench         fleet convergence: the operator next to the API server's floor"
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -70,6 +72,11 @@ demo-ci: binaries
 # Warm start-to-ready and stop times of the local cluster (a measurement, not a test).
 bench-cluster: binaries
 	$(BIN)/python -m trtllm_operator.localcluster bench --runs 3
+
+# Fleet convergence, operator vs. a bare client creating the same children (a measurement,
+# not a test): BENCH_ARGS="--deployments 1000 --out bench.json".
+bench: binaries
+	$(BIN)/python -m trtllm_operator.localcluster.bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache operator/*.egg-info

@@ -69,6 +69,14 @@ NodeFact = tuple[str, int, tuple[int, int] | None, int | None]
 # --------------------------------------------------------------------------- the view
 
 
+def pool_of(facts: list[NodeFact]) -> GPUPool:
+    """One GPU type's pool from its nodes' facts (the one derivation of it)."""
+    caps = [f[2] for f in facts if f[2] is not None]
+    memory = [f[3] for f in facts if f[3] is not None]
+    return GPUPool(tuple(sorted(f[1] for f in facts)), caps[0] if caps else None,
+                   min(memory) if memory else None)
+
+
 class IndexView:
     """The reconcilers' read-only view of the cluster, backed by kopf's indexes."""
 
@@ -91,7 +99,8 @@ class IndexView:
         """Take the live index objects kopf passes to every handler."""
         for name in ("engine_bodies", "engine_builds", "gpu_nodes", "build_jobs",
                      "engine_jobs", "build_pods", "deployment_bodies",
-                     "deployments_by_engine", "serving_deployments", "serving_pods",
+                     "deployments_by_engine", "serving_deployments", "serving_services",
+                     "serving_configmaps", "serving_pods",
                      "build_configmaps", "claims", "engines_by_claim", "model_caches",
                      "checkpoint_sizes"):
             if name in kwargs:
@@ -101,18 +110,50 @@ class IndexView:
         body: Mapping[str, Any] | None = self._first("engine_bodies", key)
         return body
 
-    def node_changed(self, name: str, fact: NodeFact | None) -> bool:
-        """Note a GPU node event; True if anything a build decision uses changed (heartbeats
-        change nothing)."""
+    def _pool(self, product: str) -> GPUPool | None:
+        facts = [f for f in self._seen_nodes.values() if f[0] == product]
+        return pool_of(facts) if facts else None
+
+    def node_changed(self, name: str, fact: NodeFact | None) -> set[str]:
+        """Note a GPU node event; the GPU types whose pool (node GPU counts, capability,
+        memory) it changed. A heartbeat or an unrelated label changes none."""
         old = self._seen_nodes.get(name)
+        if old == fact:
+            return set()
+        products = {f[0] for f in (old, fact) if f is not None}
+        before = {p: self._pool(p) for p in products}
         if fact is None:
             self._seen_nodes.pop(name, None)
         else:
             self._seen_nodes[name] = fact
-        if old != fact:
+        changed = {p for p in products if self._pool(p) != before[p]}
+        if changed:
             self._facts = None
-            return True
-        return False
+        return changed
+
+    def engines_affected_by(self, products: set[str]) -> list[Key]:
+        """LLMEngines whose decisions read these GPU pools: those naming one of the types
+        (or auto, which weighs every type) in spec.targets, or holding one in status."""
+        out = []
+        for key in self.all_engine_keys():
+            body = self.engine(key) or {}
+            named = set((body.get("spec") or {}).get("targets") or [])
+            named |= {t.get("gpu") for t in (body.get("status") or {}).get("targets") or []}
+            if "auto" in named or named & products:
+                out.append(key)
+        return out
+
+    def deployments_affected_by(self, products: set[str], engines: list[Key]) -> list[Key]:
+        """LLMDeployments of those engines (their GPU choice weighs the engine's pools), and
+        those naming one of the types in spec.gpu."""
+        engine_keys = set(engines)
+        out = []
+        for key in self.all_deployment_keys():
+            spec = (self.deployment_body(key) or {}).get("spec") or {}
+            engine = (spec.get("engineRef") or {}).get("name")
+            if spec.get("gpu") in products or (key[0], engine) in engine_keys:
+                out.append(key)
+        return out
 
     def cluster_facts(self) -> ClusterFacts:
         """GPU pools from the node index (complete before any handler runs), cached until a
@@ -121,12 +162,7 @@ class IndexView:
             index = self.indexes.get("gpu_nodes")
             pools: dict[str, GPUPool] = {}
             for product in (list(index.keys()) if index is not None else []):
-                facts: list[NodeFact] = list(index[product])  # type: ignore[index]
-                caps = [f[2] for f in facts if f[2] is not None]
-                memory = [f[3] for f in facts if f[3] is not None]
-                pools[product] = GPUPool(tuple(sorted(f[1] for f in facts)),
-                                         caps[0] if caps else None,
-                                         min(memory) if memory else None)
+                pools[product] = pool_of(list(index[product]))  # type: ignore[index]
             self._facts = ClusterFacts(pools)
         return self._facts
 
@@ -194,6 +230,14 @@ class IndexView:
     def serving_deployment(self, namespace: str, name: str) -> Mapping[str, Any] | None:
         dep: Mapping[str, Any] | None = self._first("serving_deployments", (namespace, name))
         return dep
+
+    def serving_child(self, kind: str, namespace: str,
+                      name: str) -> Mapping[str, Any] | None:
+        """The watched copy of a serving Deployment, Service or options ConfigMap."""
+        index = {"Deployment": "serving_deployments", "Service": "serving_services",
+                 "ConfigMap": "serving_configmaps"}[kind]
+        child: Mapping[str, Any] | None = self._first(index, (namespace, name))
+        return child
 
     def serving_pods(self, namespace: str, name: str) -> list[PodFact]:
         pods: list[PodFact] = self._all("serving_pods", (namespace, name))
@@ -474,14 +518,17 @@ def node_fact(name: str, labels: Mapping[str, str],
 @kopf.on.event("", "v1", "nodes", labels={gpus.PRODUCT_LABEL: kopf.PRESENT})
 async def on_node(name: str, type: str, labels: kopf.Labels, status: kopf.Status,
                   **kwargs: Any) -> None:
-    """Re-evaluate engines when a GPU pool changes (not on heartbeats: facts must differ)."""
+    """Re-evaluate what reads a GPU pool when that pool changes: not on heartbeats, and not
+    objects of other GPU types (one node joining must not re-reconcile the whole fleet)."""
     _bind(kwargs)
     fact = None if type == "DELETED" else node_fact(name, labels, status)
-    if RUNTIME.view.node_changed(name, fact):
+    products = RUNTIME.view.node_changed(name, fact)
+    if products:
         assert RUNTIME.engines is not None and RUNTIME.deployments is not None
-        for key in RUNTIME.view.all_engine_keys():
+        engines = RUNTIME.view.engines_affected_by(products)
+        for key in engines:
             RUNTIME.engines.add(key)
-        for key in RUNTIME.view.all_deployment_keys():
+        for key in RUNTIME.view.deployments_affected_by(products, engines):
             RUNTIME.deployments.add(key)
 
 
@@ -535,21 +582,39 @@ def deployments_by_engine(namespace: str | None, name: str, spec: kopf.Spec,
     return {(namespace or "", engine): name} if engine else None
 
 
+def _child(body: kopf.Body, *parts: str) -> dict[str, Any]:
+    """What the reconcile compares with its desired child: the metadata the operator sets
+    (and generation), and the named parts (spec, data, status) whole. managedFields and the
+    rest of metadata are left out: the operator sets none of it."""
+    meta = body.get("metadata") or {}
+    out: dict[str, Any] = {"metadata": {k: copy.deepcopy(meta[k]) for k in (
+        "name", "namespace", "labels", "annotations", "ownerReferences", "generation")
+        if k in meta}}
+    for part in parts:
+        if part in body:
+            out[part] = copy.deepcopy(dict(body[part]))
+    return out
+
+
 @kopf.index("apps", "v1", "deployments", labels=SERVING_LABELS)
 def serving_deployments(namespace: str | None, name: str, body: kopf.Body,
                         **_: Any) -> dict[Key, Any]:
-    """The operator's trtllm-serve Deployments: generation, template identity, status."""
-    spec = body.get("spec") or {}
-    template = spec.get("template") or {}
-    return {(namespace or "", name): {
-        "metadata": {"generation": body.metadata.get("generation")},
-        "spec": {"template": {
-            "metadata": {"annotations": dict((template.get("metadata") or {})
-                                             .get("annotations") or {})},
-            "spec": {"nodeSelector": dict((template.get("spec") or {})
-                                          .get("nodeSelector") or {})}}},
-        "status": copy.deepcopy(dict(body.get("status") or {})),
-    }}
+    """The operator's trtllm-serve Deployments: what it owns of them, and their status."""
+    return {(namespace or "", name): _child(body, "spec", "status")}
+
+
+@kopf.index("", "v1", "services", labels=SERVING_LABELS)
+def serving_services(namespace: str | None, name: str, body: kopf.Body,
+                     **_: Any) -> dict[Key, Any]:
+    """The operator's Services in front of trtllm-serve: compared before any apply."""
+    return {(namespace or "", name): _child(body, "spec")}
+
+
+@kopf.index("", "v1", "configmaps", labels=SERVING_LABELS)
+def serving_configmaps(namespace: str | None, name: str, body: kopf.Body,
+                       **_: Any) -> dict[Key, Any]:
+    """The operator's extra LLM API options ConfigMaps: compared before any apply."""
+    return {(namespace or "", name): _child(body, "data")}
 
 
 @kopf.index("", "v1", "pods", labels=SERVING_LABELS)
@@ -602,6 +667,12 @@ async def on_serving_deployment(namespace: str | None, labels: kopf.Labels,
 @kopf.on.event("", "v1", "services", labels=SERVING_LABELS)
 async def on_serving_service(namespace: str | None, labels: kopf.Labels,
                              **kwargs: Any) -> None:
+    await _on_serving_child(namespace, labels, kwargs)
+
+
+@kopf.on.event("", "v1", "configmaps", labels=SERVING_LABELS)
+async def on_serving_configmap(namespace: str | None, labels: kopf.Labels,
+                               **kwargs: Any) -> None:
     await _on_serving_child(namespace, labels, kwargs)
 
 

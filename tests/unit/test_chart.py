@@ -247,12 +247,12 @@ def test_settings_reach_the_operator_as_environment(render: Any) -> None:
     defaults = env_of(render())
     assert defaults == {
         "TRTLLM_OPERATOR_NAMESPACES": "[]",
-        "TRTLLM_OPERATOR_WORKERS": "4",
+        "TRTLLM_OPERATOR_WORKERS": "8",
         "TRTLLM_OPERATOR_BUILD_DEADLINE_SECONDS": "21600",
         "TRTLLM_OPERATOR_RETRY_QPS": "10",
         "TRTLLM_OPERATOR_RETRY_BURST": "100",
-        "TRTLLM_OPERATOR_API_WRITE_QPS": "20",
-        "TRTLLM_OPERATOR_API_WRITE_BURST": "50",
+        "TRTLLM_OPERATOR_API_WRITE_QPS": "100",
+        "TRTLLM_OPERATOR_API_WRITE_BURST": "200",
         "TRTLLM_OPERATOR_RECONCILE_ERROR_AFTER": "3",
         "TRTLLM_OPERATOR_METRICS_PORT": "8080",
         "TRTLLM_OPERATOR_HEALTH_PORT": "8081",
@@ -265,7 +265,7 @@ def test_settings_reach_the_operator_as_environment(render: Any) -> None:
     # Large numbers from a values file are float64 in templates; they must not render as 1e+06.
     changed = env_of(render({"workers": 16, "buildDeadlineSeconds": 1_000_000,
                              "rateLimits": {"retryQps": 2.5, "retryBurst": 1000,
-                                            "apiWriteQps": 100, "apiWriteBurst": 200},
+                                            "apiWriteQps": 150, "apiWriteBurst": 300},
                              "reconcileErrorAfter": 5,
                              "logFormat": "text", "logLevel": "DEBUG",
                              "watchNamespaces": ["team-a", "team-b"],
@@ -278,14 +278,14 @@ def test_settings_reach_the_operator_as_environment(render: Any) -> None:
     assert changed["TRTLLM_OPERATOR_LOG_LEVEL"] == "DEBUG"
     assert (changed["TRTLLM_OPERATOR_RETRY_QPS"], changed["TRTLLM_OPERATOR_RETRY_BURST"],
             changed["TRTLLM_OPERATOR_API_WRITE_QPS"],
-            changed["TRTLLM_OPERATOR_API_WRITE_BURST"]) == ("2.5", "1000", "100", "200")
+            changed["TRTLLM_OPERATOR_API_WRITE_BURST"]) == ("2.5", "1000", "150", "300")
     assert changed["TRTLLM_OPERATOR_RECONCILE_ERROR_AFTER"] == "5"
     # What the chart renders, the operator reads back as the same settings.
     from trtllm_operator.settings import OperatorSettings
     read = OperatorSettings(_env_file=None, **{  # type: ignore[call-arg]
         k.removeprefix("TRTLLM_OPERATOR_").lower(): v for k, v in changed.items()
         if k.startswith("TRTLLM_OPERATOR_") and k != "TRTLLM_OPERATOR_NAMESPACES"})
-    assert (read.retry_qps, read.api_write_burst, read.reconcile_error_after) == (2.5, 200, 5)
+    assert (read.retry_qps, read.api_write_burst, read.reconcile_error_after) == (2.5, 300, 5)
     assert changed["TRTLLM_OPERATOR_BIND_ADDRESS"] == "::"
 
 

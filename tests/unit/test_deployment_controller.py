@@ -4,6 +4,7 @@ decide Ready, and no Deployment is written for a claim serving pods cannot mount
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -45,6 +46,7 @@ class FakeView:
         self.claims = {"trtllm-engines": ClaimFact("Bound", ("ReadWriteMany",))}
         self.pods: list[PodFact] = []
         self.dep: dict[str, Any] | None = None
+        self.children: dict[str, dict[str, Any]] = {}
 
     def deployment_body(self, key: Key) -> Mapping[str, Any] | None:
         return self.body
@@ -57,6 +59,10 @@ class FakeView:
 
     def serving_deployment(self, namespace: str, name: str) -> Mapping[str, Any] | None:
         return self.dep
+
+    def serving_child(self, kind: str, namespace: str,
+                      name: str) -> Mapping[str, Any] | None:
+        return self.children.get(kind)
 
     def serving_pods(self, namespace: str, name: str) -> list[PodFact]:
         return self.pods
@@ -224,3 +230,52 @@ def test_a_pytorch_engine_is_served_from_its_folder_with_the_options_file() -> N
     assert container["command"][:4] == ["trtllm-serve", "/model", "--backend", "pytorch"]
     assert "--config" in container["command"]
     assert {"name": "HF_HUB_OFFLINE", "value": "1"} in container["env"]
+
+
+def _as_observed(manifest: dict[str, Any]) -> dict[str, Any]:
+    """A child as the watch shows it after the operator's apply: server defaults added."""
+    observed = copy.deepcopy(manifest)
+    observed["metadata"] |= {"generation": 1, "uid": "x"}
+    if manifest["kind"] == "Deployment":
+        observed["spec"]["revisionHistoryLimit"] = 10
+        container = observed["spec"]["template"]["spec"]["containers"][0]
+        if container.get("env") == []:
+            del container["env"]  # the API server stores an empty list as absent
+        observed["spec"]["template"]["spec"]["containers"][0]["terminationMessagePath"] = (
+            "/dev/termination-log")
+        observed["status"] = {"replicas": 1}
+    else:
+        observed["spec"]["clusterIP"] = "10.96.0.10"
+    return observed
+
+
+def test_children_that_already_match_are_not_written_again() -> None:
+    view = FakeView()
+    first, _events, _ready = _run(view)
+    assert [m["kind"] for m in first.applied] == ["Deployment", "Service"]
+    view.children = {m["kind"]: _as_observed(m) for m in first.applied}
+    again, _events, _ready = _run(view)
+    assert again.applied == []
+
+
+def test_a_hand_edit_or_a_deleted_child_is_written_again() -> None:
+    view = FakeView()
+    first, _events, _ready = _run(view)
+    view.children = {m["kind"]: _as_observed(m) for m in first.applied}
+    view.children["Deployment"]["spec"]["template"]["spec"]["nodeSelector"][
+        "nvidia.com/gpu.product"] = L40S
+    del view.children["Service"]
+    again, _events, _ready = _run(view)
+    assert [m["kind"] for m in again.applied] == ["Deployment", "Service"]
+    assert again.applied == first.applied
+
+
+def test_a_spec_change_is_written_even_if_it_only_drops_a_field() -> None:
+    view = FakeView()
+    view.body["spec"]["nodeSelector"] = {"pool": "a"}
+    first, _events, _ready = _run(view)
+    view.children = {m["kind"]: _as_observed(m) for m in first.applied}
+    del view.body["spec"]["nodeSelector"]  # desired is now a subset of what is observed
+    again, _events, _ready = _run(view)
+    assert [m["kind"] for m in again.applied] == ["Deployment"]
+    assert "pool" not in again.applied[0]["spec"]["template"]["spec"]["nodeSelector"]

@@ -9,6 +9,8 @@ on a GPU type its engine was not built for, nor with fewer GPUs than its paralle
 from __future__ import annotations
 
 import hashlib
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -26,6 +28,7 @@ ENGINE_DIR: Final = "/engine"
 OPTIONS_DIR: Final = "/etc/trtllm-serve"
 OPTIONS_FILE: Final = "extra-llm-api-options.yaml"
 FINGERPRINT_ANNOTATION: Final = labels.FINGERPRINT
+SPEC_HASH_ANNOTATION: Final = "trtllm.dev/spec-hash"
 PATH_ANNOTATION: Final = labels.ENGINE_PATH
 
 # /health answers only once the engine is loaded: a 70B engine can take many minutes to load
@@ -369,6 +372,47 @@ def endpoint(d: LLMDeployment) -> str:
 def template_hash(manifest: dict[str, Any]) -> str:
     """A short hash of a manifest, for logs and comparisons."""
     return hashlib.sha256(yaml.safe_dump(manifest, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def with_spec_hash(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The manifest with a hash of itself in ``metadata.annotations`` (SPEC_HASH_ANNOTATION):
+    a child carrying the hash of what the operator would apply now needs no write, unless
+    someone changed it since (see :func:`up_to_date`)."""
+    digest = hashlib.sha256(json.dumps(manifest, sort_keys=True, separators=(",", ":"))
+                            .encode()).hexdigest()[:16]
+    meta = dict(manifest["metadata"])
+    meta["annotations"] = dict(meta.get("annotations") or {}) | {SPEC_HASH_ANNOTATION: digest}
+    return manifest | {"metadata": meta}
+
+
+def _contains(observed: Any, desired: Any) -> bool:
+    """Every field ``desired`` sets has the same value in ``observed``; fields the API server
+    defaulted (or others own) may be added. Lists match element by element. An empty list or
+    object is what the API server stores as absent (``env: []``)."""
+    if isinstance(desired, dict):
+        return isinstance(observed, dict) and all(
+            _contains(observed[k], v) if k in observed else v in ([], {}, None)
+            for k, v in desired.items())
+    if isinstance(desired, list):
+        return (isinstance(observed, list) and len(observed) == len(desired)
+                and all(_contains(o, d) for o, d in zip(observed, desired, strict=True)))
+    return bool(observed == desired)
+
+
+def up_to_date(desired: dict[str, Any], observed: Mapping[str, Any] | None) -> bool:
+    """Whether applying ``desired`` (built by :func:`with_spec_hash`) would change nothing:
+    the observed child carries the same hash, so no field the operator set before has since
+    been dropped from the desired manifest, and still holds every value the operator sets, so
+    nobody edited them by hand. A value the API server rewrites (a quantity such as 0.5 CPU
+    stored as 500m) only costs an apply that changes nothing."""
+    if observed is None:
+        return False
+    annotations = (observed.get("metadata") or {}).get("annotations") or {}
+    want = desired["metadata"]["annotations"][SPEC_HASH_ANNOTATION]
+    if annotations.get(SPEC_HASH_ANNOTATION) != want:
+        return False
+    return _contains(observed, {k: v for k, v in desired.items()
+                                if k not in ("apiVersion", "kind")})
 
 
 __all__ = ["ENGINES_MOUNT", "Serving"]

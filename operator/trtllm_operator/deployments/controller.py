@@ -5,8 +5,9 @@
   room for every replica, most GPU memory); the choice and why go to status.
 - Until that target is Built, no Deployment is created or changed: a running fleet keeps
   serving the engine it has while a new one builds, and rolls only once the new one is Built.
-- Children are written by server-side apply on every reconcile: unchanged manifests are no-ops
-  for the API server (nothing is stored), and a hand edit or a deleted child is put back.
+- Children are written by server-side apply only when the watched copy differs from what the
+  operator would apply (a hash of the manifest on the child, and its owned fields compared):
+  a converged fleet costs no API writes, and a hand edit or a deleted child is still put back.
 - ``Ready`` is True only when the current spec is rolled out and every desired replica is
   available: never earlier.
 """
@@ -66,6 +67,8 @@ class View(Protocol):
     def engine(self, key: Key) -> Mapping[str, Any] | None: ...
     def cluster_facts(self) -> ClusterFacts: ...
     def serving_deployment(self, namespace: str, name: str) -> Mapping[str, Any] | None: ...
+    def serving_child(self, kind: str, namespace: str,
+                      name: str) -> Mapping[str, Any] | None: ...
     def serving_pods(self, namespace: str, name: str) -> list[PodFact]: ...
     def claim(self, namespace: str, name: str) -> ClaimFact | None: ...
 
@@ -243,10 +246,10 @@ class DeploymentController:
                 options = builders.options_configmap(d, engine.metadata.name,
                                                      serving.backend)
                 if options is not None:
-                    await self.writer.apply(options)
+                    await self._apply_if_changed(options)
                 try:
-                    observed = await self.writer.apply(
-                        builders.deployment(d, engine, serving, claim))
+                    observed = await self._apply_if_changed(
+                        builders.deployment(d, engine, serving, claim)) or observed
                 except Exception as exc:
                     refused = invalid_refusal(exc)
                     if refused is None:
@@ -257,7 +260,7 @@ class DeploymentController:
                         f"the API server refused the serving Deployment: {refused}; correct "
                         f"the field it names (spec.affinity, spec.env, spec.resources)"))
                 else:
-                    await self.writer.apply(builders.service(d, engine.metadata.name))
+                    await self._apply_if_changed(builders.service(d, engine.metadata.name))
 
         status = self._status(d, chosen, preflight, observed, facts)
         status = status.model_copy(update={"conditions": spec_warning_condition(
@@ -273,6 +276,16 @@ class DeploymentController:
         if not cond.is_true(status.conditions, DeploymentConditionType.READY):
             return Result(requeue_after=NOT_READY_RESYNC_SECONDS)
         return None
+
+    async def _apply_if_changed(self, manifest: dict[str, Any]) -> dict[str, Any] | None:
+        """Apply a child unless the watched copy already matches it (see
+        :func:`builders.up_to_date`); the applied object, or None when nothing was written."""
+        desired = builders.with_spec_hash(manifest)
+        meta = desired["metadata"]
+        if builders.up_to_date(desired, self.view.serving_child(
+                desired["kind"], meta["namespace"], meta["name"])):
+            return None
+        return await self.writer.apply(desired)
 
     def _status(self, d: LLMDeployment, chosen: EngineChoice, preflight: Finding | None,
                 dep: Mapping[str, Any] | None, facts: ClusterFacts) -> LLMDeploymentStatus:

@@ -1,0 +1,458 @@
+"""``make bench``: how fast a fleet of LLMDeployments converges, next to the API server's floor.
+
+    python -m trtllm_operator.localcluster.bench --deployments 100 [--nodes 20] [--out f.json]
+
+Two modes, each on a fresh local cluster with the same simulated H100 nodes:
+
+- **floor**: a bare client creates, for each of N names, exactly the Deployment and Service the
+  operator would make (built by the operator's own builders from a Built engine). What the
+  control plane needs to get N serving Deployments available, with no operator in the way.
+- **operator**: the operator builds one engine, then N LLMDeployments of it are created; timed
+  until every child exists, every Deployment is available and every LLMDeployment is Ready.
+
+Progress is read from watches (the event's arrival time per object), never by listing the
+fleet in a loop. API requests by verb and resource come from the API server's own
+``apiserver_request_total`` (its loopback /metrics), diffed over the run and over an idle
+period after convergence. Operator peak RSS and CPU seconds come from /proc. A measurement,
+not a test: it asserts nothing about speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from trtllm_operator import gpus
+from trtllm_operator.api import LLMDeployment, LLMEngine
+from trtllm_operator.demo import Kubectl, repo_root
+from trtllm_operator.deployments import builders
+from trtllm_operator.deployments.controller import serving_for
+from trtllm_operator.localcluster.binaries import BinaryBuilder
+from trtllm_operator.localcluster.cluster import ClusterOptions, LocalCluster, static_rwx_claim
+from trtllm_operator.localcluster.operator_process import OperatorProcess
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "bench"
+CLAIM = "trtllm-engines"
+ENGINE = "llama-3-8b"
+GROUP, VERSION = "trtllm.dev", "v1alpha1"
+H100 = gpus.gpu_type("h100").product
+WRITE_VERBS = frozenset({"POST", "PUT", "PATCH", "APPLY", "DELETE", "DELETECOLLECTION"})
+CREATE_THREADS = 4
+
+
+def engine_manifest(root: Path) -> dict[str, Any]:
+    """The 8B sample engine, built for H100 only."""
+    body: dict[str, Any] = yaml.safe_load((root / "samples/llmengine-llama-3-8b.yaml").read_text())
+    body["metadata"] = {"name": ENGINE, "namespace": NAMESPACE}
+    body["spec"]["targets"] = [H100]
+    return body
+
+
+def llmd_manifest(name: str) -> dict[str, Any]:
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "LLMDeployment",
+            "metadata": {"name": name, "namespace": NAMESPACE},
+            "spec": {"engineRef": {"name": ENGINE}, "gpu": H100, "replicas": 1}}
+
+
+def floor_children(engine: dict[str, Any], name: str, uid: str) -> list[dict[str, Any]]:
+    """What the operator applies for LLMDeployment ``name`` of a Built ``engine``, from its own
+    builders (the spec-hash annotation included), less the owner reference."""
+    d = LLMDeployment.model_validate(
+        llmd_manifest(name) | {"metadata": {"name": name, "namespace": NAMESPACE, "uid": uid}})
+    e = LLMEngine.model_validate(engine)
+    target = next(t for t in e.status.targets if t.gpu == H100)
+    manifests = [builders.deployment(d, e, serving_for(e, target), e.spec.storage.claim_name),
+                 builders.service(d, ENGINE)]
+    for m in manifests:
+        # No LLMDeployment exists to own them: the garbage collector would delete them.
+        del m["metadata"]["ownerReferences"]
+    return [builders.with_spec_hash(m) for m in manifests]
+
+
+def synthetic_built(engine: dict[str, Any]) -> dict[str, Any]:
+    """The engine as the operator records it once Built (fingerprint and folder made up)."""
+    return engine | {"status": {"targets": [{
+        "gpu": H100, "state": "Built", "reason": "Built", "fingerprint": "f" * 64,
+        "path": f"engines/{ENGINE}/h100", "job": "bench", "image": engine["spec"]["build"]
+        .get("image") or "nvcr.io/nvidia/tensorrt-llm/release:1.2.0"}]}}
+
+
+# --------------------------------------------------------------------------- measurements
+
+
+def request_counts(api: Any) -> Counter[tuple[str, str]]:
+    """apiserver_request_total summed by (verb, resource[/subresource])."""
+    response = api.call_api("GET", api.configuration.host + "/metrics")
+    text = response.read().decode()
+    counts: Counter[tuple[str, str]] = Counter()
+    for family in text_string_to_metric_families(text):
+        if family.name != "apiserver_request":
+            continue
+        for sample in family.samples:
+            if sample.name != "apiserver_request_total":
+                continue
+            res = sample.labels.get("resource", "")
+            if sample.labels.get("subresource"):
+                res += "/" + sample.labels["subresource"]
+            counts[(sample.labels.get("verb", ""), res)] += int(sample.value)
+    return counts
+
+
+def diff(after: Counter[tuple[str, str]], before: Counter[tuple[str, str]]) -> dict[str, int]:
+    out = {f"{verb} {res}": after[(verb, res)] - before[(verb, res)] for verb, res in after}
+    return {k: v for k, v in sorted(out.items()) if v > 0}
+
+
+def writes(requests: dict[str, int], but_not: tuple[str, ...] = ("leases",)) -> int:
+    """Write requests, leases (node and leader heartbeats) left out unless asked."""
+    return sum(n for k, n in requests.items()
+               if k.split(" ")[0] in WRITE_VERBS and k.split(" ")[1] not in but_not)
+
+
+def proc_usage(pid: int) -> tuple[float, float]:
+    """(peak RSS in MiB, CPU seconds) of a live process, from /proc (VmHWM is the kernel's own
+    high-water mark, so no sampling can miss a peak)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    hwm_kib = next(int(line.split()[1]) for line in status.splitlines()
+                   if line.startswith("VmHWM:"))
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])  # utime, stime
+    return hwm_kib / 1024, ticks / os.sysconf("SC_CLK_TCK")
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+@dataclass
+class Progress:
+    """Arrival times (monotonic) of watch events, per object name."""
+
+    n: int
+    exists: dict[str, float] = field(default_factory=dict)
+    available: dict[str, float] = field(default_factory=dict)
+    ready: dict[str, float] = field(default_factory=dict)
+    cond: threading.Condition = field(default_factory=threading.Condition)
+
+    def note(self, table: dict[str, float], name: str) -> None:
+        with self.cond:
+            if name not in table:
+                table[name] = time.monotonic()
+                self.cond.notify_all()
+
+    def wait(self, done: Callable[[], bool], deadline: float) -> bool:
+        with self.cond:
+            return self.cond.wait_for(done, timeout=max(0.0, deadline - time.monotonic()))
+
+
+def _watch(list_fn: Callable[..., Any], on: Callable[[dict[str, Any]], None],
+           stop: threading.Event, **kwargs: Any) -> None:
+    """Feed every object event of one watch to ``on`` until ``stop``; resumes after the
+    server closes the watch."""
+    from kubernetes import watch
+
+    version = None
+    while not stop.is_set():
+        w: Any = watch.Watch()  # type: ignore[no-untyped-call]
+        try:
+            # deserialize=False: plain dicts, not the client's models (slow for 1,000 objects).
+            for event in w.stream(list_fn, resource_version=version, timeout_seconds=30,
+                                  _request_timeout=40, deserialize=False, **kwargs):
+                obj = event["object"]
+                if event["type"] == "ERROR":  # 410 Gone: list again from now
+                    version = None
+                    break
+                version = obj["metadata"].get("resourceVersion", version)
+                on(obj)
+                if stop.is_set():
+                    break
+        except Exception as exc:  # a dropped watch: start a new one
+            log.debug("watch restarted: %r", exc)
+            version = None
+            time.sleep(0.5)
+        finally:
+            w.stop()
+
+
+def start_watches(api: Any, progress: Progress, stop: threading.Event,
+                  with_llmd: bool) -> list[threading.Thread]:
+    from kubernetes import client
+
+    def deployments(**kw: Any) -> Any:
+        return client.AppsV1Api(api).list_namespaced_deployment(NAMESPACE, **kw)
+
+    def on_deployment(obj: dict[str, Any]) -> None:
+        name = obj["metadata"]["name"]
+        progress.note(progress.exists, name)
+        status = obj.get("status") or {}
+        if int(status.get("availableReplicas") or 0) >= int(obj["spec"].get("replicas") or 0):
+            progress.note(progress.available, name)
+
+    def llmds(**kw: Any) -> Any:
+        return client.CustomObjectsApi(api).list_namespaced_custom_object(
+            GROUP, VERSION, NAMESPACE, "llmdeployments", **kw)
+
+    def on_llmd(obj: dict[str, Any]) -> None:
+        for c in (obj.get("status") or {}).get("conditions") or []:
+            if c.get("type") == "Ready" and c.get("status") == "True":
+                progress.note(progress.ready, obj["metadata"]["name"])
+
+    targets: list[tuple[Callable[..., Any], Callable[[dict[str, Any]], None]]] = [
+        (deployments, on_deployment)]
+    if with_llmd:
+        targets.append((llmds, on_llmd))
+    threads = [threading.Thread(target=_watch, args=(fn, on, stop), daemon=True)
+               for fn, on in targets]
+    for t in threads:
+        t.start()
+    return threads
+
+
+# --------------------------------------------------------------------------- one mode
+
+
+@dataclass
+class Settings:
+    deployments: int
+    nodes: int
+    build_seconds: float
+    idle_seconds: float
+    timeout: float
+    operator_env: dict[str, str]
+
+
+def _setup(kubectl: Kubectl, root: Path) -> None:
+    kubectl("apply", "--server-side", "-f", str(root / "crds"))
+    kubectl("wait", "--for=condition=Established", "--timeout=60s",
+            "crd/llmengines.trtllm.dev", "crd/llmdeployments.trtllm.dev")
+    kubectl("create", "namespace", NAMESPACE)
+    kubectl("create", "secret", "generic", "hf-token", "-n", NAMESPACE,
+            "--from-literal=HF_TOKEN=not-a-real-token")
+    pv, pvc = static_rwx_claim(NAMESPACE, CLAIM, f"bench-{CLAIM}")
+    kubectl("apply", "-f", "-", input=json.dumps(pv))
+    kubectl("apply", "-f", "-", input=json.dumps(pvc))
+
+
+def _wait_engine_built(api: Any, timeout: float) -> dict[str, Any]:
+    """One object, polled: the fleet is not created yet, so this loads nothing."""
+    from kubernetes import client
+
+    objects = client.CustomObjectsApi(api)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body: Any = objects.get_namespaced_custom_object(
+            GROUP, VERSION, NAMESPACE, "llmengines", ENGINE)
+        states = [t.get("state") for t in (body.get("status") or {}).get("targets") or []]
+        if states == ["Built"]:
+            return dict(body)
+        time.sleep(0.5)
+    raise RuntimeError(f"engine {ENGINE} not Built after {timeout}s")
+
+
+def _create_all(items: list[Callable[[], None]]) -> None:
+    with ThreadPoolExecutor(CREATE_THREADS) as pool:
+        for f in [pool.submit(item) for item in items]:
+            f.result()
+
+
+def run_mode(mode: str, cfg: Settings, workdir: Path) -> dict[str, Any]:
+    from kubernetes import client
+
+    root = repo_root()
+    tools = BinaryBuilder().ensure()
+    names = [f"llm-{i:05d}" for i in range(cfg.deployments)]
+    result: dict[str, Any] = {"mode": mode, "deployments": cfg.deployments, "nodes": cfg.nodes}
+    with LocalCluster(tools, ClusterOptions(job_duration_seconds=cfg.build_seconds)) as cluster:
+        assert cluster.kubeconfig
+        cluster.add_nodes("h100", cfg.nodes, timeout=300)
+        kubectl = Kubectl(tools["kubectl"], cluster.kubeconfig)
+        _setup(kubectl, root)
+        api = cluster.api_client()
+        api.rest_client.pool_manager.connection_pool_kw["maxsize"] = CREATE_THREADS + 4
+        objects = client.CustomObjectsApi(api)
+        operator: OperatorProcess | None = None
+        try:
+            engine = engine_manifest(root)
+            if mode == "operator":
+                operator = OperatorProcess(cluster.kubeconfig, workdir / f"operator-{mode}.log",
+                                           extra_env=cfg.operator_env)
+                operator.start()
+                objects.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE,
+                                                        "llmengines", engine)
+                _wait_engine_built(api, 300)
+            else:
+                engine = synthetic_built(engine)
+            progress = Progress(cfg.deployments)
+            stop = threading.Event()
+            start_watches(api, progress, stop, with_llmd=mode == "operator")
+            time.sleep(1.0)  # the watches are open before the first create
+            applied: dict[str, float] = {}
+            before = request_counts(api)
+            t0 = time.monotonic()
+
+            def create(name: str) -> Callable[[], None]:
+                def run() -> None:
+                    applied[name] = time.monotonic()
+                    if mode == "operator":
+                        objects.create_namespaced_custom_object(
+                            GROUP, VERSION, NAMESPACE, "llmdeployments", llmd_manifest(name))
+                        return
+                    apps: Any = client.AppsV1Api(api)  # plain dict manifests, not models
+                    core: Any = client.CoreV1Api(api)
+                    for m in floor_children(engine, name, f"uid-{name}"):
+                        if m["kind"] == "Deployment":
+                            apps.create_namespaced_deployment(NAMESPACE, m)
+                        else:
+                            core.create_namespaced_service(NAMESPACE, m)
+                return run
+
+            _create_all([create(n) for n in names])
+            result["created_s"] = round(time.monotonic() - t0, 2)
+            deadline = t0 + cfg.timeout
+            n = cfg.deployments
+            done = {
+                "exist": progress.wait(lambda: len(progress.exists) >= n, deadline),
+                "available": progress.wait(lambda: len(progress.available) >= n, deadline),
+                "ready": mode != "operator" or progress.wait(
+                    lambda: len(progress.ready) >= n, deadline)}
+            result["converged"] = all(done.values())
+            result["counts"] = {"exist": len(progress.exists),
+                                "available": len(progress.available),
+                                "ready": len(progress.ready) if mode == "operator" else None}
+
+            def last(table: dict[str, float]) -> float | None:
+                return round(max(table.values()) - t0, 2) if len(table) >= n else None
+
+            result["all_exist_s"] = last(progress.exists)
+            result["all_available_s"] = last(progress.available)
+            result["all_ready_s"] = last(progress.ready) if mode == "operator" else None
+            latency = [(progress.exists[k] - applied[k]) * 1000 for k in progress.exists
+                       if k in applied]
+            result["apply_to_deployment_ms"] = {
+                "p50": _round(percentile(latency, 0.50)), "p90": _round(percentile(latency, 0.90)),
+                "p99": _round(percentile(latency, 0.99)), "max": _round(max(latency, default=None))}
+            after = request_counts(api)
+            result["requests_run"] = diff(after, before)
+            result["writes_run"] = writes(result["requests_run"])
+            time.sleep(cfg.idle_seconds)
+            idle = request_counts(api)
+            result["idle_seconds"] = cfg.idle_seconds
+            result["requests_idle"] = diff(idle, after)
+            result["writes_idle"] = writes(result["requests_idle"])
+            if operator is not None and operator.proc is not None:
+                rss, cpu = proc_usage(operator.proc.pid)
+                result["operator_peak_rss_mib"] = round(rss, 1)
+                result["operator_cpu_s"] = round(cpu, 2)
+            stop.set()
+        finally:
+            if operator is not None:
+                operator.stop()
+    return result
+
+
+def _round(v: float | None) -> float | None:
+    return None if v is None else round(v, 1)
+
+
+# --------------------------------------------------------------------------- report
+
+
+def table(floor: dict[str, Any], op: dict[str, Any]) -> str:
+    def s(v: Any) -> str:
+        return "-" if v is None else f"{v}"
+
+    def ratio(a: Any, b: Any) -> str:
+        return f" ({a / b:.2f}x floor)" if a is not None and b else ""
+
+    base = floor.get("all_available_s")
+    lines = [
+        f"N = {op['deployments']} LLMDeployments, {op['nodes']} simulated H100 nodes",
+        "| mode | all exist | all available | all Ready | apply->Deployment p50 / p99 ms "
+        "| writes (run) | writes (idle) | peak RSS MiB | CPU s |",
+        "|---|---|---|---|---|---|---|---|---|"]
+    for r in (floor, op):
+        lat = r["apply_to_deployment_ms"]
+        is_op = r is op
+        exist = ratio(r["all_exist_s"], floor["all_exist_s"]) if is_op else ""
+        avail = ratio(r["all_available_s"], base) if is_op else ""
+        ready = f" s{ratio(r['all_ready_s'], base)}" if r["all_ready_s"] else ""
+        lines.append(
+            f"| {r['mode']} | {s(r['all_exist_s'])} s{exist} "
+            f"| {s(r['all_available_s'])} s{avail} "
+            f"| {s(r['all_ready_s'])}{ready} "
+            f"| {s(lat['p50'])} / {s(lat['p99'])} | {r['writes_run']} "
+            f"| {r['writes_idle']} in {r['idle_seconds']:.0f} s "
+            f"| {s(r.get('operator_peak_rss_mib'))} | {s(r.get('operator_cpu_s'))} |")
+    return "\n".join(lines)
+
+
+def _writes_breakdown(r: dict[str, Any], key: str) -> Iterator[str]:
+    for k, v in r[key].items():
+        if k.split(" ")[0] in WRITE_VERBS:
+            yield f"  {k}: {v}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trtllm_operator.localcluster.bench",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--deployments", "-n", type=int, default=100)
+    parser.add_argument("--nodes", type=int, default=None,
+                        help="simulated 8-GPU H100 nodes (default: room for every replica + 5)")
+    parser.add_argument("--idle-seconds", type=float, default=60.0,
+                        help="how long to count requests after convergence")
+    parser.add_argument("--build-seconds", type=float, default=2.0)
+    parser.add_argument("--timeout", type=float, default=900.0)
+    parser.add_argument("--modes", default="floor,operator")
+    parser.add_argument("--out", type=Path, default=Path("bench.json"))
+    parser.add_argument("--operator-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="operator settings, e.g. TRTLLM_OPERATOR_WORKERS=8")
+    args = parser.parse_args(argv)
+    cfg = Settings(
+        deployments=args.deployments,
+        nodes=args.nodes or math.ceil(args.deployments / 8) + 5,
+        build_seconds=args.build_seconds, idle_seconds=args.idle_seconds,
+        timeout=args.timeout,
+        operator_env=dict(e.split("=", 1) for e in args.operator_env))
+    results: dict[str, Any] = {"settings": vars(cfg)}
+    with tempfile.TemporaryDirectory(prefix="trtllm-bench-") as tmp:
+        for mode in args.modes.split(","):
+            print(f"--- {mode}: N = {cfg.deployments}, {cfg.nodes} nodes", flush=True)
+            results[mode] = run_mode(mode, cfg, Path(tmp))
+            print(json.dumps({k: v for k, v in results[mode].items()
+                              if not k.startswith("requests")}), flush=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    if "floor" in results and "operator" in results:
+        print(table(results["floor"], results["operator"]))
+    for mode in ("floor", "operator"):
+        if mode in results:
+            print(f"{mode} writes during the run:")
+            print("\n".join(_writes_breakdown(results[mode], "requests_run")))
+            print(f"{mode} writes in the idle period (leases included):")
+            print("\n".join(_writes_breakdown(results[mode], "requests_idle")) or "  none")
+    print(f"JSON: {args.out}")
+    converged = all(results[m].get("converged") for m in ("floor", "operator") if m in results)
+    return 0 if converged else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
