@@ -1,0 +1,105 @@
+"""The PyTorch line end to end: an LLMEngine with a 1.3.0rc21+ image builds no engine. Its
+checkpoint is downloaded once into the model cache, every target is Built from that cached
+checkpoint, and an LLMDeployment serves it with ``trtllm-serve <folder> --backend pytorch``,
+offline, with the options file that turns the Prometheus gauges on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+
+from tests.conftest import Kubectl
+from tests.e2e.conftest import H100, L40S, Getter, apply, condition, small_engine, targets
+from tests.support import wait_for
+
+pytestmark = pytest.mark.usefixtures("running_operator", "gpu_fleet", "storage", "hf_token")
+
+PYTORCH_IMAGE = "nvcr.io/nvidia/tensorrt-llm/release:1.3.0rc25"
+
+
+def _pytorch_engine(name: str, gpus: list[str]) -> dict[str, Any]:
+    obj = small_engine(name, gpus, image=PYTORCH_IMAGE)
+    build = obj["spec"]["build"]
+    for key in ("limits", "plugins", "extraArgs", "quantization"):
+        build.pop(key, None)  # trtllm-build settings: refused on this backend
+    build["dtype"] = "auto"
+    return obj
+
+
+def _jobs(api_client: client.ApiClient, namespace: str, component: str) -> list[client.V1Job]:
+    return list(client.BatchV1Api(api_client).list_namespaced_job(
+        namespace, label_selector=f"app.kubernetes.io/component={component}").items)
+
+
+def test_a_pytorch_engine_downloads_once_builds_nothing_and_is_served_on_both_gpu_types(
+        kubectl: Kubectl, namespace: str, get_engine: Getter, get_llmd: Getter,
+        api_client: client.ApiClient) -> None:
+    apply(kubectl, namespace, _pytorch_engine("llama", [H100, L40S]))
+    kubectl("wait", "-n", namespace, "--for=condition=Ready", "llmengine/llama",
+            "--timeout=120s")
+
+    engine = get_engine("llama")
+    assert engine["status"]["backend"] == "pytorch"
+    cache = engine["status"]["modelCache"]
+    assert cache["state"] == "Cached"
+    built = targets(engine)
+    for gpu in (H100, L40S):
+        assert (built[gpu]["state"], built[gpu]["reason"]) == ("Built", "CheckpointCached")
+        assert built[gpu]["path"] == cache["path"].removeprefix("/engines/")
+        assert built[gpu].get("job") is None
+    assert len(_jobs(api_client, namespace, "model-download")) == 1
+    assert _jobs(api_client, namespace, "engine-build") == []
+
+    apps = client.AppsV1Api(api_client)
+    core = client.CoreV1Api(api_client)
+    for gpu, name in ((H100, "chat-h100"), (L40S, "chat-l40s")):
+        apply(kubectl, namespace, {
+            "apiVersion": "trtllm.dev/v1alpha1", "kind": "LLMDeployment",
+            "metadata": {"name": name},
+            "spec": {"engineRef": {"name": "llama"}, "gpu": gpu, "replicas": 1}})
+    for gpu, name in ((H100, "chat-h100"), (L40S, "chat-l40s")):
+        kubectl("wait", "-n", namespace, "--for=condition=Ready", f"llmdeployment/{name}",
+                "--timeout=120s")
+        pod = apps.read_namespaced_deployment(name, namespace).spec.template.spec
+        assert pod.node_selector["nvidia.com/gpu.product"] == gpu
+        container = pod.containers[0]
+        command = container.command
+        assert command[:4] == ["trtllm-serve", "/model", "--backend", "pytorch"]
+        assert command[command.index("--host") + 1] == "0.0.0.0"
+        assert "--config" in command
+        env = {e.name: e.value for e in container.env or []}
+        assert env["HF_HUB_OFFLINE"] == "1"
+        model_mount = next(m for m in container.volume_mounts if m.mount_path == "/model")
+        assert model_mount.sub_path == built[gpu]["path"]
+        assert model_mount.read_only
+        ready = condition(get_llmd(name), "Ready")
+        assert ready is not None
+        assert ready["status"] == "True"
+    options = [cm for cm in core.list_namespaced_config_map(namespace).items
+               if cm.metadata.name.startswith("chat-h100")]
+    assert options, "the options file of the PyTorch-line server"
+    data = yaml.safe_load(next(iter(options[0].data.values())))
+    assert data["return_perf_metrics"] is True
+    assert data["enable_iter_perf_stats"] is True
+
+
+def test_a_quantized_pytorch_engine_is_refused_before_any_job(
+        kubectl: Kubectl, namespace: str, get_engine: Getter,
+        api_client: client.ApiClient) -> None:
+    obj = _pytorch_engine("fp8", [H100])
+    obj["spec"]["build"]["quantization"] = {
+        "format": "fp8", "calibration": {"datasetPath": "calibration/cnn.jsonl"}}
+    apply(kubectl, namespace, obj)
+
+    def invalid() -> dict[str, Any] | None:
+        t = targets(get_engine("fp8")).get(H100)
+        return t if t is not None and t["state"] == "Invalid" else None
+
+    target = wait_for(invalid, 60, "the quantized PyTorch target to be refused")
+    assert target["reason"] == "BackendFeatureUnavailable"
+    assert "spec.build.quantization" in target["message"]
+    assert _jobs(api_client, namespace, "model-download") == []
+    assert _jobs(api_client, namespace, "engine-build") == []
