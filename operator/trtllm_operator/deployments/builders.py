@@ -140,14 +140,20 @@ def _strategy(d: LLMDeployment) -> dict[str, Any]:
             "rollingUpdate": {"maxSurge": surge, "maxUnavailable": unavailable}}
 
 
-def deployment(d: LLMDeployment, engine: LLMEngine, serving: Serving,
-               claim: str) -> dict[str, Any]:
-    """The trtllm-serve Deployment serving ``serving`` from the engines ``claim``."""
+def pod_labels(d: LLMDeployment, engine: LLMEngine, serving: Serving) -> dict[str, str]:
+    return child_labels(d, engine.metadata.name) | {labels.GPU_PRODUCT: serving.gpu}
+
+
+def pod_template(d: LLMDeployment, engine: LLMEngine, serving: Serving, claim: str,
+                 gpus_per_pod: int | None = None) -> dict[str, Any]:
+    """The trtllm-serve pod template (one pod with ``gpus_per_pod``, default the world size);
+    the Deployment and the multi-node LeaderWorkerSet both start from it."""
     spec = d.spec
-    lbl = child_labels(d, engine.metadata.name) | {labels.GPU_PRODUCT: serving.gpu}
+    lbl = pod_labels(d, engine, serving)
     image = spec.image or engine.spec.build.image
     port = spec.serve.port
-    resources: dict[str, Any] = {"limits": {gpus.GPU_RESOURCE: str(serving.world_size)}}
+    per_pod = gpus_per_pod or serving.world_size
+    resources: dict[str, Any] = {"limits": {gpus.GPU_RESOURCE: str(per_pod)}}
     if spec.resources is not None:
         user = spec.resources.model_dump(mode="json", by_alias=True, exclude_none=True)
         resources = {"requests": dict(user.get("requests", {})),
@@ -192,24 +198,31 @@ def deployment(d: LLMDeployment, engine: LLMEngine, serving: Serving,
         pod_spec["affinity"] = dict(spec.affinity)
     if spec.image_pull_secrets:
         pod_spec["imagePullSecrets"] = [{"name": s.name} for s in spec.image_pull_secrets]
+    return {
+        "metadata": {
+            "labels": lbl,
+            # A new engine (or path) changes the template, hence a rollout.
+            "annotations": {FINGERPRINT_ANNOTATION: serving.fingerprint,
+                            PATH_ANNOTATION: serving.path},
+        },
+        "spec": pod_spec,
+    }
+
+
+def deployment(d: LLMDeployment, engine: LLMEngine, serving: Serving,
+               claim: str) -> dict[str, Any]:
+    """The trtllm-serve Deployment serving ``serving`` from the engines ``claim``."""
     manifest: dict[str, Any] = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {"name": d.metadata.name, "namespace": d.metadata.namespace,
-                     "labels": lbl, "ownerReferences": [owner_reference(d)]},
+                     "labels": pod_labels(d, engine, serving),
+                     "ownerReferences": [owner_reference(d)]},
         "spec": {
-            "replicas": spec.replicas,
+            "replicas": d.spec.replicas,
             "selector": {"matchLabels": selector(d)},
             "strategy": _strategy(d),
-            "template": {
-                "metadata": {
-                    "labels": lbl,
-                    # A new engine (or path) changes the template, hence a rollout.
-                    "annotations": {FINGERPRINT_ANNOTATION: serving.fingerprint,
-                                    PATH_ANNOTATION: serving.path},
-                },
-                "spec": pod_spec,
-            },
+            "template": pod_template(d, engine, serving, claim),
         },
     }
     return manifest
