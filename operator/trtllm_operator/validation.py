@@ -165,7 +165,9 @@ def validate_engine(spec: LLMEngineSpec, cluster: ClusterFacts,
         found += check_mig_parallelism(spec.build.parallelism, target)
         found += check_parallelism_fits(spec.build.parallelism, target, cluster,
                                         field_name="spec.build.parallelism",
-                                        fix=f"or remove {target} from spec.targets")
+                                        fix=f"or set spec.build.gpus to build the ranks in "
+                                            f"turn, or remove {target} from spec.targets",
+                                        needed=spec.build.gpus)
         found += check_memory_fit(spec, target, cluster, size)
     return tuple(found)
 
@@ -505,10 +507,11 @@ def _capability(sm: int) -> str:
 
 
 def check_parallelism_fits(parallelism: Parallelism, gpu: str, cluster: ClusterFacts, *,
-                           field_name: str, fix: str) -> list[Finding]:
-    """tensor x pipeline GPUs must fit on one node of the GPU type (engines run on one node)."""
+                           field_name: str, fix: str, needed: int | None = None) -> list[Finding]:
+    """The build pod's GPUs (``needed``, default tensor x pipeline) must fit on one node of the
+    GPU type. Serving may span nodes (deployments.multinode); a build runs on one node."""
     pool = cluster.pools.get(gpu)
-    needed = parallelism.world_size
+    needed = needed or parallelism.world_size
     if pool is None or not pool.node_gpus or needed <= pool.largest_node:
         return []
     return [Finding(
@@ -646,10 +649,8 @@ def validate_deployment(spec: LLMDeploymentSpec, engine: LLMEngineSpec | None,
     found += check_serve_extra_args(spec, engine)
     found += check_gpu_is_target(spec.gpu, engine, name, resolved)
     found += check_serve_limits(spec, engine, name)
-    if spec.gpu is not None and (spec.gpu in engine.targets or spec.gpu in (resolved or ())):
-        found += check_parallelism_fits(
-            engine.build.parallelism, spec.gpu, cluster, field_name="spec.gpu",
-            fix=f"of LLMEngine {name}, or choose another GPU type in spec.gpu")
+    # Whether the engine's world fits one node, or whole groups of nodes, is the serving
+    # preflight's to judge (deployments.controller): it knows whether LeaderWorkerSet is there.
     return tuple(found)
 
 
