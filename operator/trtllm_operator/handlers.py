@@ -31,11 +31,18 @@ from trtllm_operator import gpus, labels, metrics
 from trtllm_operator.api import API_GROUP, API_VERSION, EngineTargetStatus
 from trtllm_operator.claims import ClaimFact, observe_claim
 from trtllm_operator.deployments import builders as serving
+from trtllm_operator.deployments import multinode
 from trtllm_operator.deployments.controller import DeploymentController
 from trtllm_operator.engines import jobs as jobbuilder
 from trtllm_operator.engines.controller import EngineController, Key
 from trtllm_operator.engines.planning import CheckpointKey, checkpoint_key
-from trtllm_operator.kube import Kube, classify, make_client, namespace_terminating
+from trtllm_operator.kube import (
+    Kube,
+    classify,
+    leaderworkerset_support,
+    make_client,
+    namespace_terminating,
+)
 from trtllm_operator.pods import PodFact, observe_pod
 from trtllm_operator.reconcile_errors import ReconcileErrors
 from trtllm_operator.settings import OperatorSettings
@@ -81,7 +88,8 @@ class IndexView:
         for name in ("engine_bodies", "engine_builds", "gpu_nodes", "build_jobs",
                      "engine_jobs", "build_pods", "deployment_bodies",
                      "deployments_by_engine", "serving_deployments", "serving_pods",
-                     "build_configmaps", "claims", "engines_by_claim", "checkpoint_sizes"):
+                     "build_configmaps", "claims", "engines_by_claim", "checkpoint_sizes",
+                     "serving_group_sets"):
             if name in kwargs:
                 self.indexes[name] = kwargs[name]
 
@@ -173,6 +181,10 @@ class IndexView:
         dep: Mapping[str, Any] | None = self._first("serving_deployments", (namespace, name))
         return dep
 
+    def serving_group_set(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        lws: Mapping[str, Any] | None = self._first("serving_group_sets", (namespace, name))
+        return lws
+
     def serving_pods(self, namespace: str, name: str) -> list[PodFact]:
         pods: list[PodFact] = self._all("serving_pods", (namespace, name))
         return sorted(pods, key=lambda p: p.name)
@@ -243,7 +255,12 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     RUNTIME.controller = EngineController(
         view=RUNTIME.view, writer=kube, events=_post_event, job_resource=Job,
         active_deadline_seconds=cfg.build_deadline_seconds)
-    deployments = DeploymentController(view=RUNTIME.view, writer=kube, events=_post_event)
+    # Checked once: the LWS index and handlers below are only served if kopf found the
+    # resource when it started, so a later install needs a restart either way.
+    lws = await leaderworkerset_support(kube.client, next(iter(cfg.namespaces), None))
+    log.info("LeaderWorkerSet for multi-node serving: %s", lws)
+    deployments = DeploymentController(view=RUNTIME.view, writer=kube, events=_post_event,
+                                       lws=lws)
 
     def queue(name: str, reconcile: Any, errors: ReconcileErrors) -> WorkQueue[Key]:
         return WorkQueue(name, _unless_namespace_goes(reconcile), workers=cfg.workers,
@@ -519,6 +536,14 @@ def serving_deployments(namespace: str | None, name: str, body: kopf.Body,
     }}
 
 
+@kopf.index(multinode.LWS_GROUP, multinode.LWS_VERSION, multinode.LWS_PLURAL,
+            labels=SERVING_LABELS)
+def serving_group_sets(namespace: str | None, name: str, body: kopf.Body,
+                       **_: Any) -> dict[Key, Any]:
+    """The operator's multi-node LeaderWorkerSets, as the facts status reads (groups)."""
+    return {(namespace or "", name): multinode.group_status(body)}
+
+
 @kopf.index("", "v1", "pods", labels=SERVING_LABELS)
 def serving_pods(namespace: str | None, name: str, labels: kopf.Labels, meta: kopf.Meta,
                  status: kopf.Status, **_: Any) -> dict[Key, PodFact] | None:
@@ -575,3 +600,11 @@ async def on_serving_service(namespace: str | None, labels: kopf.Labels,
 @kopf.on.event("", "v1", "pods", labels=SERVING_LABELS)
 async def on_serving_pod(namespace: str | None, labels: kopf.Labels, **kwargs: Any) -> None:
     await _on_serving_child(namespace, labels, kwargs)
+
+
+@kopf.on.event(multinode.LWS_GROUP, multinode.LWS_VERSION, multinode.LWS_PLURAL,
+               labels=SERVING_LABELS)
+async def on_serving_group_set(namespace: str | None, labels: kopf.Labels,
+                               **kwargs: Any) -> None:
+    await _on_serving_child(namespace, labels, kwargs)
+

@@ -51,6 +51,9 @@ LLMEngineResource = create_namespaced_resource(API_GROUP, API_VERSION, "LLMEngin
                                                "llmengines")
 LLMDeploymentResource = create_namespaced_resource(API_GROUP, API_VERSION, "LLMDeployment",
                                                    "llmdeployments")
+# Registered so that codecs.from_dict can apply multi-node serving's LeaderWorkerSets.
+LeaderWorkerSetResource = create_namespaced_resource(
+    "leaderworkerset.x-k8s.io", "v1", "LeaderWorkerSet", "leaderworkersets")
 _RESOURCES = {"LLMEngine": LLMEngineResource, "LLMDeployment": LLMDeploymentResource}
 _STATUS_RESOURCES = {"LLMEngine": LLMEngineResource.Status,
                      "LLMDeployment": LLMDeploymentResource.Status}
@@ -180,3 +183,22 @@ class Kube:
                 return False
             raise
         return True
+
+
+async def leaderworkerset_support(client: AsyncClient, namespace: str | None) -> str:
+    """Whether multi-node serving can use LeaderWorkerSets: "installed", "missing" (the API
+    server does not serve the resource) or "forbidden" (served, but this operator's RBAC
+    does not allow it). One LIST of at most one object, at startup."""
+    try:
+        # "*": every namespace.
+        async for _ in client.list(LeaderWorkerSetResource, namespace=namespace or "*",
+                                   chunk_size=1):
+            break
+    except ApiError as exc:
+        if exc.status.code == 404:
+            return "missing"
+        if exc.status.code == 403:
+            return "forbidden"
+        raise
+    return "installed"
+

@@ -42,6 +42,7 @@ class FakeView:
         self.claims = {"trtllm-engines": ClaimFact("Bound", ("ReadWriteMany",))}
         self.pods: list[PodFact] = []
         self.dep: dict[str, Any] | None = None
+        self.group_set: dict[str, Any] | None = None
 
     def deployment_body(self, key: Key) -> Mapping[str, Any] | None:
         return self.body
@@ -55,6 +56,9 @@ class FakeView:
     def serving_deployment(self, namespace: str, name: str) -> Mapping[str, Any] | None:
         return self.dep
 
+    def serving_group_set(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        return self.group_set
+
     def serving_pods(self, namespace: str, name: str) -> list[PodFact]:
         return self.pods
 
@@ -66,6 +70,11 @@ class FakeWriter:
     def __init__(self) -> None:
         self.applied: list[dict[str, Any]] = []
         self.status_patches: list[dict[str, Any]] = []
+        self.created: list[dict[str, Any]] = []
+
+    async def create_if_absent(self, manifest: dict[str, Any]) -> bool:
+        self.created.append(manifest)
+        return True
 
     async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
         self.applied.append(manifest)

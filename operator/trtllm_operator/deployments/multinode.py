@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import math
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -208,3 +209,27 @@ def leader_service(d: LLMDeployment, engine_name: str) -> dict[str, Any]:
     svc = builders.service(d, engine_name)
     svc["spec"]["selector"] = {**svc["spec"]["selector"], LWS_WORKER_INDEX_LABEL: "0"}
     return svc
+
+
+def group_status(lws: Mapping[str, Any]) -> dict[str, Any]:
+    """A LeaderWorkerSet as the Deployment-shaped facts the status logic reads: generation,
+    the leader template's annotations and nodeSelector, and groups counted as replicas (a
+    group is ready only when all its pods are, so ready groups are also the available ones)."""
+    spec = lws.get("spec") or {}
+    leader = (spec.get("leaderWorkerTemplate") or {}).get("leaderTemplate") or {}
+    st = lws.get("status") or {}
+    ready = int(st.get("readyReplicas") or 0)
+    return {
+        "kind": "LeaderWorkerSet",
+        "metadata": {"generation": (lws.get("metadata") or {}).get("generation")},
+        "spec": {"template": {
+            "metadata": {"annotations": dict((leader.get("metadata") or {})
+                                             .get("annotations") or {})},
+            "spec": {"nodeSelector": dict((leader.get("spec") or {})
+                                          .get("nodeSelector") or {})}}},
+        "status": {"replicas": int(st.get("replicas") or 0), "readyReplicas": ready,
+                   "availableReplicas": ready,
+                   "updatedReplicas": int(st.get("updatedReplicas") or 0),
+                   "observedGeneration": int(st.get("observedGeneration") or 0),
+                   "conditions": [dict(c) for c in st.get("conditions") or []]},
+    }
