@@ -194,11 +194,13 @@ async def leaderworkerset_support(client: AsyncClient, namespace: str | None) ->
         async for _ in client.list(LeaderWorkerSetResource, namespace=namespace or "*",
                                    chunk_size=1):
             break
-    except ApiError as exc:
-        if exc.status.code == 404:
+    except (ApiError, httpx2.HTTPStatusError) as exc:
+        # An unserved resource is a bare 404 (no Status body): lightkube then raises httpx's.
+        code = (exc.status.code if isinstance(exc, ApiError)
+                else exc.response.status_code)
+        if code == 404:
             return "missing"
-        if exc.status.code == 403:
+        if code == 403:
             return "forbidden"
         raise
     return "installed"
-

@@ -414,8 +414,11 @@ class LocalCluster:
             lws.manager_configuration(webhook, health, metrics, cert_dir)))
         self._kubectl("apply", "--server-side", "--force-conflicts",
                       *[f"--filename={f}" for f in assets.crds])
-        self._kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                      "crd/leaderworkersets.leaderworkerset.x-k8s.io")
+        # Right after the create the CRD may have no status yet, which kubectl wait refuses.
+        self._wait(lambda: self._kubectl(
+            "wait", "--for=condition=Established", "--timeout=10s",
+            "crd/leaderworkersets.leaderworkerset.x-k8s.io", check=False).returncode == 0,
+            "the LeaderWorkerSet CRD")
         hooks = lws.webhook_configurations(assets.webhook_manifests.read_text(), webhook,
                                            self._pki.ca.cert.read_bytes())
         self._kubectl("apply", "--server-side", "--force-conflicts", "--filename=-",
