@@ -18,6 +18,7 @@ Why this shape:
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import logging
 from collections.abc import Mapping
@@ -207,6 +208,8 @@ class Runtime:
         self.engines: WorkQueue[Key] | None = None
         self.deployments: WorkQueue[Key] | None = None
         self.controller: EngineController | None = None
+        self.lws = "missing"
+        """LeaderWorkerSet support, found before kopf starts (see prepare_leaderworkersets)."""
 
 
 RUNTIME = Runtime()
@@ -255,12 +258,8 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     RUNTIME.controller = EngineController(
         view=RUNTIME.view, writer=kube, events=_post_event, job_resource=Job,
         active_deadline_seconds=cfg.build_deadline_seconds)
-    # Checked once: the LWS index and handlers below are only served if kopf found the
-    # resource when it started, so a later install needs a restart either way.
-    lws = await leaderworkerset_support(kube.client, next(iter(cfg.namespaces), None))
-    log.info("LeaderWorkerSet for multi-node serving: %s", lws)
     deployments = DeploymentController(view=RUNTIME.view, writer=kube, events=_post_event,
-                                       lws=lws)
+                                       lws=RUNTIME.lws)
 
     def queue(name: str, reconcile: Any, errors: ReconcileErrors) -> WorkQueue[Key]:
         return WorkQueue(name, _unless_namespace_goes(reconcile), workers=cfg.workers,
@@ -536,8 +535,6 @@ def serving_deployments(namespace: str | None, name: str, body: kopf.Body,
     }}
 
 
-@kopf.index(multinode.LWS_GROUP, multinode.LWS_VERSION, multinode.LWS_PLURAL,
-            labels=SERVING_LABELS)
 def serving_group_sets(namespace: str | None, name: str, body: kopf.Body,
                        **_: Any) -> dict[Key, Any]:
     """The operator's multi-node LeaderWorkerSets, as the facts status reads (groups)."""
@@ -602,9 +599,28 @@ async def on_serving_pod(namespace: str | None, labels: kopf.Labels, **kwargs: A
     await _on_serving_child(namespace, labels, kwargs)
 
 
-@kopf.on.event(multinode.LWS_GROUP, multinode.LWS_VERSION, multinode.LWS_PLURAL,
-               labels=SERVING_LABELS)
 async def on_serving_group_set(namespace: str | None, labels: kopf.Labels,
                                **kwargs: Any) -> None:
     await _on_serving_child(namespace, labels, kwargs)
+
+
+def prepare_leaderworkersets(settings: OperatorSettings) -> str:
+    """Before kopf starts: check once whether LeaderWorkerSets can be used, and only then
+    register their index and handler. kopf lists every indexed resource before any handler
+    runs and retries a forbidden list, so watching LWS without the right to would stall the
+    whole operator; an LWS installed later needs a restart (as the condition says)."""
+    async def check() -> str:
+        client = make_client(settings.kubeconfig)
+        try:
+            return await leaderworkerset_support(client, next(iter(settings.namespaces), None))
+        finally:
+            await client.close()
+
+    RUNTIME.lws = asyncio.run(check())
+    log.info("LeaderWorkerSet for multi-node serving: %s", RUNTIME.lws)
+    if RUNTIME.lws == "installed":
+        group = (multinode.LWS_GROUP, multinode.LWS_VERSION, multinode.LWS_PLURAL)
+        kopf.index(*group, labels=SERVING_LABELS)(serving_group_sets)
+        kopf.on.event(*group, labels=SERVING_LABELS)(on_serving_group_set)
+    return RUNTIME.lws
 

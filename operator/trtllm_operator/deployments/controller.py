@@ -146,8 +146,10 @@ def choose_target(d: LLMDeployment, engine: LLMEngine | None, findings: tuple[Fi
 LWS_INSTALL_HINT = ("install LeaderWorkerSet (kubectl apply --server-side -f "
                     "https://github.com/kubernetes-sigs/lws/releases/download/v0.9.0/"
                     "manifests.yaml) and restart the operator")
-LWS_RBAC_HINT = ("the operator may not use LeaderWorkerSets: install the chart with "
-                 "leaderWorkerSet.enabled=true and restart the operator")
+# Without the right to list LWSs, the API server answers 403 whether or not LWS is installed.
+LWS_RBAC_HINT = ("the operator may not list LeaderWorkerSets: install LeaderWorkerSet if it is "
+                 "not installed, install the chart with leaderWorkerSet.enabled=true, and "
+                 "restart the operator")
 
 
 @dataclass(frozen=True)
