@@ -649,8 +649,13 @@ def validate_deployment(spec: LLMDeploymentSpec, engine: LLMEngineSpec | None,
     found += check_serve_extra_args(spec, engine)
     found += check_gpu_is_target(spec.gpu, engine, name, resolved)
     found += check_serve_limits(spec, engine, name)
-    # Whether the engine's world fits one node, or whole groups of nodes, is the serving
-    # preflight's to judge (deployments.controller): it knows whether LeaderWorkerSet is there.
+    if spec.gpu is not None and (spec.gpu in engine.targets or spec.gpu in (resolved or ())):
+        # An engine whose build does not fit one node of the type is never built for it.
+        # Serving wider than a node is the serving preflight's to judge (LeaderWorkerSet).
+        found += check_parallelism_fits(
+            engine.build.parallelism, spec.gpu, cluster, field_name="spec.gpu",
+            fix=f"of LLMEngine {name} or set its spec.build.gpus to build the ranks in turn, "
+                f"or choose another GPU type in spec.gpu", needed=engine.build.gpus)
     return tuple(found)
 
 

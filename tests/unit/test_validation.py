@@ -376,7 +376,18 @@ def test_a_serving_image_matching_a_stated_build_release_is_fine() -> None:
                                CLUSTER) == ()
 
 
-def test_an_engine_wider_than_the_chosen_nodes_is_left_to_the_serving_preflight() -> None:
-    # One node or a LeaderWorkerSet group: the controller decides, knowing whether LWS is there.
-    assert validate_deployment(deployment(gpu=L40S), engine((H100, L40S), tp=8),
-                               CLUSTER) == ()
+def test_an_engine_that_cannot_be_built_on_the_chosen_nodes_is_an_error() -> None:
+    finding = only(validate_deployment(deployment(gpu=L40S), engine((H100, L40S), tp=8),
+                                       CLUSTER))
+
+    assert finding.reason == "ParallelismExceedsNode"
+    assert finding.field == "spec.gpu"
+    assert "set its spec.build.gpus" in finding.message
+    assert "choose another GPU type in spec.gpu" in finding.message
+
+
+def test_an_engine_built_on_one_node_but_served_wider_is_left_to_the_serving_preflight() -> None:
+    # Built on 4 GPUs, ranks in turn; serving spans two L40S nodes (LeaderWorkerSet), which
+    # the controller judges, knowing whether LWS is there.
+    assert validate_deployment(deployment(gpu=L40S),
+                               engine((H100, L40S), tp=8, build_gpus=4), CLUSTER) == ()
