@@ -143,3 +143,37 @@ def test_tp16_on_8_gpu_nodes_serves_as_two_node_groups(
     assert svc.spec.selector[multinode.LWS_WORKER_INDEX_LABEL] == "0"
     secret_names = [s.metadata.name for s in core.list_namespaced_secret(namespace).items]
     assert "wide-mpi-ssh" in secret_names
+
+
+def test_a_lost_worker_restarts_its_whole_group(
+        lws: str, kubectl: Kubectl, namespace: str, get_llmd: Getter,
+        core: client.CoreV1Api, h100_pool: str, gpu_fleet: dict[str, list[str]],
+        operator_now: Callable[[], OperatorProcess]) -> None:
+    operator_now()
+    apply(kubectl, namespace, _wide_engine("wide"))
+    apply(kubectl, namespace, _llmd("wide", "wide", 1, h100_pool))
+    kubectl("wait", "-n", namespace, "--for=condition=Ready", "llmdeployment/wide",
+            "--timeout=240s", timeout=250)
+
+    def group_pods() -> dict[str, Any]:
+        pods = core.list_namespaced_pod(
+            namespace, label_selector=f"{multinode.LWS_NAME_LABEL}=wide").items
+        return {p.metadata.labels[multinode.LWS_WORKER_INDEX_LABEL]: p for p in pods
+                if p.metadata.deletion_timestamp is None}
+
+    before = group_pods()
+    leader_uid = before["0"].metadata.uid
+    core.delete_namespaced_pod(before["1"].metadata.name, namespace)
+
+    # RecreateGroupOnPodRestart: the leader goes too, and the group comes back whole.
+    wait_for(lambda: (p := group_pods().get("0")) is not None and p.metadata.uid != leader_uid,
+             120, "the group's leader to be recreated")
+    kubectl("wait", "-n", namespace, "--for=condition=Ready", "llmdeployment/wide",
+            "--timeout=240s", timeout=250)
+    wait_for(lambda: all(p.status.phase == "Running" for p in group_pods().values())
+             and len(group_pods()) == 2, 120, "the recreated group Running")
+    after = group_pods()
+    assert after["0"].metadata.uid != leader_uid
+    assert after["1"].metadata.uid != before["1"].metadata.uid
+    wait_for(lambda: get_llmd("wide")["status"].get("readyReplicas") == 1, 120,
+             "the LLMDeployment to count the recreated group ready")
