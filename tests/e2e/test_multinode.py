@@ -59,6 +59,20 @@ def _llmd(name: str, engine: str, replicas: int, pool: str | None = None) -> dic
             "metadata": {"name": name}, "spec": spec}
 
 
+def _wait_ready(kubectl: Kubectl, namespace: str, get_llmd: Getter, core: client.CoreV1Api,
+                op: OperatorProcess) -> None:
+    """Wait for Ready; on timeout, fail with the status, the pods and the operator's log."""
+    try:
+        kubectl("wait", "-n", namespace, "--for=condition=Ready", "llmdeployment/wide",
+                "--timeout=240s", timeout=250)
+    except AssertionError:
+        pods = [(p.metadata.name, p.status.phase, p.spec.node_name,
+                 [(c.type, c.status, c.message) for c in p.status.conditions or []])
+                for p in core.list_namespaced_pod(namespace).items]
+        raise AssertionError(f"status: {get_llmd('wide').get('status')}\npods: {pods}\n"
+                             f"{op.tail(40)}") from None
+
+
 def test_without_lws_a_multi_node_spec_says_lws_is_required(
         kubectl: Kubectl, namespace: str, get_llmd: Getter, api_client: client.ApiClient,
         gpu_fleet: dict[str, list[str]], operator_now: Callable[[], OperatorProcess]) -> None:
@@ -102,11 +116,7 @@ def test_tp16_on_8_gpu_nodes_serves_as_two_node_groups(
     op = operator_now()
     apply(kubectl, namespace, _wide_engine("wide"))
     apply(kubectl, namespace, _llmd("wide", "wide", 2, h100_pool))
-    try:
-        kubectl("wait", "-n", namespace, "--for=condition=Ready", "llmdeployment/wide",
-                "--timeout=240s", timeout=250)
-    except AssertionError:
-        raise AssertionError(f"{get_llmd('wide').get('status')}\n{op.tail(60)}") from None
+    _wait_ready(kubectl, namespace, get_llmd, core, op)
 
     status = get_llmd("wide")["status"]
     assert status["readyReplicas"] == 2  # groups
@@ -149,11 +159,10 @@ def test_a_lost_worker_restarts_its_whole_group(
         lws: str, kubectl: Kubectl, namespace: str, get_llmd: Getter,
         core: client.CoreV1Api, h100_pool: str, gpu_fleet: dict[str, list[str]],
         operator_now: Callable[[], OperatorProcess]) -> None:
-    operator_now()
+    op = operator_now()
     apply(kubectl, namespace, _wide_engine("wide"))
     apply(kubectl, namespace, _llmd("wide", "wide", 1, h100_pool))
-    kubectl("wait", "-n", namespace, "--for=condition=Ready", "llmdeployment/wide",
-            "--timeout=240s", timeout=250)
+    _wait_ready(kubectl, namespace, get_llmd, core, op)
 
     def group_pods() -> dict[str, Any]:
         pods = core.list_namespaced_pod(
@@ -168,8 +177,7 @@ def test_a_lost_worker_restarts_its_whole_group(
     # RecreateGroupOnPodRestart: the leader goes too, and the group comes back whole.
     wait_for(lambda: (p := group_pods().get("0")) is not None and p.metadata.uid != leader_uid,
              120, "the group's leader to be recreated")
-    kubectl("wait", "-n", namespace, "--for=condition=Ready", "llmdeployment/wide",
-            "--timeout=240s", timeout=250)
+    _wait_ready(kubectl, namespace, get_llmd, core, op)
     wait_for(lambda: all(p.status.phase == "Running" for p in group_pods().values())
              and len(group_pods()) == 2, 120, "the recreated group Running")
     after = group_pods()
