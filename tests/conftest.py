@@ -140,3 +140,20 @@ def crds(kubectl: Kubectl) -> list[str]:
     ours = [n for n in names if n.endswith(".trtllm.dev")]
     kubectl("wait", "--for=condition=Established", "--timeout=60s", *ours)
     return ours
+
+
+@pytest.fixture(scope="session")
+def lws(cluster: ClusterUnderTest, kubectl: Kubectl) -> str:
+    """LeaderWorkerSet installed in the cluster under test; returns its CRD name.
+
+    On the local control plane this builds the pinned manager on first use (minutes of Go
+    build, cached after) and starts it beside the other components; on an external cluster
+    LWS must already be installed.
+    """
+    crd = "leaderworkersets.leaderworkerset.x-k8s.io"
+    if cluster.local is None:
+        if kubectl("get", "crd", crd, check=False).returncode != 0:
+            pytest.skip("LeaderWorkerSet is not installed in the cluster under test")
+        return crd
+    cluster.local.start_lws()
+    return crd

@@ -43,6 +43,7 @@ def _run(args: argparse.Namespace) -> int:
             logging.getLogger(noisy).setLevel(logging.WARNING)
     if cfg.kubeconfig:
         os.environ["KUBECONFIG"] = cfg.kubeconfig  # read by kopf.login_with_kubeconfig
+    handlers.prepare_leaderworkersets(cfg)
     liveness = (f"http://{cfg.bind_address}:{cfg.health_port}/healthz"
                 if cfg.health_port else None)
     asyncio.run(kopf.operator(

@@ -18,6 +18,7 @@ Why this shape:
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import logging
 from collections.abc import Mapping
@@ -32,12 +33,19 @@ from trtllm_operator.api import API_GROUP, API_VERSION, EngineTargetStatus
 from trtllm_operator.api.engine import ModelCacheStatus
 from trtllm_operator.claims import ClaimFact, observe_claim
 from trtllm_operator.deployments import builders as serving
+from trtllm_operator.deployments import multinode
 from trtllm_operator.deployments.controller import DeploymentController
 from trtllm_operator.engines import jobs as jobbuilder
 from trtllm_operator.engines import model_cache
 from trtllm_operator.engines.controller import EngineController, Key
 from trtllm_operator.engines.planning import CheckpointKey, checkpoint_key
-from trtllm_operator.kube import Kube, classify, make_client, namespace_terminating
+from trtllm_operator.kube import (
+    Kube,
+    classify,
+    leaderworkerset_support,
+    make_client,
+    namespace_terminating,
+)
 from trtllm_operator.pods import PodFact, observe_pod
 from trtllm_operator.reconcile_errors import ReconcileErrors
 from trtllm_operator.settings import OperatorSettings
@@ -102,7 +110,7 @@ class IndexView:
                      "deployments_by_engine", "serving_deployments", "serving_services",
                      "serving_configmaps", "serving_pods",
                      "build_configmaps", "claims", "engines_by_claim", "model_caches",
-                     "checkpoint_sizes"):
+                     "checkpoint_sizes", "serving_group_sets"):
             if name in kwargs:
                 self.indexes[name] = kwargs[name]
 
@@ -239,6 +247,10 @@ class IndexView:
         child: Mapping[str, Any] | None = self._first(index, (namespace, name))
         return child
 
+    def serving_group_set(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        lws: Mapping[str, Any] | None = self._first("serving_group_sets", (namespace, name))
+        return lws
+
     def serving_pods(self, namespace: str, name: str) -> list[PodFact]:
         pods: list[PodFact] = self._all("serving_pods", (namespace, name))
         return sorted(pods, key=lambda p: p.name)
@@ -261,6 +273,8 @@ class Runtime:
         self.engines: WorkQueue[Key] | None = None
         self.deployments: WorkQueue[Key] | None = None
         self.controller: EngineController | None = None
+        self.lws = "missing"
+        """LeaderWorkerSet support, found before kopf starts (see prepare_leaderworkersets)."""
 
 
 RUNTIME = Runtime()
@@ -310,7 +324,8 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         view=RUNTIME.view, writer=kube, events=_post_event, job_resource=Job,
         log_reader=kube.log_tail,
         active_deadline_seconds=cfg.build_deadline_seconds)
-    deployments = DeploymentController(view=RUNTIME.view, writer=kube, events=_post_event)
+    deployments = DeploymentController(view=RUNTIME.view, writer=kube, events=_post_event,
+                                       lws=RUNTIME.lws)
 
     def queue(name: str, reconcile: Any, errors: ReconcileErrors) -> WorkQueue[Key]:
         return WorkQueue(name, _unless_namespace_goes(reconcile), workers=cfg.workers,
@@ -617,6 +632,12 @@ def serving_configmaps(namespace: str | None, name: str, body: kopf.Body,
     return {(namespace or "", name): _child(body, "data")}
 
 
+def serving_group_sets(namespace: str | None, name: str, body: kopf.Body,
+                       **_: Any) -> dict[Key, Any]:
+    """The operator's multi-node LeaderWorkerSets, as the facts status reads (groups)."""
+    return {(namespace or "", name): multinode.group_status(body)}
+
+
 @kopf.index("", "v1", "pods", labels=SERVING_LABELS)
 def serving_pods(namespace: str | None, name: str, labels: kopf.Labels, meta: kopf.Meta,
                  status: kopf.Status, **_: Any) -> dict[Key, PodFact] | None:
@@ -679,3 +700,30 @@ async def on_serving_configmap(namespace: str | None, labels: kopf.Labels,
 @kopf.on.event("", "v1", "pods", labels=SERVING_LABELS)
 async def on_serving_pod(namespace: str | None, labels: kopf.Labels, **kwargs: Any) -> None:
     await _on_serving_child(namespace, labels, kwargs)
+
+
+async def on_serving_group_set(namespace: str | None, labels: kopf.Labels,
+                               **kwargs: Any) -> None:
+    await _on_serving_child(namespace, labels, kwargs)
+
+
+def prepare_leaderworkersets(settings: OperatorSettings) -> str:
+    """Before kopf starts: check once whether LeaderWorkerSets can be used, and only then
+    register their index and handler. kopf lists every indexed resource before any handler
+    runs and retries a forbidden list, so watching LWS without the right to would stall the
+    whole operator; an LWS installed later needs a restart (as the condition says)."""
+    async def check() -> str:
+        client = make_client(settings.kubeconfig)
+        try:
+            return await leaderworkerset_support(client, next(iter(settings.namespaces), None))
+        finally:
+            await client.close()
+
+    RUNTIME.lws = asyncio.run(check())
+    log.info("LeaderWorkerSet for multi-node serving: %s", RUNTIME.lws)
+    if RUNTIME.lws == "installed":
+        group = (multinode.LWS_GROUP, multinode.LWS_VERSION, multinode.LWS_PLURAL)
+        kopf.index(*group, labels=SERVING_LABELS)(serving_group_sets)
+        kopf.on.event(*group, labels=SERVING_LABELS)(on_serving_group_set)
+    return RUNTIME.lws
+

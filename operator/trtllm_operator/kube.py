@@ -51,6 +51,9 @@ LLMEngineResource = create_namespaced_resource(API_GROUP, API_VERSION, "LLMEngin
                                                "llmengines")
 LLMDeploymentResource = create_namespaced_resource(API_GROUP, API_VERSION, "LLMDeployment",
                                                    "llmdeployments")
+# Registered so that codecs.from_dict can apply multi-node serving's LeaderWorkerSets.
+LeaderWorkerSetResource = create_namespaced_resource(
+    "leaderworkerset.x-k8s.io", "v1", "LeaderWorkerSet", "leaderworkersets")
 _RESOURCES = {"LLMEngine": LLMEngineResource, "LLMDeployment": LLMDeploymentResource}
 _STATUS_RESOURCES = {"LLMEngine": LLMEngineResource.Status,
                      "LLMDeployment": LLMDeploymentResource.Status}
@@ -201,3 +204,24 @@ class Kube:
                 return False
             raise
         return True
+
+
+async def leaderworkerset_support(client: AsyncClient, namespace: str | None) -> str:
+    """Whether multi-node serving can use LeaderWorkerSets: "installed", "missing" (the API
+    server does not serve the resource) or "forbidden" (served, but this operator's RBAC
+    does not allow it). One LIST of at most one object, at startup."""
+    try:
+        # "*": every namespace.
+        async for _ in client.list(LeaderWorkerSetResource, namespace=namespace or "*",
+                                   chunk_size=1):
+            break
+    except (ApiError, httpx2.HTTPStatusError) as exc:
+        # An unserved resource is a bare 404 (no Status body): lightkube then raises httpx's.
+        code = (exc.status.code if isinstance(exc, ApiError)
+                else exc.response.status_code)
+        if code == 404:
+            return "missing"
+        if code == 403:
+            return "forbidden"
+        raise
+    return "installed"

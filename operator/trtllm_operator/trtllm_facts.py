@@ -131,6 +131,7 @@ SERVE_FLAGS_SET_BY_OPERATOR: Final[tuple[str, ...]] = (
     "--tensor_parallel_size",
     "--pp_size",
     "--pipeline_parallel_size",
+    "--gpus_per_node",  # multi-node groups: GPUs of each pod (deployments.multinode)
     "--max_batch_size",
     "--max_num_tokens",
     "--max_seq_len",

@@ -73,6 +73,9 @@ class Reason(StrEnum):
     MIG_PARALLELISM = "ParallelismOnMIG"
     PLAIN_TEXT_SECRET = "PlainTextSecret"
     PARALLELISM_EXCEEDS_NODE = "ParallelismExceedsNode"
+    MULTI_NODE_SHAPE_UNEVEN = "MultiNodeShapeUneven"
+    LEADER_WORKER_SET_REQUIRED = "LeaderWorkerSetRequired"
+    GROUP_NODES_INSUFFICIENT = "GroupNodesInsufficient"
     GPU_NOT_IN_CLUSTER = "GPUNotInCluster"
     ENGINE_NOT_FOUND = "EngineNotFound"
     GPU_NOT_A_TARGET = "GPUNotATarget"
@@ -171,7 +174,9 @@ def validate_engine(spec: LLMEngineSpec, cluster: ClusterFacts,
         found += check_mig_parallelism(spec.build.parallelism, target)
         found += check_parallelism_fits(spec.build.parallelism, target, cluster,
                                         field_name="spec.build.parallelism",
-                                        fix=f"or remove {target} from spec.targets")
+                                        fix=f"or set spec.build.gpus to build the ranks in "
+                                            f"turn, or remove {target} from spec.targets",
+                                        needed=spec.build.gpus)
         found += check_memory_fit(spec, target, cluster, size)
     return tuple(found)
 
@@ -700,10 +705,11 @@ def _capability(sm: int) -> str:
 
 
 def check_parallelism_fits(parallelism: Parallelism, gpu: str, cluster: ClusterFacts, *,
-                           field_name: str, fix: str) -> list[Finding]:
-    """tensor x pipeline GPUs must fit on one node of the GPU type (engines run on one node)."""
+                           field_name: str, fix: str, needed: int | None = None) -> list[Finding]:
+    """The build pod's GPUs (``needed``, default tensor x pipeline) must fit on one node of the
+    GPU type. Serving may span nodes (deployments.multinode); a build runs on one node."""
     pool = cluster.pools.get(gpu)
-    needed = parallelism.world_size
+    needed = needed or parallelism.world_size
     if pool is None or not pool.node_gpus or needed <= pool.largest_node:
         return []
     return [Finding(
@@ -851,9 +857,12 @@ def validate_deployment(spec: LLMDeploymentSpec, engine: LLMEngineSpec | None,
     else:
         found += check_serve_options(spec)
     if spec.gpu is not None and (spec.gpu in engine.targets or spec.gpu in (resolved or ())):
+        # An engine whose build does not fit one node of the type is never built for it.
+        # Serving wider than a node is the serving preflight's to judge (LeaderWorkerSet).
         found += check_parallelism_fits(
             engine.build.parallelism, spec.gpu, cluster, field_name="spec.gpu",
-            fix=f"of LLMEngine {name}, or choose another GPU type in spec.gpu")
+            fix=f"of LLMEngine {name} or set its spec.build.gpus to build the ranks in turn, "
+                f"or choose another GPU type in spec.gpu", needed=engine.build.gpus)
     return tuple(found)
 
 

@@ -1115,7 +1115,7 @@ def test_serve_section_covers_what_the_operator_writes() -> None:
     assert {"MODEL", "--host", "--port", "--backend", "--tp_size", "--pp_size",
             "--max_batch_size", "--max_num_tokens", "--max_seq_len", "--max_beam_width",
             "--kv_cache_free_gpu_memory_fraction", "--tokenizer", "--log_level",
-            "--extra_llm_api_options"} == {
+            "--extra_llm_api_options", "--gpus_per_node"} == {
         name for name, entry in serve.items() if entry.get("use", "emitted") == "emitted"}
     emitted = {name for name, entry in serve.items() if entry.get("use") == "emitted"}
     assert emitted <= set(facts.SERVE_FLAGS_SET_BY_OPERATOR)

@@ -508,3 +508,21 @@ def test_crds_are_not_templates() -> None:
     """CRDs as templates would be deleted (with every LLMEngine) by `helm uninstall`."""
     for template in (CHART / "templates").iterdir():
         assert "CustomResourceDefinition" not in template.read_text(), template.name
+
+
+LWS_RULES = expand([
+    (["leaderworkerset.x-k8s.io"], ["leaderworkersets"], ["list", "watch", "create", "patch"]),
+    ([""], ["secrets"], ["create"]),
+])
+
+
+@pytest.mark.parametrize("namespaced", [False, True])
+def test_leaderworkerset_rules_only_when_enabled(render: Any, namespaced: bool) -> None:
+    base: Doc = {"watchNamespaces": ["team-a"]} if namespaced else {}
+    for enabled in (False, True):
+        docs = render({**base, "leaderWorkerSet": {"enabled": enabled}})
+        role = one(docs, "Role" if namespaced else "ClusterRole", FULLNAME)
+        expected = NAMESPACED_RULES | (LWS_RULES if enabled else set())
+        if not namespaced:
+            expected |= CLUSTER_RULES
+        assert rules_of(role) == expected

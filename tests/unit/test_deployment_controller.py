@@ -47,6 +47,7 @@ class FakeView:
         self.pods: list[PodFact] = []
         self.dep: dict[str, Any] | None = None
         self.children: dict[str, dict[str, Any]] = {}
+        self.group_set: dict[str, Any] | None = None
 
     def deployment_body(self, key: Key) -> Mapping[str, Any] | None:
         return self.body
@@ -63,6 +64,8 @@ class FakeView:
     def serving_child(self, kind: str, namespace: str,
                       name: str) -> Mapping[str, Any] | None:
         return self.children.get(kind)
+    def serving_group_set(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        return self.group_set
 
     def serving_pods(self, namespace: str, name: str) -> list[PodFact]:
         return self.pods
@@ -75,6 +78,11 @@ class FakeWriter:
     def __init__(self) -> None:
         self.applied: list[dict[str, Any]] = []
         self.status_patches: list[dict[str, Any]] = []
+        self.created: list[dict[str, Any]] = []
+
+    async def create_if_absent(self, manifest: dict[str, Any]) -> bool:
+        self.created.append(manifest)
+        return True
 
     async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
         self.applied.append(manifest)

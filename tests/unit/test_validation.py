@@ -37,9 +37,12 @@ def engine(targets: tuple[str, ...] = (H100,), *, fmt: str | None = None, tp: in
            pp: int = 1, image: str | None = None, image_release: str | None = None,
            revision: str | None = SHA, limits: dict[str, int] | None = None,
            extra_args: tuple[str, ...] = (), backend: str | None = None,
-           quantization: dict[str, Any] | None = None) -> LLMEngineSpec:
+           quantization: dict[str, Any] | None = None,
+           build_gpus: int | None = None) -> LLMEngineSpec:
     build: dict[str, Any] = {"parallelism": {"tensor": tp, "pipeline": pp},
                              "extraArgs": list(extra_args)}
+    if build_gpus:
+        build["gpus"] = build_gpus
     if fmt:
         build["quantization"] = {"format": fmt}
     if quantization:
@@ -144,8 +147,13 @@ def test_parallelism_larger_than_every_node_of_a_target_is_an_error() -> None:
     assert finding.gpu == L40S
     assert finding.message == (
         "spec.build.parallelism: tensor 4 x pipeline 2 needs 8 GPUs on one node, but the "
-        "largest NVIDIA-L40S node has 4: lower spec.build.parallelism or remove NVIDIA-L40S "
-        "from spec.targets")
+        "largest NVIDIA-L40S node has 4: lower spec.build.parallelism or set spec.build.gpus "
+        "to build the ranks in turn, or remove NVIDIA-L40S from spec.targets")
+
+
+def test_a_world_wider_than_a_node_builds_when_build_gpus_fit_one_node() -> None:
+    # Serving spans nodes (LeaderWorkerSet); the build runs the ranks in turn on 4 GPUs.
+    assert validate_engine(engine((L40S,), tp=4, pp=2, build_gpus=4), CLUSTER) == ()
 
 
 def test_parallelism_that_fits_the_largest_node_passes() -> None:
@@ -415,12 +423,13 @@ def test_a_serving_image_matching_a_stated_build_release_is_fine() -> None:
                                CLUSTER) == ()
 
 
-def test_an_engine_too_wide_for_the_chosen_gpu_nodes_is_an_error() -> None:
+def test_an_engine_that_cannot_be_built_on_the_chosen_nodes_is_an_error() -> None:
     finding = only(validate_deployment(deployment(gpu=L40S), engine((H100, L40S), tp=8),
                                        CLUSTER))
 
     assert finding.reason == "ParallelismExceedsNode"
     assert finding.field == "spec.gpu"
+    assert "set its spec.build.gpus" in finding.message
     assert "choose another GPU type in spec.gpu" in finding.message
 
 
@@ -548,3 +557,10 @@ def test_options_the_operator_writes_are_refused_in_the_pytorch_options_file() -
         (Reason.OPTION_NOT_ALLOWED, "spec.serve.extraLlmApiOptions.max_batch_size"),
         (Reason.OPTION_NOT_ALLOWED, "spec.serve.extraLlmApiOptions.return_perf_metrics"),
     ]
+
+
+def test_an_engine_built_on_one_node_but_served_wider_is_left_to_the_serving_preflight() -> None:
+    # Built on 4 GPUs, ranks in turn; serving spans two L40S nodes (LeaderWorkerSet), which
+    # the controller judges, knowing whether LWS is there.
+    assert validate_deployment(deployment(gpu=L40S),
+                               engine((H100, L40S), tp=8, build_gpus=4), CLUSTER) == ()

@@ -137,6 +137,16 @@ removed targets, status and finalizer patches, and Events.
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+{{- if .Values.leaderWorkerSet.enabled }}
+# Multi-node serving: LeaderWorkerSet groups and the SSH key Secret of each (created once,
+# never read).
+- apiGroups: ["leaderworkerset.x-k8s.io"]
+  resources: ["leaderworkersets"]
+  verbs: ["list", "watch", "create", "patch"]
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["create"]
+{{- end }}
 {{- end }}
 
 {{- define "trtllm-operator.clusterRules" -}}

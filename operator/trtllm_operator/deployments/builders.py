@@ -252,14 +252,20 @@ def _strategy(d: LLMDeployment) -> dict[str, Any]:
             "rollingUpdate": {"maxSurge": surge, "maxUnavailable": unavailable}}
 
 
-def deployment(d: LLMDeployment, engine: LLMEngine, serving: Serving,
-               claim: str) -> dict[str, Any]:
-    """The trtllm-serve Deployment serving ``serving`` from the engines ``claim``."""
+def pod_labels(d: LLMDeployment, engine: LLMEngine, serving: Serving) -> dict[str, str]:
+    return child_labels(d, engine.metadata.name) | {labels.GPU_PRODUCT: serving.gpu}
+
+
+def pod_template(d: LLMDeployment, engine: LLMEngine, serving: Serving, claim: str,
+                 gpus_per_pod: int | None = None) -> dict[str, Any]:
+    """The trtllm-serve pod template (one pod with ``gpus_per_pod``, default the world size);
+    the Deployment and the multi-node LeaderWorkerSet both start from it."""
     spec = d.spec
-    lbl = child_labels(d, engine.metadata.name) | {labels.GPU_PRODUCT: serving.gpu}
+    lbl = pod_labels(d, engine, serving)
     image = spec.image or engine.spec.build.image
     port = spec.serve.port
-    resources: dict[str, Any] = {"limits": {gpus.GPU_RESOURCE: str(serving.world_size)}}
+    per_pod = gpus_per_pod or serving.world_size
+    resources: dict[str, Any] = {"limits": {gpus.GPU_RESOURCE: str(per_pod)}}
     if spec.resources is not None:
         user = spec.resources.model_dump(mode="json", by_alias=True, exclude_none=True)
         resources = {"requests": dict(user.get("requests", {})),
@@ -313,27 +319,32 @@ def deployment(d: LLMDeployment, engine: LLMEngine, serving: Serving,
     if spec.image_pull_secrets:
         pod_spec["imagePullSecrets"] = [{"name": s.name} for s in spec.image_pull_secrets]
     annotations = {FINGERPRINT_ANNOTATION: serving.fingerprint, PATH_ANNOTATION: serving.path}
-    pod_labels = dict(lbl)
+    template_labels = dict(lbl)
     if pytorch:
         # What a PodMonitor (selecting on the label) or an annotation-driven scrape config
         # needs: the port's name and number, and the path.
-        pod_labels[METRICS_LABEL] = "prometheus"
+        template_labels[METRICS_LABEL] = "prometheus"
         annotations |= {"prometheus.io/scrape": "true", "prometheus.io/port": str(port),
                         "prometheus.io/path": METRICS_PATH}
+    # A new engine (or path) changes the template, hence a rollout.
+    return {"metadata": {"labels": template_labels, "annotations": annotations},
+            "spec": pod_spec}
+
+
+def deployment(d: LLMDeployment, engine: LLMEngine, serving: Serving,
+               claim: str) -> dict[str, Any]:
+    """The trtllm-serve Deployment serving ``serving`` from the engines ``claim``."""
     manifest: dict[str, Any] = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {"name": d.metadata.name, "namespace": d.metadata.namespace,
-                     "labels": lbl, "ownerReferences": [owner_reference(d)]},
+                     "labels": pod_labels(d, engine, serving),
+                     "ownerReferences": [owner_reference(d)]},
         "spec": {
-            "replicas": spec.replicas,
+            "replicas": d.spec.replicas,
             "selector": {"matchLabels": selector(d)},
             "strategy": _strategy(d),
-            "template": {
-                # A new engine (or path) changes the template, hence a rollout.
-                "metadata": {"labels": pod_labels, "annotations": annotations},
-                "spec": pod_spec,
-            },
+            "template": pod_template(d, engine, serving, claim),
         },
     }
     return manifest

@@ -32,7 +32,7 @@ from trtllm_operator.api import (
 from trtllm_operator.api.deployment import DeploymentConditionType
 from trtllm_operator.api.engine import BuiltLimits, size_hint_bytes
 from trtllm_operator.claims import SHARED_READ, ClaimFact, check_claim
-from trtllm_operator.deployments import builders, choice
+from trtllm_operator.deployments import builders, choice, multinode
 from trtllm_operator.kube import invalid_refusal
 from trtllm_operator.kube_objects import check_deployment_objects
 from trtllm_operator.pods import PodContext, PodFact, PodProblem, diagnose
@@ -44,7 +44,6 @@ from trtllm_operator.validation import (
     Finding,
     Reason,
     Severity,
-    check_parallelism_fits,
     effective_backend,
     validate_deployment,
 )
@@ -58,6 +57,7 @@ NOT_READY_RESYNC_SECONDS = 60.0
 
 class Writer(Protocol):
     async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]: ...
+    async def create_if_absent(self, manifest: dict[str, Any]) -> bool: ...
     async def patch_status(self, kind: str, namespace: str, name: str,
                            status: dict[str, Any]) -> None: ...
 
@@ -69,6 +69,7 @@ class View(Protocol):
     def serving_deployment(self, namespace: str, name: str) -> Mapping[str, Any] | None: ...
     def serving_child(self, kind: str, namespace: str,
                       name: str) -> Mapping[str, Any] | None: ...
+    def serving_group_set(self, namespace: str, name: str) -> Mapping[str, Any] | None: ...
     def serving_pods(self, namespace: str, name: str) -> list[PodFact]: ...
     def claim(self, namespace: str, name: str) -> ClaimFact | None: ...
 
@@ -148,6 +149,70 @@ def choose_target(d: LLMDeployment, engine: LLMEngine | None, findings: tuple[Fi
                         f"starts as soon as one is built")
 
 
+LWS_INSTALL_HINT = ("install LeaderWorkerSet (kubectl apply --server-side -f "
+                    "https://github.com/kubernetes-sigs/lws/releases/download/v0.9.0/"
+                    "manifests.yaml) and restart the operator")
+# Without the right to list LWSs, the API server answers 403 whether or not LWS is installed.
+LWS_RBAC_HINT = ("the operator may not list LeaderWorkerSets: install LeaderWorkerSet if it is "
+                 "not installed, install the chart with leaderWorkerSet.enabled=true, and "
+                 "restart the operator")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """How a replica is placed: one pod (``shape`` None) or a LeaderWorkerSet group, or why it
+    cannot be placed (``problem``)."""
+
+    shape: multinode.GroupShape | None = None
+    problem: Finding | None = None
+
+
+def placement(engine: LLMEngine, gpu: str, cluster: ClusterFacts, lws: str) -> Placement:
+    """One node if the engine's world fits the largest node of ``gpu``, else whole-node groups
+    (needs LeaderWorkerSet: ``lws`` is "installed", "missing" or "forbidden")."""
+    par = engine.spec.build.parallelism
+    pool = cluster.pools.get(gpu)
+    known = gpus.by_product(gpu)
+    per_node = (pool.largest_node if pool is not None and pool.node_gpus
+                else known.gpus_per_node if known is not None else 0)
+    if per_node <= 0 or par.world_size <= per_node:
+        return Placement()
+    uneven = multinode.shape_problem(par, gpu, per_node, "spec.build.parallelism")
+    if uneven is not None:
+        return Placement(problem=uneven)
+    shape = multinode.group_shape(par.world_size, per_node)
+    assert shape is not None
+    needs = (f"tensor {par.tensor} x pipeline {par.pipeline} = {par.world_size} GPUs span "
+             f"{shape.size} {gpu} nodes of {shape.gpus_per_pod} GPUs")
+    if lws != "installed":
+        hint = LWS_RBAC_HINT if lws == "forbidden" else LWS_INSTALL_HINT
+        return Placement(shape, Finding(
+            Reason.LEADER_WORKER_SET_REQUIRED, Severity.ERROR, "spec.build.parallelism",
+            f"{needs}: multi-node serving runs on LeaderWorkerSet, which is not available: "
+            f"{hint}", gpu=gpu))
+    # Whole nodes: a group's pods each take a node with gpus_per_pod GPUs.
+    nodes = sum(1 for n in (pool.node_gpus if pool else ()) if n >= shape.gpus_per_pod)
+    if pool is not None and nodes < shape.size:
+        return Placement(shape, Finding(
+            Reason.GROUP_NODES_INSUFFICIENT, Severity.ERROR, "spec.build.parallelism",
+            f"{needs}, but the cluster has {nodes} {gpu} node(s) with {shape.gpus_per_pod} "
+            f"GPUs: add {gpu} nodes or lower spec.build.parallelism", gpu=gpu))
+    return Placement(shape)
+
+
+def ssh_key_pair() -> tuple[str, str]:
+    """A fresh ed25519 key pair (OpenSSH private key, public key line) for an MPI group."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    key = ed25519.Ed25519PrivateKey.generate()
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                serialization.NoEncryption()).decode()
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                           serialization.PublicFormat.OpenSSH).decode()
+    return private, public + "\n"
+
+
 def serving_for(engine: LLMEngine, target: EngineTargetStatus) -> builders.Serving:
     par = engine.spec.build.parallelism
     # A build that reported no limits (an older summary): serve with the requested ones.
@@ -207,6 +272,8 @@ class DeploymentController:
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     status_writes: StatusWrites = field(
         default_factory=lambda: StatusWrites("LLMDeployment"))
+    lws: str = "missing"
+    """LeaderWorkerSet in the cluster, checked once at startup: installed, missing, forbidden."""
 
     async def reconcile(self, key: Key) -> Result | None:
         body = self.view.deployment_body(key)
@@ -224,22 +291,21 @@ class DeploymentController:
         findings = (*check_deployment_objects(d.spec), *validate_deployment(
             d.spec, engine.spec if engine else None, facts,
             resolved=resolved_targets(engine) if engine else None))
-        observed = self.view.serving_deployment(namespace, name)
+        group_set = self.view.serving_group_set(namespace, name)
+        observed = group_set or self.view.serving_deployment(namespace, name)
         # What it serves on now: the running Deployment's GPU type, else what status recorded.
         chosen = choose_target(d, engine, findings, facts,
                                current=_serving_gpu(observed) or d.status.gpu)
 
         preflight: Finding | None = None
         if chosen.target is not None and engine is not None:
-            fits = check_parallelism_fits(
-                engine.spec.build.parallelism, chosen.target.gpu, facts,
-                field_name="spec.gpu", fix="choose a GPU type with bigger nodes in spec.gpu")
+            place = placement(engine, chosen.target.gpu, facts, self.lws)
             # Serving pods mount the engine's claim read-only, on many nodes.
             engine_claim = engine.spec.storage.claim_name
             claim_problems = check_claim(
                 self.view.claim(namespace, engine_claim), engine_claim, namespace,
                 f"LLMEngine {engine.metadata.name} spec.storage.claimName", SHARED_READ)
-            preflight = next(iter([*claim_problems, *fits]), None)
+            preflight = next(iter([*claim_problems, *filter(None, [place.problem])]), None)
             if preflight is None:
                 serving = serving_for(engine, chosen.target)
                 claim = engine.spec.storage.claim_name
@@ -247,20 +313,30 @@ class DeploymentController:
                                                      serving.backend)
                 if options is not None:
                     await self._apply_if_changed(options)
-                try:
-                    observed = await self._apply_if_changed(
-                        builders.deployment(d, engine, serving, claim)) or observed
-                except Exception as exc:
-                    refused = invalid_refusal(exc)
-                    if refused is None:
-                        raise
-                    # A rule of Kubernetes the free-form fields (affinity, env) broke: a
-                    # status reason until the spec changes, not a retried failure.
-                    preflight = Finding(Reason.POD_FIELD_INVALID, Severity.ERROR, "spec", (
-                        f"the API server refused the serving Deployment: {refused}; correct "
-                        f"the field it names (spec.affinity, spec.env, spec.resources)"))
+                if place.shape is None:
+                    try:
+                        observed = await self._apply_if_changed(
+                            builders.deployment(d, engine, serving, claim)) or observed
+                    except Exception as exc:
+                        refused = invalid_refusal(exc)
+                        if refused is None:
+                            raise
+                        # A rule of Kubernetes the free-form fields (affinity, env) broke: a
+                        # status reason until the spec changes, not a retried failure.
+                        preflight = Finding(Reason.POD_FIELD_INVALID, Severity.ERROR, "spec", (
+                            f"the API server refused the serving Deployment: {refused}; "
+                            f"correct the field it names (spec.affinity, spec.env, "
+                            f"spec.resources)"))
+                    else:
+                        await self._apply_if_changed(builders.service(d, engine.metadata.name))
                 else:
-                    await self._apply_if_changed(builders.service(d, engine.metadata.name))
+                    if group_set is None:
+                        # Made once, never rewritten: the operator reads no Secret.
+                        await self.writer.create_if_absent(multinode.ssh_secret(
+                            d, engine.metadata.name, *ssh_key_pair()))
+                    observed = multinode.group_status(await self.writer.apply(
+                        multinode.leaderworkerset(d, engine, serving, claim, place.shape)))
+                    await self.writer.apply(multinode.leader_service(d, engine.metadata.name))
 
         status = self._status(d, chosen, preflight, observed, facts)
         status = status.model_copy(update={"conditions": spec_warning_condition(

@@ -64,7 +64,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, _exit)
-    options = ClusterOptions(job_duration_seconds=args.job_duration)
+    options = ClusterOptions(job_duration_seconds=args.job_duration, lws=args.lws)
     try:
         with LocalCluster(options=options) as cluster:
             for gpu, count in parse_fleet(args.nodes).items():
@@ -93,13 +93,16 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"already running; export KUBECONFIG={sd / 'kubeconfig'}")
         return 0
     binaries.BinaryBuilder().ensure()  # build in the foreground, where its errors show
+    if args.lws:
+        binaries.ensure_lws()
     sd.mkdir(parents=True, exist_ok=True)
     (sd / "kubeconfig").unlink(missing_ok=True)
     logfile = sd / "supervisor.log"
     with logfile.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "trtllm_operator.localcluster", "run",
-             "--nodes", args.nodes, "--job-duration", str(args.job_duration)],
+             "--nodes", args.nodes, "--job-duration", str(args.job_duration),
+             *(["--lws"] if args.lws else [])],
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
@@ -180,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
                        help=f"simulated nodes per GPU type (default {DEFAULT_FLEET})")
         p.add_argument("--job-duration", type=float, default=5.0,
                        help="seconds a simulated Job pod runs before it succeeds")
+        p.add_argument("--lws", action="store_true",
+                       help="also run LeaderWorkerSet (its manager is built on first use)")
         p.set_defaults(func=func)
     bench = sub.add_parser("bench")
     bench.add_argument("--runs", type=int, default=3)

@@ -36,6 +36,8 @@ from pathlib import Path
 KUBERNETES_VERSION = "v1.36.3"
 KWOK_VERSION = "v0.8.0"
 HELM_VERSION = "v3.22.0"
+LWS_VERSION = "v0.9.0"
+LWS_MODULE = "sigs.k8s.io/lws"
 
 KUBE_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
 ALL_BINARIES = (*KUBE_COMMANDS, "etcd", "kwok", "helm")
@@ -386,15 +388,71 @@ class BinaryBuilder:
         self.timings.record(name, started)
 
 
+# --------------------------------------------------------------------------- LeaderWorkerSet
+
+
+@dataclass(frozen=True)
+class LWSAssets:
+    """The LeaderWorkerSet manager binary and the manifests its module ships."""
+
+    version: str
+    manager: Path
+    source: Path
+    """The unpacked module (read-only, in the Go module cache)."""
+
+    @property
+    def crds(self) -> list[Path]:
+        return sorted((self.source / "config" / "crd" / "bases").glob("*.yaml"))
+
+    @property
+    def webhook_manifests(self) -> Path:
+        return self.source / "config" / "webhook" / "manifests.yaml"
+
+
+def ensure_lws(version: str = LWS_VERSION, root: Path | None = None) -> LWSAssets:
+    """The LWS manager of ``version``, built into the cache on first use (a few CPU minutes).
+
+    Only tests and commands that ask for LWS call this: the base cluster never builds it.
+    """
+    root = root or cache_root()
+    out = _run(["go", "mod", "download", "-json", f"{LWS_MODULE}@{version}"])
+    info = json.loads(out)
+    if info.get("Error"):
+        raise BinaryError(f"{LWS_MODULE}@{version}: {info['Error']}")
+    source = Path(info["Dir"])
+    manager = root / "bin" / f"lws-{version}" / "lws-manager"
+    if manager.exists():
+        return LWSAssets(version, manager, source)
+    if shutil.which("go") is None:
+        raise BinaryError("Go is needed to build the LWS manager; install Go >= 1.26")
+    src = root / "src" / f"lws-{version}"
+    src.mkdir(parents=True, exist_ok=True)
+    # A wrapper module: the LWS module's own go.mod then decides every dependency version.
+    (src / "go.mod").write_text("module trtllm-operator.local/lws\n\ngo 1.24\n")
+    _run(["go", "get", f"{LWS_MODULE}@{version}"], cwd=src)
+    manager.parent.mkdir(parents=True, exist_ok=True)
+    tmp = manager.parent / ".lws-manager.partial"
+    _run(["go", "build", "-p", str(os.cpu_count() or 2), "-trimpath", "-ldflags", "-s -w",
+          "-o", str(tmp), f"{LWS_MODULE}/cmd"], cwd=src)
+    tmp.replace(manager)
+    return LWSAssets(version, manager, source)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--timings", action="store_true", help="print seconds per build step")
     parser.add_argument("--json", action="store_true", help="print binary paths as JSON")
+    parser.add_argument("--lws", action="store_true",
+                        help=f"also build the LeaderWorkerSet manager {LWS_VERSION}")
     args = parser.parse_args(argv)
     builder = BinaryBuilder()
     started = time.monotonic()
     try:
         tools = builder.ensure()
+        if args.lws:
+            lws_started = time.monotonic()
+            tools.paths["lws-manager"] = ensure_lws().manager
+            builder.timings.record("lws-manager", lws_started)
     except BinaryError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

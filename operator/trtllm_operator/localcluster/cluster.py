@@ -47,8 +47,8 @@ from typing import Any
 import yaml
 
 from trtllm_operator import gpus
-from trtllm_operator.localcluster import kubelet, pki, stages
-from trtllm_operator.localcluster.binaries import BinaryBuilder, Toolset
+from trtllm_operator.localcluster import kubelet, lws, pki, stages
+from trtllm_operator.localcluster.binaries import BinaryBuilder, LWSAssets, Toolset, ensure_lws
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,8 @@ class ClusterOptions:
     """Where the temporary work folder goes (default: the system temp folder)."""
     keep_workdir: bool = False
     """Keep logs and data after stop (for debugging)."""
+    lws: bool = False
+    """Also install LeaderWorkerSet (CRDs, webhooks, manager); builds its manager on first use."""
 
 
 @dataclass
@@ -253,6 +255,8 @@ class LocalCluster:
         (self.workdir / OWNER_FILE).write_text(f"{os.getpid()}\n")
         try:
             self._start()
+            if self.options.lws:
+                self.start_lws()
         except BaseException:
             self.stop()
             raise
@@ -336,7 +340,7 @@ class LocalCluster:
 
     # ------------------------------------------------------------------ processes
 
-    def _launch(self, name: str, args: list[str]) -> None:
+    def _launch(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
         assert self.workdir
         log_path = self.workdir / "logs" / f"{name}.log"
         comp = _Component(name, [str(self.tools[name]), *args], log_path)
@@ -344,6 +348,7 @@ class LocalCluster:
             comp.proc = subprocess.Popen(
                 comp.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 cwd=self.workdir, start_new_session=True, preexec_fn=die_with_parent,
+                env={**os.environ, **env} if env else None,
             )
         self._components.append(comp)
 
@@ -383,6 +388,62 @@ class LocalCluster:
         tails = "\n".join(f"--- {c.name}\n{c.tail(8)}" for c in self._components)
         raise ClusterError(
             f"timed out after {self.options.start_timeout}s waiting for {what}\n{tails}")
+
+    # ------------------------------------------------------------------ LeaderWorkerSet
+
+    @property
+    def lws_running(self) -> bool:
+        return any(c.name == "lws-manager" for c in self._components)
+
+    def start_lws(self, assets: LWSAssets | None = None) -> None:
+        """Install LeaderWorkerSet: CRDs (server-side), loopback webhooks, the manager process.
+
+        Returns once an LWS passes the webhooks (a server-side dry run). Idempotent.
+        """
+        self.check()
+        if self.lws_running:
+            return
+        assert self.workdir and self._pki and self.kubeconfig
+        assets = assets or ensure_lws()
+        self.tools.paths["lws-manager"] = assets.manager
+        webhook, health, metrics = free_ports(3)
+        cert_dir = self.workdir / "lws-certs"
+        pki.serving_pair(self._pki, cert_dir, "tls")
+        config = self.workdir / "lws-config.yaml"
+        config.write_text(yaml.safe_dump(
+            lws.manager_configuration(webhook, health, metrics, cert_dir)))
+        self._kubectl("apply", "--server-side", "--force-conflicts",
+                      *[f"--filename={f}" for f in assets.crds])
+        # Right after the create the CRD may have no status yet, which kubectl wait refuses.
+        self._wait(lambda: self._kubectl(
+            "wait", "--for=condition=Established", "--timeout=10s",
+            "crd/leaderworkersets.leaderworkerset.x-k8s.io", check=False).returncode == 0,
+            "the LeaderWorkerSet CRD")
+        hooks = lws.webhook_configurations(assets.webhook_manifests.read_text(), webhook,
+                                           self._pki.ca.cert.read_bytes())
+        self._kubectl("apply", "--server-side", "--force-conflicts", "--filename=-",
+                      input=yaml.safe_dump_all(hooks))
+        self._launch("lws-manager", [f"--config={config}"],
+                     env={"KUBECONFIG": str(self.kubeconfig)})
+        self._wait(lambda: self._http_ok(f"http://127.0.0.1:{health}/readyz"), "lws-manager")
+        probe = yaml.safe_dump({
+            "apiVersion": "leaderworkerset.x-k8s.io/v1", "kind": "LeaderWorkerSet",
+            "metadata": {"name": "webhook-probe", "namespace": "default"},
+            "spec": {"leaderWorkerTemplate": {"size": 1, "workerTemplate": {"spec": {
+                "containers": [{"name": "c", "image": "probe"}]}}}},
+        })
+        self._wait(lambda: self._kubectl("create", "--dry-run=server", "--filename=-",
+                                         input=probe, check=False).returncode == 0,
+                   "the LeaderWorkerSet webhooks")
+
+    def _kubectl(self, *args: str, input: str | None = None,
+                 check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [str(self.tools["kubectl"]), f"--kubeconfig={self.kubeconfig}", *args],
+            input=input, capture_output=True, text=True, timeout=120, check=False)
+        if check and proc.returncode != 0:
+            raise ClusterError(f"kubectl {args[0]} failed: {proc.stderr.strip()[-2000:]}")
+        return proc
 
     # ------------------------------------------------------------------ probes
 

@@ -159,3 +159,20 @@ def generate(folder: Path, service_cluster_ip: str = "10.96.0.1") -> ClusterPKI:
         )
     )
     return ClusterPKI(ca, apiserver, pairs["admin"], sa_priv, sa_pub)
+
+
+def serving_pair(creds: ClusterPKI, folder: Path, stem: str = "tls",
+                 ips: tuple[str, ...] = ("127.0.0.1",)) -> CertPair:
+    """A serving certificate for loopback, signed by the cluster CA (for webhook servers).
+
+    Written as ``<stem>.crt``/``<stem>.key`` in ``folder``; callers that need the
+    controller-runtime names (``tls.crt``/``tls.key``) pass ``stem="tls"``.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    ca_key = serialization.load_pem_private_key(creds.ca.key.read_bytes(), password=None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise TypeError("the cluster CA key is not an ECDSA key")
+    ca_name = x509.load_pem_x509_certificate(creds.ca.cert.read_bytes()).subject
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = _issue(_name(f"{stem}-webhook"), key, ca_name, ca_key, server_ips=ips)
+    return _write_pair(folder, stem, cert, key)

@@ -1,0 +1,235 @@
+"""Pure builders for multi-node serving: an engine whose world size (tensor x pipeline) is more
+than one node of its GPU type has runs as LeaderWorkerSet groups, one group per replica.
+
+Shape: a group has ``size`` pods, one per node, each with ``world / size`` GPUs, where ``size``
+is the fewest nodes that hold the world. Every rank gets one GPU and every node the same number
+of ranks, so a world that does not divide evenly is refused (a :class:`Finding` with the fix).
+
+Launch (TensorRT-LLM's documented multi-node path): one MPI world of ``world`` ranks, started
+by ``mpirun`` on the leader, with every rank wrapped in ``trtllm-llmapi-launch``; rank 0 runs
+trtllm-serve (the only HTTP server), the other ranks serve it over MPI. The hostfile is made at
+start from the names LWS gives a group (``LWS_LEADER_ADDRESS`` = ``<lws>-<g>.<lws>.<ns>``,
+workers ``<lws>-<g>-<i>.<lws>.<ns>``). mpirun reaches the workers over SSH: each worker runs
+sshd on :data:`SSH_PORT` and trusts the key pair of the deployment's Secret
+(:func:`ssh_secret`), which the leader uses.
+
+Health: the leader's /health answers only once rank 0 serves, which needs every rank of the
+world loaded, so a Ready leader means a whole group. A rank that dies ends mpirun; with
+``RecreateGroupOnPodRestart`` LWS then recreates the whole group, so a wedged MPI world is
+never left looking alive.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from trtllm_operator.api import LLMDeployment, LLMEngine
+from trtllm_operator.api.engine import Parallelism
+from trtllm_operator.deployments import builders
+from trtllm_operator.validation import Finding, Reason, Severity
+
+LWS_GROUP: Final = "leaderworkerset.x-k8s.io"
+LWS_VERSION: Final = "v1"
+LWS_PLURAL: Final = "leaderworkersets"
+LWS_NAME_LABEL: Final = "leaderworkerset.sigs.k8s.io/name"
+LWS_WORKER_INDEX_LABEL: Final = "leaderworkerset.sigs.k8s.io/worker-index"
+SSH_PORT: Final = 2222
+SSH_DIR: Final = "/etc/trtllm-mpi-ssh"
+HOSTFILE: Final = "/tmp/trtllm-hostfile"
+# NCCL's shared-memory transport and the MPI proxies use /dev/shm; the container default of
+# 64 MiB fails large all-reduces. Memory-backed, counted against the pod's memory.
+SHM_SIZE: Final = "16Gi"
+
+
+@dataclass(frozen=True)
+class GroupShape:
+    """How one replica spreads over nodes: ``size`` pods of ``gpus_per_pod`` GPUs each."""
+
+    size: int
+    gpus_per_pod: int
+
+
+def group_shape(world: int, gpus_per_node: int) -> GroupShape | None:
+    """The group of an engine's world on nodes of ``gpus_per_node`` GPUs; None when the world
+    fits on one node (single-node serving) or when it does not divide evenly (see
+    :func:`shape_problem`)."""
+    if gpus_per_node <= 0 or world <= gpus_per_node:
+        return None
+    size = math.ceil(world / gpus_per_node)
+    if world % size:
+        return None
+    return GroupShape(size, world // size)
+
+
+def shape_problem(parallelism: Parallelism, gpu: str, gpus_per_node: int,
+                  field_name: str) -> Finding | None:
+    """A finding when the world spans nodes but cannot give every node the same GPU count."""
+    world = parallelism.world_size
+    if gpus_per_node <= 0 or world <= gpus_per_node or group_shape(world, gpus_per_node):
+        return None
+    size = math.ceil(world / gpus_per_node)
+    even = [n * size for n in range(1, gpus_per_node + 1) if n * size >= world][:1]
+    hint = f" (for example {even[0]})" if even else ""
+    return Finding(
+        Reason.MULTI_NODE_SHAPE_UNEVEN, Severity.ERROR, field_name,
+        f"{field_name}: tensor {parallelism.tensor} x pipeline {parallelism.pipeline} = "
+        f"{world} GPUs need {size} {gpu} nodes of at most {gpus_per_node} GPUs, but {world} "
+        f"does not split evenly over {size} nodes: set spec.build.parallelism so that tensor x "
+        f"pipeline is a multiple of {size}{hint}, or at most {gpus_per_node} for one node",
+        gpu=gpu)
+
+
+def lws_name(d: LLMDeployment) -> str:
+    return d.metadata.name
+
+
+def ssh_secret_name(d: LLMDeployment) -> str:
+    return f"{d.metadata.name}-mpi-ssh"
+
+
+def ssh_secret(d: LLMDeployment, engine_name: str, private_key: str,
+               public_key: str) -> dict[str, Any]:
+    """The key pair mpirun on the leader uses to start ranks on the workers (OpenSSH text)."""
+    return {
+        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": {"name": ssh_secret_name(d), "namespace": d.metadata.namespace,
+                     "labels": builders.child_labels(d, engine_name),
+                     "ownerReferences": [builders.owner_reference(d)]},
+        "stringData": {"id_ed25519": private_key, "authorized_keys": public_key},
+    }
+
+
+def hostfile_script(gpus_per_pod: int) -> str:
+    """Shell that writes the Open MPI hostfile of this group from the LWS environment."""
+    return (
+        f'leader="$LWS_LEADER_ADDRESS"; first="${{leader%%.*}}"; rest="${{leader#*.}}"; '
+        f'echo "$leader slots={gpus_per_pod}" > {HOSTFILE}; '
+        f'i=1; while [ "$i" -lt "$LWS_GROUP_SIZE" ]; do '
+        f'echo "$first-$i.$rest slots={gpus_per_pod}" >> {HOSTFILE}; i=$((i+1)); done'
+    )
+
+
+def leader_command(serve_cmd: list[str], world: int, gpus_per_pod: int) -> list[str]:
+    """The leader's command: write the hostfile, wait for every worker's sshd, then mpirun
+    the world with each rank under trtllm-llmapi-launch."""
+    ssh = (f"ssh -p {SSH_PORT} -i {SSH_DIR}/id_ed25519 -o StrictHostKeyChecking=no "
+           f"-o UserKnownHostsFile=/dev/null -o LogLevel=ERROR")
+    mpirun = [
+        "mpirun", "--allow-run-as-root", "-np", str(world), "--hostfile", HOSTFILE,
+        "--mca", "plm_rsh_agent", ssh, "--bind-to", "none",
+        # rank 0 strips MPI variables itself; the ranks need the serving environment.
+        "-x", "PATH", "-x", "LD_LIBRARY_PATH", "-x", "HF_HOME",
+        "trtllm-llmapi-launch", *serve_cmd,
+    ]
+    wait_workers = (
+        f"for h in $(cut -d' ' -f1 {HOSTFILE} | tail -n +2); do "
+        f"until (echo > /dev/tcp/$h/{SSH_PORT}) 2>/dev/null; do sleep 2; done; done")
+    script = f"{hostfile_script(gpus_per_pod)}; {wait_workers}; exec {shlex.join(mpirun)}"
+    return ["bash", "-c", script]
+
+
+def worker_command() -> list[str]:
+    """A worker runs only sshd: mpirun on the leader starts its ranks through it."""
+    script = (
+        "mkdir -p /run/sshd && ssh-keygen -q -t ed25519 -N '' -f /tmp/ssh_host_ed25519_key && "
+        f"exec /usr/sbin/sshd -D -e -p {SSH_PORT} -h /tmp/ssh_host_ed25519_key "
+        f"-o AuthorizedKeysFile={SSH_DIR}/authorized_keys -o StrictModes=no "
+        "-o PermitRootLogin=prohibit-password -o PasswordAuthentication=no"
+    )
+    return ["bash", "-c", script]
+
+
+def _with_group_parts(template: dict[str, Any], d: LLMDeployment,
+                      command: list[str]) -> dict[str, Any]:
+    """A copy of the single-node pod template with ``command``, the SSH keys and sized shm."""
+    t = copy.deepcopy(template)
+    spec = t["spec"]
+    container = spec["containers"][0]
+    container["command"] = command
+    container["volumeMounts"].append({"name": "mpi-ssh", "mountPath": SSH_DIR, "readOnly": True})
+    spec["volumes"].append({"name": "mpi-ssh", "secret": {
+        "secretName": ssh_secret_name(d), "defaultMode": 0o400}})
+    for v in spec["volumes"]:
+        if v["name"] == "dshm":
+            v["emptyDir"] = {"medium": "Memory", "sizeLimit": SHM_SIZE}
+    # Every pod of every group on its own node: whole nodes, never two ranks' pods sharing.
+    anti = {"labelSelector": {"matchExpressions": [
+        {"key": LWS_NAME_LABEL, "operator": "In", "values": [d.metadata.name]}]},
+        "topologyKey": "kubernetes.io/hostname"}
+    affinity = spec.setdefault("affinity", {})
+    pod_anti = affinity.setdefault("podAntiAffinity", {})
+    pod_anti.setdefault("requiredDuringSchedulingIgnoredDuringExecution", []).append(anti)
+    return t
+
+
+def leaderworkerset(d: LLMDeployment, engine: LLMEngine, serving: builders.Serving,
+                    claim: str, shape: GroupShape) -> dict[str, Any]:
+    """The LeaderWorkerSet serving ``serving`` in groups of ``shape`` (replicas = groups)."""
+    base = builders.pod_template(d, engine, serving, claim, gpus_per_pod=shape.gpus_per_pod)
+    serve_cmd = [*builders.serve_command(d, serving),
+                 "--gpus_per_node", str(shape.gpus_per_pod)]
+    leader = _with_group_parts(base, d, leader_command(serve_cmd, serving.world_size,
+                                                       shape.gpus_per_pod))
+    worker = _with_group_parts(base, d, worker_command())
+    wc = worker["spec"]["containers"][0]
+    # Workers serve no HTTP: their readiness is sshd accepting the leader.
+    wc["ports"] = [{"name": "ssh", "containerPort": SSH_PORT, "protocol": "TCP"}]
+    ssh_probe = {"tcpSocket": {"port": "ssh"}, "periodSeconds": 10, "failureThreshold": 3}
+    wc["readinessProbe"] = ssh_probe
+    wc["livenessProbe"] = ssh_probe | {"periodSeconds": 20}
+    wc.pop("startupProbe", None)
+    return {
+        "apiVersion": f"{LWS_GROUP}/{LWS_VERSION}",
+        "kind": "LeaderWorkerSet",
+        "metadata": {"name": lws_name(d), "namespace": d.metadata.namespace,
+                     "labels": builders.pod_labels(d, engine, serving),
+                     "ownerReferences": [builders.owner_reference(d)]},
+        "spec": {
+            "replicas": d.spec.replicas,
+            "startupPolicy": "LeaderCreated",
+            "rolloutStrategy": {"type": "RollingUpdate", "rollingUpdateConfiguration": {
+                "maxUnavailable": 1, "maxSurge": 0}},
+            "leaderWorkerTemplate": {
+                "size": shape.size,
+                "restartPolicy": "RecreateGroupOnPodRestart",
+                "leaderTemplate": leader,
+                "workerTemplate": worker,
+            },
+        },
+    }
+
+
+def leader_service(d: LLMDeployment, engine_name: str) -> dict[str, Any]:
+    """The Service of a multi-node deployment: leaders only (rank 0 serves HTTP)."""
+    svc = builders.service(d, engine_name)
+    svc["spec"]["selector"] = {**svc["spec"]["selector"], LWS_WORKER_INDEX_LABEL: "0"}
+    return svc
+
+
+def group_status(lws: Mapping[str, Any]) -> dict[str, Any]:
+    """A LeaderWorkerSet as the Deployment-shaped facts the status logic reads: generation,
+    the leader template's annotations and nodeSelector, and groups counted as replicas (a
+    group is ready only when all its pods are, so ready groups are also the available ones)."""
+    spec = lws.get("spec") or {}
+    leader = (spec.get("leaderWorkerTemplate") or {}).get("leaderTemplate") or {}
+    st = lws.get("status") or {}
+    ready = int(st.get("readyReplicas") or 0)
+    return {
+        "kind": "LeaderWorkerSet",
+        "metadata": {"generation": (lws.get("metadata") or {}).get("generation")},
+        "spec": {"template": {
+            "metadata": {"annotations": dict((leader.get("metadata") or {})
+                                             .get("annotations") or {})},
+            "spec": {"nodeSelector": dict((leader.get("spec") or {})
+                                          .get("nodeSelector") or {})}}},
+        "status": {"replicas": int(st.get("replicas") or 0), "readyReplicas": ready,
+                   "availableReplicas": ready,
+                   "updatedReplicas": int(st.get("updatedReplicas") or 0),
+                   "observedGeneration": int(st.get("observedGeneration") or 0),
+                   "conditions": [dict(c) for c in st.get("conditions") or []]},
+    }

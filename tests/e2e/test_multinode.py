@@ -1,0 +1,187 @@
+"""Multi-node serving end to end: an engine of world size 16 on 8-GPU H100 nodes served as
+LeaderWorkerSet groups of two nodes, on the real LWS manager and webhooks; without LWS, the
+LLMDeployment says what is missing and creates nothing.
+
+Each test runs its own operator: whether LeaderWorkerSet is there is checked once at operator
+start, so the operator must start after (or without) the LWS install.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from tests.conftest import ClusterUnderTest, Kubectl
+from tests.e2e.conftest import H100, Getter, apply, condition, small_engine
+from tests.support import wait_for
+from trtllm_operator import gpus
+from trtllm_operator.deployments import multinode
+from trtllm_operator.localcluster.operator_process import OperatorProcess
+
+pytestmark = pytest.mark.usefixtures("storage", "hf_token")
+
+LWS_CRD = "leaderworkersets.leaderworkerset.x-k8s.io"
+
+
+@pytest.fixture
+def operator_now(cluster: ClusterUnderTest, crds: list[str],
+                 tmp_path: Path) -> Iterator[Callable[[], OperatorProcess]]:
+    """Start an operator on demand (after the test has set up, or not, LWS)."""
+    started: list[OperatorProcess] = []
+
+    def start() -> OperatorProcess:
+        op = OperatorProcess(cluster.kubeconfig, tmp_path / f"operator-{len(started)}.log")
+        op.start()
+        started.append(op)
+        return op
+
+    yield start
+    for op in started:
+        op.stop()
+
+
+def _wide_engine(name: str) -> dict[str, Any]:
+    # tensor 8 x pipeline 2 = 16 ranks; built on one 8-GPU node, ranks in turn.
+    return small_engine(name, [H100], parallelism={"tensor": 8, "pipeline": 2}, gpus=8)
+
+
+def _llmd(name: str, engine: str, replicas: int, pool: str | None = None) -> dict[str, Any]:
+    spec: dict[str, Any] = {"engineRef": {"name": engine}, "gpu": H100, "replicas": replicas}
+    if pool:
+        spec["nodeSelector"] = {"test-pool": pool}
+    return {"apiVersion": "trtllm.dev/v1alpha1", "kind": "LLMDeployment",
+            "metadata": {"name": name}, "spec": spec}
+
+
+def _wait_ready(kubectl: Kubectl, namespace: str, get_llmd: Getter, core: client.CoreV1Api,
+                op: OperatorProcess) -> None:
+    """Wait for Ready; on timeout, fail with the status, the pods and the operator's log."""
+    try:
+        kubectl("wait", "-n", namespace, "--for=condition=Ready", "llmdeployment/wide",
+                "--timeout=240s", timeout=250)
+    except AssertionError:
+        pods = [(p.metadata.name, p.status.phase, p.spec.node_name,
+                 [(c.type, c.status, c.message) for c in p.status.conditions or []])
+                for p in core.list_namespaced_pod(namespace).items]
+        raise AssertionError(f"status: {get_llmd('wide').get('status')}\npods: {pods}\n"
+                             f"{op.tail(40)}") from None
+
+
+def test_without_lws_a_multi_node_spec_says_lws_is_required(
+        kubectl: Kubectl, namespace: str, get_llmd: Getter, api_client: client.ApiClient,
+        gpu_fleet: dict[str, list[str]], operator_now: Callable[[], OperatorProcess]) -> None:
+    if kubectl("get", "crd", LWS_CRD, check=False).returncode == 0:
+        pytest.skip("LeaderWorkerSet was installed earlier in this session")
+    operator_now()
+    apply(kubectl, namespace, _wide_engine("wide"))
+    apply(kubectl, namespace, _llmd("wide", "wide", 1))
+    # A one-node deployment beside it still serves.
+    apply(kubectl, namespace, small_engine("narrow", [H100]))
+    apply(kubectl, namespace, _llmd("narrow", "narrow", 1))
+
+    def required() -> dict[str, Any] | None:
+        c = condition(get_llmd("wide"), "Ready")
+        return c if c and c["reason"] == "LeaderWorkerSetRequired" else None
+
+    ready = wait_for(required, 120, "Ready=False LeaderWorkerSetRequired")
+    assert ready["status"] == "False"
+    assert "span 2 NVIDIA-H100-80GB-HBM3 nodes of 8 GPUs" in ready["message"]
+    assert "install LeaderWorkerSet" in ready["message"]
+    with pytest.raises(ApiException) as missing:
+        client.AppsV1Api(api_client).read_namespaced_deployment("wide", namespace)
+    assert missing.value.status == 404
+    kubectl("wait", "-n", namespace, "--for=condition=Ready", "llmdeployment/narrow",
+            "--timeout=120s", timeout=130)
+
+
+@pytest.fixture
+def h100_pool(cluster: ClusterUnderTest) -> Iterator[str]:
+    """Four 8-GPU H100 nodes only this test's serving pods select; removed after."""
+    pool = uuid.uuid4().hex[:8]
+    names = cluster.add_nodes("h100", 4, labels={"test-pool": pool})
+    yield pool
+    cluster.remove_nodes(names)
+
+
+def test_tp16_on_8_gpu_nodes_serves_as_two_node_groups(
+        lws: str, kubectl: Kubectl, namespace: str, get_llmd: Getter,
+        core: client.CoreV1Api, api_client: client.ApiClient, h100_pool: str,
+        gpu_fleet: dict[str, list[str]], operator_now: Callable[[], OperatorProcess]) -> None:
+    op = operator_now()
+    apply(kubectl, namespace, _wide_engine("wide"))
+    apply(kubectl, namespace, _llmd("wide", "wide", 2, h100_pool))
+    _wait_ready(kubectl, namespace, get_llmd, core, op)
+
+    status = get_llmd("wide")["status"]
+    assert status["readyReplicas"] == 2  # groups
+    assert status["replicaSummary"] == "2/2"
+    assert status["gpu"] == H100
+
+    objects = client.CustomObjectsApi(api_client)
+    lws_obj = objects.get_namespaced_custom_object(
+        multinode.LWS_GROUP, multinode.LWS_VERSION, namespace, multinode.LWS_PLURAL, "wide")
+    assert lws_obj["spec"]["leaderWorkerTemplate"]["size"] == 2
+    assert lws_obj["status"]["readyReplicas"] == 2
+
+    pods = core.list_namespaced_pod(
+        namespace, label_selector=f"{multinode.LWS_NAME_LABEL}=wide").items
+    assert len(pods) == 4  # 2 groups x (leader + worker)
+    assert len({p.spec.node_name for p in pods}) == 4  # every pod on its own node
+    for pod in pods:
+        assert pod.status.phase == "Running"
+        node = core.read_node(pod.spec.node_name)
+        assert node.metadata.labels[gpus.PRODUCT_LABEL] == H100
+        assert node.metadata.labels["test-pool"] == h100_pool
+        assert pod.spec.containers[0].resources.limits[gpus.GPU_RESOURCE] == "8"
+    leaders = [p for p in pods if p.metadata.labels[multinode.LWS_WORKER_INDEX_LABEL] == "0"]
+    assert len(leaders) == 2
+    script = leaders[0].spec.containers[0].command[2]
+    assert "trtllm-llmapi-launch trtllm-serve /engine" in script
+    assert "-np 16" in script
+    # The LWS webhook gave every pod its group's leader address.
+    env = {e.name: e.value for e in leaders[0].spec.containers[0].env or []}
+    group = leaders[0].metadata.labels["leaderworkerset.sigs.k8s.io/group-index"]
+    assert env["LWS_LEADER_ADDRESS"] == f"wide-{group}.wide.{namespace}"
+
+    svc = core.read_namespaced_service("wide", namespace)
+    assert svc.spec.selector[multinode.LWS_WORKER_INDEX_LABEL] == "0"
+    secret_names = [s.metadata.name for s in core.list_namespaced_secret(namespace).items]
+    assert "wide-mpi-ssh" in secret_names
+
+
+def test_a_lost_worker_restarts_its_whole_group(
+        lws: str, kubectl: Kubectl, namespace: str, get_llmd: Getter,
+        core: client.CoreV1Api, h100_pool: str, gpu_fleet: dict[str, list[str]],
+        operator_now: Callable[[], OperatorProcess]) -> None:
+    op = operator_now()
+    apply(kubectl, namespace, _wide_engine("wide"))
+    apply(kubectl, namespace, _llmd("wide", "wide", 1, h100_pool))
+    _wait_ready(kubectl, namespace, get_llmd, core, op)
+
+    def group_pods() -> dict[str, Any]:
+        pods = core.list_namespaced_pod(
+            namespace, label_selector=f"{multinode.LWS_NAME_LABEL}=wide").items
+        return {p.metadata.labels[multinode.LWS_WORKER_INDEX_LABEL]: p for p in pods
+                if p.metadata.deletion_timestamp is None}
+
+    before = group_pods()
+    leader_uid = before["0"].metadata.uid
+    core.delete_namespaced_pod(before["1"].metadata.name, namespace)
+
+    # RecreateGroupOnPodRestart: the leader goes too, and the group comes back whole.
+    wait_for(lambda: (p := group_pods().get("0")) is not None and p.metadata.uid != leader_uid,
+             120, "the group's leader to be recreated")
+    _wait_ready(kubectl, namespace, get_llmd, core, op)
+    wait_for(lambda: all(p.status.phase == "Running" for p in group_pods().values())
+             and len(group_pods()) == 2, 120, "the recreated group Running")
+    after = group_pods()
+    assert after["0"].metadata.uid != leader_uid
+    assert after["1"].metadata.uid != before["1"].metadata.uid
+    wait_for(lambda: get_llmd("wide")["status"].get("readyReplicas") == 1, 120,
+             "the LLMDeployment to count the recreated group ready")

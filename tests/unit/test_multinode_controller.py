@@ -1,0 +1,102 @@
+"""The deployment controller's multi-node path: LeaderWorkerSet required, applied, observed."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+from tests.unit.test_deployment_controller import KEY, FakeView, FakeWriter
+from trtllm_operator.deployments import multinode
+from trtllm_operator.deployments.controller import DeploymentController, ssh_key_pair
+
+
+def _wide(view: FakeView, tensor: int = 8, pipeline: int = 2) -> FakeView:
+    view.engine_body["spec"]["build"]["parallelism"] = {"tensor": tensor, "pipeline": pipeline}
+    view.engine_body["spec"]["build"]["gpus"] = 8
+    return view
+
+
+def _reconcile(view: FakeView, lws: str) -> tuple[FakeWriter, dict[str, Any]]:
+    writer = FakeWriter()
+    controller = DeploymentController(view=view, writer=writer, events=lambda *_: None,
+                                      clock=lambda: datetime(2026, 12, 5, tzinfo=UTC), lws=lws)
+    asyncio.run(controller.reconcile(KEY))
+    return writer, writer.status_patches[-1]
+
+
+def _ready(status: dict[str, Any]) -> dict[str, Any]:
+    return next(c for c in status["conditions"] if c["type"] == "Ready")
+
+
+def test_without_lws_a_multi_node_engine_is_refused_and_nothing_is_written() -> None:
+    writer, status = _reconcile(_wide(FakeView()), "missing")
+    ready = _ready(status)
+    assert (ready["status"], ready["reason"]) == ("False", "LeaderWorkerSetRequired")
+    assert "span 2 NVIDIA-H100-80GB-HBM3 nodes of 8 GPUs" in ready["message"]
+    assert "install LeaderWorkerSet" in ready["message"]
+    assert writer.applied == []
+    assert writer.created == []
+
+
+def test_lws_forbidden_by_rbac_says_how_to_enable_it() -> None:
+    _, status = _reconcile(_wide(FakeView()), "forbidden")
+    assert "leaderWorkerSet.enabled=true" in _ready(status)["message"]
+
+
+def test_single_node_serving_is_unaffected_without_lws() -> None:
+    writer, _ = _reconcile(FakeView(), "missing")
+    assert [m["kind"] for m in writer.applied] == ["Deployment", "Service"]
+
+
+def test_with_lws_a_group_set_a_leaders_service_and_one_ssh_secret() -> None:
+    writer, status = _reconcile(_wide(FakeView()), "installed")
+    assert [m["kind"] for m in writer.applied] == ["LeaderWorkerSet", "Service"]
+    assert [m["kind"] for m in writer.created] == ["Secret"]
+    lws = writer.applied[0]
+    assert lws["spec"]["leaderWorkerTemplate"]["size"] == 2
+    assert writer.applied[1]["spec"]["selector"][multinode.LWS_WORKER_INDEX_LABEL] == "0"
+    assert _ready(status)["reason"] == "RollingOut"
+
+
+def test_an_existing_group_set_gets_no_new_secret_and_its_groups_make_ready() -> None:
+    view = _wide(FakeView())
+    view.group_set = multinode.group_status({"metadata": {"generation": 1}, "status": {
+        "replicas": 1, "readyReplicas": 1, "updatedReplicas": 1, "observedGeneration": 1,
+        "conditions": [{"type": "Available", "status": "True", "reason": "AllGroupsReady",
+                        "message": "All replicas are ready"}]}})
+
+    class GroupWriter(FakeWriter):
+        async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+            self.applied.append(manifest)
+            return {**manifest, "metadata": {"generation": 1}, "status": {
+                "replicas": 1, "readyReplicas": 1, "updatedReplicas": 1,
+                "observedGeneration": 1}}
+
+    writer = GroupWriter()
+    controller = DeploymentController(view=view, writer=writer, events=lambda *_: None,
+                                      lws="installed")
+    asyncio.run(controller.reconcile(KEY))
+    assert writer.created == []
+    ready = _ready(writer.status_patches[-1])
+    assert (ready["status"], ready["reason"], ready["message"]) == (
+        "True", "Ready", "1/1 replicas ready")
+
+
+def test_an_uneven_world_is_refused_before_lws_is_asked_for() -> None:
+    _, status = _reconcile(_wide(FakeView(), tensor=9, pipeline=1), "missing")
+    assert _ready(status)["reason"] == "MultiNodeShapeUneven"
+
+
+def test_too_few_nodes_for_one_group_is_a_preflight_error() -> None:
+    _, status = _reconcile(_wide(FakeView(), tensor=8, pipeline=3), "installed")
+    ready = _ready(status)
+    # 24 GPUs = 3 nodes of 8; the fake cluster has two 8-GPU H100 nodes.
+    assert (ready["status"], ready["reason"]) == ("False", "GroupNodesInsufficient")
+    assert "has 2 NVIDIA-H100-80GB-HBM3 node(s) with 8 GPUs" in ready["message"]
+
+
+def test_ssh_key_pair_is_openssh() -> None:
+    private, public = ssh_key_pair()
+    assert private.startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
+    assert public.startswith("ssh-ed25519 ")
