@@ -23,6 +23,7 @@ from kubernetes import client, config
 from tests.support import wait_for
 from trtllm_operator.localcluster.binaries import BinaryBuilder
 from trtllm_operator.localcluster.cluster import ClusterOptions, LocalCluster
+from trtllm_operator.localcluster.extcrds import CRDSource
 
 ROOT = Path(__file__).resolve().parent.parent
 CLUSTER_DIRS = ("integration", "e2e")
@@ -157,3 +158,27 @@ def lws(cluster: ClusterUnderTest, kubectl: Kubectl) -> str:
         return crd
     cluster.local.start_lws()
     return crd
+
+
+InstallCRDs = Callable[[CRDSource], list[str]]
+
+
+@pytest.fixture
+def third_party_crds(cluster: ClusterUnderTest) -> Iterator[InstallCRDs]:
+    """Install pinned third-party CRDs (no controller) for one test; removed after it.
+
+    Only the local control plane supports this: on an external cluster the test is skipped,
+    since deleting someone's CRDs would delete their objects.
+    """
+    if cluster.local is None:
+        pytest.skip("third-party CRDs are installed only on the local control plane")
+    local = cluster.local
+    installed: list[CRDSource] = []
+
+    def install(source: CRDSource) -> list[str]:
+        installed.append(source)
+        return local.install_crds(source)
+
+    yield install
+    for source in reversed(installed):
+        local.remove_crds(source)

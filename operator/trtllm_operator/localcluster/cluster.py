@@ -49,6 +49,7 @@ import yaml
 from trtllm_operator import gpus
 from trtllm_operator.localcluster import kubelet, lws, pki, stages
 from trtllm_operator.localcluster.binaries import BinaryBuilder, LWSAssets, Toolset, ensure_lws
+from trtllm_operator.localcluster.extcrds import CRDSource, crd_files
 
 log = logging.getLogger(__name__)
 
@@ -388,6 +389,25 @@ class LocalCluster:
         tails = "\n".join(f"--- {c.name}\n{c.tail(8)}" for c in self._components)
         raise ClusterError(
             f"timed out after {self.options.start_timeout}s waiting for {what}\n{tails}")
+
+    # ------------------------------------------------------------------ third-party CRDs
+
+    def install_crds(self, source: CRDSource) -> list[str]:
+        """Apply ``source``'s CRDs (no controller behind them) and wait until Established."""
+        self.check()
+        self._kubectl("apply", "--server-side", "--force-conflicts",
+                      *[f"--filename={f}" for f in crd_files(source)])
+        for name in source.crd_names:
+            self._wait(lambda name=name: self._kubectl(  # type: ignore[misc]
+                "wait", "--for=condition=Established", "--timeout=10s", f"crd/{name}",
+                check=False).returncode == 0, f"the CRD {name}")
+        return list(source.crd_names)
+
+    def remove_crds(self, source: CRDSource) -> None:
+        """Delete ``source``'s CRDs (and with them every object of those kinds)."""
+        self.check()
+        self._kubectl("delete", "--ignore-not-found", "--wait=true",
+                      *[f"crd/{n}" for n in source.crd_names])
 
     # ------------------------------------------------------------------ LeaderWorkerSet
 
