@@ -21,6 +21,7 @@ from lightkube.types import CascadeType, PatchType
 
 from trtllm_operator import metrics
 from trtllm_operator.api import API_GROUP, API_VERSION
+from trtllm_operator.optional_apis import resource_support
 from trtllm_operator.workqueue import Failure, TokenBucket
 
 P = ParamSpec("P")
@@ -207,21 +208,5 @@ class Kube:
 
 
 async def leaderworkerset_support(client: AsyncClient, namespace: str | None) -> str:
-    """Whether multi-node serving can use LeaderWorkerSets: "installed", "missing" (the API
-    server does not serve the resource) or "forbidden" (served, but this operator's RBAC
-    does not allow it). One LIST of at most one object, at startup."""
-    try:
-        # "*": every namespace.
-        async for _ in client.list(LeaderWorkerSetResource, namespace=namespace or "*",
-                                   chunk_size=1):
-            break
-    except (ApiError, httpx2.HTTPStatusError) as exc:
-        # An unserved resource is a bare 404 (no Status body): lightkube then raises httpx's.
-        code = (exc.status.code if isinstance(exc, ApiError)
-                else exc.response.status_code)
-        if code == 404:
-            return "missing"
-        if code == 403:
-            return "forbidden"
-        raise
-    return "installed"
+    """Whether multi-node serving can use LeaderWorkerSets (see optional_apis)."""
+    return await resource_support(client, LeaderWorkerSetResource, namespace)
