@@ -37,6 +37,7 @@ from trtllm_operator.kube import invalid_refusal
 from trtllm_operator.kube_objects import check_deployment_objects
 from trtllm_operator.pods import PodContext, PodFact, PodProblem, diagnose
 from trtllm_operator.reconcile_errors import RECONCILE_ERROR
+from trtllm_operator.reconciling import deployment_progress_conditions
 from trtllm_operator.spec_warnings import emit_spec_warnings, spec_warning_condition
 from trtllm_operator.status_writes import StatusWrites
 from trtllm_operator.validation import (
@@ -341,6 +342,9 @@ class DeploymentController:
         status = self._status(d, chosen, preflight, observed, facts)
         status = status.model_copy(update={"conditions": spec_warning_condition(
             status.conditions, findings, d.metadata.generation, self.clock())})
+        status = status.model_copy(update={"conditions": deployment_progress_conditions(
+            status.conditions, engine.status.conditions if engine else None,
+            observed_generation=d.metadata.generation, now=self.clock())})
         metrics.record_ready("LLMDeployment", key, cond.is_true(
             status.conditions, DeploymentConditionType.READY))
         old_wire, new_wire = d.status.to_wire(), status.to_wire()

@@ -42,6 +42,7 @@ from trtllm_operator.engines.status import (
 from trtllm_operator.kube_objects import check_engine_objects
 from trtllm_operator.pods import STUCK_REASONS
 from trtllm_operator.reconcile_errors import RECONCILE_ERROR
+from trtllm_operator.reconciling import engine_stalled, progress_conditions
 from trtllm_operator.spec_warnings import emit_spec_warnings, spec_warning_condition
 from trtllm_operator.status_writes import StatusWrites
 from trtllm_operator.validation import (
@@ -406,6 +407,8 @@ class EngineController:
         else:
             conds = cond.remove_condition(conds, EngineConditionType.MODEL_CACHED)
         conds = spec_warning_condition(conds, findings, gen, now)
+        conds = progress_conditions(conds, stalled=engine_stalled(targets, skipped),
+                                    observed_generation=gen, now=now)
         return LLMEngineStatus(
             observed_generation=gen, conditions=conds, targets=targets,
             skipped_targets=skipped or None, built_targets=f"{built}/{total}",
