@@ -21,6 +21,7 @@ the folder; ``--timings`` prints how long each step took.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -38,6 +39,9 @@ KWOK_VERSION = "v0.8.0"
 HELM_VERSION = "v3.22.0"
 LWS_VERSION = "v0.9.0"
 LWS_MODULE = "sigs.k8s.io/lws"
+KSTATUS_MODULE_VERSION = "v0.37.2"
+"""sigs.k8s.io/cli-utils, whose pkg/kstatus/status the tests' kstatus check runs (tools/kstatus
+pins it in its go.mod; this names the cache folder and is checked against that go.mod)."""
 
 KUBE_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
 ALL_BINARIES = (*KUBE_COMMANDS, "etcd", "kwok", "helm")
@@ -436,6 +440,36 @@ def ensure_lws(version: str = LWS_VERSION, root: Path | None = None) -> LWSAsset
           "-o", str(tmp), f"{LWS_MODULE}/cmd"], cwd=src)
     tmp.replace(manager)
     return LWSAssets(version, manager, source)
+
+
+# --------------------------------------------------------------------------- kstatus
+
+
+def ensure_kstatus(source: Path, root: Path | None = None) -> Path:
+    """The tools/kstatus command (kstatus of sigs.k8s.io/cli-utils, as Flux computes health),
+    built from ``source`` into the cache on first use (a few CPU seconds).
+
+    The cache folder is named by the source's hash, so an edit to main.go or a new pin builds
+    anew; its go.sum pins every module, and ``-mod=readonly`` refuses any other version.
+    """
+    root = root or cache_root()
+    files = sorted(source.glob("*.go")) + [source / "go.mod", source / "go.sum"]
+    gomod = (source / "go.mod").read_text()
+    if f"sigs.k8s.io/cli-utils {KSTATUS_MODULE_VERSION}" not in gomod:
+        raise BinaryError(f"{source}/go.mod does not pin sigs.k8s.io/cli-utils "
+                          f"{KSTATUS_MODULE_VERSION}")
+    digest = hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()[:12]
+    out = root / "bin" / f"kstatus-{KSTATUS_MODULE_VERSION}-{digest}" / "kstatus"
+    if out.exists():
+        return out
+    if shutil.which("go") is None:
+        raise BinaryError("Go is needed to build tools/kstatus; install Go >= 1.22")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / ".kstatus.partial"
+    _run(["go", "build", "-trimpath", "-ldflags", "-s -w", "-o", str(tmp), "."], cwd=source,
+         env={"GOFLAGS": "-mod=readonly -buildvcs=false"})
+    tmp.replace(out)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
