@@ -136,9 +136,21 @@ def openapi_schema(kind: KindInfo) -> Schema:
             "kind": {"description": f"Kind of this object: {kind.kind}.", "type": "string"},
             "metadata": _metadata_schema(kind),
             "spec": structural_schema(kind.spec_model),
-            "status": structural_schema(kind.status_model),
+            "status": _status_schema(kind),
         },
     }
+    return schema
+
+
+def _status_schema(kind: KindInfo) -> Schema:
+    """``status``, defaulted to ``{observedGeneration: 0}`` while the operator has written none.
+
+    The API server applies the default whenever it reads an object without status, so a tool
+    that checks ``observedGeneration`` (kstatus, as Flux uses it) sees a new object as not yet
+    reconciled instead of finding no status and calling it current.
+    """
+    schema = structural_schema(kind.status_model)
+    schema["default"] = {"observedGeneration": 0}
     return schema
 
 

@@ -205,3 +205,22 @@ def test_deployment_in_progress_current_failed_and_unobserved_spec_change(
         running_operator.start()
     _assert_current(_when(get_llmd, "chat", _ready, "two replicas Ready", timeout=150),
                     "deployment scaled")
+
+
+def test_a_new_object_is_in_progress_before_the_operator_has_written_any_status(
+        kubectl: Kubectl, namespace: str, get_engine: Getter, get_llmd: Getter,
+        running_operator: OperatorProcess) -> None:
+    running_operator.stop()
+    try:
+        apply(kubectl, namespace, small_engine("fresh", [H100]))
+        apply(kubectl, namespace, _llmd("fresh", "fresh"))
+        for obj, label in ((get_engine("fresh"), "engine never reconciled"),
+                           (get_llmd("fresh"), "deployment never reconciled")):
+            # The CRD's status default: without it kstatus finds no status and says Current.
+            assert obj["status"] == {"observedGeneration": 0}
+            k, a, why = _health(obj, label)
+            assert (k, a) == ("InProgress", "Progressing"), why
+    finally:
+        running_operator.start()
+    _when(get_engine, "fresh", lambda o: o["status"].get("observedGeneration") == 1,
+          "the operator to report on the engine")
