@@ -453,7 +453,7 @@ def ensure_kstatus(source: Path, root: Path | None = None) -> Path:
     anew; its go.sum pins every module, and ``-mod=readonly`` refuses any other version.
     """
     root = root or cache_root()
-    files = sorted(source.glob("*.go")) + [source / "go.mod", source / "go.sum"]
+    files = [*sorted(source.glob("*.go")), source / "go.mod", source / "go.sum"]
     gomod = (source / "go.mod").read_text()
     if f"sigs.k8s.io/cli-utils {KSTATUS_MODULE_VERSION}" not in gomod:
         raise BinaryError(f"{source}/go.mod does not pin sigs.k8s.io/cli-utils "
