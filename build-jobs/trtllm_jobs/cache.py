@@ -13,6 +13,9 @@ names the repo and commit, and every file it lists is present with its recorded 
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -32,12 +35,22 @@ def entry_dir(root: Path, repo: str, commit: str) -> Path:
     return model_dir(root, repo) / commit
 
 
-def quantized_dir(root: Path, repo: str, commit: str, fmt: str, kv_cache_dtype: str | None
-                  ) -> Path:
-    """``<root>/quantized/<org>--<name>/<commit>/<format>[-kv<kvdtype>]``: one ModelOpt export
-    per model, commit and format, shared by every target whose GPU runs the format."""
-    leaf = fmt + (f"-kv{kv_cache_dtype}" if kv_cache_dtype else "")
+def quantized_dir(root: Path, repo: str, commit: str, fmt: str, kv_cache_dtype: str | None,
+                  calibration: str | None = None) -> Path:
+    """``<root>/quantized/<org>--<name>/<commit>/<format>[-kv<kvdtype>][-cal<key>]``: one
+    ModelOpt export per model, commit, format and calibration (its scales depend on the
+    samples), shared by every target whose GPU runs the format. ``calibration`` is
+    :func:`calibration_key` of the calibration settings."""
+    leaf = fmt + (f"-kv{kv_cache_dtype}" if kv_cache_dtype else "") + (
+        f"-cal{calibration}" if calibration else "")
     return root / "quantized" / repo.replace("/", "--") / commit / leaf
+
+
+def calibration_key(settings: Mapping[str, Any]) -> str:
+    """10 hex digits of sha256 over the calibration settings as canonical JSON: the quantize
+    job and the operator compute it from the same parsed spec, so they name the same folder."""
+    canonical = json.dumps(dict(settings), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:10]
 
 
 def read_entry(folder: Path, repo: str,

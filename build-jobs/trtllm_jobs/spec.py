@@ -319,6 +319,16 @@ class Calibration:
         where = str(self.dataset_path) if self.dataset_path else f"dataset {self.dataset}"
         return f"{self.size} samples of {self.max_seq_length} tokens from {where}"
 
+    def settings(self) -> dict[str, Any]:
+        """Every setting that changes the scales, defaults filled in: the export's key."""
+        out: dict[str, Any] = {"size": self.size, "maxSeqLength": self.max_seq_length,
+                               "batchSize": self.batch_size}
+        if self.dataset_path is not None:
+            out["datasetPath"] = str(self.dataset_path)
+        if self.dataset is not None:
+            out["dataset"] = self.dataset
+        return out
+
 
 @dataclasses.dataclass(frozen=True)
 class QuantizeSpec:
@@ -337,8 +347,10 @@ class QuantizeSpec:
 
     @property
     def output_dir(self) -> Path:
+        calibration = (cache.calibration_key(self.calibration.settings())
+                       if self.calibration is not None else None)
         return cache.quantized_dir(self.cache_root, self.repo, self.commit, self.format,
-                                   self.kv_cache_dtype)
+                                   self.kv_cache_dtype, calibration)
 
     def describe(self) -> str:
         kv = f" (KV cache {self.kv_cache_dtype})" if self.kv_cache_dtype else ""

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from trtllm_jobs import cache, facts, publish, quantize
+from trtllm_jobs.spec import parse_quantize_spec
 from trtllm_jobs import contract as job_contract
 
 REPO = Path(__file__).resolve().parents[2]
@@ -54,8 +55,13 @@ class Sandbox:
     def entry(self) -> Path:
         return cache.entry_dir(self.cache_root, MODEL, SHA)
 
-    def output(self, fmt: str = "fp8", kv: str | None = None) -> Path:
-        return cache.quantized_dir(self.cache_root, MODEL, SHA, fmt, kv)
+    def output(self, fmt: str = "fp8", kv: str | None = None,
+               calibration: dict[str, Any] | None = None) -> Path:
+        """Where the job publishes: named by the job's own parser, as the operator names it."""
+        changes: dict[str, Any] = {"format": fmt, "kvCacheDtype": kv}
+        if calibration is not None:
+            changes["calibration"] = calibration
+        return parse_quantize_spec(self.spec(**changes)).output_dir
 
     @property
     def calibration_file(self) -> Path:
@@ -155,7 +161,13 @@ def test_an_fp8_export_is_published_with_a_manifest_from_offline_calibration(
 
     output = box.output()
     manifest = assert_quantized(box, run, output)
-    assert output == box.cache_root / "quantized" / "meta-llama--Llama-3.1-8B" / SHA / "fp8"
+    assert output.parent == box.cache_root / "quantized" / "meta-llama--Llama-3.1-8B" / SHA
+    # Keyed by the calibration too: other samples give other scales, hence another export.
+    assert output.name == "fp8-cal" + cache.calibration_key({
+        "datasetPath": str(box.calibration_file), "size": 4, "maxSeqLength": 256,
+        "batchSize": 2})
+    assert output != box.output(calibration={"datasetPath": str(box.calibration_file),
+                                             "size": 8})
     assert (output / facts.HF_QUANT_CONFIG).is_file()
     assert {f["path"] for f in manifest["files"]} == {
         "config.json", "model.safetensors", "hf_quant_config.json", "tokenizer.json",
@@ -183,7 +195,7 @@ def test_each_format_uses_its_modelopt_config_and_path(box: Sandbox, fmt: str,
 
     output = box.output(fmt, kv)
     assert_quantized(box, run, output)
-    assert output.name == fmt + (f"-kv{kv}" if kv else "")
+    assert output.name.startswith(fmt + (f"-kv{kv}" if kv else "") + "-cal")
     (quantized,) = run.called("quantize")
     assert quantized["config"] == TABLE["modelopt_python_api"]["quantize"]["configs"][fmt]
     assert quantized["kv"] is (kv is not None)
@@ -196,7 +208,7 @@ def test_a_named_dataset_is_fetched_only_because_the_spec_names_it(box: Sandbox)
 
     run = box.run(spec)
 
-    manifest = assert_quantized(box, run, box.output())
+    manifest = assert_quantized(box, run, box.output(calibration=spec["calibration"]))
     (fetched,) = run.called("get_dataset_dataloader")
     assert (fetched["dataset"], fetched["samples"]) == ("cnn_dailymail", 8)
     assert manifest["calibration"]["dataset"] == "cnn_dailymail"
@@ -230,7 +242,7 @@ def test_a_damaged_export_is_replaced_not_trusted(box: Sandbox) -> None:
 def test_a_killed_export_publishes_nothing_and_the_jobs_next_pod_starts_over(
         box: Sandbox) -> None:
     proc = box.popen(FAKE_QUANT_MODE="slow", FAKE_QUANT_SECONDS="30")
-    staging = box.output().with_name(f"fp8.staging-{JOB}")
+    staging = box.output().with_name(f"{box.output().name}.staging-{JOB}")
     deadline = time.monotonic() + 30
     while not (staging / "config.json").is_file():
         assert time.monotonic() < deadline, "the export never started"
@@ -250,7 +262,7 @@ def test_a_killed_export_publishes_nothing_and_the_jobs_next_pod_starts_over(
 
 def test_sigterm_reports_terminated_and_leaves_nothing(box: Sandbox) -> None:
     proc = box.popen(FAKE_QUANT_MODE="slow", FAKE_QUANT_SECONDS="30")
-    staging = box.output().with_name(f"fp8.staging-{JOB}")
+    staging = box.output().with_name(f"{box.output().name}.staging-{JOB}")
     deadline = time.monotonic() + 30
     while not (staging / "config.json").is_file():
         assert time.monotonic() < deadline, "the export never started"
@@ -300,7 +312,7 @@ def test_a_calibration_folder_of_jsonl_files_is_read(box: Sandbox) -> None:
 
     run = box.run(spec)
 
-    assert_quantized(box, run, box.output())
+    assert_quantized(box, run, box.output(calibration=spec["calibration"]))
     assert run.called("quantize")[0]["samples"] == 7  # 6 + 1: all there is, under the size
 
 

@@ -44,8 +44,14 @@ def test_the_spec_the_operator_writes_is_what_the_job_reads() -> None:
         f"{planning.ENGINES_MOUNT}/models/meta-llama--Llama-3.1-8B/{SHA}")
     assert str(parsed.output_dir) == (
         f"{planning.ENGINES_MOUNT}/{planning.quantized_path(engine(kv='fp8').spec, SHA)}")
-    assert planning.quantized_path(engine(kv="fp8").spec, SHA) == (
-        f"quantized/meta-llama--Llama-3.1-8B/{SHA}/fp8-kvfp8")
+    assert planning.quantized_path(engine(kv="fp8").spec, SHA).startswith(
+        f"quantized/meta-llama--Llama-3.1-8B/{SHA}/fp8-kvfp8-cal")
+    # Other calibration samples, other scales: another folder (and Job).
+    other = engine(kv="fp8", calibration={"datasetPath": "calibration/chat.jsonl", "size": 64})
+    assert planning.quantized_path(other.spec, SHA) != planning.quantized_path(
+        engine(kv="fp8").spec, SHA)
+    assert planning.quantize_job_name(other.spec, SHA) != planning.quantize_job_name(
+        engine(kv="fp8").spec, SHA)
     assert parsed.calibration is not None
     assert str(parsed.calibration.dataset_path) == "/engines/calibration/chat.jsonl"
     assert parsed.calibration.dataset is None

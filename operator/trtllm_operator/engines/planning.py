@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from trtllm_jobs import cache as _jobcache
+from trtllm_jobs.spec import parse_quantize_spec
 from trtllm_operator.api import LLMEngine, LLMEngineSpec
 
 FINGERPRINT_SCHEMA: Final = 1
@@ -239,16 +240,12 @@ QUANTIZE_JOB_PREFIX: Final = "trtllm-quantize-"
 
 
 def quantized_path(spec: LLMEngineSpec, commit: str) -> str:
-    """The quantized checkpoint's folder inside the storage claim:
-    ``quantized/<org>--<name>/<commit>/<format>[-kv<kvdtype>]`` (the quantize job's layout,
-    ``trtllm_jobs.cache.quantized_dir``). Only for a quantized Hugging Face model."""
-    hf = spec.model.hugging_face
-    quant = spec.build.quantization
-    if hf is None or quant is None or quant.format is None:
-        raise ValueError("only a Hugging Face model with spec.build.quantization.format has "
-                         "a quantized checkpoint")
-    return str(_jobcache.quantized_dir(Path(""), hf.repo, commit, quant.format,
-                                       quant.kv_cache_dtype))
+    """The quantized checkpoint's folder inside the storage claim,
+    ``quantized/<org>--<name>/<commit>/<format>[-kv<kvdtype>]-cal<key>``: named by the quantize
+    job's own parser from the spec this operator writes, so the two cannot disagree. Only for
+    a quantized Hugging Face model."""
+    output = parse_quantize_spec(quantize_job_spec(spec, commit)).output_dir
+    return str(output.relative_to(ENGINES_MOUNT))
 
 
 def quantize_job_name(spec: LLMEngineSpec, commit: str) -> str:
