@@ -58,10 +58,11 @@ BUILD_LABELS = {labels.MANAGED_BY: labels.MANAGER, labels.COMPONENT: jobbuilder.
 
 
 def _job_component(value: str | None, **_: Any) -> bool:
-    return value in (jobbuilder.BUILD_COMPONENT, model_cache.DOWNLOAD_COMPONENT)
+    return value in (jobbuilder.BUILD_COMPONENT, model_cache.DOWNLOAD_COMPONENT,
+                     jobbuilder.QUANTIZE_COMPONENT)
 
 
-# Build Jobs and model-download Jobs (and their pods): the engine reconcile reads both.
+# Build, model-download and quantize Jobs (and their pods): the engine reconcile reads them.
 JOB_LABELS: dict[str, Any] = {labels.MANAGED_BY: labels.MANAGER,
                               labels.COMPONENT: _job_component}
 SERVING_LABELS = {labels.MANAGED_BY: labels.MANAGER, labels.COMPONENT: serving.SERVING_COMPONENT}

@@ -312,16 +312,6 @@ def check_backend_fields(spec: LLMEngineSpec) -> list[Finding]:
                    "source; remove downloadDataset to calibrate offline from datasetPath, or "
                    "datasetPath to fetch calibration.dataset",
                    Reason.CALIBRATION_DATA_MISSING)
-    if (quant.format is not None or kv is not None) and not any(
-            f.field.startswith("spec.build.quantization") for f in found):
-        # A quantization spec that is right in itself, which the operator cannot act on yet:
-        # say so rather than wait forever for a Job never launched (field problems first).
-        refuse("spec.build.quantization",
-               "with the pytorch backend needs a quantize Job (ModelOpt export to a quantized "
-               "Hugging Face checkpoint), which this version of the operator does not launch "
-               "yet: remove spec.build.quantization to serve the checkpoint as it is, or use "
-               f"a tensorrt-line image (up to 1.3.0rc20, e.g. {facts.DEFAULT_TRTLLM_IMAGE}) "
-               "to build a quantized engine", Reason.BACKEND_FEATURE_UNAVAILABLE)
     return found
 
 

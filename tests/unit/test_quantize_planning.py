@@ -115,12 +115,3 @@ def test_the_quantize_job_runs_the_package_on_the_chosen_gpu_offline() -> None:
     assert job["spec"]["podFailurePolicy"]["rules"][0]["onExitCodes"]["values"] == list(
         job_contract.PERMANENT_EXIT_CODES)
     assert "ttlSecondsAfterFinished" not in job["spec"]
-
-
-def test_a_named_dataset_download_gets_the_hub_and_the_token() -> None:
-    job = jobs.quantize_job(engine(calibration={"downloadDataset": True}), SHA, H100, 1, "cm")
-
-    env = {e["name"]: e for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert "HF_HUB_OFFLINE" not in env
-    assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "hf-token",
-                                                            "key": "HF_TOKEN"}

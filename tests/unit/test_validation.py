@@ -462,14 +462,10 @@ def test_build_only_fields_are_refused_for_pytorch_each_naming_its_field() -> No
 
 
 @pytest.mark.parametrize("fmt", ["fp8", "nvfp4", "int4_awq", "w4a8_awq"])
-def test_pytorch_formats_with_offline_calibration_are_right_but_not_launched_yet(
-        fmt: str) -> None:
-    # The spec itself is right; the quantize Job is not launched by this operator version, so
-    # the one finding says that (never a target waiting for a Job that does not come).
+def test_pytorch_formats_with_offline_calibration_are_accepted(fmt: str) -> None:
     spec = pytorch(targets=(B200,), quantization={"format": fmt, "calibration": OFFLINE})
     found = [f for f in validate_engine(spec, CLUSTER) if f.reason != "GPUNotInCluster"]
-    assert [(f.reason, f.field) for f in found] == [
-        (Reason.BACKEND_FEATURE_UNAVAILABLE, "spec.build.quantization")]
+    assert found == []
 
 
 @pytest.mark.parametrize("fmt", ["int8_sq", "int8_wo", "int4_wo"])
@@ -493,8 +489,7 @@ def test_calibration_data_must_be_named_for_pytorch() -> None:
     assert "calibration.downloadDataset true to fetch calibration.dataset (cnn_dailymail)" in (
         finding.message)
     downloading = {"format": "fp8", "calibration": {"downloadDataset": True}}
-    assert only(validate_engine(pytorch(quantization=downloading), CLUSTER)).reason == (
-        Reason.BACKEND_FEATURE_UNAVAILABLE)  # right, but the quantize Job is not launched yet
+    assert validate_engine(pytorch(quantization=downloading), CLUSTER) == ()
     both = {"format": "fp8", "calibration": {**OFFLINE, "downloadDataset": True}}
     assert only(validate_engine(pytorch(quantization=both), CLUSTER)).reason == (
         Reason.CALIBRATION_DATA_MISSING)

@@ -23,6 +23,7 @@ from trtllm_operator.api.engine import EngineConditionType, ModelCacheStatus, Sk
 from trtllm_operator.claims import CLAIM_REASONS, ClaimFact, check_engine_claims
 from trtllm_operator.engines import jobs
 from trtllm_operator.engines import model_cache as mc
+from trtllm_operator.engines import quantize as qz
 from trtllm_operator.engines.planning import (
     CheckpointKey,
     TargetPlan,
@@ -171,6 +172,8 @@ class EngineController:
         decisions: list[Decision] = []
         wants_build = False
         pytorch = effective_backend(engine.spec) == "pytorch"
+        quant = engine.spec.build.quantization
+        quantized = quant is not None and quant.format is not None
         hf_repo = engine.spec.model.hugging_face.repo if engine.spec.model.hugging_face else None
         for gpu in targets:
             plan = plan_target(engine, gpu)
@@ -186,18 +189,28 @@ class EngineController:
             decision = decide_target(plan, engine.spec.build.image, namespace,
                                      [*claim_findings, *by_gpu.get(gpu, [])], observed, facts)
             wants_build = wants_build or decision.create_job
-            if pytorch and model is not None and hf_repo is not None:
+            if pytorch and model is not None and hf_repo is not None and not quantized:
                 # No engine to build: the target serves the cached checkpoint once it is in.
                 decision = mc.serve_cached_checkpoint(decision, model, hf_repo)
-            elif pytorch:
+            elif pytorch and not quantized:
                 decision = Decision(decision.status)  # refused by preflight: never a Job
             decisions.append(mc.gate_target(decision, model) if model else decision)
         if model is not None and model.create_job and not wants_build:
             model = None  # every target is built or cannot build: nothing to download for
+        # A quantized pytorch engine: targets still waiting (the checkpoint is cached) show
+        # the one shared export's quantize Job instead of starting builds of their own.
+        qplan = (qz.plan_quantize(engine.spec, model.status.commit or "")
+                 if pytorch and quantized and model is not None and model.cached else None)
+        quantize_manifest: dict[str, Any] | None = None
+        if pytorch and quantized and qplan is None:
+            decisions = [Decision(d.status) for d in decisions]  # never a build Job
+        elif qplan is not None and model is not None:
+            decisions, quantize_manifest = self._quantize(
+                engine, qplan, plans, decisions, facts, model.status.checkpoint_bytes)
 
         # Running builds need the script too: pods of a Job whose ConfigMap was deleted would
         # wait in ContainerCreating (FailedMount) until the build deadline.
-        if (model is not None and model.create_job) or any(
+        if (model is not None and model.create_job) or quantize_manifest is not None or any(
                 d.create_job or d.status.state in ("Pending", "Building") for d in decisions):
             await self._ensure_script(namespace)
         model_plan = mc.plan_model(engine.spec)
@@ -205,6 +218,8 @@ class EngineController:
             await self.writer.create_if_absent(mc.download_job(
                 engine, model_plan, jobs.script_configmap_name(self.script),
                 self.active_deadline_seconds))
+        if quantize_manifest is not None:
+            await self.writer.create_if_absent(quantize_manifest)
         cached_path = model.status.path if model is not None and model.cached else None
         for plan, decision in zip(plans, decisions, strict=True):
             # Created, never applied: a Job's template is immutable, and engines sharing a
@@ -218,7 +233,8 @@ class EngineController:
                     cached_path=cached_path)):
                 metrics.BUILDS_STARTED.labels(plan.gpu).inc()
         await self._delete_unplanned_jobs(namespace, name, {p.job_name for p in plans} | (
-            {model_plan.job_name} if model_plan is not None else set()))
+            {model_plan.job_name} if model_plan is not None else set()) | (
+            {qplan.job_name} if qplan is not None else set()))
 
         statuses = tuple(d.status for d in decisions)
         new_status = self._status(engine, statuses, findings, skipped,
@@ -243,6 +259,33 @@ class EngineController:
         if any(s.state in ("Building", "Pending", "Unschedulable") for s in statuses):
             return Result(requeue_after=BUILDING_RESYNC_SECONDS)
         return None
+
+    def _quantize(self, engine: LLMEngine, plan: qz.QuantizePlan,
+                  plans: list[TargetPlan], decisions: list[Decision], facts: ClusterFacts,
+                  checkpoint_bytes: int | None) -> tuple[list[Decision], dict[str, Any] | None]:
+        """Every waiting target's status from the shared export, and the quantize Job to
+        create (None: it exists, or is not needed, or no target can hold the model)."""
+        namespace, name = engine.metadata.namespace or "", engine.metadata.name
+        candidates = [p.gpu for p, d in zip(plans, decisions, strict=True) if d.create_job]
+        if not candidates:
+            return decisions, None
+        job = self.view.job(namespace, plan.job_name)
+        pod = self.view.newest_pod(namespace, plan.job_name) if job is not None else None
+        recorded = next((t for t in engine.status.targets
+                         if t.job == plan.job_name and t.state == "Built"), None) \
+            or self.view.built_elsewhere(namespace, plan.job_name, name)
+        choice = qz.choose_gpu(candidates, facts, checkpoint_bytes)
+        outcome = qz.decide_quantize(plan, namespace, qz.QuantizeObserved(
+            job=job, pod=pod, recorded=recorded,
+            stuck=build_pod_problem(engine.spec, namespace, pod)), choice, candidates,
+            checkpoint_bytes)
+        manifest = None
+        if outcome.create_job and choice is not None:
+            manifest = jobs.quantize_job(engine, plan.commit, choice.gpu, choice.gpus,
+                                         jobs.script_configmap_name(self.script),
+                                         self.active_deadline_seconds)
+        return [qz.apply_outcome(d, plan, outcome, checkpoint_bytes) for d in decisions], \
+            manifest
 
     async def _model(self, engine: LLMEngine) -> mc.ModelDecision | None:
         """The checkpoint's download (None for a volume-sourced model)."""

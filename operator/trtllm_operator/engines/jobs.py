@@ -235,7 +235,7 @@ def quantize_job(engine: LLMEngine, commit: str, gpu: str, gpus_: int, script_co
     ENGINES_MOUNT (the model cache and the output both live there), permanent exit codes fail
     at once, no TTL. Unlike it: ``JOB_NAME`` (downward API) names the staging folder and
     ``podReplacementPolicy: Failed`` keeps a replacement pod from starting while the old one
-    still writes; ``HF_HUB_OFFLINE=1`` unless the spec asks for a dataset download.
+    still writes; offline (``HF_HUB_OFFLINE``, ``HF_DATASETS_OFFLINE``), with no token.
     """
     spec = engine.spec
     build = spec.build
@@ -252,14 +252,11 @@ def quantize_job(engine: LLMEngine, commit: str, gpu: str, gpus_: int, script_co
         {"name": "HF_HOME", "value": f"{SCRATCH_MOUNT}/huggingface"},
         {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"},
     ]
-    downloads = (quant_spec["calibration"] or {}).get("dataset") is not None
-    if not downloads:
-        env.append({"name": "HF_HUB_OFFLINE", "value": "1"})
-    hf = spec.model.hugging_face
-    if downloads and hf is not None and hf.token_secret_ref is not None:
-        ref = hf.token_secret_ref
-        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {
-            "name": ref.name, "key": ref.key}}})
+    # Offline always: the checkpoint is the model cache's, the calibration samples are on the
+    # claim (put there by the user, or by the CPU download Job); nothing is fetched on a GPU.
+    env += [{"name": "HF_HUB_OFFLINE", "value": "1"},
+            {"name": "HF_DATASETS_OFFLINE", "value": "1"},
+            {"name": "TRANSFORMERS_OFFLINE", "value": "1"}]
     env += [e.model_dump(mode="json", by_alias=True, exclude_none=True) for e in build.env]
     entrypoint, entrypoint_mount = entrypoint_volume(script_configmap)
     resources_: dict[str, Any] = {"limits": {gpus.GPU_RESOURCE: str(gpus_)}}
