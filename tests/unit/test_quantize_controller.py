@@ -82,7 +82,7 @@ def _job(condition: str | None = None, gpu: str = H100) -> dict[str, Any]:
 
 
 def test_one_quantize_job_on_the_first_target_that_holds_the_model_and_none_for_a100() -> None:
-    controller, view, writer, events = _quantized_setup([L40S, H100, A100])
+    controller, _view, writer, events = _quantized_setup([L40S, H100, A100])
 
     asyncio.run(controller.reconcile(KEY))
 

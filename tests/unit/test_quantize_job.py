@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from trtllm_jobs import cache, facts, publish, quantize
-from trtllm_jobs.spec import parse_quantize_spec
 from trtllm_jobs import contract as job_contract
+from trtllm_jobs.spec import parse_quantize_spec
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_JOBS = REPO / "build-jobs"
