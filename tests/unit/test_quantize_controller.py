@@ -216,3 +216,26 @@ def test_the_gpu_type_that_holds_the_model_on_the_fewest_gpus_runs_it(
 
 def test_a_gpu_type_without_nodes_is_never_chosen() -> None:
     assert qz.choose_gpu([gpus.gpu_type("b200").product], FLEET, GIB) is None
+
+
+def test_the_simulated_kubelet_answers_a_quantize_pod_as_the_job_would() -> None:
+    from trtllm_jobs.contract import EXIT_CODES, Reason
+    from trtllm_operator.api import LLMEngine
+    from trtllm_operator.engines import jobs
+    from trtllm_operator.localcluster import kubelet, stages
+
+    _controller, view, _writer, _events = _quantized_setup([H100])
+    engine = LLMEngine.model_validate(view.body)
+    pod = jobs.quantize_job(engine, COMMIT, H100, 1, "cm")["spec"]["template"]
+    out = kubelet.quantize_pod_annotations(pod, {})
+    summary = json.loads(out[stages.MESSAGE_ANNOTATION])
+    assert summary["phase"] == "Quantized"
+    assert summary["path"] == f"/engines/{planning.quantized_path(engine.spec, COMMIT)}"
+    assert stages.EXIT_CODE_ANNOTATION not in out
+
+    failed = kubelet.quantize_pod_annotations(pod, {
+        kubelet.QUANTIZE_EXIT_CODE_ANNOTATION: "11", kubelet.QUANTIZE_DURATION_ANNOTATION: "5s"})
+    assert failed[stages.EXIT_CODE_ANNOTATION] == str(EXIT_CODES[Reason.CALIBRATION_DATA_MISSING])
+    assert json.loads(failed[stages.MESSAGE_ANNOTATION])["reason"] == "CalibrationDataMissing"
+    assert failed[stages.DURATION_ANNOTATION] == "5s"
+    assert kubelet.quantize_pod_annotations({"spec": {"containers": [{}]}}, {}) == {}
