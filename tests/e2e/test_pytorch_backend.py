@@ -1,7 +1,8 @@
 """The PyTorch line end to end: an LLMEngine with a 1.3.0rc21+ image builds no engine. Its
 checkpoint is downloaded once into the model cache, every target is Built from that cached
 checkpoint, and an LLMDeployment serves it with ``trtllm-serve <folder> --backend pytorch``,
-offline, with the options file that turns the Prometheus gauges on."""
+offline, with the options file that turns the Prometheus gauges on. Quantized engines of this
+line: test_pytorch_quantize.py."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ from kubernetes import client
 
 from tests.conftest import Kubectl
 from tests.e2e.conftest import H100, L40S, Getter, apply, condition, small_engine, targets
-from tests.support import wait_for
 
 pytestmark = pytest.mark.usefixtures("running_operator", "gpu_fleet", "storage", "hf_token")
 
@@ -84,22 +84,3 @@ def test_a_pytorch_engine_downloads_once_builds_nothing_and_is_served_on_both_gp
     data = yaml.safe_load(next(iter(options[0].data.values())))
     assert data["return_perf_metrics"] is True
     assert data["enable_iter_perf_stats"] is True
-
-
-def test_a_quantized_pytorch_engine_is_refused_before_any_job(
-        kubectl: Kubectl, namespace: str, get_engine: Getter,
-        api_client: client.ApiClient) -> None:
-    obj = _pytorch_engine("fp8", [H100])
-    obj["spec"]["build"]["quantization"] = {
-        "format": "fp8", "calibration": {"datasetPath": "calibration/cnn.jsonl"}}
-    apply(kubectl, namespace, obj)
-
-    def invalid() -> dict[str, Any] | None:
-        t = targets(get_engine("fp8")).get(H100)
-        return t if t is not None and t["state"] == "Invalid" else None
-
-    target = wait_for(invalid, 60, "the quantized PyTorch target to be refused")
-    assert target["reason"] == "BackendFeatureUnavailable"
-    assert "spec.build.quantization" in target["message"]
-    assert _jobs(api_client, namespace, "model-download") == []
-    assert _jobs(api_client, namespace, "engine-build") == []
