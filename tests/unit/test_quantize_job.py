@@ -165,7 +165,7 @@ def test_an_fp8_export_is_published_with_a_manifest_from_offline_calibration(
     # Keyed by the calibration too: other samples give other scales, hence another export.
     assert output.name == "fp8-cal" + cache.calibration_key({
         "datasetPath": str(box.calibration_file), "size": 4, "maxSeqLength": 256,
-        "batchSize": 2})
+        "batchSize": 2, "textField": "text"})
     assert output != box.output(calibration={"datasetPath": str(box.calibration_file),
                                              "size": 8})
     assert (output / facts.HF_QUANT_CONFIG).is_file()
@@ -203,15 +203,30 @@ def test_each_format_uses_its_modelopt_config_and_path(box: Sandbox, fmt: str,
     assert (hf_quant["kv_cache_quant_algo"] == "FP8") is (kv is not None)
 
 
-def test_a_named_dataset_is_fetched_only_because_the_spec_names_it(box: Sandbox) -> None:
-    spec = box.spec(calibration={"dataset": "cnn_dailymail", "size": 8, "batchSize": 4})
+def test_a_cached_dataset_repo_is_read_offline_through_its_files_and_text_field(
+        box: Sandbox) -> None:
+    # What the CPU download Job leaves for a dataset repo: data files and its manifest.
+    folder = box.cache_root / "datasets" / "abisee--cnn_dailymail" / SHA
+    (folder / "3.0.0").mkdir(parents=True)
+    (folder / "3.0.0" / "validation.jsonl").write_text("".join(
+        json.dumps({"article": f"news {i}", "id": str(i)}) + "\n" for i in range(5)))
+    (folder / "3.0.0" / "train.jsonl").write_text(json.dumps({"article": "not read"}) + "\n")
+    (folder / cache.MANIFEST_NAME).write_text("{}")
+    calibration = {"datasetPath": str(folder), "files": ["3.0.0/validation.*"],
+                   "textField": "article", "size": 8, "batchSize": 5}
 
-    run = box.run(spec)
+    run = box.run(box.spec(calibration=calibration))
 
-    manifest = assert_quantized(box, run, box.output(calibration=spec["calibration"]))
-    (fetched,) = run.called("get_dataset_dataloader")
-    assert (fetched["dataset"], fetched["samples"]) == ("cnn_dailymail", 8)
-    assert manifest["calibration"]["dataset"] == "cnn_dailymail"
+    manifest = assert_quantized(box, run, box.output(calibration=calibration))
+    assert run.called("quantize")[0]["samples"] == 5  # validation only: 5 records
+    assert run.called("get_dataset_dataloader") == []  # never fetched
+    assert manifest["calibration"]["textField"] == "article"
+    assert manifest["calibration"]["files"] == ["3.0.0/validation.*"]
+
+    other_field = box.run(box.spec(calibration={**calibration, "textField": "text"}))
+    assert_failed(other_field, "CalibrationDataMissing", 11)
+    assert "the records have article, id" in other_field.summary["message"]
+    assert "calibration.textField" in other_field.summary["message"]
 
 
 def test_an_existing_valid_export_is_a_cache_hit_without_modelopt(box: Sandbox) -> None:
@@ -283,7 +298,7 @@ def test_no_calibration_named_fails_without_fetching_anything(box: Sandbox) -> N
     run = box.run(box.spec(calibration=None))
 
     assert_failed(run, "CalibrationDataMissing", 11)
-    assert "never downloads a default dataset by surprise" in run.summary["message"]
+    assert "runs offline and never downloads" in run.summary["message"]
     assert run.calls == []
 
 
@@ -360,7 +375,10 @@ def test_too_little_free_space_is_refused_before_loading(box: Sandbox) -> None:
     ({"format": "fp8_pc_pt"}, "format"),
     ({"kvCacheDtype": "int8"}, "kvCacheDtype"),
     ({"model": {"repo": MODEL, "commit": "main", "cachedPath": "/x"}}, "model.commit"),
-    ({"calibration": {"datasetPath": "/a.jsonl", "dataset": "cnn_dailymail"}}, "calibration"),
+    ({"calibration": {"datasetPath": "/a.jsonl", "dataset": "cnn_dailymail"}},
+     "calibration.dataset"),  # fetching is the download Job's, never this one's
+    ({"calibration": {"size": 4}}, "calibration.datasetPath"),
+    ({"calibration": {"datasetPath": "/d", "files": ["../x"]}}, "calibration.files"),
     ({"extra": 1}, "extra"),
 ])
 def test_an_invalid_spec_is_refused_naming_the_field(box: Sandbox, change: dict[str, Any],
