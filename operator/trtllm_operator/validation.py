@@ -23,6 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from trtllm_jobs.spec import REPO_PATTERN
 from trtllm_operator import flag_tables, gpus
 from trtllm_operator import trtllm_facts as facts
 from trtllm_operator.api.common import EnvVar
@@ -37,6 +38,7 @@ from trtllm_operator.api.engine import (
 )
 
 _COMMIT_SHA = re.compile(r"^[0-9a-f]{40}$")
+
 
 # When a format does not run on a GPU, suggest the first of these that does: the nearest in
 # precision and memory saving, going from the newest formats to the most widely supported.
@@ -256,6 +258,14 @@ def check_backend_fields(spec: LLMEngineSpec) -> list[Finding]:
         if calibration is not None and calibration.download_dataset:
             refuse("spec.build.quantization.calibration.downloadDataset",
                    "is read only by the pytorch backend's quantize Job: remove it")
+        for name, set_ in (("revision", calibration is not None and calibration.revision),
+                           ("files", calibration is not None and calibration.files),
+                           ("textField", calibration is not None
+                            and calibration.text_field != "text")):
+            if set_:
+                refuse(f"spec.build.quantization.calibration.{name}",
+                       "is read only by the pytorch backend's quantize Job; quantize.py of the "
+                       "tensorrt backend takes calibration.dataset by name: remove it")
         return found
     serve_fields = "maxBatchSize, maxNumTokens, maxSeqLen, maxBeamWidth"
     if build.limits is not None:
@@ -312,6 +322,20 @@ def check_backend_fields(spec: LLMEngineSpec) -> list[Finding]:
                    "source; remove downloadDataset to calibrate offline from datasetPath, or "
                    "datasetPath to fetch calibration.dataset",
                    Reason.CALIBRATION_DATA_MISSING)
+        elif calibration.download_dataset and not re.fullmatch(REPO_PATTERN, calibration.dataset):
+            refuse("spec.build.quantization.calibration.dataset",
+                   f"{calibration.dataset!r} is not a Hugging Face dataset repo id: with "
+                   f"downloadDataset the CPU download Job fetches it from the Hub; write e.g. "
+                   f"abisee/cnn_dailymail", Reason.CALIBRATION_DATA_MISSING)
+        elif calibration.revision is not None and not calibration.download_dataset:
+            refuse("spec.build.quantization.calibration.revision",
+                   "names a revision of calibration.dataset, which is fetched only with "
+                   "downloadDataset true: set downloadDataset, or remove revision")
+    if calibration is not None:
+        for index, pattern in enumerate(calibration.files):
+            if ".." in pattern.split("/"):
+                refuse(f"spec.build.quantization.calibration.files[{index}]",
+                       f"{pattern!r} must stay inside the dataset: remove '..'")
     return found
 
 

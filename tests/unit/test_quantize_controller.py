@@ -239,3 +239,45 @@ def test_the_simulated_kubelet_answers_a_quantize_pod_as_the_job_would() -> None
     assert json.loads(failed[stages.MESSAGE_ANNOTATION])["reason"] == "CalibrationDataMissing"
     assert failed[stages.DURATION_ANNOTATION] == "5s"
     assert kubelet.quantize_pod_annotations({"spec": {"containers": [{}]}}, {}) == {}
+
+
+def test_a_calibration_dataset_is_fetched_by_a_cpu_download_job_before_the_quantize() -> None:
+    controller, view, writer, events = _quantized_setup([H100])
+    view.body["spec"]["build"]["quantization"]["calibration"] = {
+        "dataset": "abisee/cnn_dailymail", "downloadDataset": True, "revision": "d" * 40,
+        "files": ["3.0.0/validation-*.parquet"], "textField": "article"}
+    # Only the checkpoint is known cached (by another engine); the dataset is not.
+    model_only = view.model_cached_elsewhere
+    setattr(view, "model_cached_elsewhere", lambda ns, job, but_not: (  # noqa: B010
+        model_only(ns, job, but_not) if job.startswith("trtllm-model-") else None))
+    asyncio.run(controller.reconcile(KEY))
+
+    (download,) = _jobs(writer, "trtllm-data-")
+    assert _jobs(writer, "trtllm-quantize-") == []  # not before the dataset is in
+    pod = download["spec"]["template"]["spec"]
+    assert gpus.GPU_RESOURCE not in json.dumps(pod["containers"][0]["resources"])
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    spec = json.loads(env["TRTLLM_DOWNLOAD_SPEC"] or "")
+    assert (spec["repoType"], spec["files"]) == ("dataset", ["3.0.0/validation-*.parquet"])
+    target = _targets(writer)[H100]
+    assert (target["state"], target["reason"]) == ("Pending", "ModelDownloading")
+    assert target["message"].startswith("waiting for the calibration dataset: ")
+    assert _status(writer)["calibrationData"]["state"] == "Pending"
+    assert ("Normal", "ModelDownloadPending") in events
+
+    name = download["metadata"]["name"]
+    entry = (f"/engines/datasets/abisee--cnn_dailymail/{'d' * 40}-"
+             + __import__("trtllm_jobs.cache").cache.files_key(["3.0.0/validation-*.parquet"]))
+    view.jobs[name] = _job("Complete")
+    view.pods[name] = _pod("Succeeded", {"phase": "Downloaded", "commit": "d" * 40,
+                                         "path": entry, "totalBytes": 1000})
+    _again(controller, view, writer)
+    (quantize,) = _jobs(writer, "trtllm-quantize-")
+    env = {e["name"]: e.get("value")
+           for e in quantize["spec"]["template"]["spec"]["containers"][0]["env"]}
+    calibration = parse_quantize_spec(json.loads(env["TRTLLM_QUANTIZE_SPEC"] or "")).calibration
+    assert calibration is not None
+    assert str(calibration.dataset_path) == entry
+    assert calibration.text_field == "article"
+    assert _status(writer)["calibrationData"]["path"] == entry
+    assert _targets(writer)[H100]["reason"] == "JobCreated"

@@ -559,3 +559,32 @@ def test_an_engine_built_on_one_node_but_served_wider_is_left_to_the_serving_pre
     # the controller judges, knowing whether LWS is there.
     assert validate_deployment(deployment(gpu=L40S),
                                engine((H100, L40S), tp=8, build_gpus=4), CLUSTER) == ()
+
+
+def test_calibration_dataset_fields_for_each_backend() -> None:
+    fetched = {"format": "fp8", "calibration": {
+        "dataset": "abisee/cnn_dailymail", "downloadDataset": True, "revision": "main",
+        "files": ["3.0.0/validation-*.parquet"], "textField": "article"}}
+    assert validate_engine(pytorch(quantization=fetched), CLUSTER) == ()
+    local = {"format": "fp8", "calibration": {**OFFLINE, "files": ["*.jsonl"],
+                                              "textField": "prompt"}}
+    assert validate_engine(pytorch(quantization=local), CLUSTER) == ()
+
+    # tensorrt: quantize.py takes a dataset by name only.
+    found = validate_engine(engine(quantization={"format": "fp8", "calibration": {
+        "revision": "main", "files": ["a.jsonl"], "textField": "prompt"}}), CLUSTER)
+    assert [(f.reason, f.field) for f in found] == [
+        (Reason.FIELD_NOT_FOR_BACKEND, f"spec.build.quantization.calibration.{name}")
+        for name in ("revision", "files", "textField")]
+
+    def problem(calibration: dict[str, Any]) -> Finding:
+        return only(validate_engine(pytorch(quantization={
+            "format": "fp8", "calibration": calibration}), CLUSTER))
+
+    not_a_repo = problem({"dataset": "cnn dailymail", "downloadDataset": True})
+    assert not_a_repo.field == "spec.build.quantization.calibration.dataset"
+    assert "abisee/cnn_dailymail" in not_a_repo.message
+    revision_alone = problem({**OFFLINE, "revision": "main"})
+    assert revision_alone.field == "spec.build.quantization.calibration.revision"
+    escaping = problem({**OFFLINE, "files": ["../secrets/*"]})
+    assert escaping.field == "spec.build.quantization.calibration.files[0]"

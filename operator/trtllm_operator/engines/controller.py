@@ -197,10 +197,21 @@ class EngineController:
             decisions.append(mc.gate_target(decision, model) if model else decision)
         if model is not None and model.create_job and not wants_build:
             model = None  # every target is built or cannot build: nothing to download for
-        # A quantized pytorch engine: targets still waiting (the checkpoint is cached) show
-        # the one shared export's quantize Job instead of starting builds of their own.
-        qplan = (qz.plan_quantize(engine.spec, model.status.commit or "")
-                 if pytorch and quantized and model is not None and model.cached else None)
+        # A quantized pytorch engine: targets still waiting (the checkpoint is cached, and the
+        # calibration dataset when one is fetched) show the one shared export's quantize Job
+        # instead of starting builds of their own.
+        data_plan = mc.plan_calibration(engine.spec) if pytorch and quantized else None
+        data = (await self._model(engine, data_plan, engine.status.calibration_data)
+                if data_plan is not None else None)
+        if data is not None and data.create_job and not wants_build:
+            data = None  # every target is built or cannot build: nothing to fetch it for
+        if data is not None and model is not None and model.cached and not data.cached:
+            decisions = [Decision(mc.gate_target(d, data, "calibration dataset").status)
+                         if d.create_job else d for d in decisions]
+        qplan = (qz.plan_quantize(engine.spec, model.status.commit or "",
+                                  data.status.path if data is not None else None)
+                 if pytorch and quantized and model is not None and model.cached
+                 and (data_plan is None or (data is not None and data.cached)) else None)
         quantize_manifest: dict[str, Any] | None = None
         if pytorch and quantized and qplan is None:
             decisions = [Decision(d.status) for d in decisions]  # never a build Job
@@ -210,13 +221,18 @@ class EngineController:
 
         # Running builds need the script too: pods of a Job whose ConfigMap was deleted would
         # wait in ContainerCreating (FailedMount) until the build deadline.
-        if (model is not None and model.create_job) or quantize_manifest is not None or any(
+        if (model is not None and model.create_job) or quantize_manifest is not None or (
+                data is not None and data.create_job) or any(
                 d.create_job or d.status.state in ("Pending", "Building") for d in decisions):
             await self._ensure_script(namespace)
         model_plan = mc.plan_model(engine.spec)
         if model is not None and model_plan is not None and model.create_job:
             await self.writer.create_if_absent(mc.download_job(
                 engine, model_plan, jobs.script_configmap_name(self.script),
+                self.active_deadline_seconds))
+        if data is not None and data_plan is not None and data.create_job:
+            await self.writer.create_if_absent(mc.download_job(
+                engine, data_plan, jobs.script_configmap_name(self.script),
                 self.active_deadline_seconds))
         if quantize_manifest is not None:
             await self.writer.create_if_absent(quantize_manifest)
@@ -234,11 +250,14 @@ class EngineController:
                 metrics.BUILDS_STARTED.labels(plan.gpu).inc()
         await self._delete_unplanned_jobs(namespace, name, {p.job_name for p in plans} | (
             {model_plan.job_name} if model_plan is not None else set()) | (
-            {qplan.job_name} if qplan is not None else set()))
+            {qplan.job_name} if qplan is not None else set()) | (
+            {data_plan.job_name} if data_plan is not None else set()))
 
         statuses = tuple(d.status for d in decisions)
         new_status = self._status(engine, statuses, findings, skipped,
                                   model.status if model is not None else None)
+        if data is not None:
+            new_status = new_status.model_copy(update={"calibration_data": data.status})
         metrics.record_ready("LLMEngine", key, cond.is_true(new_status.conditions,
                                                             EngineConditionType.READY))
         old_wire = engine.status.to_wire()
@@ -249,10 +268,13 @@ class EngineController:
             self._emit_transitions(body, previous, statuses)
             if model is not None:
                 self._emit_model_transition(body, engine.status.model_cache, model.status)
+            if data is not None:
+                self._emit_model_transition(body, engine.status.calibration_data, data.status,
+                                            "calibration dataset")
             emit_spec_warnings(self.events, body, engine.status.conditions,
                                new_status.conditions, findings)
             self._emit_skipped(body, announced, skipped)
-        if model is not None and model.status.state == "Downloading" \
+        if any(m is not None and m.status.state == "Downloading" for m in (model, data)) \
                 and self.log_reader is not None:
             # Pod logs send no events: look again for the next progress line.
             return Result(requeue_after=mc.PROGRESS_READ_SECONDS)
@@ -283,20 +305,23 @@ class EngineController:
         if outcome.create_job and choice is not None:
             manifest = jobs.quantize_job(engine, plan.commit, choice.gpu, choice.gpus,
                                          jobs.script_configmap_name(self.script),
-                                         self.active_deadline_seconds)
+                                         self.active_deadline_seconds, plan.dataset_path)
         return [qz.apply_outcome(d, plan, outcome, checkpoint_bytes) for d in decisions], \
             manifest
 
-    async def _model(self, engine: LLMEngine) -> mc.ModelDecision | None:
-        """The checkpoint's download (None for a volume-sourced model)."""
-        plan = mc.plan_model(engine.spec)
+    async def _model(self, engine: LLMEngine, plan: mc.ModelPlan | None = None,
+                     previous: ModelCacheStatus | None = None) -> mc.ModelDecision | None:
+        """A download's state: the checkpoint's by default (None for a volume-sourced model),
+        or the one ``plan`` names (the calibration dataset's)."""
+        if plan is None:
+            plan, previous = mc.plan_model(engine.spec), engine.status.model_cache
         if plan is None:
             return None
         namespace, name = engine.metadata.namespace or "", engine.metadata.name
         job = self.view.job(namespace, plan.job_name)
         pod = self.view.newest_pod(namespace, plan.job_name) if job is not None else None
         return mc.decide_model(plan, namespace, mc.ModelObserved(
-            job=job, pod=pod, previous=engine.status.model_cache,
+            job=job, pod=pod, previous=previous,
             cached_elsewhere=self.view.model_cached_elsewhere(namespace, plan.job_name, name),
             stuck=build_pod_problem(engine.spec, namespace, pod),
             progress=await self._read_progress(namespace, plan.job_name, pod)))
@@ -321,7 +346,7 @@ class EngineController:
         return self._progress[key][1]
 
     def _emit_model_transition(self, body: Mapping[str, Any], old: ModelCacheStatus | None,
-                               new: ModelCacheStatus) -> None:
+                               new: ModelCacheStatus, what: str = "model") -> None:
         if old is not None and (old.state, old.reason, old.job) == (
                 new.state, new.reason, new.job):
             return
@@ -332,7 +357,7 @@ class EngineController:
         reason = new.reason if new.reason in ANNOUNCED_REASONS and new.reason else {
             "Pending": "ModelDownloadPending", "Downloading": "ModelDownloading",
             "Cached": "ModelCached", "Failed": "ModelDownloadFailed"}[new.state]
-        self.events(body, kind, reason, f"model: {new.message}"[:1024])
+        self.events(body, kind, reason, f"{what}: {new.message}"[:1024])
 
     # ------------------------------------------------------------------ pieces
 

@@ -226,7 +226,8 @@ QUANTIZE_COMPONENT: Final = "model-quantize"
 
 
 def quantize_job(engine: LLMEngine, commit: str, gpu: str, gpus_: int, script_configmap: str,
-                 active_deadline_seconds: int = 6 * 3600) -> dict[str, Any]:
+                 active_deadline_seconds: int = 6 * 3600,
+                 dataset_path: str | None = None) -> dict[str, Any]:
     """The Job that quantizes ``engine``'s model at ``commit`` on a node of GPU type ``gpu``.
 
     The caller picks ``gpu`` (a type whose compute capability runs the format, with nodes that
@@ -239,8 +240,8 @@ def quantize_job(engine: LLMEngine, commit: str, gpu: str, gpus_: int, script_co
     """
     spec = engine.spec
     build = spec.build
-    name = quantize_job_name(spec, commit)
-    quant_spec = quantize_job_spec(spec, commit)
+    name = quantize_job_name(spec, commit, dataset_path)
+    quant_spec = quantize_job_spec(spec, commit, dataset_path)
     lbl = labels.common(QUANTIZE_COMPONENT) | {labels.ENGINE: engine.metadata.name,
                                                labels.GPU_PRODUCT: gpu}
     env: list[dict[str, Any]] = [
@@ -290,7 +291,8 @@ def quantize_job(engine: LLMEngine, commit: str, gpu: str, gpus_: int, script_co
     return {
         "apiVersion": "batch/v1", "kind": "Job",
         "metadata": {"name": name, "namespace": engine.metadata.namespace, "labels": lbl,
-                     "annotations": {labels.ENGINE_PATH: quantized_path(spec, commit)},
+                     "annotations": {labels.ENGINE_PATH: quantized_path(spec, commit,
+                                                                     dataset_path)},
                      "ownerReferences": [owner_reference(engine)]},
         "spec": {
             "backoffLimit": 1,

@@ -46,21 +46,26 @@ class QuantizePlan:
     job_name: str
     path: str
     """The export's folder inside the storage claim."""
+    dataset_path: str | None = None
+    """The calibration dataset's cache entry, when the download Job fetched one."""
 
     def describe(self) -> str:
         return f"{self.repo}@{self.commit[:12]} as {self.format}"
 
 
-def plan_quantize(spec: LLMEngineSpec, commit: str) -> QuantizePlan | None:
-    """The export this spec needs once its checkpoint is cached at ``commit``; None when it
-    needs none (no quantization format, or a volume-sourced model)."""
+def plan_quantize(spec: LLMEngineSpec, commit: str,
+                  dataset_path: str | None = None) -> QuantizePlan | None:
+    """The export this spec needs once its checkpoint is cached at ``commit`` (and its
+    calibration dataset, if fetched, at ``dataset_path``); None when it needs none (no
+    quantization format, or a volume-sourced model)."""
     hf = spec.model.hugging_face
     quant = spec.build.quantization
     if hf is None or quant is None or quant.format is None:
         return None
     return QuantizePlan(repo=hf.repo, commit=commit, format=quant.format,
-                        job_name=quantize_job_name(spec, commit),
-                        path=quantized_path(spec, commit))
+                        job_name=quantize_job_name(spec, commit, dataset_path),
+                        path=quantized_path(spec, commit, dataset_path),
+                        dataset_path=dataset_path)
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from trtllm_jobs import cache, contract, facts
+from trtllm_jobs import contract, facts
 from trtllm_jobs import spec as job_spec
 from trtllm_operator.localcluster.stages import (
     DURATION_ANNOTATION,
@@ -201,10 +201,17 @@ def download_pod_annotations(pod: dict[str, Any],
         return out
     commit = revision if re.fullmatch(r"[0-9a-f]{40}", revision) else hashlib.sha1(
         f"{repo}@{revision}".encode()).hexdigest()
+    parsed = job_spec.parse_download_spec(spec)
+    if parsed.repo_type == "dataset":  # calibration samples: no weights, no size at 16 bits
+        out[MESSAGE_ANNOTATION] = json.dumps({
+            "phase": str(contract.Phase.DOWNLOADED), **base, "commit": commit,
+            "path": str(parsed.entry(commit)), "totalBytes": 52_428_800, "fileCount": 2,
+            "durationSeconds": 1.0})
+        return out
     checkpoint = int(steering.get(DOWNLOAD_BYTES_ANNOTATION) or SIM_CHECKPOINT_BYTES)
     out[MESSAGE_ANNOTATION] = json.dumps({
         "phase": str(contract.Phase.DOWNLOADED), **base, "commit": commit,
-        "path": str(cache.entry_dir(Path(spec["cacheRoot"]), repo, commit)),
+        "path": str(parsed.entry(commit)),
         "totalBytes": checkpoint + 9_085_657, "checkpointBytes": checkpoint, "fileCount": 9,
         "durationSeconds": 1.0})
     return out
