@@ -187,3 +187,40 @@ def test_a_failed_quantize_fails_every_target_with_its_reason(
         assert f"kubectl delete job -n {namespace} {job.metadata.name}" in t["message"]
     settle(2)
     assert len(_jobs(api_client, namespace, QUANTIZE)) == 1  # a permanent failure: no retry
+
+
+def test_a_calibration_dataset_is_fetched_on_a_cpu_node_before_the_offline_quantize(
+        kubectl: Kubectl, namespace: str, get_engine: Getter, api_client: client.ApiClient,
+        core: client.CoreV1Api, gpu_fleet: dict[str, list[str]]) -> None:
+    obj = _fp8_engine("fetched", [H100])
+    obj["spec"]["build"]["quantization"]["calibration"] = {
+        "dataset": "abisee/cnn_dailymail", "downloadDataset": True,
+        "revision": "96df5e686bee6baa90b8bee7c28b81fa3fa6223d",
+        "files": ["3.0.0/validation-*.parquet"], "textField": "article", "size": 128}
+    apply(kubectl, namespace, obj)
+    kubectl("wait", "-n", namespace, "--for=condition=Ready", "llmengine/fetched",
+            "--timeout=150s")
+
+    status = get_engine("fetched")["status"]
+    data = status["calibrationData"]
+    assert data["state"] == "Cached"
+    assert data["path"].startswith(
+        "/engines/datasets/abisee--cnn_dailymail/96df5e686bee6baa90b8bee7c28b81fa3fa6223d-")
+    downloads = _jobs(api_client, namespace, DOWNLOAD)
+    assert sorted(j.metadata.name.split("-")[1] for j in downloads) == ["data", "model"]
+    for job in downloads:  # both on CPU nodes, neither asking for a GPU
+        pods = core.list_namespaced_pod(
+            namespace, label_selector=f"batch.kubernetes.io/job-name={job.metadata.name}")
+        assert [p.spec.node_name in gpu_fleet["cpu"] for p in pods.items] == [True]
+        assert "nvidia.com/gpu" not in (job.spec.template.spec.containers[0].resources.limits
+                                        or {})
+    (quantize,) = _jobs(api_client, namespace, QUANTIZE)
+    assert all(quantize.metadata.creation_timestamp >= j.status.completion_time
+               for j in downloads)
+    calibration = parse_quantize_spec(_spec(quantize)).calibration
+    assert calibration is not None
+    assert str(calibration.dataset_path) == data["path"]
+    assert calibration.text_field == "article"
+    env = {e.name: e.value for e in quantize.spec.template.spec.containers[0].env}
+    assert (env["HF_HUB_OFFLINE"], env["HF_DATASETS_OFFLINE"]) == ("1", "1")
+    assert targets(get_engine("fetched"))[H100]["reason"] == "Quantized"
