@@ -340,15 +340,21 @@ def check_backend_fields(spec: LLMEngineSpec) -> list[Finding]:
 
 
 def check_pytorch_model_source(spec: LLMEngineSpec) -> list[Finding]:
-    """The pytorch backend serves the model cache's copy of a Hugging Face checkpoint; serving
-    a checkpoint straight from another claim is not offered yet."""
-    if effective_backend(spec) != "pytorch" or spec.model.volume is None:
+    """The pytorch backend serves a volume-sourced checkpoint where it is, but does not
+    quantize one: an export is shared by key (repo, commit, format, calibration), and a
+    folder on a volume carries no version, so an export of it could go stale without a word."""
+    quant = spec.build.quantization
+    if effective_backend(spec) != "pytorch" or spec.model.volume is None or quant is None \
+            or quant.format is None:
         return []
     return [Finding(
-        Reason.BACKEND_FEATURE_UNAVAILABLE, Severity.ERROR, "spec.model.volume",
-        "spec.model.volume: the pytorch backend serves checkpoints from the model cache, which "
-        "this version of the operator fills from Hugging Face only: use "
-        "spec.model.huggingFace, or a tensorrt-line image to build an engine from the volume",
+        Reason.BACKEND_FEATURE_UNAVAILABLE, Severity.ERROR, "spec.build.quantization.format",
+        f"spec.build.quantization.format {quant.format} with spec.model.volume: the pytorch "
+        f"backend quantizes only Hugging Face checkpoints (the export is keyed by their "
+        f"commit; a folder on a volume has none, so a shared export could go stale unseen). "
+        f"Use spec.model.huggingFace, or put a ModelOpt export (a folder with "
+        f"hf_quant_config.json) on the volume and remove spec.build.quantization: "
+        f"trtllm-serve loads such a folder as the quantized checkpoint it is",
     )]
 
 

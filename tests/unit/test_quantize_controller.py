@@ -281,3 +281,35 @@ def test_a_calibration_dataset_is_fetched_by_a_cpu_download_job_before_the_quant
     assert calibration.text_field == "article"
     assert _status(writer)["calibrationData"]["path"] == entry
     assert _targets(writer)[H100]["reason"] == "JobCreated"
+
+
+def test_a_pytorch_engine_serves_a_volume_checkpoint_where_it_is() -> None:
+    controller, view, writer, _events = _quantized_setup([H100, L40S])
+    view.body["spec"]["build"].pop("quantization")
+    view.body["spec"]["model"] = {"volume": {"claimName": "models", "path": "llama-3-8b/"},
+                                  "sizeHint": "16G"}
+    view.claims["models"] = view.claims["trtllm-engines"]
+    asyncio.run(controller.reconcile(KEY))
+
+    assert [a for a in writer.applied if a["kind"] == "Job"] == []
+    for t in _targets(writer).values():
+        assert (t["state"], t["reason"], t["path"]) == ("Built", "CheckpointOnVolume",
+                                                        "llama-3-8b")
+        assert "PersistentVolumeClaim models" in t["message"]
+        assert t.get("job") is None
+    assert "modelCache" not in _status(writer)
+    ready = next(c for c in _status(writer)["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "True"
+
+
+def test_a_volume_checkpoint_is_not_quantized_and_says_how_to_serve_an_export() -> None:
+    controller, view, writer, _events = _quantized_setup([H100])
+    view.body["spec"]["model"] = {"volume": {"claimName": "models", "path": "llama-3-8b"}}
+    view.claims["models"] = view.claims["trtllm-engines"]
+    asyncio.run(controller.reconcile(KEY))
+
+    assert [a for a in writer.applied if a["kind"] == "Job"] == []
+    target = _targets(writer)[H100]
+    assert (target["state"], target["reason"]) == ("Invalid", "BackendFeatureUnavailable")
+    assert "spec.build.quantization.format fp8 with spec.model.volume" in target["message"]
+    assert "hf_quant_config.json" in target["message"]

@@ -192,6 +192,8 @@ class EngineController:
             if pytorch and model is not None and hf_repo is not None and not quantized:
                 # No engine to build: the target serves the cached checkpoint once it is in.
                 decision = mc.serve_cached_checkpoint(decision, model, hf_repo)
+            elif pytorch and not quantized and engine.spec.model.volume is not None:
+                decision = mc.serve_volume_checkpoint(decision, engine.spec)
             elif pytorch and not quantized:
                 decision = Decision(decision.status)  # refused by preflight: never a Job
             decisions.append(mc.gate_target(decision, model) if model else decision)

@@ -366,3 +366,19 @@ def serve_cached_checkpoint(decision: Decision, model: ModelDecision, repo: str)
         "message": f"serves the cached checkpoint {repo}@{(m.commit or '')[:12]} with "
                    f"trtllm-serve --backend pytorch (no engine build on this backend)",
         "total_bytes": m.total_bytes, "checkpoint_bytes": m.checkpoint_bytes}))
+
+
+def serve_volume_checkpoint(decision: Decision, spec: LLMEngineSpec) -> Decision:
+    """A target of the pytorch backend whose checkpoint is on a volume: nothing is downloaded
+    or built; serving pods mount the model's claim and trtllm-serve loads the folder where it
+    is. Built at once where the tensorrt backend would start a build; targets refused by
+    preflight are left as they are, and no Job is ever created."""
+    volume = spec.model.volume
+    if not decision.create_job or volume is None:
+        return Decision(decision.status)
+    return Decision(decision.status.model_copy(update={
+        "state": "Built", "reason": "CheckpointOnVolume", "job": None,
+        "path": volume.path.strip("/"),
+        "message": f"serves the checkpoint on PersistentVolumeClaim {volume.claim_name} at "
+                   f"{volume.path} with trtllm-serve --backend pytorch (nothing to download "
+                   f"or build on this backend)"}))

@@ -26,6 +26,7 @@ from typing import Any, Final
 from trtllm_jobs import cache as _jobcache
 from trtllm_jobs.spec import parse_quantize_spec
 from trtllm_operator.api import LLMEngine, LLMEngineSpec
+from trtllm_operator.validation import effective_backend
 
 FINGERPRINT_SCHEMA: Final = 1
 """Bumped only when the meaning of the fingerprint changes (forces rebuilds)."""
@@ -141,6 +142,16 @@ def job_name(fp: str, spec: LLMEngineSpec) -> str:
     """
     storage = f"{spec.storage.claim_name}\0{spec.storage.path_prefix}"
     return JOB_PREFIX + hashlib.sha256(f"{fp}\0{storage}".encode()).hexdigest()[:12]
+
+
+def serving_claim(spec: LLMEngineSpec) -> tuple[str, str]:
+    """(claim, its spec field) that serving pods mount the target's folder from: the model's
+    own volume for a pytorch engine serving a volume-sourced checkpoint where it is (nothing
+    is built or copied), else the storage claim (engines, the model cache, exports)."""
+    volume = spec.model.volume
+    if volume is not None and effective_backend(spec) == "pytorch":
+        return volume.claim_name, "spec.model.volume.claimName"
+    return spec.storage.claim_name, "spec.storage.claimName"
 
 
 def plan_target(engine: LLMEngine, gpu: str) -> TargetPlan:
