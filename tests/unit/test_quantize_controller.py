@@ -313,3 +313,21 @@ def test_a_volume_checkpoint_is_not_quantized_and_says_how_to_serve_an_export() 
     assert (target["state"], target["reason"]) == ("Invalid", "BackendFeatureUnavailable")
     assert "spec.build.quantization.format fp8 with spec.model.volume" in target["message"]
     assert "hf_quant_config.json" in target["message"]
+
+
+def test_a_quantize_pod_that_cannot_pull_its_image_is_pending_with_the_reason() -> None:
+    controller, view, writer, _events = _quantized_setup([H100])
+    asyncio.run(controller.reconcile(KEY))
+    (job,) = _jobs(writer, "trtllm-quantize-")
+    name = job["metadata"]["name"]
+    view.jobs[name] = _job()
+    view.pods[name] = {"metadata": {"name": "p", "creationTimestamp": "2026-11-23T10:00:00Z"},
+                       "status": {"phase": "Pending", "containerStatuses": [{
+                           "name": "build", "state": {"waiting": {
+                               "reason": "ImagePullBackOff",
+                               "message": "Back-off pulling image"}}}]}}
+    _again(controller, view, writer)
+    target = _targets(writer)[H100]
+    assert (target["state"], target["reason"]) == ("Pending", "ImagePullFailed")
+    assert "spec.build.image" in target["message"]
+    assert len(_jobs(writer, "trtllm-quantize-")) == 1
