@@ -146,3 +146,21 @@ def test_the_quantize_job_runs_the_package_on_the_chosen_gpu_offline() -> None:
     assert job["spec"]["podFailurePolicy"]["rules"][0]["onExitCodes"]["values"] == list(
         job_contract.PERMANENT_EXIT_CODES)
     assert "ttlSecondsAfterFinished" not in job["spec"]
+
+
+def test_the_pytorch_sample_reaches_the_quantize_and_download_entrypoints_intact() -> None:
+    import yaml
+
+    from tests.conftest import ROOT
+    body = yaml.safe_load((ROOT / "samples/llmengine-llama-3-8b-pytorch-fp8.yaml").read_text())
+    body["metadata"] |= {"namespace": "ml", "uid": "u"}
+    sample = LLMEngine.model_validate(body)
+    data = mc.plan_calibration(sample.spec)
+    assert data is not None
+    download = parse_download_spec(mc.download_spec(data))
+    assert (download.repo_type, download.files) == ("dataset", ("3.0.0/validation-*",))
+    parsed = parse_quantize_spec(planning.quantize_job_spec(sample.spec, SHA,
+                                                            data.entry_path("d" * 40)))
+    assert parsed.format == "fp8"
+    assert parsed.calibration is not None
+    assert (parsed.calibration.text_field, parsed.calibration.size) == ("article", 512)
