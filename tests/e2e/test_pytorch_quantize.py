@@ -163,6 +163,9 @@ def test_restarting_the_operator_mid_quantize_starts_no_second_quantize(
     wait_for(quantizing, 90, "the quantize Job to run")
     before = [(j.metadata.name, j.metadata.uid) for j in _jobs(api_client, namespace, QUANTIZE)]
     assert len(before) == 1
+    # The status says where it runs and why there.
+    message = targets(get_engine("slow"))[H100]["message"]
+    assert "holds the 15.0 GiB model at 16 bits on 1 GPU(s)" in message, message
     building = condition(get_engine("slow"), "Building")
     assert building is not None
     assert building["status"] == "True"

@@ -127,6 +127,8 @@ def test_a_restarted_operator_creates_no_second_job_and_targets_follow_it_to_bui
     for gpu in (H100, L40S):
         assert (targets[gpu]["state"], targets[gpu]["reason"]) == ("Building", "Quantizing")
         assert name in targets[gpu]["message"]
+        assert f"on {H100} ({H100} holds the 16.0 GiB model at 16 bits on 1 GPU(s)" in (
+            targets[gpu]["message"])
     building = next(c for c in _status(writer)["conditions"] if c["type"] == "Building")
     assert building["status"] == "True"
 

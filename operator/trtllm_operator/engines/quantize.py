@@ -220,6 +220,8 @@ def decide_quantize(plan: QuantizePlan, namespace: str, observed: QuantizeObserv
             "Pending", "JobCreated", f"quantize Job {name} created for {plan.describe()} on "
             f"{choice.gpus} {choice.gpu} GPU(s): {choice.why}", create_job=True)
     where = job_gpu(job) or "its GPU type"
+    # Why there: when this engine would choose the same (another one may have created it).
+    chosen = f" ({choice.why})" if choice is not None and choice.gpu == job_gpu(job) else ""
     summary = termination_summary(observed.pod) or {}
     if _condition(job, "Complete"):
         hit = summary.get("phase") == job_contract.Phase.CACHE_HIT
@@ -255,9 +257,9 @@ def decide_quantize(plan: QuantizePlan, namespace: str, observed: QuantizeObserv
     if phase in ("Running", "Succeeded", "Failed"):
         return QuantizeOutcome("Building", "Quantizing",
                                f"quantizing {plan.describe()} with ModelOpt in Job {name} on "
-                               f"{where}", start_time=started)
+                               f"{where}{chosen}", start_time=started)
     return QuantizeOutcome("Pending", "JobStarting", f"quantize Job {name} is starting on "
-                           f"{where}", start_time=started)
+                           f"{where}{chosen}", start_time=started)
 
 
 def apply_outcome(decision: Decision, plan: QuantizePlan, outcome: QuantizeOutcome,
