@@ -112,7 +112,7 @@ def test_one_quantize_job_on_the_first_target_that_holds_the_model_and_none_for_
 
 
 def test_a_restarted_operator_creates_no_second_job_and_targets_follow_it_to_built() -> None:
-    controller, view, writer, _events = _quantized_setup([H100, L40S])
+    controller, view, writer, events = _quantized_setup([H100, L40S])
     asyncio.run(controller.reconcile(KEY))
     (job,) = _jobs(writer, "trtllm-quantize-")
     name = job["metadata"]["name"]
@@ -149,6 +149,7 @@ def test_a_restarted_operator_creates_no_second_job_and_targets_follow_it_to_bui
             controller_engine(view), gpu).fingerprint
     ready = next(c for c in _status(writer)["conditions"] if c["type"] == "Ready")
     assert ready["status"] == "True"
+    assert {("Normal", "QuantizeStarted"), ("Normal", "Quantized")} <= set(events)
 
     # The finished Job is cleaned up: what the engine recorded stands, nothing is re-run.
     del view.jobs[name], view.pods[name]

@@ -493,7 +493,8 @@ class EngineController:
                 continue
             kind = ("Warning" if announced or t.state in ("Failed", "Invalid", "Unschedulable")
                     else "Normal")
-            reason = t.reason if announced and t.reason else {
+            reason = t.reason if announced and t.reason else _QUANTIZE_EVENTS.get(
+                (t.state, t.reason or "")) or {
                 "Pending": "BuildPending", "Building": "BuildStarted", "Built": "Built",
                 "Failed": "BuildFailed", "Invalid": "TargetInvalid",
                 "Unschedulable": "TargetUnschedulable"}[t.state]
@@ -518,6 +519,11 @@ class EngineController:
                 self.events(body, "Normal", "TargetSkipped",
                             f"{s.gpu}: auto does not build for it ({s.reason}): "
                             f"{s.message}"[:1024])
+
+
+_QUANTIZE_EVENTS = {("Building", "Quantizing"): "QuantizeStarted",
+                    ("Built", "Quantized"): "Quantized"}
+"""Event reasons of a pytorch target following its quantize Job (a build's otherwise)."""
 
 
 def _count_build_outcome(t: EngineTargetStatus) -> None:
