@@ -34,6 +34,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any, ClassVar, Final, TypeVar
 
@@ -218,7 +219,7 @@ class Progress:
 def cached(spec: DownloadSpec, commit: str, report: DownloadReport) -> bool:
     """True if the entry of ``commit`` is published; otherwise clear its path."""
     entry = spec.entry(commit)
-    manifest, why = cache.read_entry(entry, spec.repo, commit)
+    manifest, why = cache.read_entry(entry, spec.repo, commit, spec.repo_type)
     if manifest is not None:
         report.take_manifest(manifest)
         return True
@@ -234,7 +235,8 @@ def resolve(spec: DownloadSpec, report: DownloadReport, steps: Steps) -> HubMode
                              "cache and HF_HUB_OFFLINE is set: unset it, or copy the model "
                              "into the cache")
         model = with_retries("resolve", lambda: resolve_hub_model(
-            spec.repo, spec.revision, hf_token(), access_reason=Reason.MODEL_ACCESS_DENIED,
+            spec.repo, spec.revision, hf_token(), spec.repo_type,
+            access_reason=Reason.MODEL_ACCESS_DENIED,
             retry_note=f"gave up after {RETRY_ATTEMPTS} attempts; the Job retries"))
         report.commit = model.sha
         notes.append(f"{spec.describe()} = commit {model.sha}, {len(model.files)} files")
@@ -290,7 +292,7 @@ def verify(spec: DownloadSpec, staging: Path, model: HubModel,
             remove_tree(staging / name)
             raise JobFailure(Reason.DOWNLOAD_FAILED, f"{name} of {spec.describe()} does not "
                              f"match the hub's sha256 {expected}: removed; the Job retries")
-    if not (staging / "config.json").is_file():
+    if spec.repo_type == "model" and not (staging / "config.json").is_file():
         raise JobFailure(Reason.MODEL_NOT_FOUND, f"{spec.describe()} has no config.json: not a "
                          "Hugging Face transformers checkpoint")
 
@@ -302,12 +304,15 @@ def write_manifest(spec: DownloadSpec, staging: Path, model: HubModel, report: D
     manifest: dict[str, Any] = {
         "schemaVersion": cache.MANIFEST_SCHEMA_VERSION,
         "source": "huggingFace",
+        **({"repoType": spec.repo_type, "allowPatterns": list(spec.files)}
+           if spec.repo_type != "model" else {}),
         "repo": spec.repo,
         "revision": spec.revision,
         "commit": model.sha,
         "totalBytes": total,
         "weightBytes": weight_bytes((f["path"], f["bytes"]) for f in files),
-        "checkpointBytes": hub_bytes_at_16_bits(list(kept), model.parameters),
+        "checkpointBytes": (hub_bytes_at_16_bits(list(kept), model.parameters)
+                            if spec.repo_type == "model" else None),
         "ignorePatterns": list(ignore),
         "versions": {"huggingfaceHub": _hub_version(),
                      "python": ".".join(map(str, sys.version_info[:3]))},
@@ -329,9 +334,23 @@ def _hub_version() -> str | None:
     return None
 
 
+def dataset_files(spec: DownloadSpec, model: HubModel
+                  ) -> tuple[tuple[str, ...], list[tuple[str, int]]]:
+    """(no ignore patterns, the files of a dataset repo the spec's ``files`` select); none
+    selected is ModelNotFound, naming what the repo holds."""
+    kept = [(n, s) for n, s in model.files
+            if not spec.files or any(fnmatch(n, p) for p in spec.files)]
+    if not kept:
+        listed = ", ".join(n for n, _ in model.files[:12])
+        raise JobFailure(Reason.MODEL_NOT_FOUND, f"no file of {spec.describe()} matches "
+                         f"{', '.join(spec.files)} (it holds {listed}): fix "
+                         "spec.build.quantization.calibration.files")
+    return (), kept
+
+
 def execute(spec: DownloadSpec, report: DownloadReport, steps: Steps) -> str:
     """Every step; returns the phase: Downloaded or CacheHit. Raises JobFailure."""
-    log(f"model {spec.describe()} into the cache at {spec.model_dir}")
+    log(f"{spec.describe()} into the cache at {spec.model_dir}")
     if is_commit(spec.revision):
         with steps.run("cache") as notes:
             # A pinned commit needs no hub at all when it is cached (works offline).
@@ -348,7 +367,7 @@ def execute(spec: DownloadSpec, report: DownloadReport, steps: Steps) -> str:
             notes.append(f"already cached at {entry}")
             return Phase.CACHE_HIT
         notes.append(f"not cached yet: downloading into {entry}")
-    ignore, kept = kept_files(model)
+    ignore, kept = kept_files(model) if spec.repo_type == "model" else dataset_files(spec, model)
     need = sum(s for _, s in kept)
     # Named after the Job: its next pod resumes here.
     staging = staging_dir(entry, os.environ.get("JOB_NAME"))
@@ -363,7 +382,7 @@ def execute(spec: DownloadSpec, report: DownloadReport, steps: Steps) -> str:
                 Progress(staging, need, _env_seconds(ENV_PROGRESS_SECONDS,
                                                      PROGRESS_SECONDS_DEFAULT)) as progress:
             with_retries("download", lambda: download_hub_model(
-                spec.repo, model.sha, hf_token(), staging, ignore,
+                spec.repo, model.sha, hf_token(), staging, ignore, spec.repo_type, spec.files,
                 access_reason=Reason.MODEL_ACCESS_DENIED,
                 retry_note=f"gave up after {RETRY_ATTEMPTS} attempts; the Job retries and "
                            "resumes"))
@@ -376,8 +395,8 @@ def execute(spec: DownloadSpec, report: DownloadReport, steps: Steps) -> str:
             write_manifest(spec, staging, model, report, files, ignore, kept)
             notes.append(f"{len(files)} files, {human_bytes(report.total_bytes or 0)}")
         with steps.run("publish") as notes:
-            other = publish(staging, entry, lambda f: cache.read_entry(f, spec.repo, model.sha),
-                            "model cache entry")
+            other = publish(staging, entry, lambda f: cache.read_entry(
+                f, spec.repo, model.sha, spec.repo_type), "model cache entry")
             notes.append(f"published at {entry}" if other is None
                          else "another download published it first; kept that one")
         if other is not None:

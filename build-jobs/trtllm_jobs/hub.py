@@ -135,13 +135,15 @@ class HubModel(NamedTuple):
     """sha256 of each LFS-stored file (the weights), as the hub lists it."""
 
 
-def resolve_hub_model(repo: str, revision: str, token: str | None,
+def resolve_hub_model(repo: str, revision: str, token: str | None, repo_type: str = "model",
                       **failure: Any) -> HubModel:
-    """Pin ``revision`` to a commit and list the files, without downloading anything.
-    ``failure``: keyword arguments of :func:`hub_failure`."""
+    """Pin ``revision`` to a commit and list the files, without downloading anything (a
+    dataset repo through ``dataset_info``). ``failure``: keyword arguments of
+    :func:`hub_failure`."""
     api = hub().HfApi()
+    info_of = api.dataset_info if repo_type == "dataset" else api.model_info
     try:
-        info = api.model_info(repo, revision=revision, token=token, files_metadata=True)
+        info = info_of(repo, revision=revision, token=token, files_metadata=True)
     except JobFailure:
         raise  # SIGTERM arrived meanwhile: Terminated, not a hub problem
     except OSError as exc:
@@ -177,12 +179,15 @@ def kept_files(model: HubModel) -> tuple[tuple[str, ...], list[tuple[str, int]]]
 
 
 def download_hub_model(repo: str, sha: str, token: str | None, dest: Path,
-                       ignore: Sequence[str], **failure: Any) -> Path:
-    """Download ``repo`` at commit ``sha`` into ``dest``. ``failure``: keyword arguments of
-    :func:`hub_failure`."""
+                       ignore: Sequence[str], repo_type: str = "model",
+                       allow: Sequence[str] = (), **failure: Any) -> Path:
+    """Download ``repo`` at commit ``sha`` into ``dest`` (a dataset repo: only the files
+    matching ``allow``, if given). ``failure``: keyword arguments of :func:`hub_failure`."""
     try:
-        folder = hub().snapshot_download(repo_id=repo, revision=sha, token=token,
-                                         local_dir=str(dest), ignore_patterns=list(ignore))
+        folder = hub().snapshot_download(repo_id=repo, repo_type=repo_type, revision=sha,
+                                         token=token, local_dir=str(dest),
+                                         allow_patterns=list(allow) or None,
+                                         ignore_patterns=list(ignore))
     except JobFailure:
         raise  # SIGTERM arrived meanwhile: Terminated, not a hub problem
     except OSError as exc:

@@ -12,9 +12,10 @@ Contract with the operator (see build-jobs/README.md):
 
 - input: a JSON quantize spec in env ``TRTLLM_QUANTIZE_SPEC`` (or ``--spec FILE``); the model
   is a published model-cache entry (``model.cachedPath``), never the hub.
-- calibration: samples from ``calibration.datasetPath`` (JSON Lines with a ``text`` field, or
-  a folder of such files) on the claim, offline; a named ``calibration.dataset`` is fetched
-  through ModelOpt only because the spec names it. No calibration named: CalibrationDataMissing.
+- calibration: samples from ``calibration.datasetPath`` on the claim, offline: a JSON Lines,
+  JSON or Parquet file, or a folder of them (a dataset repo the CPU download Job cached;
+  ``calibration.files`` narrows it), each record's ``calibration.textField``. This job never
+  downloads. No calibration named: CalibrationDataMissing.
 - steps: cache (a valid export is a cache hit) -> the cached model checked -> calibration data
   -> disk -> load -> quantize -> export into ``<output>.staging-<job>`` -> manifest -> fsync ->
   rename to ``<cacheRoot>/quantized/<org>--<name>/<commit>/<format>[-kv<kvdtype>]``.
@@ -34,6 +35,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from fnmatch import fnmatch
 from pathlib import Path
 from types import ModuleType
 from typing import Any, ClassVar, Final
@@ -57,7 +59,9 @@ from .spec import ENV_QUANTIZE_SPEC, Calibration, QuantizeSpec, parse_quantize_s
 
 MANIFEST_NAME: Final = "quantize-manifest.json"
 MANIFEST_SCHEMA_VERSION: Final = 1
-CALIBRATION_SUFFIXES: Final = (".jsonl",)
+CALIBRATION_SUFFIXES: Final = (".jsonl", ".json", ".parquet")
+"""Data files read for samples: JSON Lines, JSON (a list of records), Parquet (through
+pyarrow, which the image's ``datasets`` dependency brings)."""
 
 
 @dataclasses.dataclass
@@ -94,45 +98,86 @@ def read_export(folder: Path, spec: QuantizeSpec) -> tuple[dict[str, Any] | None
 # --------------------------------------------------------------------------- calibration
 
 
-def _calibration_files(path: Path) -> list[Path]:
+def _calibration_files(calibration: Calibration) -> list[Path]:
+    path = calibration.dataset_path
     if path.is_file():
         return [path]
-    if path.is_dir():
-        return sorted(p for p in path.rglob("*") if p.is_file()
-                      and p.suffix in CALIBRATION_SUFFIXES)
-    return []
+    if not path.is_dir():
+        return []
+    found = []
+    for p in sorted(path.rglob("*")):
+        relative = p.relative_to(path).as_posix()
+        if not p.is_file() or p.suffix not in CALIBRATION_SUFFIXES or p.name in (
+                cache.MANIFEST_NAME,) or relative.startswith(".cache/"):
+            continue
+        if calibration.files and not any(fnmatch(relative, f) for f in calibration.files):
+            continue
+        found.append(p)
+    return found
+
+
+def _records(file: Path) -> Iterator[tuple[int, Any]]:
+    """(position, record) of each record of a data file."""
+    if file.suffix == ".parquet":
+        try:
+            parquet = importlib.import_module("pyarrow.parquet")
+        except ImportError as exc:
+            raise JobFailure(Reason.CALIBRATION_DATA_MISSING, (
+                f"{file} is Parquet and pyarrow is not importable ({exc}): convert the "
+                f"samples to JSON Lines, or set calibration.files to the repo's .jsonl "
+                f"files")) from exc
+        table = parquet.read_table(str(file))
+        for number, record in enumerate(table.to_pylist(), 1):
+            yield number, record
+        return
+    with file.open(encoding="utf-8", errors="strict") as handle:
+        if file.suffix == ".json":
+            try:
+                data = json.loads("".join(_lines(handle, file)))
+            except ValueError as exc:
+                raise JobFailure(Reason.CALIBRATION_DATA_MISSING, (
+                    f"{file} is not JSON ({exc}): a .json calibration file holds a list of "
+                    f"records")) from exc
+            yield from enumerate(data if isinstance(data, list) else [data], 1)
+            return
+        for number, line in enumerate(_lines(handle, file), 1):
+            if not line.strip():
+                continue
+            try:
+                yield number, json.loads(line)
+            except ValueError as exc:
+                raise JobFailure(Reason.CALIBRATION_DATA_MISSING, (
+                    f"{file} line {number} is not JSON ({exc}): calibration files hold one "
+                    f"JSON object per line")) from exc
 
 
 def read_calibration_texts(calibration: Calibration) -> list[str]:
-    """Up to ``size`` non-empty ``text`` values from the JSON Lines file(s) at datasetPath."""
-    path = calibration.dataset_path
-    assert path is not None
-    files = _calibration_files(path)
+    """Up to ``size`` non-empty ``textField`` values from the data files at datasetPath."""
+    path, field = calibration.dataset_path, calibration.text_field
+    files = _calibration_files(calibration)
     if not files:
+        only = f" matching {', '.join(calibration.files)}" if calibration.files else ""
         raise JobFailure(Reason.CALIBRATION_DATA_MISSING, (
-            f"calibration.datasetPath {path} is {'an empty folder' if path.is_dir() else 'missing'}"
-            f": put a .jsonl file (one {{\"text\": ...}} object per line) there on the claim, "
-            f"or point spec.build.quantization.calibration.datasetPath at one"))
+            f"calibration.datasetPath {path} "
+            f"{'holds no .jsonl, .json or .parquet file' + only if path.is_dir() else 'is missing'}"
+            f": put a .jsonl file (one {{\"{field}\": ...}} object per line) there on the "
+            f"claim, or point spec.build.quantization.calibration at one"))
     texts: list[str] = []
+    seen: set[str] = set()
     for file in files:
-        with file.open(encoding="utf-8", errors="strict") as handle:
-            for number, line in enumerate(_lines(handle, file), 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except ValueError as exc:
-                    raise JobFailure(Reason.CALIBRATION_DATA_MISSING, (
-                        f"{file} line {number} is not JSON ({exc}): calibration files hold one "
-                        f"{{\"text\": ...}} object per line")) from exc
-                text = record.get("text") if isinstance(record, dict) else None
-                if isinstance(text, str) and text.strip():
-                    texts.append(text)
-                if len(texts) >= calibration.size:
-                    return texts
+        for _, record in _records(file):
+            if isinstance(record, dict):
+                seen.update(str(k) for k in record)
+            text = record.get(field) if isinstance(record, dict) else None
+            if isinstance(text, str) and text.strip():
+                texts.append(text)
+            if len(texts) >= calibration.size:
+                return texts
     if not texts:
+        fields = f" (the records have {', '.join(sorted(seen)[:12])})" if seen else ""
         raise JobFailure(Reason.CALIBRATION_DATA_MISSING, (
-            f"no calibration sample in {path}: no line holds a non-empty \"text\" string"))
+            f"no calibration sample in {path}: no record holds a non-empty \"{field}\" "
+            f"string{fields}; set spec.build.quantization.calibration.textField"))
     return texts
 
 
@@ -189,26 +234,17 @@ def quant_config(mtq: ModuleType, fmt: str, kv_cache_dtype: str | None) -> Any:
 
 
 def forward_loop(spec: QuantizeSpec, tokenizer: Any, torch: ModuleType,
-                 texts: list[str] | None) -> Callable[[Any], None]:
+                 texts: list[str]) -> Callable[[Any], None]:
     """What mtq.quantize runs the model through to collect activation statistics."""
     calibration = spec.calibration
     assert calibration is not None
 
     def loop(model: Any) -> None:
         with torch.no_grad():
-            if texts is not None:
-                for batch in _batches(texts, calibration.batch_size):
-                    encoded = tokenizer(batch, return_tensors="pt", padding=True,
-                                        truncation=True, max_length=calibration.max_seq_length)
-                    model(**encoded.to(model.device))
-                return
-            dataset_utils = _import("modelopt.torch.utils.dataset_utils")
-            loader = dataset_utils.get_dataset_dataloader(
-                dataset_name=calibration.dataset, tokenizer=tokenizer,
-                batch_size=calibration.batch_size, num_samples=calibration.size,
-                max_sample_length=calibration.max_seq_length, device=model.device)
-            for batch in loader:
-                model(**batch)
+            for batch in _batches(texts, calibration.batch_size):
+                encoded = tokenizer(batch, return_tensors="pt", padding=True,
+                                    truncation=True, max_length=calibration.max_seq_length)
+                model(**encoded.to(model.device))
 
     return loop
 
@@ -243,12 +279,11 @@ def execute(spec: QuantizeSpec, report: QuantizeReport, steps: Steps) -> Phase:
             raise JobFailure(Reason.CALIBRATION_DATA_MISSING, (
                 f"{spec.format} calibrates its scales on sample text, and the spec names none: "
                 f"set spec.build.quantization.calibration.datasetPath to a .jsonl file on the "
-                f"claim (read offline), or calibration.downloadDataset true to fetch "
-                f"calibration.dataset; the job never downloads a default dataset by surprise"))
-        texts = read_calibration_texts(calibration) if calibration.dataset_path else None
+                f"claim, or calibration.dataset with downloadDataset true (the CPU download "
+                f"Job fetches it); this job runs offline and never downloads"))
+        texts = read_calibration_texts(calibration)
         report.calibration = calibration.describe()
-        notes.append(report.calibration if texts is None
-                     else f"{len(texts)} samples from {calibration.dataset_path}")
+        notes.append(f"{len(texts)} samples from {calibration.dataset_path}")
     staging = staging_dir(output, os.environ.get("JOB_NAME") or None)
     with steps.run("disk") as notes:
         need = with_margin(checkpoint_bytes)
@@ -278,7 +313,7 @@ def execute(spec: QuantizeSpec, report: QuantizeReport, steps: Steps) -> Phase:
     return Phase.CACHE_HIT if other is not None else Phase.QUANTIZED
 
 
-def _quantize_into(spec: QuantizeSpec, staging: Path, texts: list[str] | None,
+def _quantize_into(spec: QuantizeSpec, staging: Path, texts: list[str],
                    steps: Steps) -> None:
     with steps.run("load") as notes:
         mtq = _import("modelopt.torch.quantization")
@@ -345,11 +380,7 @@ def _manifest(spec: QuantizeSpec, staging: Path, report: QuantizeReport) -> dict
         "schemaVersion": MANIFEST_SCHEMA_VERSION, "repo": spec.repo, "commit": spec.commit,
         "format": spec.format, "kvCacheDtype": spec.kv_cache_dtype,
         "model": str(spec.cached_path),
-        "calibration": {"datasetPath": str(calibration.dataset_path)
-                        if calibration.dataset_path else None,
-                        "dataset": calibration.dataset, "size": calibration.size,
-                        "maxSeqLength": calibration.max_seq_length,
-                        "batchSize": calibration.batch_size},
+        "calibration": calibration.settings(),
         "modelopt": {"config": MODELOPT_CONFIGS[spec.format],
                      "kvConfig": MODELOPT_KV_CONFIGS.get(spec.kv_cache_dtype or "")},
         "versions": {"modelopt": _version("nvidia-modelopt"),

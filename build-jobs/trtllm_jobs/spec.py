@@ -259,21 +259,30 @@ class DownloadSpec:
     repo: str
     revision: str
     cache_root: Path
-    """The shared volume's mount: the entry is ``<cacheRoot>/models/<org>--<name>/<commit>``."""
+    """The shared volume's mount: the entry is ``<cacheRoot>/models/<org>--<name>/<commit>``
+    (``datasets/...`` for a dataset repo)."""
+    repo_type: str = "model"
+    """model, or dataset: calibration samples, fetched here so the GPU Job runs offline."""
+    files: tuple[str, ...] = ()
+    """A dataset's files to fetch (glob patterns); empty: the whole repo."""
 
     @property
     def model_dir(self) -> Path:
-        """``<cacheRoot>/models/<org>--<name>``: one folder per commit inside."""
-        return cache.model_dir(self.cache_root, self.repo)
+        """The folder holding one entry per commit of the repo."""
+        return self.entry("0" * 40).parent
 
     def entry(self, commit: str) -> Path:
+        if self.repo_type == "dataset":
+            return cache.dataset_entry_dir(self.cache_root, self.repo, commit, self.files)
         return cache.entry_dir(self.cache_root, self.repo, commit)
 
     def describe(self) -> str:
-        return f"{self.repo}@{self.revision}"
+        what = "dataset " if self.repo_type == "dataset" else ""
+        return f"{what}{self.repo}@{self.revision}"
 
 
-_DOWNLOAD_FIELDS: Final = frozenset({"version", "kind", "model", "cacheRoot"})
+_DOWNLOAD_FIELDS: Final = frozenset({"version", "kind", "model", "cacheRoot", "repoType",
+                                     "files"})
 
 
 def parse_download_spec(raw: Any) -> DownloadSpec:
@@ -295,8 +304,27 @@ def parse_download_spec(raw: Any) -> DownloadSpec:
                                 "a volume model is read where it is")
     if model.cached_path is not None:
         invalid("model.cachedPath", "not a download field: the download decides the path")
+    repo_type = string(obj, "repoType", "repoType", choices=("model", "dataset"),
+                       optional=True) or "model"
+    files = parse_files(obj.get("files"), "files")
+    if files and repo_type != "dataset":
+        invalid("files", "only a dataset download takes a subset of files; a model download "
+                         "fetches what the converter reads")
     return DownloadSpec(raw=obj, repo=model.repo, revision=model.revision,
-                        cache_root=absolute_path(obj, "cacheRoot", "cacheRoot"))
+                        cache_root=absolute_path(obj, "cacheRoot", "cacheRoot"),
+                        repo_type=repo_type, files=files)
+
+
+def parse_files(value: Any, field: str) -> tuple[str, ...]:
+    """A list of relative glob patterns (no '..', not absolute), or null."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        invalid(field, f"must be a list of non-empty strings, got {json.dumps(value)[:80]}")
+    for pattern in value:
+        if pattern.startswith("/") or ".." in pattern.split("/"):
+            invalid(field, f"{pattern!r} must be relative to the repo, without '..'")
+    return tuple(value)
 
 
 def is_commit(revision: str) -> bool:
@@ -306,18 +334,31 @@ def is_commit(revision: str) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class Calibration:
-    """Where the quantize job's calibration samples come from: a file or folder on the claim
-    (offline), or, only when the spec names one, a dataset fetched through ModelOpt."""
+    """Where the quantize job's calibration samples come from: a file or folder on the claim,
+    read offline: the user's own, or a dataset repo the CPU download Job put in the cache."""
 
-    dataset_path: Path | None
-    dataset: str | None
+    dataset_path: Path
     size: int
     max_seq_length: int
     batch_size: int
+    files: tuple[str, ...] = ()
+    """Glob patterns (relative to datasetPath) of the files to read; empty: every data file."""
+    text_field: str = "text"
+    """The field (column) of each record holding the sample text."""
 
     def describe(self) -> str:
-        where = str(self.dataset_path) if self.dataset_path else f"dataset {self.dataset}"
-        return f"{self.size} samples of {self.max_seq_length} tokens from {where}"
+        return (f"{self.size} samples of {self.max_seq_length} tokens from "
+                f"{self.dataset_path} ({self.text_field})")
+
+    def settings(self) -> dict[str, Any]:
+        """Every setting that changes the scales, defaults filled in: the export's key."""
+        out: dict[str, Any] = {"size": self.size, "maxSeqLength": self.max_seq_length,
+                               "batchSize": self.batch_size,
+                               "datasetPath": str(self.dataset_path),
+                               "textField": self.text_field}
+        if self.files:
+            out["files"] = list(self.files)
+        return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -337,8 +378,10 @@ class QuantizeSpec:
 
     @property
     def output_dir(self) -> Path:
+        calibration = (cache.calibration_key(self.calibration.settings())
+                       if self.calibration is not None else None)
         return cache.quantized_dir(self.cache_root, self.repo, self.commit, self.format,
-                                   self.kv_cache_dtype)
+                                   self.kv_cache_dtype, calibration)
 
     def describe(self) -> str:
         kv = f" (KV cache {self.kv_cache_dtype})" if self.kv_cache_dtype else ""
@@ -347,7 +390,8 @@ class QuantizeSpec:
 
 _QUANTIZE_FIELDS: Final = frozenset({"version", "kind", "model", "format", "kvCacheDtype",
                                      "calibration", "cacheRoot"})
-_CALIBRATION_FIELDS: Final = ("datasetPath", "dataset", "size", "maxSeqLength", "batchSize")
+_CALIBRATION_FIELDS: Final = ("datasetPath", "files", "textField", "size", "maxSeqLength",
+                               "batchSize")
 
 
 def parse_quantize_spec(raw: Any) -> QuantizeSpec:
@@ -380,17 +424,15 @@ def parse_quantize_spec(raw: Any) -> QuantizeSpec:
     if obj.get("calibration") is not None:
         calib = as_object(obj["calibration"], "calibration")
         known_keys(calib, _CALIBRATION_FIELDS, "calibration")
-        path = (absolute_path(calib, "datasetPath", "calibration.datasetPath")
-                if calib.get("datasetPath") is not None else None)
-        dataset = string(calib, "dataset", "calibration.dataset", optional=True)
-        if (path is None) == (dataset is None):
-            invalid("calibration", "name exactly one source: datasetPath (a file or folder on "
-                                   "the claim, read offline) or dataset (fetched)")
+        path = absolute_path(calib, "datasetPath", "calibration.datasetPath")
         ints = {key: positive_int(calib.get(key), f"calibration.{key}",
                                   default=int(CALIBRATION_DEFAULTS[key]))
                 for key in ("size", "batchSize", "maxSeqLength")}
-        calibration = Calibration(path, dataset, ints["size"], ints["maxSeqLength"],
-                                  ints["batchSize"])
+        calibration = Calibration(
+            path, ints["size"], ints["maxSeqLength"], ints["batchSize"],
+            files=parse_files(calib.get("files"), "calibration.files"),
+            text_field=string(calib, "textField", "calibration.textField",
+                              pattern=r"[^\s]+", optional=True) or "text")
     return QuantizeSpec(raw=obj, repo=repo, commit=commit, cached_path=cached, format=fmt,
                         kv_cache_dtype=kv, calibration=calibration,
                         cache_root=absolute_path(obj, "cacheRoot", "cacheRoot"))

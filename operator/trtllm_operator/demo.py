@@ -1,8 +1,10 @@
 """``make demo``: the whole product on a laptop with no GPU and no Docker.
 
-Starts the local control plane with a small simulated GPU fleet (H100, L40S and A100 nodes),
-installs the CRDs, runs the operator, applies every sample, and shows the engines building and
-the deployments becoming Ready in a live table. Ctrl-C tears everything down; with
+Starts the local control plane with a small simulated GPU fleet (H100, L40S and A100 nodes,
+and CPU nodes for the downloads), installs the CRDs, runs the operator, applies every sample
+(engines of both backends: tensorrt engines built per GPU type, and a pytorch one quantized
+once to fp8 and served as a checkpoint), and shows the engines building and the deployments
+becoming Ready in a live table. Ctrl-C tears everything down; with
 ``--exit-when-ready`` it exits by itself once every sample is Ready (0), or fails after
 ``--timeout`` seconds (1).
 """
@@ -26,7 +28,8 @@ from trtllm_operator.localcluster.cluster import ClusterOptions, LocalCluster, s
 from trtllm_operator.localcluster.operator_process import OperatorProcess
 
 NAMESPACE = "llm-demo"
-FLEET = {"h100": 2, "l40s": 2, "a100": 1}
+FLEET = {"h100": 2, "l40s": 2, "a100": 1, "cpu": 1}
+"""Simulated nodes by GPU type; ``cpu`` nodes (no GPU) run the model and dataset downloads."""
 CLAIMS = ("trtllm-engines", "models")
 
 
@@ -61,14 +64,18 @@ def _condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
 
 def table(engines: list[dict[str, Any]], deployments: list[dict[str, Any]]) -> str:
     """The live view: one line per engine target and per deployment."""
-    lines = [f"{'LLMENGINE':24} {'GPU TYPE':24} {'STATE':14} REASON"]
+    lines = [f"{'LLMENGINE':24} {'BACKEND':9} {'GPU TYPE':24} {'STATE':14} REASON"]
     for e in engines:
         name = e["metadata"]["name"]
-        ts = (e.get("status") or {}).get("targets") or []
+        status = e.get("status") or {}
+        backend = status.get("backend") or "-"
+        ts = status.get("targets") or []
         if not ts:
-            lines.append(f"{name:24} {'-':24} {'Pending':14} waiting for the operator")
+            lines.append(f"{name:24} {backend:9} {'-':24} {'Pending':14} waiting for the "
+                         f"operator")
         for t in ts:
-            lines.append(f"{name:24} {t['gpu']:24} {t['state']:14} {t.get('reason', '')}")
+            lines.append(f"{name:24} {backend:9} {t['gpu']:24} {t['state']:14} "
+                         f"{t.get('reason', '')}")
     lines.append("")
     lines.append(f"{'LLMDEPLOYMENT':24} {'GPU TYPE':24} {'READY':6} {'REPLICAS':9} REASON")
     for d in deployments:
@@ -88,8 +95,17 @@ def all_ready(objects: list[dict[str, Any]]) -> bool:
 def setup(kubectl: Kubectl, root: Path) -> None:
     """CRDs, the namespace, the Hugging Face token Secret and the two storage claims."""
     kubectl("apply", "--server-side", "-f", str(root / "crds"))
-    kubectl("wait", "--for=condition=Established", "--timeout=60s",
-            "crd/llmengines.trtllm.dev", "crd/llmdeployments.trtllm.dev")
+    for attempt in range(10):
+        try:
+            kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                    "crd/llmengines.trtllm.dev", "crd/llmdeployments.trtllm.dev")
+            break
+        except RuntimeError as exc:
+            # Asked in the instant before the API server writes a new CRD's first status,
+            # kubectl wait fails on the missing conditions instead of waiting for them.
+            if "accessor error" not in str(exc) or attempt == 9:
+                raise
+            time.sleep(0.5)
     kubectl("create", "namespace", NAMESPACE)
     # The simulated builds never contact Hugging Face; a real cluster needs a real token.
     kubectl("create", "secret", "generic", "hf-token", "-n", NAMESPACE,
@@ -126,7 +142,7 @@ def run(exit_when_ready: bool, timeout: float, build_seconds: float) -> int:
         with LocalCluster(tools, options) as cluster:
             assert cluster.kubeconfig
             for gpu, count in FLEET.items():
-                cluster.add_nodes(gpu, count)
+                cluster.add_nodes(None if gpu == "cpu" else gpu, count)
             kubectl = Kubectl(tools["kubectl"], cluster.kubeconfig)
             setup(kubectl, root)
             operator = OperatorProcess(cluster.kubeconfig, workdir / "operator.log")

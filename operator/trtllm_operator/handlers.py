@@ -58,10 +58,11 @@ BUILD_LABELS = {labels.MANAGED_BY: labels.MANAGER, labels.COMPONENT: jobbuilder.
 
 
 def _job_component(value: str | None, **_: Any) -> bool:
-    return value in (jobbuilder.BUILD_COMPONENT, model_cache.DOWNLOAD_COMPONENT)
+    return value in (jobbuilder.BUILD_COMPONENT, model_cache.DOWNLOAD_COMPONENT,
+                     jobbuilder.QUANTIZE_COMPONENT)
 
 
-# Build Jobs and model-download Jobs (and their pods): the engine reconcile reads both.
+# Build, model-download and quantize Jobs (and their pods): the engine reconcile reads them.
 JOB_LABELS: dict[str, Any] = {labels.MANAGED_BY: labels.MANAGER,
                               labels.COMPONENT: _job_component}
 SERVING_LABELS = {labels.MANAGED_BY: labels.MANAGER, labels.COMPONENT: serving.SERVING_COMPONENT}
@@ -380,10 +381,14 @@ def engine_builds(namespace: str | None, name: str, status: kopf.Status,
 def model_caches(namespace: str | None, name: str, status: kopf.Status,
                  **_: Any) -> dict[tuple[str, str], Any] | None:
     """Which LLMEngines record which download Job, and its state: (namespace, job) ->
-    (engine, status.modelCache). Lets an engine reuse a checkpoint another one saw Cached."""
-    model = status.get("modelCache") or {}
-    job = model.get("job")
-    return {(namespace or "", job): (name, copy.deepcopy(dict(model)))} if job else None
+    (engine, status.modelCache or status.calibrationData). Lets an engine reuse a checkpoint
+    (or a calibration dataset) another one saw Cached."""
+    out = {}
+    for field in ("modelCache", "calibrationData"):
+        model = status.get(field) or {}
+        if model.get("job"):
+            out[(namespace or "", model["job"])] = (name, copy.deepcopy(dict(model)))
+    return out or None
 
 
 @kopf.index(API_GROUP, API_VERSION, "llmengines")

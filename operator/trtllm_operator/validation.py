@@ -23,6 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from trtllm_jobs.spec import REPO_PATTERN
 from trtllm_operator import flag_tables, gpus
 from trtllm_operator import trtllm_facts as facts
 from trtllm_operator.api.common import EnvVar
@@ -37,6 +38,7 @@ from trtllm_operator.api.engine import (
 )
 
 _COMMIT_SHA = re.compile(r"^[0-9a-f]{40}$")
+
 
 # When a format does not run on a GPU, suggest the first of these that does: the nearest in
 # precision and memory saving, going from the newest formats to the most widely supported.
@@ -256,6 +258,14 @@ def check_backend_fields(spec: LLMEngineSpec) -> list[Finding]:
         if calibration is not None and calibration.download_dataset:
             refuse("spec.build.quantization.calibration.downloadDataset",
                    "is read only by the pytorch backend's quantize Job: remove it")
+        for name, set_ in (("revision", calibration is not None and calibration.revision),
+                           ("files", calibration is not None and calibration.files),
+                           ("textField", calibration is not None
+                            and calibration.text_field != "text")):
+            if set_:
+                refuse(f"spec.build.quantization.calibration.{name}",
+                       "is read only by the pytorch backend's quantize Job; quantize.py of the "
+                       "tensorrt backend takes calibration.dataset by name: remove it")
         return found
     serve_fields = "maxBatchSize, maxNumTokens, maxSeqLen, maxBeamWidth"
     if build.limits is not None:
@@ -312,29 +322,39 @@ def check_backend_fields(spec: LLMEngineSpec) -> list[Finding]:
                    "source; remove downloadDataset to calibrate offline from datasetPath, or "
                    "datasetPath to fetch calibration.dataset",
                    Reason.CALIBRATION_DATA_MISSING)
-    if (quant.format is not None or kv is not None) and not any(
-            f.field.startswith("spec.build.quantization") for f in found):
-        # A quantization spec that is right in itself, which the operator cannot act on yet:
-        # say so rather than wait forever for a Job never launched (field problems first).
-        refuse("spec.build.quantization",
-               "with the pytorch backend needs a quantize Job (ModelOpt export to a quantized "
-               "Hugging Face checkpoint), which this version of the operator does not launch "
-               "yet: remove spec.build.quantization to serve the checkpoint as it is, or use "
-               f"a tensorrt-line image (up to 1.3.0rc20, e.g. {facts.DEFAULT_TRTLLM_IMAGE}) "
-               "to build a quantized engine", Reason.BACKEND_FEATURE_UNAVAILABLE)
+        elif calibration.download_dataset and not re.fullmatch(REPO_PATTERN, calibration.dataset):
+            refuse("spec.build.quantization.calibration.dataset",
+                   f"{calibration.dataset!r} is not a Hugging Face dataset repo id: with "
+                   f"downloadDataset the CPU download Job fetches it from the Hub; write e.g. "
+                   f"abisee/cnn_dailymail", Reason.CALIBRATION_DATA_MISSING)
+        elif calibration.revision is not None and not calibration.download_dataset:
+            refuse("spec.build.quantization.calibration.revision",
+                   "names a revision of calibration.dataset, which is fetched only with "
+                   "downloadDataset true: set downloadDataset, or remove revision")
+    if calibration is not None:
+        for index, pattern in enumerate(calibration.files):
+            if ".." in pattern.split("/"):
+                refuse(f"spec.build.quantization.calibration.files[{index}]",
+                       f"{pattern!r} must stay inside the dataset: remove '..'")
     return found
 
 
 def check_pytorch_model_source(spec: LLMEngineSpec) -> list[Finding]:
-    """The pytorch backend serves the model cache's copy of a Hugging Face checkpoint; serving
-    a checkpoint straight from another claim is not offered yet."""
-    if effective_backend(spec) != "pytorch" or spec.model.volume is None:
+    """The pytorch backend serves a volume-sourced checkpoint where it is, but does not
+    quantize one: an export is shared by key (repo, commit, format, calibration), and a
+    folder on a volume carries no version, so an export of it could go stale without a word."""
+    quant = spec.build.quantization
+    if effective_backend(spec) != "pytorch" or spec.model.volume is None or quant is None \
+            or quant.format is None:
         return []
     return [Finding(
-        Reason.BACKEND_FEATURE_UNAVAILABLE, Severity.ERROR, "spec.model.volume",
-        "spec.model.volume: the pytorch backend serves checkpoints from the model cache, which "
-        "this version of the operator fills from Hugging Face only: use "
-        "spec.model.huggingFace, or a tensorrt-line image to build an engine from the volume",
+        Reason.BACKEND_FEATURE_UNAVAILABLE, Severity.ERROR, "spec.build.quantization.format",
+        f"spec.build.quantization.format {quant.format} with spec.model.volume: the pytorch "
+        f"backend quantizes only Hugging Face checkpoints (the export is keyed by their "
+        f"commit; a folder on a volume has none, so a shared export could go stale unseen). "
+        f"Use spec.model.huggingFace, or put a ModelOpt export (a folder with "
+        f"hf_quant_config.json) on the volume and remove spec.build.quantization: "
+        f"trtllm-serve loads such a folder as the quantized checkpoint it is",
     )]
 
 

@@ -47,10 +47,16 @@ def test_demo_exits_once_every_sample_is_ready() -> None:
     out, _ = demo.communicate(timeout=300)
     assert demo.returncode == 0, out[-3000:]
     assert "every engine built and every deployment Ready" in out
-    final = out.rsplit("---", 1)[-1].split("LLMDEPLOYMENT", 1)[1]
-    for name in ("llama-3-8b-h100", "llama-3-8b-l40s", "llama-3-70b-fp8", "llama-3-8b-int4-awq"):
+    engines, final = out.rsplit("---", 1)[-1].split("LLMDEPLOYMENT", 1)
+    for name in ("llama-3-8b-h100", "llama-3-8b-l40s", "llama-3-70b-fp8", "llama-3-8b-int4-awq",
+                 "llama-3-8b-pytorch-fp8"):
         line = next(line for line in final.splitlines() if line.startswith(name + " "))
         assert " True " in line, line
+    # One engine of each backend: built per GPU type, and quantized once then served.
+    rows = [line.split() for line in engines.splitlines() if line.startswith("llama-")]
+    assert {(r[0], r[1]) for r in rows} >= {("llama-3-8b", "tensorrt"),
+                                            ("llama-3-8b-pytorch-fp8", "pytorch")}
+    assert {r[-1] for r in rows if r[0] == "llama-3-8b-pytorch-fp8"} == {"Quantized"}
     assert "export KUBECONFIG=" in out
 
 

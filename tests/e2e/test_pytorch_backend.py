@@ -1,7 +1,8 @@
 """The PyTorch line end to end: an LLMEngine with a 1.3.0rc21+ image builds no engine. Its
 checkpoint is downloaded once into the model cache, every target is Built from that cached
 checkpoint, and an LLMDeployment serves it with ``trtllm-serve <folder> --backend pytorch``,
-offline, with the options file that turns the Prometheus gauges on."""
+offline, with the options file that turns the Prometheus gauges on. Quantized engines of this
+line: test_pytorch_quantize.py."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from kubernetes import client
 
 from tests.conftest import Kubectl
 from tests.e2e.conftest import H100, L40S, Getter, apply, condition, small_engine, targets
-from tests.support import wait_for
+from trtllm_operator.localcluster.cluster import static_rwx_claim
 
 pytestmark = pytest.mark.usefixtures("running_operator", "gpu_fleet", "storage", "hf_token")
 
@@ -86,20 +87,39 @@ def test_a_pytorch_engine_downloads_once_builds_nothing_and_is_served_on_both_gp
     assert data["enable_iter_perf_stats"] is True
 
 
-def test_a_quantized_pytorch_engine_is_refused_before_any_job(
-        kubectl: Kubectl, namespace: str, get_engine: Getter,
-        api_client: client.ApiClient) -> None:
-    obj = _pytorch_engine("fp8", [H100])
-    obj["spec"]["build"]["quantization"] = {
-        "format": "fp8", "calibration": {"datasetPath": "calibration/cnn.jsonl"}}
-    apply(kubectl, namespace, obj)
+def test_a_volume_checkpoint_is_served_from_its_own_claim_without_any_job(
+        kubectl: Kubectl, namespace: str, get_engine: Getter, get_llmd: Getter,
+        api_client: client.ApiClient, core: client.CoreV1Api) -> None:
+    pv_name = f"models-{namespace}"[:63]
+    pv, pvc = static_rwx_claim(namespace, "models", pv_name)
+    core.create_persistent_volume(pv)
+    try:
+        core.create_namespaced_persistent_volume_claim(namespace, pvc)
+        obj = _pytorch_engine("onvolume", [H100])
+        obj["spec"]["model"] = {"volume": {"claimName": "models", "path": "llama-3-8b"},
+                                "sizeHint": "16G"}
+        apply(kubectl, namespace, obj)
+        kubectl("wait", "-n", namespace, "--for=condition=Ready", "llmengine/onvolume",
+                "--timeout=120s")
+        target = targets(get_engine("onvolume"))[H100]
+        assert (target["reason"], target["path"]) == ("CheckpointOnVolume", "llama-3-8b")
+        assert "modelCache" not in get_engine("onvolume")["status"]
+        assert _jobs(api_client, namespace, "model-download") == []
+        assert _jobs(api_client, namespace, "engine-build") == []
 
-    def invalid() -> dict[str, Any] | None:
-        t = targets(get_engine("fp8")).get(H100)
-        return t if t is not None and t["state"] == "Invalid" else None
-
-    target = wait_for(invalid, 60, "the quantized PyTorch target to be refused")
-    assert target["reason"] == "BackendFeatureUnavailable"
-    assert "spec.build.quantization" in target["message"]
-    assert _jobs(api_client, namespace, "model-download") == []
-    assert _jobs(api_client, namespace, "engine-build") == []
+        apply(kubectl, namespace, {
+            "apiVersion": "trtllm.dev/v1alpha1", "kind": "LLMDeployment",
+            "metadata": {"name": "chat"},
+            "spec": {"engineRef": {"name": "onvolume"}, "gpu": H100, "replicas": 1}})
+        kubectl("wait", "-n", namespace, "--for=condition=Ready", "llmdeployment/chat",
+                "--timeout=120s")
+        pod = client.AppsV1Api(api_client).read_namespaced_deployment(
+            "chat", namespace).spec.template.spec
+        claim = next(v for v in pod.volumes if v.persistent_volume_claim is not None)
+        assert claim.persistent_volume_claim.claim_name == "models"
+        mount = next(m for m in pod.containers[0].volume_mounts if m.mount_path == "/model")
+        assert mount.sub_path == "llama-3-8b"
+        assert pod.containers[0].command[:4] == ["trtllm-serve", "/model", "--backend",
+                                                 "pytorch"]
+    finally:
+        core.delete_persistent_volume(pv_name)

@@ -287,3 +287,25 @@ def test_a_spec_change_is_written_even_if_it_only_drops_a_field() -> None:
     again, _events, _ready = _run(view)
     assert [m["kind"] for m in again.applied] == ["Deployment"]
     assert "pool" not in again.applied[0]["spec"]["template"]["spec"]["nodeSelector"]
+
+
+def test_a_pytorch_engine_with_a_volume_model_is_served_from_the_model_claim() -> None:
+    view = FakeView()
+    view.engine_body["spec"]["build"] = {"image": "nvcr.io/nvidia/tensorrt-llm/release:1.3.0rc25"}
+    view.engine_body["spec"]["model"] = {"volume": {"claimName": "models",
+                                                    "path": "llama-3-8b"}}
+    view.engine_body["status"]["targets"][0]["path"] = "llama-3-8b"
+
+    # The model's claim missing: nothing is written, and the reason names that field.
+    writer, _events, ready = _run(view)
+    assert (ready["status"], ready["reason"]) == ("False", "ClaimNotFound")
+    assert "spec.model.volume.claimName" in ready["message"]
+    assert [m["kind"] for m in writer.applied if m["kind"] == "Deployment"] == []
+
+    view.claims["models"] = ClaimFact("Bound", ("ReadOnlyMany",))
+    writer, _events, _ready = _run(view)
+    pod = next(m for m in writer.applied if m["kind"] == "Deployment")["spec"]["template"]["spec"]
+    model = next(v for v in pod["volumes"] if v.get("persistentVolumeClaim"))
+    assert model["persistentVolumeClaim"] == {"claimName": "models", "readOnly": True}
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["mountPath"] == "/model")
+    assert mount["subPath"] == "llama-3-8b"

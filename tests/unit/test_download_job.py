@@ -461,3 +461,63 @@ def test_layout_helpers_agree_with_the_documented_layout(tmp_path: Path) -> None
         tmp_path / "models" / "org--name" / ("c" * 40))
     assert cache.entry_dir(tmp_path, "gpt2", "c" * 40) == tmp_path / "models" / "gpt2" / (
         "c" * 40)
+
+
+# --------------------------------------------------------------------------- datasets
+
+
+def test_a_dataset_repo_is_fetched_only_as_far_as_its_files_into_the_datasets_cache(
+        box: Sandbox) -> None:
+    files = ["data/validation.*"]
+    spec = box.spec(repoType="dataset", files=files,
+                    model={"source": "huggingFace", "repo": "abisee/cnn_dailymail",
+                           "revision": "main"})
+
+    run = box.run(spec)
+
+    entry = cache.dataset_entry_dir(box.cache_root, "abisee/cnn_dailymail", SHA, files)
+    assert entry.parent == box.cache_root / "datasets" / "abisee--cnn_dailymail"
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.summary["phase"] == "Downloaded"
+    assert run.summary["path"] == str(entry)
+    on_disk = sorted(p.relative_to(entry).as_posix() for p in entry.rglob("*") if p.is_file())
+    assert on_disk == ["data/validation.jsonl", cache.MANIFEST_NAME]
+    manifest, why = cache.read_entry(entry, "abisee/cnn_dailymail", SHA, "dataset")
+    assert manifest is not None, why
+    assert (manifest["repoType"], manifest["allowPatterns"]) == ("dataset", files)
+    assert manifest["checkpointBytes"] is None
+    # A model entry is not a dataset entry, nor the other way round.
+    assert cache.read_entry(entry, "abisee/cnn_dailymail", SHA)[0] is None
+    assert run.calls() == ["dataset_info", "snapshot_download"]
+    snap = run.hub_calls[1]
+    assert set(snap["arguments"]) <= set(TABLE["hf_download"]["python_api"]["arguments"])
+    assert {"repo_type", "allow_patterns"} <= set(snap["arguments"])
+
+    again = box.run(spec)
+    assert again.summary["phase"] == "CacheHit"
+    assert again.calls() == ["dataset_info"]
+
+
+def test_a_dataset_selection_that_matches_nothing_is_refused_naming_the_files(
+        box: Sandbox) -> None:
+    spec = box.spec(repoType="dataset", files=["3.0.0/train-*.parquet"],
+                    model={"source": "huggingFace", "repo": "abisee/cnn_dailymail",
+                           "revision": "main"})
+
+    run = box.run(spec)
+
+    assert_failed(run, "ModelNotFound", 6)
+    assert "3.0.0/train-*.parquet" in run.summary["message"]
+    assert "data/train.jsonl" in run.summary["message"]
+    assert "calibration.files" in run.summary["message"]
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"files": ["*.json"]}, "files"),  # a model download takes no file subset
+    ({"repoType": "dataset", "files": ["../etc/*"]}, "files"),
+    ({"repoType": "space"}, "repoType"),
+])
+def test_dataset_fields_are_checked(box: Sandbox, change: dict[str, Any], field: str) -> None:
+    run = box.run(box.spec(**change))
+    assert_failed(run, "InvalidSpec", 2)
+    assert f"download spec field {field}:" in run.summary["message"]

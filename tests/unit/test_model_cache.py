@@ -415,16 +415,3 @@ def test_a_pytorch_target_builds_nothing_and_serves_the_cached_checkpoint() -> N
     assert _status(writer)["backend"] == "pytorch"
     ready = next(c for c in _status(writer)["conditions"] if c["type"] == "Ready")
     assert ready["status"] == "True"
-
-
-def test_a_quantized_pytorch_engine_is_refused_as_not_yet_offered_and_downloads_nothing() -> None:
-    controller, view, writer, _events = _downloading_setup()
-    _pytorch(view)
-    view.body["spec"]["build"]["quantization"] = {
-        "format": "fp8", "calibration": {"datasetPath": "calib/cnn.jsonl"}}
-    asyncio.run(controller.reconcile(KEY))
-    assert [a for a in writer.applied if a["kind"] == "Job"] == []
-    target = _status(writer)["targets"][0]
-    assert (target["state"], target["reason"]) == ("Invalid", "BackendFeatureUnavailable")
-    assert "spec.build.quantization" in target["message"]
-    assert "does not launch yet" in target["message"]

@@ -19,6 +19,7 @@ import pytest
 
 from trtllm_jobs import cache, facts, publish, quantize
 from trtllm_jobs import contract as job_contract
+from trtllm_jobs.spec import parse_quantize_spec
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_JOBS = REPO / "build-jobs"
@@ -54,8 +55,13 @@ class Sandbox:
     def entry(self) -> Path:
         return cache.entry_dir(self.cache_root, MODEL, SHA)
 
-    def output(self, fmt: str = "fp8", kv: str | None = None) -> Path:
-        return cache.quantized_dir(self.cache_root, MODEL, SHA, fmt, kv)
+    def output(self, fmt: str = "fp8", kv: str | None = None,
+               calibration: dict[str, Any] | None = None) -> Path:
+        """Where the job publishes: named by the job's own parser, as the operator names it."""
+        changes: dict[str, Any] = {"format": fmt, "kvCacheDtype": kv}
+        if calibration is not None:
+            changes["calibration"] = calibration
+        return parse_quantize_spec(self.spec(**changes)).output_dir
 
     @property
     def calibration_file(self) -> Path:
@@ -155,7 +161,13 @@ def test_an_fp8_export_is_published_with_a_manifest_from_offline_calibration(
 
     output = box.output()
     manifest = assert_quantized(box, run, output)
-    assert output == box.cache_root / "quantized" / "meta-llama--Llama-3.1-8B" / SHA / "fp8"
+    assert output.parent == box.cache_root / "quantized" / "meta-llama--Llama-3.1-8B" / SHA
+    # Keyed by the calibration too: other samples give other scales, hence another export.
+    assert output.name == "fp8-cal" + cache.calibration_key({
+        "datasetPath": str(box.calibration_file), "size": 4, "maxSeqLength": 256,
+        "batchSize": 2, "textField": "text"})
+    assert output != box.output(calibration={"datasetPath": str(box.calibration_file),
+                                             "size": 8})
     assert (output / facts.HF_QUANT_CONFIG).is_file()
     assert {f["path"] for f in manifest["files"]} == {
         "config.json", "model.safetensors", "hf_quant_config.json", "tokenizer.json",
@@ -183,7 +195,7 @@ def test_each_format_uses_its_modelopt_config_and_path(box: Sandbox, fmt: str,
 
     output = box.output(fmt, kv)
     assert_quantized(box, run, output)
-    assert output.name == fmt + (f"-kv{kv}" if kv else "")
+    assert output.name.startswith(fmt + (f"-kv{kv}" if kv else "") + "-cal")
     (quantized,) = run.called("quantize")
     assert quantized["config"] == TABLE["modelopt_python_api"]["quantize"]["configs"][fmt]
     assert quantized["kv"] is (kv is not None)
@@ -191,15 +203,30 @@ def test_each_format_uses_its_modelopt_config_and_path(box: Sandbox, fmt: str,
     assert (hf_quant["kv_cache_quant_algo"] == "FP8") is (kv is not None)
 
 
-def test_a_named_dataset_is_fetched_only_because_the_spec_names_it(box: Sandbox) -> None:
-    spec = box.spec(calibration={"dataset": "cnn_dailymail", "size": 8, "batchSize": 4})
+def test_a_cached_dataset_repo_is_read_offline_through_its_files_and_text_field(
+        box: Sandbox) -> None:
+    # What the CPU download Job leaves for a dataset repo: data files and its manifest.
+    folder = box.cache_root / "datasets" / "abisee--cnn_dailymail" / SHA
+    (folder / "3.0.0").mkdir(parents=True)
+    (folder / "3.0.0" / "validation.jsonl").write_text("".join(
+        json.dumps({"article": f"news {i}", "id": str(i)}) + "\n" for i in range(5)))
+    (folder / "3.0.0" / "train.jsonl").write_text(json.dumps({"article": "not read"}) + "\n")
+    (folder / cache.MANIFEST_NAME).write_text("{}")
+    calibration = {"datasetPath": str(folder), "files": ["3.0.0/validation.*"],
+                   "textField": "article", "size": 8, "batchSize": 5}
 
-    run = box.run(spec)
+    run = box.run(box.spec(calibration=calibration))
 
-    manifest = assert_quantized(box, run, box.output())
-    (fetched,) = run.called("get_dataset_dataloader")
-    assert (fetched["dataset"], fetched["samples"]) == ("cnn_dailymail", 8)
-    assert manifest["calibration"]["dataset"] == "cnn_dailymail"
+    manifest = assert_quantized(box, run, box.output(calibration=calibration))
+    assert run.called("quantize")[0]["samples"] == 5  # validation only: 5 records
+    assert run.called("get_dataset_dataloader") == []  # never fetched
+    assert manifest["calibration"]["textField"] == "article"
+    assert manifest["calibration"]["files"] == ["3.0.0/validation.*"]
+
+    other_field = box.run(box.spec(calibration={**calibration, "textField": "text"}))
+    assert_failed(other_field, "CalibrationDataMissing", 11)
+    assert "the records have article, id" in other_field.summary["message"]
+    assert "calibration.textField" in other_field.summary["message"]
 
 
 def test_an_existing_valid_export_is_a_cache_hit_without_modelopt(box: Sandbox) -> None:
@@ -230,7 +257,7 @@ def test_a_damaged_export_is_replaced_not_trusted(box: Sandbox) -> None:
 def test_a_killed_export_publishes_nothing_and_the_jobs_next_pod_starts_over(
         box: Sandbox) -> None:
     proc = box.popen(FAKE_QUANT_MODE="slow", FAKE_QUANT_SECONDS="30")
-    staging = box.output().with_name(f"fp8.staging-{JOB}")
+    staging = box.output().with_name(f"{box.output().name}.staging-{JOB}")
     deadline = time.monotonic() + 30
     while not (staging / "config.json").is_file():
         assert time.monotonic() < deadline, "the export never started"
@@ -250,7 +277,7 @@ def test_a_killed_export_publishes_nothing_and_the_jobs_next_pod_starts_over(
 
 def test_sigterm_reports_terminated_and_leaves_nothing(box: Sandbox) -> None:
     proc = box.popen(FAKE_QUANT_MODE="slow", FAKE_QUANT_SECONDS="30")
-    staging = box.output().with_name(f"fp8.staging-{JOB}")
+    staging = box.output().with_name(f"{box.output().name}.staging-{JOB}")
     deadline = time.monotonic() + 30
     while not (staging / "config.json").is_file():
         assert time.monotonic() < deadline, "the export never started"
@@ -271,7 +298,7 @@ def test_no_calibration_named_fails_without_fetching_anything(box: Sandbox) -> N
     run = box.run(box.spec(calibration=None))
 
     assert_failed(run, "CalibrationDataMissing", 11)
-    assert "never downloads a default dataset by surprise" in run.summary["message"]
+    assert "runs offline and never downloads" in run.summary["message"]
     assert run.calls == []
 
 
@@ -300,7 +327,7 @@ def test_a_calibration_folder_of_jsonl_files_is_read(box: Sandbox) -> None:
 
     run = box.run(spec)
 
-    assert_quantized(box, run, box.output())
+    assert_quantized(box, run, box.output(calibration=spec["calibration"]))
     assert run.called("quantize")[0]["samples"] == 7  # 6 + 1: all there is, under the size
 
 
@@ -348,7 +375,10 @@ def test_too_little_free_space_is_refused_before_loading(box: Sandbox) -> None:
     ({"format": "fp8_pc_pt"}, "format"),
     ({"kvCacheDtype": "int8"}, "kvCacheDtype"),
     ({"model": {"repo": MODEL, "commit": "main", "cachedPath": "/x"}}, "model.commit"),
-    ({"calibration": {"datasetPath": "/a.jsonl", "dataset": "cnn_dailymail"}}, "calibration"),
+    ({"calibration": {"datasetPath": "/a.jsonl", "dataset": "cnn_dailymail"}},
+     "calibration.dataset"),  # fetching is the download Job's, never this one's
+    ({"calibration": {"size": 4}}, "calibration.datasetPath"),
+    ({"calibration": {"datasetPath": "/d", "files": ["../x"]}}, "calibration.files"),
     ({"extra": 1}, "extra"),
 ])
 def test_an_invalid_spec_is_refused_naming_the_field(box: Sandbox, change: dict[str, Any],

@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 
 from trtllm_jobs import contract as job_contract
-from trtllm_jobs.spec import parse_quantize_spec
+from trtllm_jobs.spec import parse_download_spec, parse_quantize_spec
 from trtllm_operator.api import LLMEngine
 from trtllm_operator.engines import jobs, planning
+from trtllm_operator.engines import model_cache as mc
 
 SHA = "5f0b02c75b57c5855da9ae460ce51323ea669d8a"
 H100 = "NVIDIA-H100-80GB-HBM3"
@@ -44,25 +45,61 @@ def test_the_spec_the_operator_writes_is_what_the_job_reads() -> None:
         f"{planning.ENGINES_MOUNT}/models/meta-llama--Llama-3.1-8B/{SHA}")
     assert str(parsed.output_dir) == (
         f"{planning.ENGINES_MOUNT}/{planning.quantized_path(engine(kv='fp8').spec, SHA)}")
-    assert planning.quantized_path(engine(kv="fp8").spec, SHA) == (
-        f"quantized/meta-llama--Llama-3.1-8B/{SHA}/fp8-kvfp8")
+    assert planning.quantized_path(engine(kv="fp8").spec, SHA).startswith(
+        f"quantized/meta-llama--Llama-3.1-8B/{SHA}/fp8-kvfp8-cal")
+    # Other calibration samples, other scales: another folder (and Job).
+    other = engine(kv="fp8", calibration={"datasetPath": "calibration/chat.jsonl", "size": 64})
+    assert planning.quantized_path(other.spec, SHA) != planning.quantized_path(
+        engine(kv="fp8").spec, SHA)
+    assert planning.quantize_job_name(other.spec, SHA) != planning.quantize_job_name(
+        engine(kv="fp8").spec, SHA)
     assert parsed.calibration is not None
     assert str(parsed.calibration.dataset_path) == "/engines/calibration/chat.jsonl"
-    assert parsed.calibration.dataset is None
+    assert parsed.calibration.text_field == "text"
     assert (parsed.format, parsed.kv_cache_dtype) == ("fp8", "fp8")
 
 
-def test_a_dataset_is_named_only_when_the_spec_allows_the_download() -> None:
-    fetched = planning.quantize_job_spec(engine(calibration={
-        "dataset": "cnn_dailymail", "downloadDataset": True, "size": 64}).spec, SHA)
+def test_a_fetched_dataset_is_read_from_its_cache_entry_by_the_offline_quantize_job() -> None:
+    calibration = {"dataset": "abisee/cnn_dailymail", "downloadDataset": True,
+                   "revision": "main", "files": ["3.0.0/validation-*.parquet"],
+                   "textField": "article", "size": 64}
+    spec = engine(calibration=calibration).spec
+    plan = mc.plan_calibration(spec)
+    assert plan is not None
+    download = parse_download_spec(mc.download_spec(plan))
+    assert (download.repo_type, download.repo, download.files) == (
+        "dataset", "abisee/cnn_dailymail", ("3.0.0/validation-*.parquet",))
+    entry = plan.entry_path("d" * 40)
+    assert entry == str(download.entry("d" * 40))
+    assert plan.job_name.startswith("trtllm-data-")
+    # The same dataset for another engine (another model even): the same Job.
+    other = engine(name="other", calibration=calibration, fmt="int4_awq").spec
+    assert mc.plan_calibration(other) == plan
+    narrower = engine(calibration={**calibration, "files": ["3.0.0/test-*.parquet"]}).spec
+    assert mc.plan_calibration(narrower).job_name != plan.job_name  # type: ignore[union-attr]
+
+    written = planning.quantize_job_spec(spec, SHA, entry)
+    parsed = parse_quantize_spec(written)
+    assert parsed.calibration is not None
+    assert str(parsed.calibration.dataset_path) == entry
+    assert (parsed.calibration.files, parsed.calibration.text_field) == (
+        ("3.0.0/validation-*.parquet",), "article")
+    assert planning.quantize_job_name(spec, SHA, entry) != planning.quantize_job_name(
+        spec, SHA, plan.entry_path("e" * 40))  # another dataset commit, another export
+    # Nothing named: no calibration at all (the job refuses; validation refuses first).
     unnamed = planning.quantize_job_spec(engine(calibration={"size": 64}).spec, SHA)
+    assert unnamed["calibration"] is None
+    assert mc.plan_calibration(engine(calibration={"size": 64}).spec) is None
 
-    assert fetched["calibration"] == {"dataset": "cnn_dailymail", "size": 64,
-                                      "maxSeqLength": 512, "batchSize": 1}
-    assert parse_quantize_spec(fetched).calibration is not None
-    assert unnamed["calibration"] is None  # the job then fails with CalibrationDataMissing
-    assert parse_quantize_spec(unnamed).calibration is None
 
+def test_the_quantize_job_is_offline_even_when_a_dataset_was_fetched() -> None:
+    job = jobs.quantize_job(engine(calibration={"downloadDataset": True}), SHA, H100, 1, "cm",
+                            dataset_path="/engines/datasets/cnn_dailymail/" + "d" * 40)
+
+    env = {e["name"]: e for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["HF_HUB_OFFLINE"]["value"] == "1"
+    assert env["HF_DATASETS_OFFLINE"]["value"] == "1"
+    assert "HF_TOKEN" not in env
 
 def test_one_job_per_model_commit_format_and_claim_whichever_engine_asks() -> None:
     name = planning.quantize_job_name(engine().spec, SHA)
@@ -111,10 +148,19 @@ def test_the_quantize_job_runs_the_package_on_the_chosen_gpu_offline() -> None:
     assert "ttlSecondsAfterFinished" not in job["spec"]
 
 
-def test_a_named_dataset_download_gets_the_hub_and_the_token() -> None:
-    job = jobs.quantize_job(engine(calibration={"downloadDataset": True}), SHA, H100, 1, "cm")
+def test_the_pytorch_sample_reaches_the_quantize_and_download_entrypoints_intact() -> None:
+    import yaml
 
-    env = {e["name"]: e for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert "HF_HUB_OFFLINE" not in env
-    assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "hf-token",
-                                                            "key": "HF_TOKEN"}
+    from tests.conftest import ROOT
+    body = yaml.safe_load((ROOT / "samples/llmengine-llama-3-8b-pytorch-fp8.yaml").read_text())
+    body["metadata"] |= {"namespace": "ml", "uid": "u"}
+    sample = LLMEngine.model_validate(body)
+    data = mc.plan_calibration(sample.spec)
+    assert data is not None
+    download = parse_download_spec(mc.download_spec(data))
+    assert (download.repo_type, download.files) == ("dataset", ("3.0.0/validation-*",))
+    parsed = parse_quantize_spec(planning.quantize_job_spec(sample.spec, SHA,
+                                                            data.entry_path("d" * 40)))
+    assert parsed.format == "fp8"
+    assert parsed.calibration is not None
+    assert (parsed.calibration.text_field, parsed.calibration.size) == ("article", 512)

@@ -10,7 +10,13 @@ import yaml
 
 from trtllm_operator import gpus
 from trtllm_operator.api import LLMDeployment, LLMEngine
-from trtllm_operator.validation import ClusterFacts, GPUPool, validate_deployment, validate_engine
+from trtllm_operator.validation import (
+    ClusterFacts,
+    GPUPool,
+    effective_backend,
+    validate_deployment,
+    validate_engine,
+)
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 FILES = sorted(SAMPLES.glob("*.yaml"))
@@ -91,5 +97,20 @@ def test_the_samples_cover_the_documented_scenarios() -> None:
 
 def test_samples_use_the_default_builder_image() -> None:
     for engine in engines().values():
-        assert "image" not in load(SAMPLES / f"llmengine-{engine.metadata.name}.yaml")["spec"][
-            "build"], "the default lives in one constant"
+        build = load(SAMPLES / f"llmengine-{engine.metadata.name}.yaml")["spec"]["build"]
+        if engine.spec.backend == "pytorch":
+            # The default image is of the engine line; the PyTorch line needs its own.
+            assert effective_backend(engine.spec) == "pytorch"
+            continue
+        assert "image" not in build, "the default lives in one constant"
+
+
+def test_one_engine_of_each_backend_is_sampled() -> None:
+    backends = {effective_backend(e.spec) for e in engines().values()}
+    assert backends == {"tensorrt", "pytorch"}
+    pytorch = next(e for e in engines().values() if effective_backend(e.spec) == "pytorch")
+    quant = pytorch.spec.build.quantization
+    assert quant is not None
+    assert quant.format == "fp8"
+    assert quant.calibration is not None
+    assert quant.calibration.download_dataset  # named by the spec, fetched by the CPU Job

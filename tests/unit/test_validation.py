@@ -462,14 +462,10 @@ def test_build_only_fields_are_refused_for_pytorch_each_naming_its_field() -> No
 
 
 @pytest.mark.parametrize("fmt", ["fp8", "nvfp4", "int4_awq", "w4a8_awq"])
-def test_pytorch_formats_with_offline_calibration_are_right_but_not_launched_yet(
-        fmt: str) -> None:
-    # The spec itself is right; the quantize Job is not launched by this operator version, so
-    # the one finding says that (never a target waiting for a Job that does not come).
+def test_pytorch_formats_with_offline_calibration_are_accepted(fmt: str) -> None:
     spec = pytorch(targets=(B200,), quantization={"format": fmt, "calibration": OFFLINE})
     found = [f for f in validate_engine(spec, CLUSTER) if f.reason != "GPUNotInCluster"]
-    assert [(f.reason, f.field) for f in found] == [
-        (Reason.BACKEND_FEATURE_UNAVAILABLE, "spec.build.quantization")]
+    assert found == []
 
 
 @pytest.mark.parametrize("fmt", ["int8_sq", "int8_wo", "int4_wo"])
@@ -493,8 +489,7 @@ def test_calibration_data_must_be_named_for_pytorch() -> None:
     assert "calibration.downloadDataset true to fetch calibration.dataset (cnn_dailymail)" in (
         finding.message)
     downloading = {"format": "fp8", "calibration": {"downloadDataset": True}}
-    assert only(validate_engine(pytorch(quantization=downloading), CLUSTER)).reason == (
-        Reason.BACKEND_FEATURE_UNAVAILABLE)  # right, but the quantize Job is not launched yet
+    assert validate_engine(pytorch(quantization=downloading), CLUSTER) == ()
     both = {"format": "fp8", "calibration": {**OFFLINE, "downloadDataset": True}}
     assert only(validate_engine(pytorch(quantization=both), CLUSTER)).reason == (
         Reason.CALIBRATION_DATA_MISSING)
@@ -564,3 +559,32 @@ def test_an_engine_built_on_one_node_but_served_wider_is_left_to_the_serving_pre
     # the controller judges, knowing whether LWS is there.
     assert validate_deployment(deployment(gpu=L40S),
                                engine((H100, L40S), tp=8, build_gpus=4), CLUSTER) == ()
+
+
+def test_calibration_dataset_fields_for_each_backend() -> None:
+    fetched = {"format": "fp8", "calibration": {
+        "dataset": "abisee/cnn_dailymail", "downloadDataset": True, "revision": "main",
+        "files": ["3.0.0/validation-*.parquet"], "textField": "article"}}
+    assert validate_engine(pytorch(quantization=fetched), CLUSTER) == ()
+    local = {"format": "fp8", "calibration": {**OFFLINE, "files": ["*.jsonl"],
+                                              "textField": "prompt"}}
+    assert validate_engine(pytorch(quantization=local), CLUSTER) == ()
+
+    # tensorrt: quantize.py takes a dataset by name only.
+    found = validate_engine(engine(quantization={"format": "fp8", "calibration": {
+        "revision": "main", "files": ["a.jsonl"], "textField": "prompt"}}), CLUSTER)
+    assert [(f.reason, f.field) for f in found] == [
+        (Reason.FIELD_NOT_FOR_BACKEND, f"spec.build.quantization.calibration.{name}")
+        for name in ("revision", "files", "textField")]
+
+    def problem(calibration: dict[str, Any]) -> Finding:
+        return only(validate_engine(pytorch(quantization={
+            "format": "fp8", "calibration": calibration}), CLUSTER))
+
+    not_a_repo = problem({"dataset": "cnn dailymail", "downloadDataset": True})
+    assert not_a_repo.field == "spec.build.quantization.calibration.dataset"
+    assert "abisee/cnn_dailymail" in not_a_repo.message
+    revision_alone = problem({**OFFLINE, "revision": "main"})
+    assert revision_alone.field == "spec.build.quantization.calibration.revision"
+    escaping = problem({**OFFLINE, "files": ["../secrets/*"]})
+    assert escaping.field == "spec.build.quantization.calibration.files[0]"

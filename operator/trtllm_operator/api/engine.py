@@ -196,9 +196,26 @@ class Calibration(SpecModel):
     JSON Lines file with one {"text": ...} object per line, or a folder of such files. The
     quantize Job reads them offline. The tensorrt backend does not read it."""
     download_dataset: bool = False
-    """pytorch backend: let the quantize Job fetch calibration.dataset from the Hugging Face
-    Hub at run time. Off by default, so nothing is downloaded unless the spec says so; a format
-    that calibrates needs datasetPath or this."""
+    """pytorch backend: fetch calibration.dataset, a Hugging Face dataset repo (e.g.
+    abisee/cnn_dailymail), at calibration.revision into the model cache with the CPU download
+    Job, before the quantize Job, which always runs offline. Off by default, so nothing is
+    downloaded unless the spec says so; a format that calibrates needs datasetPath or this."""
+    revision: Annotated[str, StringConstraints(min_length=1, max_length=256,
+                                               pattern=r"^\S+$")] | None = None
+    """pytorch backend, with downloadDataset: the dataset repo's branch, tag or commit; unset
+    follows main. Pin a commit: other samples give other scales."""
+    files: Annotated[
+        tuple[Annotated[str, StringConstraints(min_length=1, max_length=256,
+                                               pattern=r"^[^/].*$")], ...],
+        Field(max_length=32),
+    ] = ()
+    """pytorch backend: glob patterns of the data files to read, relative to the dataset repo
+    (with downloadDataset: only these are fetched) or to datasetPath, e.g.
+    ["3.0.0/validation-*.parquet"]. Unset: every .jsonl, .json and .parquet file."""
+    text_field: Annotated[str, StringConstraints(min_length=1, max_length=128,
+                                                 pattern=r"^\S+$")] = "text"
+    """pytorch backend: the field (column) of each record holding the sample text, e.g. article
+    for cnn_dailymail."""
 
 
 class Quantization(SpecModel):
@@ -608,6 +625,9 @@ class LLMEngineStatus(StatusModel):
     """The backend in effect: spec.backend, or the one spec.build.image's release implies."""
     model_cache: ModelCacheStatus | None = None
     """The download of a Hugging Face checkpoint into the model cache (none for a volume)."""
+    calibration_data: ModelCacheStatus | None = None
+    """pytorch backend with calibration.downloadDataset: the download of the calibration
+    dataset repo into the model cache, which the quantize Job reads offline."""
 
 
 class LLMEngine(ResourceModel):

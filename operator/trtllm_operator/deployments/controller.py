@@ -33,6 +33,7 @@ from trtllm_operator.api.deployment import DeploymentConditionType
 from trtllm_operator.api.engine import BuiltLimits, size_hint_bytes
 from trtllm_operator.claims import SHARED_READ, ClaimFact, check_claim
 from trtllm_operator.deployments import builders, choice, multinode
+from trtllm_operator.engines.planning import serving_claim
 from trtllm_operator.kube import invalid_refusal
 from trtllm_operator.kube_objects import check_deployment_objects
 from trtllm_operator.pods import PodContext, PodFact, PodProblem, diagnose
@@ -302,14 +303,14 @@ class DeploymentController:
         if chosen.target is not None and engine is not None:
             place = placement(engine, chosen.target.gpu, facts, self.lws)
             # Serving pods mount the engine's claim read-only, on many nodes.
-            engine_claim = engine.spec.storage.claim_name
+            engine_claim, claim_field = serving_claim(engine.spec)
             claim_problems = check_claim(
                 self.view.claim(namespace, engine_claim), engine_claim, namespace,
-                f"LLMEngine {engine.metadata.name} spec.storage.claimName", SHARED_READ)
+                f"LLMEngine {engine.metadata.name} {claim_field}", SHARED_READ)
             preflight = next(iter([*claim_problems, *filter(None, [place.problem])]), None)
             if preflight is None:
                 serving = serving_for(engine, chosen.target)
-                claim = engine.spec.storage.claim_name
+                claim = engine_claim
                 options = builders.options_configmap(d, engine.metadata.name,
                                                      serving.backend)
                 if options is not None:

@@ -23,6 +23,7 @@ from trtllm_operator.api.engine import EngineConditionType, ModelCacheStatus, Sk
 from trtllm_operator.claims import CLAIM_REASONS, ClaimFact, check_engine_claims
 from trtllm_operator.engines import jobs
 from trtllm_operator.engines import model_cache as mc
+from trtllm_operator.engines import quantize as qz
 from trtllm_operator.engines.planning import (
     CheckpointKey,
     TargetPlan,
@@ -172,6 +173,8 @@ class EngineController:
         decisions: list[Decision] = []
         wants_build = False
         pytorch = effective_backend(engine.spec) == "pytorch"
+        quant = engine.spec.build.quantization
+        quantized = quant is not None and quant.format is not None
         hf_repo = engine.spec.model.hugging_face.repo if engine.spec.model.hugging_face else None
         for gpu in targets:
             plan = plan_target(engine, gpu)
@@ -187,18 +190,42 @@ class EngineController:
             decision = decide_target(plan, engine.spec.build.image, namespace,
                                      [*claim_findings, *by_gpu.get(gpu, [])], observed, facts)
             wants_build = wants_build or decision.create_job
-            if pytorch and model is not None and hf_repo is not None:
+            if pytorch and model is not None and hf_repo is not None and not quantized:
                 # No engine to build: the target serves the cached checkpoint once it is in.
                 decision = mc.serve_cached_checkpoint(decision, model, hf_repo)
-            elif pytorch:
+            elif pytorch and not quantized and engine.spec.model.volume is not None:
+                decision = mc.serve_volume_checkpoint(decision, engine.spec)
+            elif pytorch and not quantized:
                 decision = Decision(decision.status)  # refused by preflight: never a Job
             decisions.append(mc.gate_target(decision, model) if model else decision)
         if model is not None and model.create_job and not wants_build:
             model = None  # every target is built or cannot build: nothing to download for
+        # A quantized pytorch engine: targets still waiting (the checkpoint is cached, and the
+        # calibration dataset when one is fetched) show the one shared export's quantize Job
+        # instead of starting builds of their own.
+        data_plan = mc.plan_calibration(engine.spec) if pytorch and quantized else None
+        data = (await self._model(engine, data_plan, engine.status.calibration_data)
+                if data_plan is not None else None)
+        if data is not None and data.create_job and not wants_build:
+            data = None  # every target is built or cannot build: nothing to fetch it for
+        if data is not None and model is not None and model.cached and not data.cached:
+            decisions = [Decision(mc.gate_target(d, data, "calibration dataset").status)
+                         if d.create_job else d for d in decisions]
+        qplan = (qz.plan_quantize(engine.spec, model.status.commit or "",
+                                  data.status.path if data is not None else None)
+                 if pytorch and quantized and model is not None and model.cached
+                 and (data_plan is None or (data is not None and data.cached)) else None)
+        quantize_manifest: dict[str, Any] | None = None
+        if pytorch and quantized and qplan is None:
+            decisions = [Decision(d.status) for d in decisions]  # never a build Job
+        elif qplan is not None and model is not None:
+            decisions, quantize_manifest = self._quantize(
+                engine, qplan, plans, decisions, facts, model.status.checkpoint_bytes)
 
         # Running builds need the script too: pods of a Job whose ConfigMap was deleted would
         # wait in ContainerCreating (FailedMount) until the build deadline.
-        if (model is not None and model.create_job) or any(
+        if (model is not None and model.create_job) or quantize_manifest is not None or (
+                data is not None and data.create_job) or any(
                 d.create_job or d.status.state in ("Pending", "Building") for d in decisions):
             await self._ensure_script(namespace)
         model_plan = mc.plan_model(engine.spec)
@@ -206,6 +233,12 @@ class EngineController:
             await self.writer.create_if_absent(mc.download_job(
                 engine, model_plan, jobs.script_configmap_name(self.script),
                 self.active_deadline_seconds))
+        if data is not None and data_plan is not None and data.create_job:
+            await self.writer.create_if_absent(mc.download_job(
+                engine, data_plan, jobs.script_configmap_name(self.script),
+                self.active_deadline_seconds))
+        if quantize_manifest is not None:
+            await self.writer.create_if_absent(quantize_manifest)
         cached_path = model.status.path if model is not None and model.cached else None
         for plan, decision in zip(plans, decisions, strict=True):
             # Created, never applied: a Job's template is immutable, and engines sharing a
@@ -219,11 +252,15 @@ class EngineController:
                     cached_path=cached_path)):
                 metrics.BUILDS_STARTED.labels(plan.gpu).inc()
         await self._delete_unplanned_jobs(namespace, name, {p.job_name for p in plans} | (
-            {model_plan.job_name} if model_plan is not None else set()))
+            {model_plan.job_name} if model_plan is not None else set()) | (
+            {qplan.job_name} if qplan is not None else set()) | (
+            {data_plan.job_name} if data_plan is not None else set()))
 
         statuses = tuple(d.status for d in decisions)
         new_status = self._status(engine, statuses, findings, skipped,
                                   model.status if model is not None else None)
+        if data is not None:
+            new_status = new_status.model_copy(update={"calibration_data": data.status})
         metrics.record_ready("LLMEngine", key, cond.is_true(new_status.conditions,
                                                             EngineConditionType.READY))
         old_wire = engine.status.to_wire()
@@ -234,10 +271,13 @@ class EngineController:
             self._emit_transitions(body, previous, statuses)
             if model is not None:
                 self._emit_model_transition(body, engine.status.model_cache, model.status)
+            if data is not None:
+                self._emit_model_transition(body, engine.status.calibration_data, data.status,
+                                            "calibration dataset")
             emit_spec_warnings(self.events, body, engine.status.conditions,
                                new_status.conditions, findings)
             self._emit_skipped(body, announced, skipped)
-        if model is not None and model.status.state == "Downloading" \
+        if any(m is not None and m.status.state == "Downloading" for m in (model, data)) \
                 and self.log_reader is not None:
             # Pod logs send no events: look again for the next progress line.
             return Result(requeue_after=mc.PROGRESS_READ_SECONDS)
@@ -245,16 +285,46 @@ class EngineController:
             return Result(requeue_after=BUILDING_RESYNC_SECONDS)
         return None
 
-    async def _model(self, engine: LLMEngine) -> mc.ModelDecision | None:
-        """The checkpoint's download (None for a volume-sourced model)."""
-        plan = mc.plan_model(engine.spec)
+    def _quantize(self, engine: LLMEngine, plan: qz.QuantizePlan,
+                  plans: list[TargetPlan], decisions: list[Decision], facts: ClusterFacts,
+                  checkpoint_bytes: int | None) -> tuple[list[Decision], dict[str, Any] | None]:
+        """Every waiting target's status from the shared export, and the quantize Job to
+        create (None: it exists, or is not needed, or no target can hold the model)."""
+        namespace, name = engine.metadata.namespace or "", engine.metadata.name
+        candidates = [p.gpu for p, d in zip(plans, decisions, strict=True) if d.create_job]
+        if not candidates:
+            return decisions, None
+        job = self.view.job(namespace, plan.job_name)
+        pod = self.view.newest_pod(namespace, plan.job_name) if job is not None else None
+        recorded = next((t for t in engine.status.targets
+                         if t.job == plan.job_name and t.state == "Built"), None) \
+            or self.view.built_elsewhere(namespace, plan.job_name, name)
+        choice = qz.choose_gpu(candidates, facts, checkpoint_bytes)
+        outcome = qz.decide_quantize(plan, namespace, qz.QuantizeObserved(
+            job=job, pod=pod, recorded=recorded,
+            stuck=build_pod_problem(engine.spec, namespace, pod)), choice, candidates,
+            checkpoint_bytes)
+        manifest = None
+        if outcome.create_job and choice is not None:
+            manifest = jobs.quantize_job(engine, plan.commit, choice.gpu, choice.gpus,
+                                         jobs.script_configmap_name(self.script),
+                                         self.active_deadline_seconds, plan.dataset_path)
+        return [qz.apply_outcome(d, plan, outcome, checkpoint_bytes) for d in decisions], \
+            manifest
+
+    async def _model(self, engine: LLMEngine, plan: mc.ModelPlan | None = None,
+                     previous: ModelCacheStatus | None = None) -> mc.ModelDecision | None:
+        """A download's state: the checkpoint's by default (None for a volume-sourced model),
+        or the one ``plan`` names (the calibration dataset's)."""
+        if plan is None:
+            plan, previous = mc.plan_model(engine.spec), engine.status.model_cache
         if plan is None:
             return None
         namespace, name = engine.metadata.namespace or "", engine.metadata.name
         job = self.view.job(namespace, plan.job_name)
         pod = self.view.newest_pod(namespace, plan.job_name) if job is not None else None
         return mc.decide_model(plan, namespace, mc.ModelObserved(
-            job=job, pod=pod, previous=engine.status.model_cache,
+            job=job, pod=pod, previous=previous,
             cached_elsewhere=self.view.model_cached_elsewhere(namespace, plan.job_name, name),
             stuck=build_pod_problem(engine.spec, namespace, pod),
             progress=await self._read_progress(namespace, plan.job_name, pod)))
@@ -279,7 +349,7 @@ class EngineController:
         return self._progress[key][1]
 
     def _emit_model_transition(self, body: Mapping[str, Any], old: ModelCacheStatus | None,
-                               new: ModelCacheStatus) -> None:
+                               new: ModelCacheStatus, what: str = "model") -> None:
         if old is not None and (old.state, old.reason, old.job) == (
                 new.state, new.reason, new.job):
             return
@@ -290,7 +360,7 @@ class EngineController:
         reason = new.reason if new.reason in ANNOUNCED_REASONS and new.reason else {
             "Pending": "ModelDownloadPending", "Downloading": "ModelDownloading",
             "Cached": "ModelCached", "Failed": "ModelDownloadFailed"}[new.state]
-        self.events(body, kind, reason, f"model: {new.message}"[:1024])
+        self.events(body, kind, reason, f"{what}: {new.message}"[:1024])
 
     # ------------------------------------------------------------------ pieces
 
@@ -426,7 +496,8 @@ class EngineController:
                 continue
             kind = ("Warning" if announced or t.state in ("Failed", "Invalid", "Unschedulable")
                     else "Normal")
-            reason = t.reason if announced and t.reason else {
+            reason = t.reason if announced and t.reason else _QUANTIZE_EVENTS.get(
+                (t.state, t.reason or "")) or {
                 "Pending": "BuildPending", "Building": "BuildStarted", "Built": "Built",
                 "Failed": "BuildFailed", "Invalid": "TargetInvalid",
                 "Unschedulable": "TargetUnschedulable"}[t.state]
@@ -451,6 +522,11 @@ class EngineController:
                 self.events(body, "Normal", "TargetSkipped",
                             f"{s.gpu}: auto does not build for it ({s.reason}): "
                             f"{s.message}"[:1024])
+
+
+_QUANTIZE_EVENTS = {("Building", "Quantizing"): "QuantizeStarted",
+                    ("Built", "Quantized"): "Quantized"}
+"""Event reasons of a pytorch target following its quantize Job (a build's otherwise)."""
 
 
 def _count_build_outcome(t: EngineTargetStatus) -> None:

@@ -226,7 +226,8 @@ QUANTIZE_COMPONENT: Final = "model-quantize"
 
 
 def quantize_job(engine: LLMEngine, commit: str, gpu: str, gpus_: int, script_configmap: str,
-                 active_deadline_seconds: int = 6 * 3600) -> dict[str, Any]:
+                 active_deadline_seconds: int = 6 * 3600,
+                 dataset_path: str | None = None) -> dict[str, Any]:
     """The Job that quantizes ``engine``'s model at ``commit`` on a node of GPU type ``gpu``.
 
     The caller picks ``gpu`` (a type whose compute capability runs the format, with nodes that
@@ -235,12 +236,12 @@ def quantize_job(engine: LLMEngine, commit: str, gpu: str, gpus_: int, script_co
     ENGINES_MOUNT (the model cache and the output both live there), permanent exit codes fail
     at once, no TTL. Unlike it: ``JOB_NAME`` (downward API) names the staging folder and
     ``podReplacementPolicy: Failed`` keeps a replacement pod from starting while the old one
-    still writes; ``HF_HUB_OFFLINE=1`` unless the spec asks for a dataset download.
+    still writes; offline (``HF_HUB_OFFLINE``, ``HF_DATASETS_OFFLINE``), with no token.
     """
     spec = engine.spec
     build = spec.build
-    name = quantize_job_name(spec, commit)
-    quant_spec = quantize_job_spec(spec, commit)
+    name = quantize_job_name(spec, commit, dataset_path)
+    quant_spec = quantize_job_spec(spec, commit, dataset_path)
     lbl = labels.common(QUANTIZE_COMPONENT) | {labels.ENGINE: engine.metadata.name,
                                                labels.GPU_PRODUCT: gpu}
     env: list[dict[str, Any]] = [
@@ -252,14 +253,11 @@ def quantize_job(engine: LLMEngine, commit: str, gpu: str, gpus_: int, script_co
         {"name": "HF_HOME", "value": f"{SCRATCH_MOUNT}/huggingface"},
         {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"},
     ]
-    downloads = (quant_spec["calibration"] or {}).get("dataset") is not None
-    if not downloads:
-        env.append({"name": "HF_HUB_OFFLINE", "value": "1"})
-    hf = spec.model.hugging_face
-    if downloads and hf is not None and hf.token_secret_ref is not None:
-        ref = hf.token_secret_ref
-        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {
-            "name": ref.name, "key": ref.key}}})
+    # Offline always: the checkpoint is the model cache's, the calibration samples are on the
+    # claim (put there by the user, or by the CPU download Job); nothing is fetched on a GPU.
+    env += [{"name": "HF_HUB_OFFLINE", "value": "1"},
+            {"name": "HF_DATASETS_OFFLINE", "value": "1"},
+            {"name": "TRANSFORMERS_OFFLINE", "value": "1"}]
     env += [e.model_dump(mode="json", by_alias=True, exclude_none=True) for e in build.env]
     entrypoint, entrypoint_mount = entrypoint_volume(script_configmap)
     resources_: dict[str, Any] = {"limits": {gpus.GPU_RESOURCE: str(gpus_)}}
@@ -293,7 +291,8 @@ def quantize_job(engine: LLMEngine, commit: str, gpu: str, gpus_: int, script_co
     return {
         "apiVersion": "batch/v1", "kind": "Job",
         "metadata": {"name": name, "namespace": engine.metadata.namespace, "labels": lbl,
-                     "annotations": {labels.ENGINE_PATH: quantized_path(spec, commit)},
+                     "annotations": {labels.ENGINE_PATH: quantized_path(spec, commit,
+                                                                     dataset_path)},
                      "ownerReferences": [owner_reference(engine)]},
         "spec": {
             "backoffLimit": 1,

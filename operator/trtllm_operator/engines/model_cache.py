@@ -34,6 +34,7 @@ from trtllm_operator.engines.status import Decision, termination_summary
 from trtllm_operator.pods import STUCK_REASONS, PodProblem
 
 JOB_PREFIX: Final = "trtllm-model-"
+DATASET_JOB_PREFIX: Final = "trtllm-data-"
 DOWNLOAD_COMPONENT: Final = "model-download"
 REPO_ANNOTATION: Final = "trtllm.dev/model-repo"
 REVISION_ANNOTATION: Final = "trtllm.dev/model-revision"
@@ -53,16 +54,23 @@ PROGRESS_TAIL_LINES: Final = 20
 
 @dataclass(frozen=True)
 class ModelPlan:
-    """The download of one Hugging Face checkpoint into one claim's model cache."""
+    """The download of one Hugging Face repo (a checkpoint, or a calibration dataset) into one
+    claim's model cache."""
 
     repo: str
     revision: str
     claim: str
     job_name: str
     cache_root: str = ENGINES_MOUNT
+    repo_type: str = "model"
+    files: tuple[str, ...] = ()
+    """A dataset's files to fetch (glob patterns); empty: all."""
 
     def entry_path(self, commit: str) -> str:
-        """The cache entry of ``commit`` as download and build pods see it."""
+        """The cache entry of ``commit`` as download, build and quantize pods see it."""
+        if self.repo_type == "dataset":
+            return str(job_cache.dataset_entry_dir(Path(self.cache_root), self.repo, commit,
+                                                   self.files))
         return str(job_cache.entry_dir(Path(self.cache_root), self.repo, commit))
 
 
@@ -78,11 +86,31 @@ def plan_model(spec: LLMEngineSpec) -> ModelPlan | None:
                      job_name=JOB_PREFIX + digest)
 
 
+def plan_calibration(spec: LLMEngineSpec) -> ModelPlan | None:
+    """The download of the calibration dataset a pytorch-backend spec asks for
+    (``calibration.downloadDataset``), shared like a model's: one Job per (claim, dataset repo,
+    revision, files); None when the spec fetches no dataset."""
+    quant = spec.build.quantization
+    calib = quant.calibration if quant is not None else None
+    if calib is None or not calib.download_dataset or calib.dataset_path is not None:
+        return None
+    revision = calib.revision or "main"
+    claim = spec.storage.claim_name
+    key = "\0".join((claim, "dataset", calib.dataset, revision, *sorted(calib.files)))
+    return ModelPlan(repo=calib.dataset, revision=revision, claim=claim,
+                     job_name=DATASET_JOB_PREFIX + hashlib.sha256(key.encode()).hexdigest()[:12],
+                     repo_type="dataset", files=tuple(calib.files))
+
+
 def download_spec(plan: ModelPlan) -> dict[str, Any]:
     """The spec ``trtllm_jobs.download`` reads from TRTLLM_DOWNLOAD_SPEC (no secret in it)."""
-    return {"version": 1, "kind": "download",
-            "model": {"source": "huggingFace", "repo": plan.repo, "revision": plan.revision},
-            "cacheRoot": plan.cache_root}
+    spec: dict[str, Any] = {
+        "version": 1, "kind": "download",
+        "model": {"source": "huggingFace", "repo": plan.repo, "revision": plan.revision},
+        "cacheRoot": plan.cache_root}
+    if plan.repo_type != "model":
+        spec |= {"repoType": plan.repo_type, "files": list(plan.files) or None}
+    return spec
 
 
 def download_job(engine: LLMEngine, plan: ModelPlan, script_configmap: str,
@@ -291,7 +319,7 @@ def decide_model(plan: ModelPlan, namespace: str, observed: ModelObserved) -> Mo
         message=f"download Job {name} is starting"))
 
 
-def gate_target(decision: Decision, model: ModelDecision) -> Decision:
+def gate_target(decision: Decision, model: ModelDecision, what: str = "model") -> Decision:
     """A target that would start its build now waits for the checkpoint instead: Pending
     (``ModelDownloading``) while it downloads, or with the download pod's own reason while
     that pod cannot start (``SecretNotFound``, ``ImagePullFailed``: the fix is the same as for
@@ -303,14 +331,14 @@ def gate_target(decision: Decision, model: ModelDecision) -> Decision:
     if m.state == "Failed":
         return Decision(s.model_copy(update={
             "state": "Failed", "reason": m.reason, "job": None,
-            "message": f"the model download failed: {m.message}"}))
+            "message": f"the {what} download failed: {m.message}"}))
     if m.reason in STUCK_REASONS:
         return Decision(s.model_copy(update={
             "state": "Pending", "reason": m.reason, "job": None,
-            "message": f"the model download cannot start: {m.message}"}))
+            "message": f"the {what} download cannot start: {m.message}"}))
     return Decision(s.model_copy(update={
         "state": "Pending", "reason": "ModelDownloading", "job": None,
-        "message": f"waiting for the model: {m.message}"}))
+        "message": f"waiting for the {what}: {m.message}"}))
 
 
 def model_size_source(model: ModelCacheStatus | None) -> int | None:
@@ -338,3 +366,19 @@ def serve_cached_checkpoint(decision: Decision, model: ModelDecision, repo: str)
         "message": f"serves the cached checkpoint {repo}@{(m.commit or '')[:12]} with "
                    f"trtllm-serve --backend pytorch (no engine build on this backend)",
         "total_bytes": m.total_bytes, "checkpoint_bytes": m.checkpoint_bytes}))
+
+
+def serve_volume_checkpoint(decision: Decision, spec: LLMEngineSpec) -> Decision:
+    """A target of the pytorch backend whose checkpoint is on a volume: nothing is downloaded
+    or built; serving pods mount the model's claim and trtllm-serve loads the folder where it
+    is. Built at once where the tensorrt backend would start a build; targets refused by
+    preflight are left as they are, and no Job is ever created."""
+    volume = spec.model.volume
+    if not decision.create_job or volume is None:
+        return Decision(decision.status)
+    return Decision(decision.status.model_copy(update={
+        "state": "Built", "reason": "CheckpointOnVolume", "job": None,
+        "path": volume.path.strip("/"),
+        "message": f"serves the checkpoint on PersistentVolumeClaim {volume.claim_name} at "
+                   f"{volume.path} with trtllm-serve --backend pytorch (nothing to download "
+                   f"or build on this backend)"}))

@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Any, Final
 
 from trtllm_jobs import cache as _jobcache
+from trtllm_jobs.spec import parse_quantize_spec
 from trtllm_operator.api import LLMEngine, LLMEngineSpec
+from trtllm_operator.validation import effective_backend
 
 FINGERPRINT_SCHEMA: Final = 1
 """Bumped only when the meaning of the fingerprint changes (forces rebuilds)."""
@@ -142,6 +144,16 @@ def job_name(fp: str, spec: LLMEngineSpec) -> str:
     return JOB_PREFIX + hashlib.sha256(f"{fp}\0{storage}".encode()).hexdigest()[:12]
 
 
+def serving_claim(spec: LLMEngineSpec) -> tuple[str, str]:
+    """(claim, its spec field) that serving pods mount the target's folder from: the model's
+    own volume for a pytorch engine serving a volume-sourced checkpoint where it is (nothing
+    is built or copied), else the storage claim (engines, the model cache, exports)."""
+    volume = spec.model.volume
+    if volume is not None and effective_backend(spec) == "pytorch":
+        return volume.claim_name, "spec.model.volume.claimName"
+    return spec.storage.claim_name, "spec.storage.claimName"
+
+
 def plan_target(engine: LLMEngine, gpu: str) -> TargetPlan:
     """Plan the build of ``engine`` for GPU product ``gpu``."""
     spec = engine.spec
@@ -238,33 +250,32 @@ def build_job_spec(engine: LLMEngine, plan: TargetPlan,
 QUANTIZE_JOB_PREFIX: Final = "trtllm-quantize-"
 
 
-def quantized_path(spec: LLMEngineSpec, commit: str) -> str:
-    """The quantized checkpoint's folder inside the storage claim:
-    ``quantized/<org>--<name>/<commit>/<format>[-kv<kvdtype>]`` (the quantize job's layout,
-    ``trtllm_jobs.cache.quantized_dir``). Only for a quantized Hugging Face model."""
-    hf = spec.model.hugging_face
-    quant = spec.build.quantization
-    if hf is None or quant is None or quant.format is None:
-        raise ValueError("only a Hugging Face model with spec.build.quantization.format has "
-                         "a quantized checkpoint")
-    return str(_jobcache.quantized_dir(Path(""), hf.repo, commit, quant.format,
-                                       quant.kv_cache_dtype))
+def quantized_path(spec: LLMEngineSpec, commit: str, dataset_path: str | None = None) -> str:
+    """The quantized checkpoint's folder inside the storage claim,
+    ``quantized/<org>--<name>/<commit>/<format>[-kv<kvdtype>]-cal<key>``: named by the quantize
+    job's own parser from the spec this operator writes, so the two cannot disagree. Only for
+    a quantized Hugging Face model. ``dataset_path``: see :func:`quantize_job_spec`."""
+    output = parse_quantize_spec(quantize_job_spec(spec, commit, dataset_path)).output_dir
+    return str(output.relative_to(ENGINES_MOUNT))
 
 
-def quantize_job_name(spec: LLMEngineSpec, commit: str) -> str:
-    """``trtllm-quantize-<12 hex>``: one Job per (model, commit, format, KV dtype, storage),
-    whichever LLMEngines and targets share it; deterministic, so a restarted operator finds
-    the Job it started."""
-    key = "\0".join((quantized_path(spec, commit), spec.storage.claim_name))
+def quantize_job_name(spec: LLMEngineSpec, commit: str, dataset_path: str | None = None) -> str:
+    """``trtllm-quantize-<12 hex>``: one Job per (model, commit, format, KV dtype, calibration,
+    storage), whichever LLMEngines and targets share it; deterministic, so a restarted operator
+    finds the Job it started."""
+    key = "\0".join((quantized_path(spec, commit, dataset_path), spec.storage.claim_name))
     return QUANTIZE_JOB_PREFIX + hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
-def quantize_job_spec(spec: LLMEngineSpec, commit: str) -> dict[str, Any]:
+def quantize_job_spec(spec: LLMEngineSpec, commit: str,
+                      dataset_path: str | None = None) -> dict[str, Any]:
     """The quantize spec JSON ``python3 -m trtllm_jobs.quantize`` reads from
     TRTLLM_QUANTIZE_SPEC: the cached checkpoint of ``commit`` (the download Job's entry on the
-    storage claim), the format, and the calibration data the LLMEngine names (a path on the
-    claim, or a dataset only when spec says downloadDataset; none lets the job fail with
-    CalibrationDataMissing, which validation refuses before it gets that far)."""
+    storage claim), the format, and the calibration samples, always on the claim: the
+    LLMEngine's calibration.datasetPath, or ``dataset_path`` (the cache entry of the dataset
+    the CPU download Job fetched for calibration.downloadDataset). No calibration named lets
+    the job fail with CalibrationDataMissing, which validation refuses before it gets that
+    far."""
     hf = spec.model.hugging_face
     quant = spec.build.quantization
     if hf is None or quant is None or quant.format is None:
@@ -272,13 +283,14 @@ def quantize_job_spec(spec: LLMEngineSpec, commit: str) -> dict[str, Any]:
                          "spec.build.quantization.format")
     calibration: dict[str, Any] | None = None
     calib = quant.calibration
-    if calib is not None and (calib.dataset_path is not None or calib.download_dataset):
-        calibration = {"size": calib.size, "maxSeqLength": calib.max_seq_length,
-                       "batchSize": calib.batch_size}
-        if calib.dataset_path is not None:
-            calibration["datasetPath"] = f"{ENGINES_MOUNT}/{calib.dataset_path}"
-        else:
-            calibration["dataset"] = calib.dataset
+    where = (f"{ENGINES_MOUNT}/{calib.dataset_path}" if calib is not None
+             and calib.dataset_path is not None else dataset_path)
+    if calib is not None and where is not None:
+        calibration = {"datasetPath": where, "size": calib.size,
+                       "maxSeqLength": calib.max_seq_length, "batchSize": calib.batch_size,
+                       "textField": calib.text_field}
+        if calib.files:
+            calibration["files"] = list(calib.files)
     root = Path(ENGINES_MOUNT)
     return {
         "version": 1, "kind": "quantize",

@@ -29,6 +29,10 @@ kubelet would show:
   that created it: ``sim.trtllm.dev/download-exit-code``, ``sim.trtllm.dev/download-duration``
   (Go duration), ``sim.trtllm.dev/download-checkpoint-bytes``. kwok keeps no logs, so no
   progress lines exist here: a slow download shows Downloading without figures.
+- **simulated ModelOpt**: a quantize pod (env ``TRTLLM_QUANTIZE_SPEC``) likewise gets the
+  summary the real quantize job writes (``phase`` Quantized, ``format``, ``commit``, the
+  export's ``path``, ``totalBytes``), steered by ``sim.trtllm.dev/quantize-exit-code`` and
+  ``sim.trtllm.dev/quantize-duration`` on the LLMEngine that created it.
 
 A pod that passes every check gets the annotation ``sim.trtllm.dev/admitted``; kwok's pod
 Stages only act on admitted pods, so kwok never runs a pod a kubelet would refuse. A PVC volume
@@ -52,7 +56,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from trtllm_jobs import cache, contract
+from trtllm_jobs import contract, facts
+from trtllm_jobs import spec as job_spec
 from trtllm_operator.localcluster.stages import (
     DURATION_ANNOTATION,
     EXIT_CODE_ANNOTATION,
@@ -64,6 +69,10 @@ DOWNLOAD_SPEC_ENV = "TRTLLM_DOWNLOAD_SPEC"
 DOWNLOAD_EXIT_CODE_ANNOTATION = f"{SIM_PREFIX}/download-exit-code"
 DOWNLOAD_DURATION_ANNOTATION = f"{SIM_PREFIX}/download-duration"
 DOWNLOAD_BYTES_ANNOTATION = f"{SIM_PREFIX}/download-checkpoint-bytes"
+QUANTIZE_SPEC_ENV = "TRTLLM_QUANTIZE_SPEC"
+QUANTIZE_EXIT_CODE_ANNOTATION = f"{SIM_PREFIX}/quantize-exit-code"
+QUANTIZE_DURATION_ANNOTATION = f"{SIM_PREFIX}/quantize-duration"
+SIM_CHECKPOINT_BYTES = 16_060_522_496
 ADMITTED_ANNOTATION = f"{SIM_PREFIX}/admitted"
 CRASH_ANNOTATION = f"{SIM_PREFIX}/crash"
 CRASH_ENV = "SIM_CRASH"
@@ -192,12 +201,52 @@ def download_pod_annotations(pod: dict[str, Any],
         return out
     commit = revision if re.fullmatch(r"[0-9a-f]{40}", revision) else hashlib.sha1(
         f"{repo}@{revision}".encode()).hexdigest()
-    checkpoint = int(steering.get(DOWNLOAD_BYTES_ANNOTATION) or 16_060_522_496)
+    parsed = job_spec.parse_download_spec(spec)
+    if parsed.repo_type == "dataset":  # calibration samples: no weights, no size at 16 bits
+        out[MESSAGE_ANNOTATION] = json.dumps({
+            "phase": str(contract.Phase.DOWNLOADED), **base, "commit": commit,
+            "path": str(parsed.entry(commit)), "totalBytes": 52_428_800, "fileCount": 2,
+            "durationSeconds": 1.0})
+        return out
+    checkpoint = int(steering.get(DOWNLOAD_BYTES_ANNOTATION) or SIM_CHECKPOINT_BYTES)
     out[MESSAGE_ANNOTATION] = json.dumps({
         "phase": str(contract.Phase.DOWNLOADED), **base, "commit": commit,
-        "path": str(cache.entry_dir(Path(spec["cacheRoot"]), repo, commit)),
+        "path": str(parsed.entry(commit)),
         "totalBytes": checkpoint + 9_085_657, "checkpointBytes": checkpoint, "fileCount": 9,
         "durationSeconds": 1.0})
+    return out
+
+
+def is_quantize_pod(pod: dict[str, Any]) -> bool:
+    return _first_env(pod, QUANTIZE_SPEC_ENV) is not None
+
+
+def quantize_pod_annotations(pod: dict[str, Any], steering: dict[str, str]) -> dict[str, str]:
+    """The Stage annotations of a quantize pod: the summary the real quantize job writes (its
+    folder named by the job's own spec parser), or the failure the creating LLMEngine's
+    ``sim.trtllm.dev/quantize-exit-code`` asks for; ``quantize-duration`` sets how long it
+    runs. Empty for any other pod."""
+    raw = _first_env(pod, QUANTIZE_SPEC_ENV)
+    if raw is None:
+        return {}
+    out: dict[str, str] = {}
+    if steering.get(QUANTIZE_DURATION_ANNOTATION):
+        out[DURATION_ANNOTATION] = steering[QUANTIZE_DURATION_ANNOTATION]
+    parsed = job_spec.parse_quantize_spec(json.loads(raw))
+    base = {"format": parsed.format, "commit": parsed.commit}
+    code = int(steering.get(QUANTIZE_EXIT_CODE_ANNOTATION) or 0)
+    if code:
+        out[EXIT_CODE_ANNOTATION] = str(code)
+        reason = next((str(r) for r, c in contract.EXIT_CODES.items() if c == code),
+                      str(contract.Reason.QUANTIZE_FAILED))
+        out[MESSAGE_ANNOTATION] = json.dumps({
+            "phase": str(contract.Phase.FAILED), "reason": reason,
+            "message": f"simulated quantize failure: {reason}", **base})
+        return out
+    weights = int(SIM_CHECKPOINT_BYTES * facts.WEIGHT_BYTES_FACTOR[parsed.format])
+    out[MESSAGE_ANNOTATION] = json.dumps({
+        "phase": str(contract.Phase.QUANTIZED), **base, "path": str(parsed.output_dir),
+        "totalBytes": weights + 9_085_657, "durationSeconds": 1.0})
     return out
 
 
@@ -423,6 +472,9 @@ class KubeletAdmission:
             admit: dict[str, Any] = {"metadata": {"annotations": {ADMITTED_ANNOTATION: "true"}}}
             if is_download_pod(pod):
                 admit["metadata"]["annotations"] |= download_pod_annotations(
+                    pod, self._steering(ns, meta.get("labels") or {}))
+            elif is_quantize_pod(pod):
+                admit["metadata"]["annotations"] |= quantize_pod_annotations(
                     pod, self._steering(ns, meta.get("labels") or {}))
             self._client.patch(Pod, name, admit, namespace=ns, patch_type=PatchType.MERGE)
             with self._lock:

@@ -1,6 +1,9 @@
 """Fake huggingface_hub: HfApi.model_info and snapshot_download against an in-memory repo, so
 tests of the Hugging Face path never touch the network.
 
+A dataset repo (``dataset_info``, ``snapshot_download(repo_type="dataset")``) holds
+DATASET_FILES.
+
 FAKE_HF_MODE: ok (default) | missing (RepositoryNotFoundError) | gated (GatedRepoError) |
 offline (a connection error) | norevision (RevisionNotFoundError) | denied (HTTP 401) |
 ratelimit (HTTP 429) | unavailable (HTTP 503) | diskfull (ENOSPC while writing) | corrupt (a
@@ -51,6 +54,16 @@ FILES: dict[str, bytes] = {
     "generation_config.json": b'{"temperature": 0.6}',
     "README.md": b"# fake",
 }
+
+DATASET_FILES: dict[str, bytes] = {
+    "data/train.jsonl": b"".join(json.dumps({"text": f"train sample {i}"}).encode() + b"\n"
+                                 for i in range(8)),
+    "data/validation.jsonl": b"".join(
+        json.dumps({"article": f"validation article {i}"}).encode() + b"\n" for i in range(4)),
+    "README.md": b"# fake dataset",
+}
+"""A dataset repo (``repo_type="dataset"``): what dataset_info lists and snapshot_download
+writes for it."""
 
 
 TABLE = Path(__file__).resolve().parents[5] / "build-jobs" / "trtllm_flags_1_3.json"
@@ -134,6 +147,16 @@ def _fail_if_asked(repo_id: str, token: str | None, call: str = "") -> None:
 
 
 class HfApi:
+    def dataset_info(self, repo_id: str, *, revision: str | None = None,
+                     token: str | None = None, files_metadata: bool = False,
+                     **kwargs: Any) -> SimpleNamespace:
+        _fail_if_asked(repo_id, token, "dataset_info")
+        _record("dataset_info", token, repo_id=repo_id, revision=revision,
+                files_metadata=files_metadata)
+        siblings = [SimpleNamespace(rfilename=name, size=len(data) if files_metadata else None,
+                                    lfs=None) for name, data in DATASET_FILES.items()]
+        return SimpleNamespace(id=repo_id, sha=SHA, siblings=siblings)
+
     def model_info(self, repo_id: str, *, revision: str | None = None,
                    token: str | None = None, files_metadata: bool = False,
                    **kwargs: Any) -> SimpleNamespace:
@@ -181,8 +204,12 @@ def snapshot_download(repo_id: str, *, revision: str | None = None, token: str |
     mode = os.environ.get("FAKE_HF_MODE", "ok")
     pause = float(os.environ.get("FAKE_HF_SECONDS_PER_FILE") or 0)
     written, kept = [], []
-    for name, data in FILES.items():
+    repo_files = DATASET_FILES if kwargs.get("repo_type") == "dataset" else FILES
+    allow = kwargs.get("allow_patterns")
+    for name, data in repo_files.items():
         if any(fnmatch(name, pattern) for pattern in ignore_patterns or []):
+            continue
+        if allow and not any(fnmatch(name, pattern) for pattern in allow):
             continue
         path = Path(local_dir) / name
         if path.is_file() and path.read_bytes() == data:
