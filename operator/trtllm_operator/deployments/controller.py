@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from lightkube import ApiError
 from lightkube.resources.apps_v1 import Deployment
 
 from trtllm_operator import conditions as cond
@@ -460,67 +461,78 @@ class DeploymentController:
                               status: LLMDeploymentStatus) -> LLMDeploymentStatus:
         """spec.inferencePool: apply the InferencePool where the CRD is served, else say why;
         the field removed: delete the one made before (the InferencePoolReady condition says
-        there was one: the operator watches no InferencePools)."""
+        there was one: the operator watches no InferencePools, so the CRD may come and go)."""
         key = (d.metadata.namespace or "", d.metadata.name)
         type_ = DeploymentConditionType.INFERENCE_POOL_READY
-        had = cond.find_condition(d.status.conditions, type_) is not None
         if d.spec.inference_pool is None:
             self._pools_applied.pop(key, None)
-            if had:
-                if self.inference_pools is not None and await self.inference_pools(
-                        key[0]) == "installed":
-                    await self.writer.delete(InferencePoolResource, key[0],
-                                             inference_pool.pool_name(d))
-                return status.model_copy(update={"conditions": cond.remove_condition(
-                    status.conditions, type_)})
-            return status
-        support = (await self.inference_pools(key[0]) if self.inference_pools is not None
-                   else "missing")
-        ok: ConditionStatus
-        if support != "installed" or engine is None:
-            self._pools_applied.pop(key, None)
-            if engine is None:
-                ok, reason, message = "False", "EngineNotFound", (
-                    f"no InferencePool until LLMEngine {d.spec.engine_ref.name} exists")
-            elif support == "forbidden":
-                ok, reason, message = "False", "InferencePoolForbidden", (
-                    f"spec.inferencePool: {inference_pool.RBAC_HINT}")
-            else:
-                ok, reason, message = "False", "InferencePoolCRDMissing", (
-                    f"spec.inferencePool: the cluster does not serve "
-                    f"{inference_pool.PLURAL}.{inference_pool.GROUP}/{inference_pool.VERSION}: "
-                    f"{inference_pool.CRD_HINT}")
-        else:
-            manifest = inference_pool.inference_pool(d, engine.metadata.name)
-            digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
-            last = self._pools_applied.get(key)
-            now = self.monotonic()
-            try:
-                if last is None or last[0] != digest or now - last[1] > self.pool_reapply_seconds:
-                    await self.writer.apply(manifest)
-                    self._pools_applied[key] = (digest, now)
-            except Exception as exc:
-                refused = invalid_refusal(exc)
-                if refused is None:
-                    raise
-                self._pools_applied.pop(key, None)
-                ok, reason, message = "False", "InferencePoolInvalid", (
-                    f"spec.inferencePool: the API server refused the InferencePool: {refused}; "
-                    f"correct spec.inferencePool")
-            else:
-                ok, reason, message = "True", "Applied", (
-                    f"InferencePool {inference_pool.pool_name(d)} selects the serving pods on "
-                    f"port {d.spec.serve.port}, endpoint picker "
-                    f"{d.spec.inference_pool.endpoint_picker_ref.name}")
+            if cond.find_condition(d.status.conditions, type_) is None:
+                return status
+            if await self._pool_support(key[0]) != "missing":
+                await self.writer.delete(InferencePoolResource, key[0],
+                                         inference_pool.pool_name(d))
+            return status.model_copy(update={"conditions": cond.remove_condition(
+                status.conditions, type_)})
+        ok, reason, message = await self._apply_pool(d, engine)
         conds = cond.set_condition(status.conditions, type_, ok, reason, message,
                                    observed_generation=d.metadata.generation, now=self.clock())
         ready = cond.find_condition(conds, DeploymentConditionType.READY)
         if ok != "True" and ready is not None and ready.status == "True":
-            # Serving works, but not what the spec asks for: not Ready.
+            # Serving works, but not everything the spec asks for: not Ready.
             conds = cond.set_condition(conds, DeploymentConditionType.READY, "False", reason,
                                        message, observed_generation=d.metadata.generation,
                                        now=self.clock())
         return status.model_copy(update={"conditions": conds})
+
+    async def _pool_support(self, namespace: str) -> str:
+        return (await self.inference_pools(namespace) if self.inference_pools is not None
+                else "missing")
+
+    async def _apply_pool(self, d: LLMDeployment, engine: LLMEngine | None,
+                          ) -> tuple[ConditionStatus, str, str]:
+        """Apply the InferencePool unless the same manifest was applied lately: the
+        InferencePoolReady condition's status, reason and message."""
+        key = (d.metadata.namespace or "", d.metadata.name)
+        missing: tuple[ConditionStatus, str, str] = ("False", "InferencePoolCRDMissing", (
+            f"spec.inferencePool: the cluster does not serve {inference_pool.PLURAL}."
+            f"{inference_pool.GROUP}/{inference_pool.VERSION}: {inference_pool.CRD_HINT}"))
+        if engine is None:
+            return "False", "EngineNotFound", (
+                f"spec.inferencePool: no InferencePool until LLMEngine "
+                f"{d.spec.engine_ref.name} exists")
+        # "forbidden" (no right to list them) is tried all the same: the API server's
+        # refusal of the write is the message that names the missing right.
+        if await self._pool_support(key[0]) == "missing":
+            self._pools_applied.pop(key, None)
+            return missing
+        manifest = inference_pool.inference_pool(d, engine.metadata.name)
+        digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+        last = self._pools_applied.get(key)
+        now = self.monotonic()
+        if last is None or last[0] != digest or now - last[1] > self.pool_reapply_seconds:
+            try:
+                await self.writer.apply(manifest)
+            except ApiError as exc:
+                self._pools_applied.pop(key, None)
+                code = exc.status.code
+                if code == 404:
+                    return missing
+                if code == 403:
+                    return "False", "InferencePoolForbidden", (
+                        f"spec.inferencePool: {exc.status.message}: "
+                        f"{inference_pool.RBAC_HINT}")
+                refused = invalid_refusal(exc)
+                if refused is None:
+                    raise
+                return "False", "InferencePoolInvalid", (
+                    f"spec.inferencePool: the API server refused the InferencePool: {refused}; "
+                    f"correct spec.inferencePool")
+            self._pools_applied[key] = (digest, now)
+        assert d.spec.inference_pool is not None
+        return "True", "Applied", (
+            f"InferencePool {inference_pool.pool_name(d)} selects the serving pods that answer "
+            f"HTTP on port {d.spec.serve.port}; endpoint picker "
+            f"{d.spec.inference_pool.endpoint_picker_ref.name}")
 
     async def _apply_if_changed(self, manifest: dict[str, Any]) -> dict[str, Any] | None:
         """Apply a child unless the watched copy already matches it (see

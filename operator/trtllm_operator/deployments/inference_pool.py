@@ -31,8 +31,8 @@ CRD_HINT: Final = (
     "kubernetes-sigs/gateway-api-inference-extension/releases/download/v1.6.2/manifests.yaml"
     ") or remove spec.inferencePool")
 RBAC_HINT: Final = (
-    "the operator may not list InferencePools: upgrade the chart (its role grants "
-    "inferencepools) and restart nothing: the operator asks again within a minute")
+    "grant the operator's role inferencepools (the chart's role does); it tries again within "
+    "a minute")
 
 
 def pool_name(d: LLMDeployment) -> str:
