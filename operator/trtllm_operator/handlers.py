@@ -157,13 +157,14 @@ class IndexView:
 
     def deployments_affected_by(self, products: set[str], engines: list[Key]) -> list[Key]:
         """LLMDeployments of those engines (their GPU choice weighs the engine's pools), and
-        those naming one of the types in spec.gpu."""
+        those naming one of the types in spec.gpu or spec.slices."""
         engine_keys = set(engines)
         out = []
         for key in self.all_deployment_keys():
             spec = (self.deployment_body(key) or {}).get("spec") or {}
             engine = (spec.get("engineRef") or {}).get("name")
-            if spec.get("gpu") in products or (key[0], engine) in engine_keys:
+            named = {spec.get("gpu"), *((s or {}).get("gpu") for s in spec.get("slices") or [])}
+            if named & products or (key[0], engine) in engine_keys:
                 out.append(key)
         return out
 
