@@ -279,3 +279,29 @@ def test_multi_node_slice_groups_keep_off_each_others_nodes_by_their_own_name() 
             "requiredDuringSchedulingIgnoredDuringExecution"][0]["labelSelector"][
             "matchExpressions"][0]
         assert expr["values"] == [H100_NAME]
+
+
+def test_a_slice_wider_than_a_node_runs_as_groups_beside_a_single_node_slice() -> None:
+    view = SliceView()
+    view.engine_body["spec"]["build"]["parallelism"] = {"tensor": 8}
+    view.engine_body["spec"]["build"]["gpus"] = 4  # builds on one 4-GPU L40S node, in turn
+    view.cluster_facts = lambda: ClusterFacts(  # type: ignore[method-assign]
+        {H100: GPUPool((8,), (9, 0)), L40S: GPUPool((4, 4), (8, 9))})
+    writer, status = _reconcile(view, lws="installed")
+
+    by_name = {m["metadata"]["name"]: m for m in writer.applied}
+    assert by_name[H100_NAME]["kind"] == "Deployment"
+    lws = by_name[L40S_NAME]
+    assert lws["kind"] == "LeaderWorkerSet"
+    assert lws["spec"]["replicas"] == 1
+    assert lws["spec"]["leaderWorkerTemplate"]["size"] == 2
+    leader = lws["spec"]["leaderWorkerTemplate"]["leaderTemplate"]["metadata"]["labels"]
+    worker = lws["spec"]["leaderWorkerTemplate"]["workerTemplate"]["metadata"]["labels"]
+    assert leader[slices.SLICE_LABEL] == worker[slices.SLICE_LABEL] == "nvidia-l40s"
+    assert builders.ENDPOINT_LABEL in leader
+    assert builders.ENDPOINT_LABEL not in worker
+    # One Service for both shapes: single-node pods and leaders, never workers.
+    service = by_name["server"]
+    assert service["spec"]["selector"][builders.ENDPOINT_LABEL] == "http"
+    assert [m["kind"] for m in writer.created] == ["Secret"]
+    assert [s["gpu"] for s in status["slices"]] == [H100, L40S]
