@@ -177,3 +177,22 @@ def test_a_crd_gone_between_the_check_and_the_write_is_the_missing_condition() -
     pool = _cond(status, "InferencePoolReady")
     assert pool is not None
     assert pool["reason"] == "InferencePoolCRDMissing"
+
+
+def test_the_pool_is_applied_again_after_a_while_since_no_watch_sees_it_deleted() -> None:
+    view = _with_pool(FakeView())
+    now = [1000.0]
+    writer = FakeWriter()
+
+    async def pools(namespace: str) -> str:
+        return "installed"
+
+    controller = DeploymentController(
+        view=view, writer=writer, events=lambda *_: None, inference_pools=pools,
+        monotonic=lambda: now[0], clock=lambda: datetime(2026, 11, 23, tzinfo=UTC))
+    asyncio.run(controller.reconcile(KEY))
+    now[0] += controller.pool_reapply_seconds - 1
+    asyncio.run(controller.reconcile(KEY))
+    now[0] += 1
+    asyncio.run(controller.reconcile(KEY))
+    assert [m["kind"] for m in writer.applied].count("InferencePool") == 2

@@ -322,6 +322,9 @@ class DeploymentController:
                                findings)
         if not cond.is_true(status.conditions, DeploymentConditionType.READY):
             return Result(requeue_after=NOT_READY_RESYNC_SECONDS)
+        if d.spec.inference_pool is not None:
+            # InferencePools are not watched: a deleted or edited one is put back this late.
+            return Result(requeue_after=self.pool_reapply_seconds)
         return None
 
     async def _reconcile_one(self, d: LLMDeployment, engine: LLMEngine | None,
@@ -509,7 +512,7 @@ class DeploymentController:
         digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
         last = self._pools_applied.get(key)
         now = self.monotonic()
-        if last is None or last[0] != digest or now - last[1] > self.pool_reapply_seconds:
+        if last is None or last[0] != digest or now - last[1] >= self.pool_reapply_seconds:
             try:
                 await self.writer.apply(manifest)
             except ApiError as exc:
