@@ -305,3 +305,16 @@ def test_a_slice_wider_than_a_node_runs_as_groups_beside_a_single_node_slice() -
     assert service["spec"]["selector"][builders.ENDPOINT_LABEL] == "http"
     assert [m["kind"] for m in writer.created] == ["Secret"]
     assert [s["gpu"] for s in status["slices"]] == [H100, L40S]
+
+
+def test_a_workload_name_another_llmdeployment_holds_is_refused_not_fought_over() -> None:
+    view = SliceView()
+    # An LLMDeployment named "server-nvidia-l40s" already has that Deployment.
+    view.deps[L40S_NAME] = {"metadata": {"name": L40S_NAME, "generation": 1, "labels": {
+        "trtllm.dev/deployment": L40S_NAME}}, "spec": {}, "status": {"replicas": 1}}
+    writer, status = _reconcile(view)
+    assert [m["metadata"]["name"] for m in writer.applied if m["kind"] == "Deployment"] == [
+        H100_NAME]
+    l40s = status["slices"][1]
+    assert (l40s["reason"], l40s["replicas"]) == ("WorkloadNameTaken", 0)
+    assert f"already serves LLMDeployment {L40S_NAME}" in l40s["message"]

@@ -28,7 +28,7 @@ from lightkube import ApiError
 from lightkube.resources.apps_v1 import Deployment
 
 from trtllm_operator import conditions as cond
-from trtllm_operator import gpus, metrics, trtllm_facts
+from trtllm_operator import gpus, labels, metrics, trtllm_facts
 from trtllm_operator.api import (
     ConditionStatus,
     EngineTargetStatus,
@@ -412,6 +412,16 @@ class DeploymentController:
         if chosen.target is None or engine is None:
             return None, observed, None
         namespace = d.metadata.namespace or ""
+        owner = (((observed or {}).get("metadata") or {}).get("labels") or {}).get(
+            labels.DEPLOYMENT)
+        if owner is not None and owner != d.metadata.name:
+            # Names are <name>-<gpu type>: "llama" on L40S and an LLMDeployment named
+            # "llama-nvidia-l40s" would take turns writing one Deployment.
+            name = ((observed or {}).get("metadata") or {}).get("name")
+            return Finding(Reason.WORKLOAD_NAME_TAKEN, Severity.ERROR, "metadata.name", (
+                f"the Deployment {name} this needs already serves LLMDeployment {owner} "
+                f"(a slice's workload is named <name>-<gpu type>): rename one of the two "
+                f"LLMDeployments")), None, None
         place = placement(engine, chosen.target.gpu, facts, self.lws)
         # Serving pods mount the engine's claim read-only, on many nodes.
         engine_claim = engine.spec.storage.claim_name
