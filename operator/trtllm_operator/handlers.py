@@ -40,12 +40,14 @@ from trtllm_operator.engines import model_cache
 from trtllm_operator.engines.controller import EngineController, Key
 from trtllm_operator.engines.planning import CheckpointKey, checkpoint_key
 from trtllm_operator.kube import (
+    InferencePoolResource,
     Kube,
     classify,
     leaderworkerset_support,
     make_client,
     namespace_terminating,
 )
+from trtllm_operator.optional_apis import SupportCache
 from trtllm_operator.pods import PodFact, observe_pod
 from trtllm_operator.reconcile_errors import ReconcileErrors
 from trtllm_operator.settings import OperatorSettings
@@ -70,6 +72,7 @@ JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 # Handlers receive a ``labels`` argument that shadows the module inside them.
 ENGINE_LABEL = labels.ENGINE
 DEPLOYMENT_LABEL = labels.DEPLOYMENT
+GPU_LABEL = labels.GPU_PRODUCT
 
 NodeFact = tuple[str, int, tuple[int, int] | None, int | None]
 """(product, allocatable nvidia.com/gpu, compute capability, MiB per GPU) of one GPU node."""
@@ -111,7 +114,8 @@ class IndexView:
                      "deployments_by_engine", "serving_deployments", "serving_services",
                      "serving_configmaps", "serving_pods",
                      "build_configmaps", "claims", "engines_by_claim", "model_caches",
-                     "checkpoint_sizes", "serving_group_sets"):
+                     "checkpoint_sizes", "serving_group_sets", "serving_workloads",
+                     "serving_group_workloads"):
             if name in kwargs:
                 self.indexes[name] = kwargs[name]
 
@@ -154,13 +158,14 @@ class IndexView:
 
     def deployments_affected_by(self, products: set[str], engines: list[Key]) -> list[Key]:
         """LLMDeployments of those engines (their GPU choice weighs the engine's pools), and
-        those naming one of the types in spec.gpu."""
+        those naming one of the types in spec.gpu or spec.slices."""
         engine_keys = set(engines)
         out = []
         for key in self.all_deployment_keys():
             spec = (self.deployment_body(key) or {}).get("spec") or {}
             engine = (spec.get("engineRef") or {}).get("name")
-            if spec.get("gpu") in products or (key[0], engine) in engine_keys:
+            named = {spec.get("gpu"), *((s or {}).get("gpu") for s in spec.get("slices") or [])}
+            if named & products or (key[0], engine) in engine_keys:
                 out.append(key)
         return out
 
@@ -256,6 +261,11 @@ class IndexView:
         pods: list[PodFact] = self._all("serving_pods", (namespace, name))
         return sorted(pods, key=lambda p: p.name)
 
+    def serving_workloads(self, namespace: str, name: str) -> list[tuple[str, str]]:
+        """(kind, name) of each Deployment and LeaderWorkerSet serving this LLMDeployment."""
+        return sorted([*self._all("serving_workloads", (namespace, name)),
+                       *self._all("serving_group_workloads", (namespace, name))])
+
     def claim(self, namespace: str, name: str) -> ClaimFact | None:
         fact: ClaimFact | None = self._first("claims", (namespace, name))
         return fact
@@ -325,8 +335,13 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         view=RUNTIME.view, writer=kube, events=_post_event, job_resource=Job,
         log_reader=kube.log_tail,
         active_deadline_seconds=cfg.build_deadline_seconds)
+    pools = SupportCache()
+
+    async def inference_pools(namespace: str) -> str:
+        return await pools.support(kube.client, InferencePoolResource, namespace)
+
     deployments = DeploymentController(view=RUNTIME.view, writer=kube, events=_post_event,
-                                       lws=RUNTIME.lws)
+                                       lws=RUNTIME.lws, inference_pools=inference_pools)
 
     def queue(name: str, reconcile: Any, errors: ReconcileErrors) -> WorkQueue[Key]:
         return WorkQueue(name, _unless_namespace_goes(reconcile), workers=cfg.workers,
@@ -643,6 +658,21 @@ def serving_group_sets(namespace: str | None, name: str, body: kopf.Body,
     return {(namespace or "", name): multinode.group_status(body)}
 
 
+@kopf.index("apps", "v1", "deployments", labels=SERVING_LABELS)
+def serving_workloads(namespace: str | None, name: str, labels: kopf.Labels,
+                      **_: Any) -> dict[Key, tuple[str, str]] | None:
+    """Which Deployments serve which LLMDeployment (one per GPU type with spec.slices)."""
+    owner = labels.get(DEPLOYMENT_LABEL)
+    return {(namespace or "", owner): ("Deployment", name)} if owner else None
+
+
+def serving_group_workloads(namespace: str | None, name: str, labels: kopf.Labels,
+                            **_: Any) -> dict[Key, tuple[str, str]] | None:
+    """Which LeaderWorkerSets serve which LLMDeployment."""
+    owner = labels.get(DEPLOYMENT_LABEL)
+    return {(namespace or "", owner): ("LeaderWorkerSet", name)} if owner else None
+
+
 @kopf.index("", "v1", "pods", labels=SERVING_LABELS)
 def serving_pods(namespace: str | None, name: str, labels: kopf.Labels, meta: kopf.Meta,
                  status: kopf.Status, **_: Any) -> dict[Key, PodFact] | None:
@@ -650,7 +680,8 @@ def serving_pods(namespace: str | None, name: str, labels: kopf.Labels, meta: ko
     owner = labels.get(DEPLOYMENT_LABEL)
     if not owner:
         return None
-    return {(namespace or "", owner): observe_pod(name, meta.get("creationTimestamp"), status)}
+    return {(namespace or "", owner): observe_pod(name, meta.get("creationTimestamp"), status,
+                                                  gpu=labels.get(GPU_LABEL))}
 
 
 def _enqueue_deployments_of(namespace: str, engine: str) -> None:
@@ -729,6 +760,7 @@ def prepare_leaderworkersets(settings: OperatorSettings) -> str:
     if RUNTIME.lws == "installed":
         group = (multinode.LWS_GROUP, multinode.LWS_VERSION, multinode.LWS_PLURAL)
         kopf.index(*group, labels=SERVING_LABELS)(serving_group_sets)
+        kopf.index(*group, labels=SERVING_LABELS)(serving_group_workloads)
         kopf.on.event(*group, labels=SERVING_LABELS)(on_serving_group_set)
     return RUNTIME.lws
 

@@ -55,6 +55,9 @@ LLMDeploymentResource = create_namespaced_resource(API_GROUP, API_VERSION, "LLMD
 # Registered so that codecs.from_dict can apply multi-node serving's LeaderWorkerSets.
 LeaderWorkerSetResource = create_namespaced_resource(
     "leaderworkerset.x-k8s.io", "v1", "LeaderWorkerSet", "leaderworkersets")
+# Registered so that codecs.from_dict can apply an LLMDeployment's InferencePool.
+InferencePoolResource = create_namespaced_resource(
+    "inference.networking.k8s.io", "v1", "InferencePool", "inferencepools")
 _RESOURCES = {"LLMEngine": LLMEngineResource, "LLMDeployment": LLMDeploymentResource}
 _STATUS_RESOURCES = {"LLMEngine": LLMEngineResource.Status,
                      "LLMDeployment": LLMDeploymentResource.Status}

@@ -76,9 +76,12 @@ class PodFact:
     unschedulable: str | None = None
     """The scheduler's message when it cannot place the pod."""
     stuck: StuckContainer | None = None
+    gpu: str | None = None
+    """The GPU type the pod serves on (its trtllm.dev/gpu-product label), for slices."""
 
 
-def observe_pod(name: str, created: str | None, status: Mapping[str, Any]) -> PodFact:
+def observe_pod(name: str, created: str | None, status: Mapping[str, Any],
+                gpu: str | None = None) -> PodFact:
     """The fact of one pod, from its metadata and ``status``."""
     unschedulable = None
     for c in status.get("conditions") or []:
@@ -86,7 +89,7 @@ def observe_pod(name: str, created: str | None, status: Mapping[str, Any]) -> Po
                 "PodScheduled", "False", "Unschedulable"):
             unschedulable = str(c.get("message") or "no node fits the pod")
     return PodFact(name=name, created=str(created or ""), phase=status.get("phase"),
-                   unschedulable=unschedulable, stuck=stuck_container(status))
+                   unschedulable=unschedulable, stuck=stuck_container(status), gpu=gpu)
 
 
 def stuck_container(status: Mapping[str, Any]) -> StuckContainer | None:

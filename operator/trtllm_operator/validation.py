@@ -85,6 +85,8 @@ class Reason(StrEnum):
     MODEL_DOES_NOT_FIT = "ModelDoesNotFit"
     # A free-form Kubernetes sub-object (affinity, env valueFrom) of the wrong shape.
     POD_FIELD_INVALID = "PodFieldInvalid"
+    # A slice's workload name (<name>-<gpu type>) held by another LLMDeployment's.
+    WORKLOAD_NAME_TAKEN = "WorkloadNameTaken"
     BACKEND_UNSUPPORTED_BY_IMAGE = "BackendUnsupportedByImage"
     FIELD_NOT_FOR_BACKEND = "FieldNotForBackend"
     CALIBRATION_DATA_MISSING = "CalibrationDataMissing"

@@ -21,11 +21,12 @@ import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from tests.conftest import ROOT, ClusterUnderTest, Kubectl
+from tests.conftest import ROOT, ClusterUnderTest, InstallCRDs, Kubectl
 from tests.e2e.conftest import H100, L40S, small_engine
 from trtllm_operator.localcluster import stages
 from trtllm_operator.localcluster.binaries import BinaryBuilder
 from trtllm_operator.localcluster.cluster import static_rwx_claim
+from trtllm_operator.localcluster.extcrds import INFERENCE_EXTENSION
 from trtllm_operator.localcluster.operator_process import OperatorProcess
 
 HEALTHY_DEADLINE = 120.0
@@ -38,7 +39,11 @@ SERVE_OPTIONS = {"kv_cache_config": {"enable_block_reuse": True}}
 CHECKS = ("engine built", "auto targets built", "build failure explained",
           "serve options written", "deployment ready", "events recorded",
           "removed target stopped", "deployment drift repaired", "service recreated",
-          "deletion held while in use", "engine released")
+          "deletion held while in use", "engine released", "fleet ready on two gpu types",
+          "inference pool made", "slice removed", "inference pool removed")
+FLEET_POOL = f"rbac{uuid.uuid4().hex[:6]}"
+"""Label value of the nodes the flows' fleets run on (one H100 and one L40S node)."""
+PICKER = {"name": "llama-epp", "port": 9002}
 
 
 # --------------------------------------------------------------------------- the flow
@@ -55,6 +60,7 @@ class Flow:
         self.batch = client.BatchV1Api(api)
         self.passed: set[str] = set()
         self.step = 0
+        self.fleet_step = 0
 
     def _apply(self, obj: dict[str, Any]) -> None:
         self.kubectl("apply", "-n", self.ns, "-f", "-", input=yaml.safe_dump(obj))
@@ -86,6 +92,46 @@ class Flow:
                      "metadata": {"name": "server"},
                      "spec": {"engineRef": {"name": "served"}, "gpu": H100, "replicas": 1,
                               "serve": {"extraLlmApiOptions": SERVE_OPTIONS}}})
+        # One fleet over two GPU types, with an InferencePool (the CRD is installed).
+        self._apply(self._engine("both", [H100, L40S], 65))
+        self._apply(self._fleet([H100, L40S], PICKER))
+
+    def _fleet(self, gpus: list[str], picker: dict[str, Any] | None) -> dict[str, Any]:
+        spec: dict[str, Any] = {"engineRef": {"name": "both"}, "replicas": len(gpus),
+                                "slices": [{"gpu": g} for g in gpus],
+                                "nodeSelector": {"rbac-fleet": FLEET_POOL}}
+        if picker is not None:
+            spec["inferencePool"] = {"endpointPickerRef": picker}
+        return {"apiVersion": "trtllm.dev/v1alpha1", "kind": "LLMDeployment",
+                "metadata": {"name": "fleet"}, "spec": spec}
+
+    def _has_pool(self) -> bool:
+        try:
+            self.objects.get_namespaced_custom_object(
+                "inference.networking.k8s.io", "v1", self.ns, "inferencepools", "fleet")
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    def _advance_fleet(self, ready: Any) -> None:
+        fleet = self._get("llmdeployments", "fleet")
+        if self.fleet_step == 0:
+            if self._has_pool():
+                self.passed.add("inference pool made")
+            if ready(fleet) and len(((fleet or {}).get("status") or {}).get("slices") or []) == 2:
+                self.passed.add("fleet ready on two gpu types")
+            if {"inference pool made", "fleet ready on two gpu types"} <= self.passed:
+                # The L40S slice and the pool taken off: deletions only.
+                self._apply(self._fleet([H100], None))
+                self.fleet_step = 1
+        elif self.fleet_step == 1:
+            names = {d.metadata.name for d in self.apps.list_namespaced_deployment(self.ns).items}
+            if "fleet-nvidia-h100-80gb-hbm3" in names and "fleet-nvidia-l40s" not in names:
+                self.passed.add("slice removed")
+            if not self._has_pool():
+                self.passed.add("inference pool removed")
 
     def _get(self, plural: str, name: str) -> dict[str, Any] | None:
         try:
@@ -141,6 +187,7 @@ class Flow:
             elif targets == [H100] and not self._jobs(L40S):
                 self.passed.add("removed target stopped")
 
+        self._advance_fleet(ready)
         server = self._get("llmdeployments", "server")
         if "serve options written" not in self.passed:
             try:
@@ -227,6 +274,20 @@ def _namespace(core: client.CoreV1Api, prefix: str) -> str:
 
 
 @pytest.fixture(scope="module")
+def fleet_nodes(cluster: ClusterUnderTest) -> list[str]:
+    """The nodes the flows' fleets run on, apart from the shared fleet the builds use."""
+    labels = {"rbac-fleet": FLEET_POOL}
+    return [*cluster.add_nodes("h100", 1, labels=labels),
+            *cluster.add_nodes("l40s", 1, labels=labels)]
+
+
+@pytest.fixture
+def inference_crds(third_party_crds: InstallCRDs, fleet_nodes: list[str]) -> list[str]:
+    """The Inference Extension CRDs, so that the InferencePool rules have something to do."""
+    return third_party_crds(INFERENCE_EXTENSION)
+
+
+@pytest.fixture(scope="module")
 def chart(cluster: ClusterUnderTest, crds: list[str], core: client.CoreV1Api,
           ) -> Iterator[dict[str, Any]]:
     """The chart installed with its defaults (cluster-wide), as Helm users get it."""
@@ -291,7 +352,8 @@ def _conditions_text(flow: Flow) -> str:
 
 def test_the_whole_flow_passes_under_the_charts_service_account(
         chart: dict[str, Any], cluster: ClusterUnderTest, core: client.CoreV1Api,
-        api_client: client.ApiClient, kubectl: Kubectl, tmp_path: Path) -> None:
+        api_client: client.ApiClient, kubectl: Kubectl, tmp_path: Path,
+        inference_crds: list[str]) -> None:
     kubeconfig = _token_kubeconfig(core, cluster.kubeconfig, chart["serviceAccount"],
                                    chart["namespace"], tmp_path / "sa.kubeconfig")
     op = OperatorProcess(kubeconfig, tmp_path / "operator.log")
@@ -316,7 +378,8 @@ def test_the_whole_flow_passes_under_the_charts_service_account(
 
 def test_removing_any_one_rule_breaks_part_of_the_flow_with_a_denial_naming_it(
         chart: dict[str, Any], cluster: ClusterUnderTest, core: client.CoreV1Api,
-        api_client: client.ApiClient, kubectl: Kubectl, tmp_path: Path) -> None:
+        api_client: client.ApiClient, kubectl: Kubectl, tmp_path: Path,
+        inference_crds: list[str]) -> None:
     rules = _rules_manifest(chart["rules"])
     assert len(rules) >= 10
     rbac = client.RbacAuthorizationV1Api(api_client)

@@ -45,9 +45,10 @@ NAMESPACED_RULES = expand([
     ([""], ["pods", "persistentvolumeclaims"], ["list", "watch"]),
     ([""], ["pods/log"], ["get"]),
     ([""], ["configmaps"], ["list", "watch", "create", "patch"]),
-    (["apps"], ["deployments"], ["list", "watch", "create", "patch"]),
+    (["apps"], ["deployments"], ["list", "watch", "create", "patch", "delete"]),
     ([""], ["services"], ["list", "watch", "create", "patch"]),
     ([""], ["events"], ["create"]),
+    (["inference.networking.k8s.io"], ["inferencepools"], ["list", "create", "patch", "delete"]),
 ])
 CLUSTER_RULES = expand([
     ([""], ["nodes"], ["list", "watch"]),
@@ -511,7 +512,8 @@ def test_crds_are_not_templates() -> None:
 
 
 LWS_RULES = expand([
-    (["leaderworkerset.x-k8s.io"], ["leaderworkersets"], ["list", "watch", "create", "patch"]),
+    (["leaderworkerset.x-k8s.io"], ["leaderworkersets"],
+     ["list", "watch", "create", "patch", "delete"]),
     ([""], ["secrets"], ["create"]),
 ])
 

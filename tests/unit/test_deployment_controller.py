@@ -48,6 +48,7 @@ class FakeView:
         self.dep: dict[str, Any] | None = None
         self.children: dict[str, dict[str, Any]] = {}
         self.group_set: dict[str, Any] | None = None
+        self.workloads: list[tuple[str, str]] = []
 
     def deployment_body(self, key: Key) -> Mapping[str, Any] | None:
         return self.body
@@ -70,6 +71,9 @@ class FakeView:
     def serving_pods(self, namespace: str, name: str) -> list[PodFact]:
         return self.pods
 
+    def serving_workloads(self, namespace: str, name: str) -> list[tuple[str, str]]:
+        return self.workloads
+
     def claim(self, namespace: str, name: str) -> ClaimFact | None:
         return self.claims.get(name)
 
@@ -79,6 +83,11 @@ class FakeWriter:
         self.applied: list[dict[str, Any]] = []
         self.status_patches: list[dict[str, Any]] = []
         self.created: list[dict[str, Any]] = []
+        self.deleted: list[tuple[str, str]] = []
+
+    async def delete(self, resource: Any, namespace: str, name: str) -> bool:
+        self.deleted.append((resource.__name__, name))
+        return True
 
     async def create_if_absent(self, manifest: dict[str, Any]) -> bool:
         self.created.append(manifest)

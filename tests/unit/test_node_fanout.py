@@ -24,6 +24,8 @@ def _view() -> IndexView:
         ("ml", "b"): [{"spec": {"engineRef": {"name": "on-l40s"}}}],
         ("ml", "c"): [{"spec": {"engineRef": {"name": "anywhere"}}}],
         ("ml", "d"): [{"spec": {"engineRef": {"name": "missing"}, "gpu": H100}}],
+        ("ml", "e"): [{"spec": {"engineRef": {"name": "missing"},
+                                "slices": [{"gpu": L40S}, {"gpu": H100}]}}],
     }
     view.indexes = {"engine_bodies": engines, "deployment_bodies": deployments}
     return view
@@ -39,7 +41,7 @@ def test_a_new_node_reaches_only_objects_of_its_gpu_type() -> None:
     engines = view.engines_affected_by({H100})
     assert sorted(engines) == [("ml", "anywhere"), ("ml", "on-h100")]
     assert sorted(view.deployments_affected_by({H100}, engines)) == [
-        ("ml", "a"), ("ml", "c"), ("ml", "d")]
+        ("ml", "a"), ("ml", "c"), ("ml", "d"), ("ml", "e")]
 
 
 def test_a_heartbeat_or_a_fact_that_leaves_the_pool_as_it_was_changes_nothing() -> None:

@@ -128,6 +128,10 @@ removed targets, status and finalizer patches, and Events.
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["create", "patch"]
+# A GPU type taken off an LLMDeployment's spec.slices: its Deployment goes.
+- apiGroups: ["apps"]
+  resources: ["deployments"]
+  verbs: ["delete"]
 - apiGroups: [""]
   resources: ["services"]
   verbs: ["list", "watch"]
@@ -137,12 +141,17 @@ removed targets, status and finalizer patches, and Events.
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+# spec.inferencePool (Gateway API Inference Extension): asked whether the CRD is served (list),
+# applied, and deleted when the field goes. Harmless where the CRD is not installed.
+- apiGroups: ["inference.networking.k8s.io"]
+  resources: ["inferencepools"]
+  verbs: ["list", "create", "patch", "delete"]
 {{- if .Values.leaderWorkerSet.enabled }}
 # Multi-node serving: LeaderWorkerSet groups and the SSH key Secret of each (created once,
 # never read).
 - apiGroups: ["leaderworkerset.x-k8s.io"]
   resources: ["leaderworkersets"]
-  verbs: ["list", "watch", "create", "patch"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["create"]

@@ -154,6 +154,45 @@ class Strategy(SpecModel):
     """Rolling update parameters."""
 
 
+MAX_SLICES: Final = 8
+
+
+class GPUSlice(SpecModel):
+    """One GPU type of a fleet that serves on several (spec.slices)."""
+
+    gpu: Annotated[
+        GPUProduct, Field(json_schema_extra=validations(gpu_product_rule("spec.slices[].gpu")))
+    ]
+    """GPU type of this slice: one the engine is built for (its spec.targets, or what its auto
+    entry resolved to)."""
+    weight: Annotated[int, Field(ge=1, le=1000)] = 1
+    """This slice's share of spec.replicas: replicas x weight / the sum of the weights,
+    rounded so the slices add up to spec.replicas (ties go to the earlier slice). For fixed
+    counts per type, use the counts as weights and their sum as spec.replicas."""
+
+
+class EndpointPickerRef(SpecModel):
+    """The endpoint picker (EPP) Service the InferencePool sends routing decisions to."""
+
+    name: DNSSubdomain
+    """Name of the endpoint picker's Service, in the LLMDeployment's namespace."""
+    port: Port
+    """The Service port of the endpoint picker's gRPC ext-proc (9002 in the Inference
+    Extension's charts)."""
+    failure_mode: Literal["FailOpen", "FailClose"] | None = None
+    """What the gateway does while the picker does not answer (InferencePool default
+    FailClose: requests fail; FailOpen: the gateway picks an endpoint itself)."""
+
+
+class InferencePoolSpec(SpecModel):
+    """An InferencePool (Gateway API Inference Extension, inference.networking.k8s.io/v1) of
+    this deployment's serving pods, for an HTTPRoute to send traffic through an endpoint
+    picker."""
+
+    endpoint_picker_ref: EndpointPickerRef
+    """The endpoint picker serving this pool."""
+
+
 class LLMDeploymentSpec(SpecModel):
     """An engine to serve, how many replicas, and how to reach them."""
 
@@ -162,7 +201,21 @@ class LLMDeploymentSpec(SpecModel):
         "spec.imageRelease names the release of spec.image: set spec.image too, or remove "
         "spec.imageRelease (without spec.image the engine's image and its release are used)",
         field_path=".imageRelease",
+    ), cel(
+        "!has(self.gpu) || !has(self.slices) || size(self.slices) == 0",
+        "spec.slices and spec.gpu both name GPU types: use spec.gpu for one GPU type, or "
+        "spec.slices for several, not both",
+        field_path=".slices",
     )))
+
+    @model_validator(mode="after")
+    def _one_gpu_form(self) -> LLMDeploymentSpec:
+        if self.gpu is not None and self.slices:
+            raise ValueError("spec.gpu and spec.slices both name GPU types: use one")
+        gpus = [s.gpu for s in self.slices]
+        if len(set(gpus)) != len(gpus):
+            raise ValueError("spec.slices names a GPU type twice: one slice per GPU type")
+        return self
 
     engine_ref: EngineReference
     """The LLMEngine to serve, in the same namespace."""
@@ -173,8 +226,19 @@ class LLMDeploymentSpec(SpecModel):
     resolved to (status.targets). Unset: the GPU type it already serves on while that stays
     built and schedulable, else the built target with room for every replica and the most
     GPU memory (status.gpuReason says why)."""
+    slices: Annotated[
+        tuple[GPUSlice, ...],
+        Field(max_length=MAX_SLICES, json_schema_extra=validations(cel(
+            "self.all(a, self.exists_one(b, b.gpu == a.gpu))",
+            "spec.slices names a GPU type twice: give each GPU type one slice (and its "
+            "weight)"))),
+    ] = ()
+    """Serve on several GPU types at once, one workload per type, all behind one Service:
+    each slice is placed and sized by the engine built for its type. spec.replicas is the
+    total, split over the slices by weight. Instead of spec.gpu."""
     replicas: Annotated[int, Field(ge=0, le=facts.INT32_MAX)] = DEFAULT_REPLICAS
-    """Number of serving pods, each with tensor x pipeline GPUs. Also set through the scale
+    """Number of serving pods (multi-node: groups), each with tensor x pipeline GPUs; with
+    spec.slices the total over all slices, split by their weights. Also set through the scale
     subresource (kubectl scale, HorizontalPodAutoscaler): leave it out of GitOps manifests
     when an autoscaler owns it."""
     image: ImageReference | None = None
@@ -216,6 +280,10 @@ class LLMDeploymentSpec(SpecModel):
         Strategy, Field(default_factory=Strategy, json_schema_extra=default_empty_object())
     ]
     """How pods are replaced on a change."""
+    inference_pool: InferencePoolSpec | None = None
+    """Also make an InferencePool of the serving pods (needs the Gateway API Inference
+    Extension CRDs), named like the LLMDeployment, for a Gateway's HTTPRoute to reach them
+    through the named endpoint picker."""
 
 
 # --------------------------------------------------------------------------- status
@@ -231,7 +299,31 @@ class DeploymentConditionType(StrEnum):
     PROGRESSING = "Progressing"
     """A rollout is under way (new engine, image or settings)."""
     READY = "Ready"
-    """All desired replicas run the current engine and spec, and answer requests."""
+    """All desired replicas run the current engine and spec, and answer requests (with
+    spec.slices: in every slice)."""
+    INFERENCE_POOL_READY = "InferencePoolReady"
+    """spec.inferencePool: the InferencePool exists as specified (or why not)."""
+
+
+class SliceStatus(StatusModel):
+    """One GPU type of spec.slices, as observed."""
+
+    gpu: GPUProduct
+    """The slice's GPU type."""
+    desired_replicas: Annotated[int, Field(ge=0)] = 0
+    """Its share of spec.replicas (by weight)."""
+    replicas: Annotated[int, Field(ge=0)] = 0
+    """Its serving pods (multi-node: groups) that exist."""
+    ready_replicas: Annotated[int, Field(ge=0)] = 0
+    """Those that answer requests."""
+    engine_fingerprint: Annotated[str, StringConstraints(max_length=64)] | None = None
+    """Fingerprint of the engine its pods serve."""
+    ready: bool = False
+    """Whether every desired replica of the slice runs the current engine and spec."""
+    reason: Annotated[str, StringConstraints(max_length=128)] | None = None
+    """Why it is (not) ready, as in the Ready condition."""
+    message: Annotated[str, StringConstraints(max_length=1024)] | None = None
+    """What to do about it, if anything."""
 
 
 class LLMDeploymentStatus(StatusModel):
@@ -258,6 +350,8 @@ class LLMDeploymentStatus(StatusModel):
     """Fingerprint of the engine the pods serve."""
     endpoint: Annotated[str, StringConstraints(max_length=1024)] | None = None
     """Base URL of the OpenAI-compatible API, e.g. http://llama.team-a.svc:8000/v1."""
+    slices: Annotated[tuple[SliceStatus, ...], Field(max_length=MAX_SLICES)] = ()
+    """With spec.slices: each GPU type's replicas, engine and readiness, in spec order."""
 
 
 class LLMDeployment(ResourceModel):

@@ -45,6 +45,15 @@ which is a JSON list emptied on read)."""
 METRICS_LABEL: Final = "trtllm.dev/metrics"
 """Pod label a PodMonitor selects on (value ``prometheus``): labels, not annotations, are what
 a PodMonitor's selector reads."""
+ENGINE_TYPE_LABEL: Final = "inference.networking.k8s.io/engine-type"
+"""Pod label by which the Inference Extension's endpoint picker chooses the metric names it
+scrapes (unlabelled pods are read as vLLM)."""
+ENGINE_TYPE: Final = "trtllm-serve"
+"""The picker's built-in engine type for trtllm-serve's Prometheus metrics."""
+ENDPOINT_LABEL: Final = "trtllm.dev/endpoint"
+"""On pods that answer HTTP (value ``http``): every single-node pod, the leader of a multi-node
+group, never its workers. What the Service of a fleet across GPU types and an InferencePool
+select on, whatever mix of single- and multi-node slices they hold."""
 PYTORCH_STARTUP_BASE_SECONDS: Final = 15 * 60
 """Start-up work besides reading the weights: CUDA and NCCL initialisation, kernel autotuning,
 CUDA graph capture and the KV-cache allocation."""
@@ -319,7 +328,7 @@ def pod_template(d: LLMDeployment, engine: LLMEngine, serving: Serving, claim: s
     if spec.image_pull_secrets:
         pod_spec["imagePullSecrets"] = [{"name": s.name} for s in spec.image_pull_secrets]
     annotations = {FINGERPRINT_ANNOTATION: serving.fingerprint, PATH_ANNOTATION: serving.path}
-    template_labels = dict(lbl)
+    template_labels = lbl | {ENGINE_TYPE_LABEL: ENGINE_TYPE, ENDPOINT_LABEL: "http"}
     if pytorch:
         # What a PodMonitor (selecting on the label) or an annotation-driven scrape config
         # needs: the port's name and number, and the path.
@@ -359,8 +368,14 @@ def _pytorch_env(d: LLMDeployment) -> list[dict[str, Any]]:
     return env
 
 
+def endpoint_selector(d: LLMDeployment) -> dict[str, str]:
+    """The pods of this LLMDeployment that answer HTTP, on every GPU type it serves on."""
+    return selector(d) | {ENDPOINT_LABEL: "http"}
+
+
 def service(d: LLMDeployment, engine_name: str) -> dict[str, Any]:
-    """The Service in front of the serving pods."""
+    """The Service in front of the serving pods (with spec.slices: the HTTP pods of every
+    slice)."""
     meta: dict[str, Any] = {"name": d.metadata.name, "namespace": d.metadata.namespace,
                             "labels": child_labels(d, engine_name),
                             "ownerReferences": [owner_reference(d)]}
@@ -368,7 +383,8 @@ def service(d: LLMDeployment, engine_name: str) -> dict[str, Any]:
         meta["annotations"] = dict(d.spec.service.annotations)
     return {
         "apiVersion": "v1", "kind": "Service", "metadata": meta,
-        "spec": {"type": d.spec.service.type, "selector": selector(d),
+        "spec": {"type": d.spec.service.type,
+                 "selector": endpoint_selector(d) if d.spec.slices else selector(d),
                  "ports": [{"name": "http", "port": d.spec.service.port,
                             "targetPort": "http", "protocol": "TCP"}]},
     }

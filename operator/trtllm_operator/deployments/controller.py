@@ -14,14 +14,21 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import logging
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from lightkube import ApiError
+from lightkube.resources.apps_v1 import Deployment
+
 from trtllm_operator import conditions as cond
-from trtllm_operator import gpus, metrics, trtllm_facts
+from trtllm_operator import gpus, labels, metrics, trtllm_facts
 from trtllm_operator.api import (
     ConditionStatus,
     EngineTargetStatus,
@@ -29,12 +36,12 @@ from trtllm_operator.api import (
     LLMDeploymentStatus,
     LLMEngine,
 )
-from trtllm_operator.api.deployment import DeploymentConditionType
+from trtllm_operator.api.deployment import DeploymentConditionType, SliceStatus
 from trtllm_operator.api.engine import BuiltLimits, size_hint_bytes
 from trtllm_operator.claims import SHARED_READ, ClaimFact, check_claim
-from trtllm_operator.deployments import builders, choice, multinode
+from trtllm_operator.deployments import builders, choice, inference_pool, multinode, slices
 from trtllm_operator.engines.planning import serving_claim
-from trtllm_operator.kube import invalid_refusal
+from trtllm_operator.kube import InferencePoolResource, LeaderWorkerSetResource, invalid_refusal
 from trtllm_operator.kube_objects import check_deployment_objects
 from trtllm_operator.pods import PodContext, PodFact, PodProblem, diagnose
 from trtllm_operator.reconcile_errors import RECONCILE_ERROR
@@ -62,6 +69,7 @@ class Writer(Protocol):
     async def create_if_absent(self, manifest: dict[str, Any]) -> bool: ...
     async def patch_status(self, kind: str, namespace: str, name: str,
                            status: dict[str, Any]) -> None: ...
+    async def delete(self, resource: Any, namespace: str, name: str) -> bool: ...
 
 
 class View(Protocol):
@@ -73,6 +81,7 @@ class View(Protocol):
                       name: str) -> Mapping[str, Any] | None: ...
     def serving_group_set(self, namespace: str, name: str) -> Mapping[str, Any] | None: ...
     def serving_pods(self, namespace: str, name: str) -> list[PodFact]: ...
+    def serving_workloads(self, namespace: str, name: str) -> list[tuple[str, str]]: ...
     def claim(self, namespace: str, name: str) -> ClaimFact | None: ...
 
 
@@ -276,6 +285,14 @@ class DeploymentController:
         default_factory=lambda: StatusWrites("LLMDeployment"))
     lws: str = "missing"
     """LeaderWorkerSet in the cluster, checked once at startup: installed, missing, forbidden."""
+    inference_pools: Callable[[str], Awaitable[str]] | None = None
+    """Whether the cluster serves InferencePools to this namespace (installed, missing,
+    forbidden), asked again after a TTL; None: never."""
+    pool_reapply_seconds: float = 300.0
+    """An InferencePool (not watched) is applied when its manifest changes, else at most this
+    often, so a deleted or edited one comes back."""
+    monotonic: Callable[[], float] = time.monotonic
+    _pools_applied: dict[Key, tuple[str, float]] = field(default_factory=dict)
 
     async def reconcile(self, key: Key) -> Result | None:
         body = self.view.deployment_body(key)
@@ -286,61 +303,15 @@ class DeploymentController:
         d = LLMDeployment.model_validate(body)
         if d.metadata.deletion_timestamp is not None:
             return None  # garbage collection removes the Deployment and Service
-        namespace, name = key
+        namespace = key[0]
         engine_body = self.view.engine((namespace, d.spec.engine_ref.name))
         engine = LLMEngine.model_validate(engine_body) if engine_body else None
         facts = self.view.cluster_facts()
-        findings = (*check_deployment_objects(d.spec), *validate_deployment(
-            d.spec, engine.spec if engine else None, facts,
-            resolved=resolved_targets(engine) if engine else None))
-        group_set = self.view.serving_group_set(namespace, name)
-        observed = group_set or self.view.serving_deployment(namespace, name)
-        # What it serves on now: the running Deployment's GPU type, else what status recorded.
-        chosen = choose_target(d, engine, findings, facts,
-                               current=_serving_gpu(observed) or d.status.gpu)
-
-        preflight: Finding | None = None
-        if chosen.target is not None and engine is not None:
-            place = placement(engine, chosen.target.gpu, facts, self.lws)
-            # Serving pods mount the engine's claim read-only, on many nodes.
-            engine_claim, claim_field = serving_claim(engine.spec)
-            claim_problems = check_claim(
-                self.view.claim(namespace, engine_claim), engine_claim, namespace,
-                f"LLMEngine {engine.metadata.name} {claim_field}", SHARED_READ)
-            preflight = next(iter([*claim_problems, *filter(None, [place.problem])]), None)
-            if preflight is None:
-                serving = serving_for(engine, chosen.target)
-                claim = engine_claim
-                options = builders.options_configmap(d, engine.metadata.name,
-                                                     serving.backend)
-                if options is not None:
-                    await self._apply_if_changed(options)
-                if place.shape is None:
-                    try:
-                        observed = await self._apply_if_changed(
-                            builders.deployment(d, engine, serving, claim)) or observed
-                    except Exception as exc:
-                        refused = invalid_refusal(exc)
-                        if refused is None:
-                            raise
-                        # A rule of Kubernetes the free-form fields (affinity, env) broke: a
-                        # status reason until the spec changes, not a retried failure.
-                        preflight = Finding(Reason.POD_FIELD_INVALID, Severity.ERROR, "spec", (
-                            f"the API server refused the serving Deployment: {refused}; "
-                            f"correct the field it names (spec.affinity, spec.env, "
-                            f"spec.resources)"))
-                    else:
-                        await self._apply_if_changed(builders.service(d, engine.metadata.name))
-                else:
-                    if group_set is None:
-                        # Made once, never rewritten: the operator reads no Secret.
-                        await self.writer.create_if_absent(multinode.ssh_secret(
-                            d, engine.metadata.name, *ssh_key_pair()))
-                    observed = multinode.group_status(await self.writer.apply(
-                        multinode.leaderworkerset(d, engine, serving, claim, place.shape)))
-                    await self.writer.apply(multinode.leader_service(d, engine.metadata.name))
-
-        status = self._status(d, chosen, preflight, observed, facts)
+        if d.spec.slices:
+            status, findings = await self._reconcile_slices(d, engine, facts)
+        else:
+            status, findings = await self._reconcile_one(d, engine, facts)
+        status = await self._reconcile_pool(d, engine, status)
         status = status.model_copy(update={"conditions": spec_warning_condition(
             status.conditions, findings, d.metadata.generation, self.clock())})
         status = status.model_copy(update={"conditions": deployment_progress_conditions(
@@ -356,7 +327,230 @@ class DeploymentController:
                                findings)
         if not cond.is_true(status.conditions, DeploymentConditionType.READY):
             return Result(requeue_after=NOT_READY_RESYNC_SECONDS)
+        if d.spec.inference_pool is not None:
+            # InferencePools are not watched: a deleted or edited one is put back this late.
+            return Result(requeue_after=self.pool_reapply_seconds)
         return None
+
+    async def _reconcile_one(self, d: LLMDeployment, engine: LLMEngine | None,
+                             facts: ClusterFacts) -> tuple[LLMDeploymentStatus,
+                                                           tuple[Finding, ...]]:
+        """One GPU type (spec.gpu, or chosen): one workload named like the LLMDeployment."""
+        namespace, name = d.metadata.namespace or "", d.metadata.name
+        findings = (*check_deployment_objects(d.spec), *validate_deployment(
+            d.spec, engine.spec if engine else None, facts,
+            resolved=resolved_targets(engine) if engine else None))
+        group_set = self.view.serving_group_set(namespace, name)
+        observed = group_set or self.view.serving_deployment(namespace, name)
+        # What it serves on now: the running Deployment's GPU type, else what status recorded.
+        chosen = choose_target(d, engine, findings, facts,
+                               current=_serving_gpu(observed) or d.status.gpu)
+        preflight, observed, shape = await self._serve(d, engine, chosen, facts, observed,
+                                                       group_set is None, as_slice=None)
+        if engine is not None and shape is not None:
+            if shape == "single":
+                await self._apply_if_changed(builders.service(d, engine.metadata.name))
+            else:
+                await self.writer.apply(multinode.leader_service(d, engine.metadata.name))
+        status = self._status(d, chosen, preflight, observed, facts,
+                              self.view.serving_pods(namespace, name))
+        if cond.is_true(status.conditions, DeploymentConditionType.READY):
+            # Back from spec.slices: their workloads go once this one serves.
+            await self._delete_workloads(d, keep={name})
+        return status, findings
+
+    async def _reconcile_slices(self, d: LLMDeployment, engine: LLMEngine | None,
+                                facts: ClusterFacts) -> tuple[LLMDeploymentStatus,
+                                                              tuple[Finding, ...]]:
+        """spec.slices: one workload per GPU type (see :mod:`slices`), one Service over all."""
+        namespace = d.metadata.namespace or ""
+        counts = slices.split_replicas(d.spec.replicas, [s.weight for s in d.spec.slices])
+        resolved = resolved_targets(engine) if engine else None
+        all_findings: dict[tuple[str, str], Finding] = {}
+        views: list[LLMDeploymentStatus] = []
+        shown: list[SliceStatus] = []
+        served = False
+        pods = self.view.serving_pods(namespace, d.metadata.name)
+        for i, (gpu_slice, count) in enumerate(zip(d.spec.slices, counts, strict=True)):
+            gpu = gpu_slice.gpu
+            view = slices.slice_view(d, gpu, count)
+            findings = slices.slice_findings((*check_deployment_objects(view.spec),
+                                              *validate_deployment(
+                view.spec, engine.spec if engine else None, facts, resolved=resolved)), i)
+            all_findings.update({(f.field, f.message): f for f in findings})
+            wname = slices.workload_name(d, gpu)
+            group_set = self.view.serving_group_set(namespace, wname)
+            observed = group_set or self.view.serving_deployment(namespace, wname)
+            chosen = choose_target(view, engine, tuple(findings), facts)
+            if chosen.gpu_reason is not None:
+                chosen = EngineChoice(chosen.target, chosen.ready, chosen.reason,
+                                      chosen.message, f"named by spec.slices[{i}]")
+            preflight, observed, shape = await self._serve(
+                view, engine, chosen, facts, observed, group_set is None,
+                as_slice=functools.partial(slices.as_slice, d=d, gpu=gpu))
+            served = served or shape is not None
+            status = self._status(view, chosen, preflight, observed, facts,
+                                  [p for p in pods if p.gpu == gpu])
+            views.append(status)
+            shown.append(slices.slice_status(gpu, status, count))
+        if served and engine is not None:
+            await self._apply_if_changed(builders.service(d, engine.metadata.name))
+        status = slices.fleet_status(
+            d, views, shown, self.clock(),
+            endpoint=builders.endpoint(d) if any(s.replicas for s in shown) or served
+            else None, selector=builders.selector_string(d))
+        keep = {slices.workload_name(d, s.gpu) for s in d.spec.slices}
+        if not cond.is_true(status.conditions, DeploymentConditionType.READY):
+            # Moving from one GPU type to slices: the old workload serves until they do.
+            keep.add(d.metadata.name)
+        await self._delete_workloads(d, keep=keep)
+        return status, tuple(all_findings.values())
+
+    async def _serve(self, d: LLMDeployment, engine: LLMEngine | None, chosen: EngineChoice,
+                     facts: ClusterFacts, observed: Mapping[str, Any] | None,
+                     first_group: bool,
+                     as_slice: Callable[[dict[str, Any]], dict[str, Any]] | None,
+                     ) -> tuple[Finding | None, Mapping[str, Any] | None, str | None]:
+        """Apply the workload of ``d`` (a slice view when ``as_slice`` renames it) once its
+        target is Built and nothing stops it: (the preflight problem, the workload as
+        observed, "single" or "multi" when it was applied, else None)."""
+        if chosen.target is None or engine is None:
+            return None, observed, None
+        namespace = d.metadata.namespace or ""
+        owner = (((observed or {}).get("metadata") or {}).get("labels") or {}).get(
+            labels.DEPLOYMENT)
+        if owner is not None and owner != d.metadata.name:
+            # Names are <name>-<gpu type>: "llama" on L40S and an LLMDeployment named
+            # "llama-nvidia-l40s" would take turns writing one Deployment.
+            name = ((observed or {}).get("metadata") or {}).get("name")
+            return Finding(Reason.WORKLOAD_NAME_TAKEN, Severity.ERROR, "metadata.name", (
+                f"the Deployment {name} this needs already serves LLMDeployment {owner} "
+                f"(a slice's workload is named <name>-<gpu type>): rename one of the two "
+                f"LLMDeployments")), None, None
+        place = placement(engine, chosen.target.gpu, facts, self.lws)
+        # Serving pods mount the engine's claim read-only, on many nodes.
+        engine_claim, claim_field = serving_claim(engine.spec)
+        claim_problems = check_claim(
+            self.view.claim(namespace, engine_claim), engine_claim, namespace,
+            f"LLMEngine {engine.metadata.name} {claim_field}", SHARED_READ)
+        preflight = next(iter([*claim_problems, *filter(None, [place.problem])]), None)
+        if preflight is not None:
+            return preflight, observed, None
+        rename = as_slice or (lambda m: m)
+        serving = serving_for(engine, chosen.target)
+        options = builders.options_configmap(d, engine.metadata.name, serving.backend)
+        if options is not None:
+            await self._apply_if_changed(options)
+        if place.shape is None:
+            try:
+                observed = await self._apply_if_changed(
+                    rename(builders.deployment(d, engine, serving, engine_claim))) or observed
+            except Exception as exc:
+                refused = invalid_refusal(exc)
+                if refused is None:
+                    raise
+                # A rule of Kubernetes the free-form fields (affinity, env) broke: a status
+                # reason until the spec changes, not a retried failure.
+                return Finding(Reason.POD_FIELD_INVALID, Severity.ERROR, "spec", (
+                    f"the API server refused the serving Deployment: {refused}; correct the "
+                    f"field it names (spec.affinity, spec.env, spec.resources)")), observed, None
+            return None, observed, "single"
+        if first_group:
+            # Made once, never rewritten: the operator reads no Secret.
+            await self.writer.create_if_absent(multinode.ssh_secret(
+                d, engine.metadata.name, *ssh_key_pair()))
+        observed = multinode.group_status(await self.writer.apply(rename(
+            multinode.leaderworkerset(d, engine, serving, engine_claim, place.shape))))
+        return None, observed, "multi"
+
+    async def _delete_workloads(self, d: LLMDeployment, keep: set[str]) -> None:
+        """Delete this LLMDeployment's serving workloads not named in ``keep`` (a slice taken
+        off the list, or the other form after a move between spec.gpu and spec.slices)."""
+        namespace = d.metadata.namespace or ""
+        for kind, wname in self.view.serving_workloads(namespace, d.metadata.name):
+            if wname in keep:
+                continue
+            resource = Deployment if kind == "Deployment" else LeaderWorkerSetResource
+            log.info("deleting %s %s/%s: no slice of LLMDeployment %s serves on it", kind,
+                     namespace, wname, d.metadata.name)
+            await self.writer.delete(resource, namespace, wname)
+
+    async def _reconcile_pool(self, d: LLMDeployment, engine: LLMEngine | None,
+                              status: LLMDeploymentStatus) -> LLMDeploymentStatus:
+        """spec.inferencePool: apply the InferencePool where the CRD is served, else say why;
+        the field removed: delete the one made before (the InferencePoolReady condition says
+        there was one: the operator watches no InferencePools, so the CRD may come and go)."""
+        key = (d.metadata.namespace or "", d.metadata.name)
+        type_ = DeploymentConditionType.INFERENCE_POOL_READY
+        if d.spec.inference_pool is None:
+            self._pools_applied.pop(key, None)
+            if cond.find_condition(d.status.conditions, type_) is None:
+                return status
+            if await self._pool_support(key[0]) != "missing":
+                await self.writer.delete(InferencePoolResource, key[0],
+                                         inference_pool.pool_name(d))
+            return status.model_copy(update={"conditions": cond.remove_condition(
+                status.conditions, type_)})
+        ok, reason, message = await self._apply_pool(d, engine)
+        conds = cond.set_condition(status.conditions, type_, ok, reason, message,
+                                   observed_generation=d.metadata.generation, now=self.clock())
+        ready = cond.find_condition(conds, DeploymentConditionType.READY)
+        if ok != "True" and ready is not None and ready.status == "True":
+            # Serving works, but not everything the spec asks for: not Ready.
+            conds = cond.set_condition(conds, DeploymentConditionType.READY, "False", reason,
+                                       message, observed_generation=d.metadata.generation,
+                                       now=self.clock())
+        return status.model_copy(update={"conditions": conds})
+
+    async def _pool_support(self, namespace: str) -> str:
+        return (await self.inference_pools(namespace) if self.inference_pools is not None
+                else "missing")
+
+    async def _apply_pool(self, d: LLMDeployment, engine: LLMEngine | None,
+                          ) -> tuple[ConditionStatus, str, str]:
+        """Apply the InferencePool unless the same manifest was applied lately: the
+        InferencePoolReady condition's status, reason and message."""
+        key = (d.metadata.namespace or "", d.metadata.name)
+        missing: tuple[ConditionStatus, str, str] = ("False", "InferencePoolCRDMissing", (
+            f"spec.inferencePool: the cluster does not serve {inference_pool.PLURAL}."
+            f"{inference_pool.GROUP}/{inference_pool.VERSION}: {inference_pool.CRD_HINT}"))
+        if engine is None:
+            return "False", "EngineNotFound", (
+                f"spec.inferencePool: no InferencePool until LLMEngine "
+                f"{d.spec.engine_ref.name} exists")
+        # "forbidden" (no right to list them) is tried all the same: the API server's
+        # refusal of the write is the message that names the missing right.
+        if await self._pool_support(key[0]) == "missing":
+            self._pools_applied.pop(key, None)
+            return missing
+        manifest = inference_pool.inference_pool(d, engine.metadata.name)
+        digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+        last = self._pools_applied.get(key)
+        now = self.monotonic()
+        if last is None or last[0] != digest or now - last[1] >= self.pool_reapply_seconds:
+            try:
+                await self.writer.apply(manifest)
+            except ApiError as exc:
+                self._pools_applied.pop(key, None)
+                code = exc.status.code
+                if code == 404:
+                    return missing
+                if code == 403:
+                    return "False", "InferencePoolForbidden", (
+                        f"spec.inferencePool: {exc.status.message}: "
+                        f"{inference_pool.RBAC_HINT}")
+                refused = invalid_refusal(exc)
+                if refused is None:
+                    raise
+                return "False", "InferencePoolInvalid", (
+                    f"spec.inferencePool: the API server refused the InferencePool: {refused}; "
+                    f"correct spec.inferencePool")
+            self._pools_applied[key] = (digest, now)
+        assert d.spec.inference_pool is not None
+        return "True", "Applied", (
+            f"InferencePool {inference_pool.pool_name(d)} selects the serving pods that answer "
+            f"HTTP on port {d.spec.serve.port}; endpoint picker "
+            f"{d.spec.inference_pool.endpoint_picker_ref.name}")
 
     async def _apply_if_changed(self, manifest: dict[str, Any]) -> dict[str, Any] | None:
         """Apply a child unless the watched copy already matches it (see
@@ -369,7 +563,8 @@ class DeploymentController:
         return await self.writer.apply(desired)
 
     def _status(self, d: LLMDeployment, chosen: EngineChoice, preflight: Finding | None,
-                dep: Mapping[str, Any] | None, facts: ClusterFacts) -> LLMDeploymentStatus:
+                dep: Mapping[str, Any] | None, facts: ClusterFacts,
+                pods: list[PodFact]) -> LLMDeploymentStatus:
         gen = d.metadata.generation
         now = self.clock()
         # Computed only by a reconcile that got this far: a past ReconcileError is over.
@@ -418,7 +613,6 @@ class DeploymentController:
                 f"{desired} replica(s) on the current engine and settings")
 
         r_status: ConditionStatus
-        pods = self.view.serving_pods(d.metadata.namespace or "", d.metadata.name)
         unschedulable = next((p.unschedulable for p in pods if p.unschedulable), None)
         stuck = serving_pod_problem(d, pods, chosen.target.image if chosen.target else None)
         if chosen.ready != "True":

@@ -176,6 +176,7 @@ def leaderworkerset(d: LLMDeployment, engine: LLMEngine, serving: builders.Servi
     leader = _with_group_parts(base, d, leader_command(serve_cmd, serving.world_size,
                                                        shape.gpus_per_pod))
     worker = _with_group_parts(base, d, worker_command())
+    worker["metadata"]["labels"].pop(builders.ENDPOINT_LABEL, None)  # rank 0 alone serves HTTP
     wc = worker["spec"]["containers"][0]
     # Workers serve no HTTP: their readiness is sshd accepting the leader.
     wc["ports"] = [{"name": "ssh", "containerPort": SSH_PORT, "protocol": "TCP"}]

@@ -42,7 +42,7 @@ KEDA = CRDSource(
 INFERENCE_EXTENSION = CRDSource(
     name="inference-extension",
     module="sigs.k8s.io/gateway-api-inference-extension",
-    version="v1.1.0",
+    version="v1.6.2",
     files=("config/crd/bases/inference.networking.k8s.io_inferencepools.yaml",),
     crd_names=("inferencepools.inference.networking.k8s.io",),
 )
