@@ -310,7 +310,7 @@ class DeploymentController:
                 serving = serving_for(engine, chosen.target)
                 claim = engine.spec.storage.claim_name
                 options = builders.options_configmap(d, engine.metadata.name,
-                                                     serving.backend)
+                                                     serving.backend, serving.release)
                 if options is not None:
                     await self._apply_if_changed(options)
                 if place.shape is None:
