@@ -17,6 +17,7 @@ from typing import Any, ParamSpec, TypeVar
 import httpx2
 from lightkube import ApiError, AsyncClient, KubeConfig, codecs
 from lightkube.generic_resource import create_namespaced_resource
+from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
 from lightkube.types import CascadeType, PatchType
 
 from trtllm_operator import metrics
@@ -55,6 +56,14 @@ LLMDeploymentResource = create_namespaced_resource(API_GROUP, API_VERSION, "LLMD
 # Registered so that codecs.from_dict can apply multi-node serving's LeaderWorkerSets.
 LeaderWorkerSetResource = create_namespaced_resource(
     "leaderworkerset.x-k8s.io", "v1", "LeaderWorkerSet", "leaderworkersets")
+# Other projects' kinds the operator writes where their CRDs exist (see optional_apis).
+ScaledObjectResource = create_namespaced_resource("keda.sh", "v1alpha1", "ScaledObject",
+                                                  "scaledobjects")
+PodMonitorResource = create_namespaced_resource("monitoring.coreos.com", "v1", "PodMonitor",
+                                                "podmonitors")
+OPTIONAL_RESOURCES = {"ScaledObject": ScaledObjectResource, "PodMonitor": PodMonitorResource}
+_CHILD_RESOURCES: dict[str, Any] = {**OPTIONAL_RESOURCES,
+                                    "HorizontalPodAutoscaler": HorizontalPodAutoscaler}
 _RESOURCES = {"LLMEngine": LLMEngineResource, "LLMDeployment": LLMDeploymentResource}
 _STATUS_RESOURCES = {"LLMEngine": LLMEngineResource.Status,
                      "LLMDeployment": LLMDeploymentResource.Status}
@@ -130,6 +139,19 @@ class Kube:
         applied = await self.client.apply(obj, force=True)
         result: dict[str, Any] = applied.to_dict()  # type: ignore[no-untyped-call]
         return result
+
+    @_counted("apply")
+    async def apply_as(self, manifest: dict[str, Any], field_manager: str) -> None:
+        """Server-side apply under another field manager: hands a field over (see the
+        Kubernetes docs on transferring ownership) so the operator's own apply can drop it
+        without the API server resetting it."""
+        await self.writes.acquire()
+        await self.client.apply(codecs.from_dict(manifest), field_manager=field_manager,
+                                force=True)
+
+    async def delete_child(self, kind: str, namespace: str, name: str) -> bool:
+        """Delete a child of one of the optional kinds or an HPA; False if already gone."""
+        return await self.delete(_CHILD_RESOURCES[kind], namespace, name)
 
     @_counted("create")
     async def create_if_absent(self, manifest: dict[str, Any]) -> bool:

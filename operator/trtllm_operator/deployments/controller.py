@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -32,9 +32,10 @@ from trtllm_operator.api import (
 from trtllm_operator.api.deployment import DeploymentConditionType
 from trtllm_operator.api.engine import BuiltLimits, size_hint_bytes
 from trtllm_operator.claims import SHARED_READ, ClaimFact, check_claim
-from trtllm_operator.deployments import builders, choice, multinode
+from trtllm_operator.deployments import autoscaling, builders, choice, monitoring, multinode
 from trtllm_operator.kube import invalid_refusal
 from trtllm_operator.kube_objects import check_deployment_objects
+from trtllm_operator.optional_apis import Support
 from trtllm_operator.pods import PodContext, PodFact, PodProblem, diagnose
 from trtllm_operator.reconcile_errors import RECONCILE_ERROR
 from trtllm_operator.spec_warnings import emit_spec_warnings, spec_warning_condition
@@ -60,6 +61,8 @@ class Writer(Protocol):
     async def create_if_absent(self, manifest: dict[str, Any]) -> bool: ...
     async def patch_status(self, kind: str, namespace: str, name: str,
                            status: dict[str, Any]) -> None: ...
+    async def apply_as(self, manifest: dict[str, Any], field_manager: str) -> None: ...
+    async def delete_child(self, kind: str, namespace: str, name: str) -> bool: ...
 
 
 class View(Protocol):
@@ -72,6 +75,29 @@ class View(Protocol):
     def serving_group_set(self, namespace: str, name: str) -> Mapping[str, Any] | None: ...
     def serving_pods(self, namespace: str, name: str) -> list[PodFact]: ...
     def claim(self, namespace: str, name: str) -> ClaimFact | None: ...
+    def serving_autoscaler(self, namespace: str, name: str) -> autoscaling.HPAFact | None: ...
+    """The HorizontalPodAutoscaler of that name (the operator's, or KEDA's for its
+    ScaledObject), as watched."""
+
+
+REPLICAS_HANDOVER_MANAGER = "trtllm-operator-replicas-handover"
+"""Field manager that keeps ``replicas`` of a workload when autoscaling starts: the operator's
+own apply then omits the field, and it stays at its value until the autoscaler changes it."""
+
+
+async def _never_served(kind: str, namespace: str | None) -> Support:
+    return "missing"
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """Who owns replicas, the Autoscaling condition (None: autoscaling not asked for) and the
+    PodMonitor kept, as status shows them."""
+
+    owner: str = "spec.replicas"
+    condition: tuple[ConditionStatus, str, str] | None = None
+    pod_monitor: str | None = None
+    owned_by_autoscaler: bool = False
 
 
 @dataclass(frozen=True)
@@ -274,6 +300,17 @@ class DeploymentController:
         default_factory=lambda: StatusWrites("LLMDeployment"))
     lws: str = "missing"
     """LeaderWorkerSet in the cluster, checked once at startup: installed, missing, forbidden."""
+    supports: Callable[[str, str | None], Awaitable[Support]] = _never_served
+    """Whether the cluster serves an optional kind (ScaledObject, PodMonitor) in a namespace,
+    asked again after a short time (CRDs installed later are seen without a restart)."""
+    pod_monitors: bool = True
+    """Keep a PodMonitor per LLMDeployment where the Prometheus Operator's CRD exists."""
+    prometheus_address: str | None = None
+    """Default Prometheus server KEDA's triggers query (spec.autoscaling.prometheusAddress
+    wins)."""
+    _applied: dict[tuple[str, str, str], str] = field(default_factory=dict)
+    """Hash of what this process last applied of each unwatched child (ScaledObject,
+    PodMonitor): re-applied only when the desired object changes."""
 
     async def reconcile(self, key: Key) -> Result | None:
         body = self.view.deployment_body(key)
@@ -298,6 +335,14 @@ class DeploymentController:
                                current=_serving_gpu(observed) or d.status.gpu)
 
         preflight: Finding | None = None
+        # Until the workload is reconciled below: status keeps what it said.
+        scaling = Scaling(owner=d.status.replicas_owner or "spec.replicas",
+                          pod_monitor=d.status.pod_monitor,
+                          owned_by_autoscaler=(d.status.replicas_owner or "spec.replicas")
+                          != "spec.replicas")
+        if d.spec.autoscaling is None:
+            scaling = Scaling(pod_monitor=d.status.pod_monitor)
+            await self._remove_autoscaler(d, None)
         if chosen.target is not None and engine is not None:
             place = placement(engine, chosen.target.gpu, facts, self.lws)
             # Serving pods mount the engine's claim read-only, on many nodes.
@@ -308,15 +353,19 @@ class DeploymentController:
             preflight = next(iter([*claim_problems, *filter(None, [place.problem])]), None)
             if preflight is None:
                 serving = serving_for(engine, chosen.target)
+                decision = await self._autoscaling_decision(d)
+                set_replicas = decision is None or decision.provider is None
                 claim = engine.spec.storage.claim_name
                 options = builders.options_configmap(d, engine.metadata.name,
                                                      serving.backend, serving.release)
                 if options is not None:
                     await self._apply_if_changed(options)
                 if place.shape is None:
+                    workload = builders.deployment(d, engine, serving, claim,
+                                                   set_replicas=set_replicas)
+                    await self._hand_over_replicas(d, workload, observed, set_replicas)
                     try:
-                        observed = await self._apply_if_changed(
-                            builders.deployment(d, engine, serving, claim)) or observed
+                        observed = await self._apply_if_changed(workload) or observed
                     except Exception as exc:
                         refused = invalid_refusal(exc)
                         if refused is None:
@@ -334,11 +383,20 @@ class DeploymentController:
                         # Made once, never rewritten: the operator reads no Secret.
                         await self.writer.create_if_absent(multinode.ssh_secret(
                             d, engine.metadata.name, *ssh_key_pair()))
-                    observed = multinode.group_status(await self.writer.apply(
-                        multinode.leaderworkerset(d, engine, serving, claim, place.shape)))
+                    workload = multinode.leaderworkerset(d, engine, serving, claim, place.shape,
+                                                         set_replicas=set_replicas)
+                    await self._hand_over_replicas(d, workload, observed, set_replicas)
+                    observed = multinode.group_status(await self.writer.apply(workload))
                     await self.writer.apply(multinode.leader_service(d, engine.metadata.name))
+                if preflight is None:
+                    target = (autoscaling.deployment_target(d) if place.shape is None
+                              else autoscaling.group_set_target(d))
+                    scaling = await self._reconcile_scaling(
+                        d, engine.metadata.name, serving, target, decision,
+                        leaders=None if place.shape is None
+                        else {multinode.LWS_WORKER_INDEX_LABEL: "0"})
 
-        status = self._status(d, chosen, preflight, observed, facts)
+        status = self._status(d, chosen, preflight, observed, facts, scaling)
         status = status.model_copy(update={"conditions": spec_warning_condition(
             status.conditions, findings, d.metadata.generation, self.clock())})
         metrics.record_ready("LLMDeployment", key, cond.is_true(
@@ -353,6 +411,103 @@ class DeploymentController:
             return Result(requeue_after=NOT_READY_RESYNC_SECONDS)
         return None
 
+    # ------------------------------------------------------------ autoscaling and monitoring
+
+    async def _autoscaling_decision(self, d: LLMDeployment) -> autoscaling.Decision | None:
+        spec = d.spec.autoscaling
+        if spec is None:
+            return None
+        keda = ("missing" if spec.provider == "hpa"
+                else await self.supports(autoscaling.SCALED_OBJECT, d.metadata.namespace))
+        return autoscaling.decide(spec, keda, spec.prometheus_address or self.prometheus_address)
+
+    async def _hand_over_replicas(self, d: LLMDeployment, workload: dict[str, Any],
+                                  observed: Mapping[str, Any] | None,
+                                  set_replicas: bool) -> None:
+        """When an autoscaler takes over a workload the operator sized so far, another field
+        manager first takes ``replicas`` at its current value: dropping it from the
+        operator's apply would otherwise reset it to the default (one)."""
+        if set_replicas or observed is None or (d.status.replicas_owner or "spec.replicas") \
+                != "spec.replicas":
+            return
+        current = ((observed.get("spec") or {}).get("replicas")
+                   if isinstance(observed.get("spec"), Mapping) else None)
+        meta = workload["metadata"]
+        await self.writer.apply_as({
+            "apiVersion": workload["apiVersion"], "kind": workload["kind"],
+            "metadata": {"name": meta["name"], "namespace": meta["namespace"]},
+            "spec": {"replicas": int(current if current is not None else d.spec.replicas)}},
+            REPLICAS_HANDOVER_MANAGER)
+
+    async def _reconcile_scaling(self, d: LLMDeployment, engine_name: str,
+                                 serving: builders.Serving, target: autoscaling.ScaleTarget,
+                                 decision: autoscaling.Decision | None,
+                                 leaders: Mapping[str, str] | None) -> Scaling:
+        """Apply (or remove) the autoscaler and the PodMonitor; what status says of them."""
+        pod_monitor = await self._reconcile_pod_monitor(d, engine_name, serving, leaders)
+        if decision is None:
+            return Scaling(pod_monitor=pod_monitor)
+        await self._remove_autoscaler(d, decision.provider)
+        if decision.provider is None:
+            return Scaling(condition=autoscaling.condition(d, decision, None),
+                           pod_monitor=pod_monitor)
+        spec = d.spec.autoscaling
+        assert spec is not None
+        metrics = autoscaling.effective_metrics(spec, serving.backend)
+        if decision.provider == autoscaling.SCALED_OBJECT:
+            address = spec.prometheus_address or self.prometheus_address
+            assert address is not None
+            await self._apply_unwatched(autoscaling.scaled_object(
+                d, engine_name, target, metrics, address))
+        else:
+            await self._apply_if_changed(autoscaling.hpa(d, engine_name, target, metrics))
+        fact = self.view.serving_autoscaler(d.metadata.namespace or "",
+                                            autoscaling.hpa_name_for(decision.provider, d))
+        return Scaling(owner=autoscaling.owner(decision.provider, d),
+                       condition=autoscaling.condition(d, decision, fact),
+                       pod_monitor=pod_monitor, owned_by_autoscaler=True)
+
+    async def _remove_autoscaler(self, d: LLMDeployment,
+                                 keep: autoscaling.Provider | None) -> None:
+        """Delete the autoscaler status says the operator made, unless it is still wanted."""
+        namespace, name = d.metadata.namespace or "", d.metadata.name
+        made = (d.status.replicas_owner or "").split("/", 1)[0]
+        for kind in (autoscaling.SCALED_OBJECT, autoscaling.HPA):
+            if kind == keep:
+                continue
+            exists = (self.view.serving_child(kind, namespace, name) is not None
+                      if kind == autoscaling.HPA else made == kind)
+            if exists:
+                await self.writer.delete_child(kind, namespace, name)
+                self._applied.pop((kind, namespace, name), None)
+
+    async def _reconcile_pod_monitor(self, d: LLMDeployment, engine_name: str,
+                                     serving: builders.Serving,
+                                     leaders: Mapping[str, str] | None) -> str | None:
+        """The PodMonitor's name if one is kept; a PodMonitor no longer wanted is deleted."""
+        namespace = d.metadata.namespace or ""
+        wanted = (self.pod_monitors and builders.metrics_on(d, serving)
+                  and await self.supports(monitoring.KIND, namespace) == "installed")
+        if wanted:
+            await self._apply_unwatched(monitoring.pod_monitor(d, engine_name, leaders))
+            return monitoring.pod_monitor_name(d)
+        if d.status.pod_monitor is not None:
+            # The CRD may be gone (and the object with it): a 404 is fine.
+            await self.writer.delete_child(monitoring.KIND, namespace, d.status.pod_monitor)
+            self._applied.pop((monitoring.KIND, namespace, d.status.pod_monitor), None)
+        return None
+
+    async def _apply_unwatched(self, manifest: dict[str, Any]) -> None:
+        """Apply a child the operator does not watch (its CRD may come and go) when it differs
+        from what this process last applied."""
+        meta = manifest["metadata"]
+        key = (manifest["kind"], meta["namespace"], meta["name"])
+        digest = builders.template_hash(manifest)
+        if self._applied.get(key) == digest:
+            return
+        await self.writer.apply(manifest)
+        self._applied[key] = digest
+
     async def _apply_if_changed(self, manifest: dict[str, Any]) -> dict[str, Any] | None:
         """Apply a child unless the watched copy already matches it (see
         :func:`builders.up_to_date`); the applied object, or None when nothing was written."""
@@ -364,7 +519,8 @@ class DeploymentController:
         return await self.writer.apply(desired)
 
     def _status(self, d: LLMDeployment, chosen: EngineChoice, preflight: Finding | None,
-                dep: Mapping[str, Any] | None, facts: ClusterFacts) -> LLMDeploymentStatus:
+                dep: Mapping[str, Any] | None, facts: ClusterFacts,
+                scaling: Scaling | None = None) -> LLMDeploymentStatus:
         gen = d.metadata.generation
         now = self.clock()
         # Computed only by a reconcile that got this far: a past ReconcileError is over.
@@ -376,8 +532,17 @@ class DeploymentController:
                                        observed_generation=gen, now=now)
 
         put(DeploymentConditionType.ENGINE_READY, chosen.ready, chosen.reason, chosen.message)
+        scaling = scaling or Scaling()
+        if scaling.condition is None:
+            conds = cond.remove_condition(conds, DeploymentConditionType.AUTOSCALING)
+        else:
+            put(DeploymentConditionType.AUTOSCALING, *scaling.condition)
         dstatus = (dep or {}).get("status") or {}
         desired = d.spec.replicas
+        if scaling.owned_by_autoscaler:
+            # The autoscaler's choice, as the workload holds it.
+            sized = ((dep or {}).get("spec") or {}).get("replicas")
+            desired = int(sized) if sized is not None else int(dstatus.get("replicas") or 0)
         replicas = int(dstatus.get("replicas") or 0)
         ready = int(dstatus.get("readyReplicas") or 0)
         available = int(dstatus.get("availableReplicas") or 0)
@@ -449,6 +614,8 @@ class DeploymentController:
             gpu_reason=chosen.gpu_reason if same else d.status.gpu_reason,
             engine_fingerprint=fingerprint,
             endpoint=builders.endpoint(d) if dep is not None else None,
+            replicas_owner=scaling.owner,
+            pod_monitor=scaling.pod_monitor,
         )
 
     def _emit(self, body: Mapping[str, Any], old: LLMDeploymentStatus,

@@ -227,7 +227,7 @@ def group_status(lws: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "kind": "LeaderWorkerSet",
         "metadata": {"generation": (lws.get("metadata") or {}).get("generation")},
-        "spec": {"template": {
+        "spec": {"replicas": spec.get("replicas"), "template": {
             "metadata": {"annotations": dict((leader.get("metadata") or {})
                                              .get("annotations") or {})},
             "spec": {"nodeSelector": dict((leader.get("spec") or {})
