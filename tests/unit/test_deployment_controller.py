@@ -235,7 +235,8 @@ def test_a_deployment_the_api_server_refuses_as_invalid_is_a_reason_not_a_retry(
     ready = next(c for c in writer.status_patches[-1]["conditions"] if c["type"] == "Ready")
     assert (ready["status"], ready["reason"]) == ("False", "PodFieldInvalid")
     assert "matchExpressions[0].values: Required value" in ready["message"]
-    assert [m["kind"] for m in writer.applied] == ["ConfigMap"]  # no Service for a refused Deployment
+    # No Service for a refused Deployment (the options ConfigMap comes first).
+    assert [m["kind"] for m in writer.applied] == ["ConfigMap"]
     assert result is not None  # looked at again later, at the slow not-ready pace
 
 
