@@ -189,6 +189,14 @@ class AutoscalingSpec(SpecModel):
             "auto, or minReplicas 1 or more", field_path=".minReplicas"),
     ))
 
+    @model_validator(mode="after")
+    def _bounds(self) -> AutoscalingSpec:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError("maxReplicas is below minReplicas")
+        if self.min_replicas == 0 and self.provider == "hpa":
+            raise ValueError("minReplicas 0 (scale to zero) needs KEDA, not provider hpa")
+        return self
+
     provider: Literal["auto", "keda", "hpa"] = "auto"
     """keda: a KEDA ScaledObject with Prometheus triggers; hpa: an autoscaling/v2
     HorizontalPodAutoscaler on Pods/External metrics served by a metrics adapter; auto: keda

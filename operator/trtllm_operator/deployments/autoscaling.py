@@ -21,10 +21,15 @@ from typing import Any, Final, Literal
 from trtllm_operator import serving_metrics
 from trtllm_operator import trtllm_facts as facts
 from trtllm_operator.api import LLMDeployment
-from trtllm_operator.api.deployment import AutoscalingMetricType, AutoscalingSpec
+from trtllm_operator.api.deployment import (
+    AutoscalingMetricType,
+    AutoscalingSpec,
+    LLMDeploymentSpec,
+)
+from trtllm_operator.api.engine import LLMEngineSpec
 from trtllm_operator.deployments import builders, monitoring
 from trtllm_operator.optional_apis import Support
-from trtllm_operator.validation import Finding, Reason, Severity
+from trtllm_operator.validation import Finding, Reason, Severity, effective_backend
 
 KEDA_API_VERSION: Final = "keda.sh/v1alpha1"
 SCALED_OBJECT: Final = "ScaledObject"
@@ -134,6 +139,17 @@ def check_autoscaling(spec: AutoscalingSpec | None, metrics_on: bool, backend: f
                 f"{field}.target {m.target:g} is a share of the KV cache: give a value "
                 f"above 0 and at most 1 (e.g. 0.8)"))
     return found
+
+
+def findings(spec: LLMDeploymentSpec, engine: LLMEngineSpec | None) -> list[Finding]:
+    """:func:`check_autoscaling` for an LLMDeployment and its engine (the serving image's
+    release is spec.image's, else the engine's builder image's)."""
+    if engine is None or spec.autoscaling is None:
+        return []
+    release = (facts.effective_release(spec.image, spec.image_release) if spec.image
+               else facts.effective_release(engine.build.image, engine.build.image_release))
+    return check_autoscaling(spec.autoscaling, spec.serve.metrics, effective_backend(engine),
+                             release)
 
 
 # --------------------------------------------------------------------------- provider

@@ -327,7 +327,8 @@ class DeploymentController:
         facts = self.view.cluster_facts()
         findings = (*check_deployment_objects(d.spec), *validate_deployment(
             d.spec, engine.spec if engine else None, facts,
-            resolved=resolved_targets(engine) if engine else None))
+            resolved=resolved_targets(engine) if engine else None),
+            *autoscaling.findings(d.spec, engine.spec if engine else None))
         group_set = self.view.serving_group_set(namespace, name)
         observed = group_set or self.view.serving_deployment(namespace, name)
         # What it serves on now: the running Deployment's GPU type, else what status recorded.
