@@ -332,7 +332,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         view=RUNTIME.view, writer=kube, events=_post_event, job_resource=Job,
         log_reader=kube.log_tail,
         active_deadline_seconds=cfg.build_deadline_seconds)
-    optional = SupportCache()
+    optional = SupportCache(ttl=cfg.optional_api_ttl_seconds)
     # Cluster-wide: one answer for all namespaces; else per watched namespace (RBAC is).
     per_namespace = bool(cfg.namespaces)
 

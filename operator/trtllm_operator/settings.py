@@ -50,5 +50,8 @@ class OperatorSettings(BaseSettings):
     prometheus_address: str | None = None
     """The Prometheus server KEDA's triggers query when spec.autoscaling.prometheusAddress is
     unset, e.g. http://prometheus-operated.monitoring.svc:9090."""
+    optional_api_ttl_seconds: float = Field(default=30.0, gt=0)
+    """How long an answer to "does the cluster serve ScaledObjects / PodMonitors" is kept
+    before it is asked again (one LIST of at most one object)."""
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
