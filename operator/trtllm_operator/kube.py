@@ -17,6 +17,7 @@ from typing import Any, ParamSpec, TypeVar
 import httpx2
 from lightkube import ApiError, AsyncClient, KubeConfig, codecs
 from lightkube.generic_resource import create_namespaced_resource
+from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
 from lightkube.types import CascadeType, PatchType
 
@@ -62,6 +63,8 @@ ScaledObjectResource = create_namespaced_resource("keda.sh", "v1alpha1", "Scaled
 PodMonitorResource = create_namespaced_resource("monitoring.coreos.com", "v1", "PodMonitor",
                                                 "podmonitors")
 OPTIONAL_RESOURCES = {"ScaledObject": ScaledObjectResource, "PodMonitor": PodMonitorResource}
+_WORKLOAD_RESOURCES: dict[str, Any] = {"Deployment": Deployment,
+                                       "LeaderWorkerSet": LeaderWorkerSetResource}
 _CHILD_RESOURCES: dict[str, Any] = {**OPTIONAL_RESOURCES,
                                     "HorizontalPodAutoscaler": HorizontalPodAutoscaler}
 _RESOURCES = {"LLMEngine": LLMEngineResource, "LLMDeployment": LLMDeploymentResource}
@@ -146,8 +149,12 @@ class Kube:
         Kubernetes docs on transferring ownership) so the operator's own apply can drop it
         without the API server resetting it."""
         await self.writes.acquire()
-        await self.client.apply(codecs.from_dict(manifest), field_manager=field_manager,
-                                force=True)
+        # A partial object (only the field handed over): sent as an apply patch, since the
+        # typed models would require the rest of the spec.
+        meta = manifest["metadata"]
+        await self.client.patch(_WORKLOAD_RESOURCES[manifest["kind"]], meta["name"], manifest,
+                                namespace=meta["namespace"], patch_type=PatchType.APPLY,
+                                field_manager=field_manager, force=True)
 
     async def delete_child(self, kind: str, namespace: str, name: str) -> bool:
         """Delete a child of one of the optional kinds or an HPA; False if already gone."""
