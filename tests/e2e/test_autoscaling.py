@@ -149,6 +149,19 @@ def test_without_keda_an_hpa_scales_the_deployment_and_the_operator_never_fights
     assert _status(get_llmd, "chat").get("replicasOwner") == "spec.replicas"
     assert condition(get_llmd("chat"), "Autoscaling") is None
 
+    # On again over a running fleet of 2: the size is handed over, not reset to the default 1.
+    kubectl("patch", "-n", namespace, "llmdeployment/chat", "--type=merge",
+            "-p", '{"spec": {"replicas": 2}}')
+    wait_for(lambda: apps.read_namespaced_deployment("chat", namespace).spec.replicas == 2,
+             60, "the Deployment at spec.replicas 2")
+    kubectl("patch", "-n", namespace, "llmdeployment/chat", "--type=merge",
+            "-p", '{"spec": {"autoscaling": {"minReplicas": 1, "maxReplicas": 3}}}')
+    wait_for(lambda: _status(get_llmd, "chat").get("replicasOwner")
+             == "HorizontalPodAutoscaler/chat", 60, "the HPA owning replicas again")
+    settle(3)
+    assert not _operator_owns_replicas(apps, namespace, "chat")
+    assert apps.read_namespaced_deployment("chat", namespace).spec.replicas == 2
+
 
 def test_keda_asked_for_where_it_is_absent_is_a_condition_and_nothing_is_made(
         kubectl: Kubectl, namespace: str, get_llmd: Getter,
