@@ -9,6 +9,7 @@ before kopf starts). One LIST of at most one object per kind and TTL; no CRD rea
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from lightkube import ApiError, AsyncClient
 from lightkube.core.resource import NamespacedResource
 
 Support = Literal["installed", "missing", "forbidden"]
+
+log = logging.getLogger(__name__)
 
 
 async def resource_support(client: AsyncClient, resource: type[NamespacedResource],
@@ -36,6 +39,9 @@ async def resource_support(client: AsyncClient, resource: type[NamespacedResourc
         if code == 404:
             return "missing"
         if code == 403:
+            # The API server's words name the missing right (at most once per TTL).
+            log.warning("treated as not installed: %s",
+                        exc.status.message if isinstance(exc, ApiError) else exc)
             return "forbidden"
         raise
     return "installed"

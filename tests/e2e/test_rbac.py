@@ -26,6 +26,7 @@ from tests.e2e.conftest import H100, L40S, small_engine
 from trtllm_operator.localcluster import stages
 from trtllm_operator.localcluster.binaries import BinaryBuilder
 from trtllm_operator.localcluster.cluster import static_rwx_claim
+from trtllm_operator.localcluster.extcrds import KEDA, PROMETHEUS_OPERATOR
 from trtllm_operator.localcluster.operator_process import OperatorProcess
 
 HEALTHY_DEADLINE = 120.0
@@ -38,7 +39,10 @@ SERVE_OPTIONS = {"kv_cache_config": {"enable_block_reuse": True}}
 CHECKS = ("engine built", "auto targets built", "build failure explained",
           "serve options written", "deployment ready", "events recorded",
           "removed target stopped", "deployment drift repaired", "service recreated",
-          "deletion held while in use", "engine released")
+          "deletion held while in use", "engine released",
+          "hpa made", "hpa removed", "scaledobject made", "scaledobject removed",
+          "podmonitor made", "podmonitor removed")
+PROM = "http://prometheus.monitoring.svc:9090"
 
 
 # --------------------------------------------------------------------------- the flow
@@ -55,6 +59,8 @@ class Flow:
         self.batch = client.BatchV1Api(api)
         self.passed: set[str] = set()
         self.step = 0
+        self.scaled_step = 0
+        self.keda_step = 0
 
     def _apply(self, obj: dict[str, Any]) -> None:
         self.kubectl("apply", "-n", self.ns, "-f", "-", input=yaml.safe_dump(obj))
@@ -86,6 +92,15 @@ class Flow:
                      "metadata": {"name": "server"},
                      "spec": {"engineRef": {"name": "served"}, "gpu": H100, "replicas": 1,
                               "serve": {"extraLlmApiOptions": SERVE_OPTIONS}}})
+        # Autoscaling and monitoring, on their own engine (the steps above delete "served"):
+        # an HPA (provider hpa), a ScaledObject and a PodMonitor (their CRDs are installed).
+        self._apply(self._engine("scaling", [H100], 65))
+        for name, autoscaling in (("scaled", {"provider": "hpa", "maxReplicas": 2}),
+                                  ("keda", {"maxReplicas": 2, "prometheusAddress": PROM})):
+            self._apply({"apiVersion": "trtllm.dev/v1alpha1", "kind": "LLMDeployment",
+                         "metadata": {"name": name},
+                         "spec": {"engineRef": {"name": "scaling"}, "gpu": H100,
+                                  "autoscaling": autoscaling}})
 
     def _get(self, plural: str, name: str) -> dict[str, Any] | None:
         try:
@@ -104,6 +119,42 @@ class Flow:
                 found: dict[str, Any] = c
                 return found
         return {}
+
+    def _exists(self, group: str, version: str, plural: str, name: str) -> bool:
+        try:
+            self.objects.get_namespaced_custom_object(group, version, self.ns, plural, name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    def _advance_scaling(self) -> None:
+        hpa = self._exists("autoscaling", "v2", "horizontalpodautoscalers", "scaled")
+        if self.scaled_step == 0 and hpa:
+            self.passed.add("hpa made")
+            self.kubectl("patch", "-n", self.ns, "llmdeployment/scaled", "--type=json",
+                         "-p", '[{"op": "remove", "path": "/spec/autoscaling"}]')
+            self.scaled_step = 1
+        elif self.scaled_step == 1 and not hpa:
+            self.passed.add("hpa removed")
+        so = self._exists("keda.sh", "v1alpha1", "scaledobjects", "keda")
+        pm = self._exists("monitoring.coreos.com", "v1", "podmonitors", "keda")
+        if self.keda_step == 0:
+            if so:
+                self.passed.add("scaledobject made")
+            if pm:
+                self.passed.add("podmonitor made")
+            if so and pm:
+                self.kubectl("patch", "-n", self.ns, "llmdeployment/keda", "--type=json", "-p",
+                             '[{"op": "remove", "path": "/spec/autoscaling"}, {"op": "add", '
+                             '"path": "/spec/serve", "value": {"metrics": false}}]')
+                self.keda_step = 1
+        else:
+            if not so:
+                self.passed.add("scaledobject removed")
+            if not pm:
+                self.passed.add("podmonitor removed")
 
     def _jobs(self, gpu: str) -> list[Any]:
         return [j for j in self.batch.list_namespaced_job(self.ns).items
@@ -141,6 +192,7 @@ class Flow:
             elif targets == [H100] and not self._jobs(L40S):
                 self.passed.add("removed target stopped")
 
+        self._advance_scaling()
         server = self._get("llmdeployments", "server")
         if "serve options written" not in self.passed:
             try:
@@ -227,8 +279,20 @@ def _namespace(core: client.CoreV1Api, prefix: str) -> str:
 
 
 @pytest.fixture(scope="module")
+def optional_crds(cluster: ClusterUnderTest) -> Iterator[None]:
+    """KEDA's and the Prometheus Operator's CRDs (no controllers) for this module: the chart's
+    rules for ScaledObjects and PodMonitors are proven like the others."""
+    local = cluster.require_local()
+    for source in (KEDA, PROMETHEUS_OPERATOR):
+        local.install_crds(source)
+    yield
+    for source in (KEDA, PROMETHEUS_OPERATOR):
+        local.remove_crds(source)
+
+
+@pytest.fixture(scope="module")
 def chart(cluster: ClusterUnderTest, crds: list[str], core: client.CoreV1Api,
-          ) -> Iterator[dict[str, Any]]:
+          optional_crds: None) -> Iterator[dict[str, Any]]:
     """The chart installed with its defaults (cluster-wide), as Helm users get it."""
     helm = BinaryBuilder().ensure(["helm"])["helm"]
     release = f"rbac-{uuid.uuid4().hex[:5]}"
