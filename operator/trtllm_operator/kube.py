@@ -157,8 +157,14 @@ class Kube:
                                 field_manager=field_manager, force=True)
 
     async def delete_child(self, kind: str, namespace: str, name: str) -> bool:
-        """Delete a child of one of the optional kinds or an HPA; False if already gone."""
-        return await self.delete(_CHILD_RESOURCES[kind], namespace, name)
+        """Delete a child of one of the optional kinds or an HPA; False if already gone, or
+        if its kind is no longer served (a bare 404: the CRD, and the object with it, went)."""
+        try:
+            return await self.delete(_CHILD_RESOURCES[kind], namespace, name)
+        except httpx2.HTTPStatusError as exc:
+            if exc.response.status_code != 404:
+                raise
+            return False
 
     @_counted("create")
     async def create_if_absent(self, manifest: dict[str, Any]) -> bool:

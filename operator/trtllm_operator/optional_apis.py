@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 
 async def resource_support(client: AsyncClient, resource: type[NamespacedResource],
-                           namespace: str | None) -> Support:
+                           namespace: str | None, *, log_forbidden: bool = False) -> Support:
     """"installed", "missing" (the API server does not serve the resource) or "forbidden"
     (served, but this operator's RBAC does not allow listing it)."""
     try:
@@ -39,9 +39,10 @@ async def resource_support(client: AsyncClient, resource: type[NamespacedResourc
         if code == 404:
             return "missing"
         if code == 403:
-            # The API server's words name the missing right (at most once per TTL).
-            log.warning("treated as not installed: %s",
-                        exc.status.message if isinstance(exc, ApiError) else exc)
+            if log_forbidden:
+                # The API server's words name the missing right (at most once per TTL).
+                log.warning("treated as not installed: %s",
+                            exc.status.message if isinstance(exc, ApiError) else exc)
             return "forbidden"
         raise
     return "installed"
@@ -63,7 +64,7 @@ class SupportCache:
         hit = self._seen.get(key)
         if hit is not None and now - hit[0] < self.ttl:
             return hit[1]
-        answer = await resource_support(client, resource, namespace)
+        answer = await resource_support(client, resource, namespace, log_forbidden=True)
         self._seen[key] = (now, answer)
         return answer
 

@@ -197,8 +197,10 @@ class Flow:
         if "serve options written" not in self.passed:
             try:
                 options = self.core.read_namespaced_config_map("server-llm-api-options", self.ns)
+                # Metrics are on by default: the file also turns them on.
                 if yaml.safe_load((options.data or {}).get(
-                        "extra-llm-api-options.yaml", "")) == SERVE_OPTIONS:
+                        "extra-llm-api-options.yaml", "")) == SERVE_OPTIONS | {
+                            "return_perf_metrics": True}:
                     self.passed.add("serve options written")
             except ApiException as exc:
                 if exc.status != 404:

@@ -98,6 +98,9 @@ class Scaling:
     condition: tuple[ConditionStatus, str, str] | None = None
     pod_monitor: str | None = None
     owned_by_autoscaler: bool = False
+    carried: bool = False
+    """Nothing was reconciled (no workload yet, or a preflight stopped it): the Autoscaling
+    condition stays as it was."""
 
 
 @dataclass(frozen=True)
@@ -317,6 +320,8 @@ class DeploymentController:
         if body is None:
             metrics.record_ready("LLMDeployment", key, None)
             self.status_writes.forget(key)
+            for kind in (autoscaling.SCALED_OBJECT, monitoring.KIND):
+                self._applied.pop((kind, *key), None)
             return None
         d = LLMDeployment.model_validate(body)
         if d.metadata.deletion_timestamp is not None:
@@ -340,7 +345,7 @@ class DeploymentController:
         scaling = Scaling(owner=d.status.replicas_owner or "spec.replicas",
                           pod_monitor=d.status.pod_monitor,
                           owned_by_autoscaler=(d.status.replicas_owner or "spec.replicas")
-                          != "spec.replicas")
+                          != "spec.replicas", carried=True)
         if d.spec.autoscaling is None:
             scaling = Scaling(pod_monitor=d.status.pod_monitor)
             await self._remove_autoscaler(d, None)
@@ -534,10 +539,10 @@ class DeploymentController:
 
         put(DeploymentConditionType.ENGINE_READY, chosen.ready, chosen.reason, chosen.message)
         scaling = scaling or Scaling()
-        if scaling.condition is None:
-            conds = cond.remove_condition(conds, DeploymentConditionType.AUTOSCALING)
-        else:
+        if scaling.condition is not None:
             put(DeploymentConditionType.AUTOSCALING, *scaling.condition)
+        elif not scaling.carried:
+            conds = cond.remove_condition(conds, DeploymentConditionType.AUTOSCALING)
         dstatus = (dep or {}).get("status") or {}
         desired = d.spec.replicas
         if scaling.owned_by_autoscaler:
