@@ -362,3 +362,20 @@ def test_a_refused_metric_stops_the_rollout_with_the_field_named() -> None:
     ready = next(c for c in writer.status_patches[-1]["conditions"] if c["type"] == "Ready")
     assert ready["reason"] == "AutoscalingMetricUnavailable"
     assert "spec.autoscaling.metrics[0].type KVCacheUtilization" in ready["message"]
+
+
+def test_a_multi_node_group_set_is_the_scale_target_and_only_leaders_are_monitored() -> None:
+    view = FakeView()  # engine line 1.2.0: TimeToFirstToken by default
+    view.engine_body["spec"]["build"]["parallelism"] = {"tensor": 8, "pipeline": 2}
+    view.engine_body["spec"]["build"]["gpus"] = 8
+    view.body["spec"]["autoscaling"] = {"maxReplicas": 3}
+    writer = FakeWriter()
+    asyncio.run(_controller(view, writer, {"PodMonitor": "installed"}, lws="installed")
+                .reconcile(KEY))
+    by_kind = {m["kind"]: m for m in writer.applied}
+    assert "replicas" not in by_kind["LeaderWorkerSet"]["spec"]
+    assert by_kind["HorizontalPodAutoscaler"]["spec"]["scaleTargetRef"] == {
+        "apiVersion": "leaderworkerset.x-k8s.io/v1", "kind": "LeaderWorkerSet",
+        "name": "server"}
+    assert by_kind["PodMonitor"]["spec"]["selector"]["matchLabels"][
+        "leaderworkerset.sigs.k8s.io/worker-index"] == "0"
