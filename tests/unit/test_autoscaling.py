@@ -308,7 +308,11 @@ def test_keda_asked_for_but_absent_makes_nothing_and_keeps_replicas() -> None:
     view = _pytorch_view()
     view.body["spec"]["autoscaling"] = {"maxReplicas": 4, "provider": "keda"}
     writer = FakeWriter()
-    asyncio.run(_controller(view, writer, {}).reconcile(KEY))
+    events: list[tuple[str, str]] = []
+    controller = _controller(view, writer, {})
+    controller.events = lambda _b, kind, reason, _m: events.append((kind, reason))
+    asyncio.run(controller.reconcile(KEY))
+    assert ("Warning", "KEDANotAvailable") in events
     kinds = [m["kind"] for m in writer.applied]
     assert "ScaledObject" not in kinds
     assert "HorizontalPodAutoscaler" not in kinds

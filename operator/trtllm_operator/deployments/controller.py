@@ -629,13 +629,14 @@ class DeploymentController:
         # The first choice is told by the EngineReady event; this one marks a move.
         if old.gpu is not None and new.gpu not in (None, old.gpu) and new.gpu_reason:
             self.events(body, "Normal", "GPUChosen", new.gpu_reason[:1024])
-        for type_ in (DeploymentConditionType.ENGINE_READY, DeploymentConditionType.READY):
+        for type_ in (DeploymentConditionType.ENGINE_READY, DeploymentConditionType.READY,
+                      DeploymentConditionType.AUTOSCALING):
             before = cond.find_condition(old.conditions, type_)
             after = cond.find_condition(new.conditions, type_)
             if after is None or (before is not None and (before.status, before.reason)
                                  == (after.status, after.reason)):
                 continue
             waiting = after.reason in ("RollingOut", "EngineNotBuilt", "EnginePending",
-                                       "EngineBuilding")
+                                       "EngineBuilding", "AutoscalerPending")
             kind = "Normal" if after.status == "True" or waiting else "Warning"
             self.events(body, kind, after.reason[:128], after.message[:1024])
