@@ -32,22 +32,22 @@ from trtllm_operator import gpus, labels, metrics
 from trtllm_operator.api import API_GROUP, API_VERSION, EngineTargetStatus
 from trtllm_operator.api.engine import ModelCacheStatus
 from trtllm_operator.claims import ClaimFact, observe_claim
+from trtllm_operator.deployments import autoscaling, multinode
 from trtllm_operator.deployments import builders as serving
-from trtllm_operator.deployments import multinode
 from trtllm_operator.deployments.controller import DeploymentController
 from trtllm_operator.engines import jobs as jobbuilder
 from trtllm_operator.engines import model_cache
 from trtllm_operator.engines.controller import EngineController, Key
 from trtllm_operator.engines.planning import CheckpointKey, checkpoint_key
 from trtllm_operator.kube import (
-    InferencePoolResource,
+    OPTIONAL_RESOURCES,
     Kube,
     classify,
     leaderworkerset_support,
     make_client,
     namespace_terminating,
 )
-from trtllm_operator.optional_apis import SupportCache
+from trtllm_operator.optional_apis import Support, SupportCache
 from trtllm_operator.pods import PodFact, observe_pod
 from trtllm_operator.reconcile_errors import ReconcileErrors
 from trtllm_operator.settings import OperatorSettings
@@ -115,7 +115,7 @@ class IndexView:
                      "serving_configmaps", "serving_pods",
                      "build_configmaps", "claims", "engines_by_claim", "model_caches",
                      "checkpoint_sizes", "serving_group_sets", "serving_workloads",
-                     "serving_group_workloads"):
+                     "serving_group_workloads", "serving_hpas", "serving_autoscalers"):
             if name in kwargs:
                 self.indexes[name] = kwargs[name]
 
@@ -249,13 +249,18 @@ class IndexView:
                       name: str) -> Mapping[str, Any] | None:
         """The watched copy of a serving Deployment, Service or options ConfigMap."""
         index = {"Deployment": "serving_deployments", "Service": "serving_services",
-                 "ConfigMap": "serving_configmaps"}[kind]
+                 "ConfigMap": "serving_configmaps",
+                 "HorizontalPodAutoscaler": "serving_hpas"}[kind]
         child: Mapping[str, Any] | None = self._first(index, (namespace, name))
         return child
 
     def serving_group_set(self, namespace: str, name: str) -> Mapping[str, Any] | None:
         lws: Mapping[str, Any] | None = self._first("serving_group_sets", (namespace, name))
         return lws
+
+    def serving_autoscaler(self, namespace: str, name: str) -> autoscaling.HPAFact | None:
+        fact: autoscaling.HPAFact | None = self._first("serving_autoscalers", (namespace, name))
+        return fact
 
     def serving_pods(self, namespace: str, name: str) -> list[PodFact]:
         pods: list[PodFact] = self._all("serving_pods", (namespace, name))
@@ -335,13 +340,22 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         view=RUNTIME.view, writer=kube, events=_post_event, job_resource=Job,
         log_reader=kube.log_tail,
         active_deadline_seconds=cfg.build_deadline_seconds)
-    pools = SupportCache()
+    optional = SupportCache(ttl=cfg.optional_api_ttl_seconds)
+    # Cluster-wide: one answer for all namespaces; else per watched namespace (RBAC is).
+    per_namespace = bool(cfg.namespaces)
+
+    async def supports(kind: str, namespace: str | None) -> Support:
+        return await optional.support(kube.client, OPTIONAL_RESOURCES[kind],
+                                      namespace if per_namespace else None)
 
     async def inference_pools(namespace: str) -> str:
-        return await pools.support(kube.client, InferencePoolResource, namespace)
+        return await supports("InferencePool", namespace)
 
     deployments = DeploymentController(view=RUNTIME.view, writer=kube, events=_post_event,
-                                       lws=RUNTIME.lws, inference_pools=inference_pools)
+                                       lws=RUNTIME.lws, supports=supports,
+                                       inference_pools=inference_pools,
+                                       pod_monitors=cfg.pod_monitors,
+                                       prometheus_address=cfg.prometheus_address)
 
     def queue(name: str, reconcile: Any, errors: ReconcileErrors) -> WorkQueue[Key]:
         return WorkQueue(name, _unless_namespace_goes(reconcile), workers=cfg.workers,
@@ -671,6 +685,24 @@ def serving_group_workloads(namespace: str | None, name: str, labels: kopf.Label
     """Which LeaderWorkerSets serve which LLMDeployment."""
     owner = labels.get(DEPLOYMENT_LABEL)
     return {(namespace or "", owner): ("LeaderWorkerSet", name)} if owner else None
+@kopf.index("autoscaling", "v2", "horizontalpodautoscalers", labels=SERVING_LABELS)
+def serving_hpas(namespace: str | None, name: str, body: kopf.Body,
+                 **_: Any) -> dict[Key, Any]:
+    """The operator's HPAs (and KEDA's for its ScaledObjects, which copy their labels):
+    compared before any apply."""
+    return {(namespace or "", name): _child(body, "spec")}
+
+
+@kopf.index("autoscaling", "v2", "horizontalpodautoscalers", labels=SERVING_LABELS)
+def serving_autoscalers(namespace: str | None, name: str, status: kopf.Status,
+                        **_: Any) -> dict[Key, autoscaling.HPAFact]:
+    """What each HPA reports (conditions, sizes, last scale): the Autoscaling condition."""
+    return {(namespace or "", name): autoscaling.observe_hpa(name, status)}
+
+
+@kopf.on.event("autoscaling", "v2", "horizontalpodautoscalers", labels=SERVING_LABELS)
+async def on_serving_hpa(namespace: str | None, labels: kopf.Labels, **kwargs: Any) -> None:
+    await _on_serving_child(namespace, labels, kwargs)
 
 
 @kopf.index("", "v1", "pods", labels=SERVING_LABELS)

@@ -17,6 +17,8 @@ from typing import Any, ParamSpec, TypeVar
 import httpx2
 from lightkube import ApiError, AsyncClient, KubeConfig, codecs
 from lightkube.generic_resource import create_namespaced_resource
+from lightkube.resources.apps_v1 import Deployment
+from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
 from lightkube.types import CascadeType, PatchType
 
 from trtllm_operator import metrics
@@ -58,6 +60,17 @@ LeaderWorkerSetResource = create_namespaced_resource(
 # Registered so that codecs.from_dict can apply an LLMDeployment's InferencePool.
 InferencePoolResource = create_namespaced_resource(
     "inference.networking.k8s.io", "v1", "InferencePool", "inferencepools")
+# Other projects' kinds the operator writes where their CRDs exist (see optional_apis).
+ScaledObjectResource = create_namespaced_resource("keda.sh", "v1alpha1", "ScaledObject",
+                                                  "scaledobjects")
+PodMonitorResource = create_namespaced_resource("monitoring.coreos.com", "v1", "PodMonitor",
+                                                "podmonitors")
+OPTIONAL_RESOURCES = {"ScaledObject": ScaledObjectResource, "PodMonitor": PodMonitorResource,
+                      "InferencePool": InferencePoolResource}
+_WORKLOAD_RESOURCES: dict[str, Any] = {"Deployment": Deployment,
+                                       "LeaderWorkerSet": LeaderWorkerSetResource}
+_CHILD_RESOURCES: dict[str, Any] = {**OPTIONAL_RESOURCES,
+                                    "HorizontalPodAutoscaler": HorizontalPodAutoscaler}
 _RESOURCES = {"LLMEngine": LLMEngineResource, "LLMDeployment": LLMDeploymentResource}
 _STATUS_RESOURCES = {"LLMEngine": LLMEngineResource.Status,
                      "LLMDeployment": LLMDeploymentResource.Status}
@@ -133,6 +146,29 @@ class Kube:
         applied = await self.client.apply(obj, force=True)
         result: dict[str, Any] = applied.to_dict()  # type: ignore[no-untyped-call]
         return result
+
+    @_counted("apply")
+    async def apply_as(self, manifest: dict[str, Any], field_manager: str) -> None:
+        """Server-side apply under another field manager: hands a field over (see the
+        Kubernetes docs on transferring ownership) so the operator's own apply can drop it
+        without the API server resetting it."""
+        await self.writes.acquire()
+        # A partial object (only the field handed over): sent as an apply patch, since the
+        # typed models would require the rest of the spec.
+        meta = manifest["metadata"]
+        await self.client.patch(_WORKLOAD_RESOURCES[manifest["kind"]], meta["name"], manifest,
+                                namespace=meta["namespace"], patch_type=PatchType.APPLY,
+                                field_manager=field_manager, force=True)
+
+    async def delete_child(self, kind: str, namespace: str, name: str) -> bool:
+        """Delete a child of one of the optional kinds or an HPA; False if already gone, or
+        if its kind is no longer served (a bare 404: the CRD, and the object with it, went)."""
+        try:
+            return await self.delete(_CHILD_RESOURCES[kind], namespace, name)
+        except httpx2.HTTPStatusError as exc:
+            if exc.response.status_code != 404:
+                raise
+            return False
 
     @_counted("create")
     async def create_if_absent(self, manifest: dict[str, Any]) -> bool:

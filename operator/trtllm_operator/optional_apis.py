@@ -9,6 +9,7 @@ before kopf starts). One LIST of at most one object per kind and TTL; no CRD rea
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,9 +21,11 @@ from lightkube.core.resource import NamespacedResource
 
 Support = Literal["installed", "missing", "forbidden"]
 
+log = logging.getLogger(__name__)
+
 
 async def resource_support(client: AsyncClient, resource: type[NamespacedResource],
-                           namespace: str | None) -> Support:
+                           namespace: str | None, *, log_forbidden: bool = False) -> Support:
     """"installed", "missing" (the API server does not serve the resource) or "forbidden"
     (served, but this operator's RBAC does not allow listing it)."""
     try:
@@ -36,6 +39,10 @@ async def resource_support(client: AsyncClient, resource: type[NamespacedResourc
         if code == 404:
             return "missing"
         if code == 403:
+            if log_forbidden:
+                # The API server's words name the missing right (at most once per TTL).
+                log.warning("treated as not installed: %s",
+                            exc.status.message if isinstance(exc, ApiError) else exc)
             return "forbidden"
         raise
     return "installed"
@@ -57,7 +64,7 @@ class SupportCache:
         hit = self._seen.get(key)
         if hit is not None and now - hit[0] < self.ttl:
             return hit[1]
-        answer = await resource_support(client, resource, namespace)
+        answer = await resource_support(client, resource, namespace, log_forbidden=True)
         self._seen[key] = (now, answer)
         return answer
 

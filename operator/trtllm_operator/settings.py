@@ -44,5 +44,15 @@ class OperatorSettings(BaseSettings):
     """Liveness/readiness port (0 disables)."""
     bind_address: str = "0.0.0.0"  # in a pod, probes and scrapes come from outside
     """Address the metrics and health servers listen on."""
+    pod_monitors: bool = True
+    """Keep a Prometheus Operator PodMonitor per LLMDeployment whose metrics are on, where the
+    cluster serves PodMonitors (checked again every 30 s: no restart after installing it)."""
+    prometheus_address: str | None = None
+    """The Prometheus server KEDA's triggers query when spec.autoscaling.prometheusAddress is
+    unset, e.g. http://prometheus-operated.monitoring.svc:9090."""
+    optional_api_ttl_seconds: float = Field(default=30.0, gt=0)
+    """How long an answer to "does the cluster serve ScaledObjects / PodMonitors /
+    InferencePools" is kept
+    before it is asked again (one LIST of at most one object)."""
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -92,6 +92,8 @@ class Reason(StrEnum):
     CALIBRATION_DATA_MISSING = "CalibrationDataMissing"
     OPTION_NOT_ALLOWED = "OptionNotAllowed"
     BACKEND_FEATURE_UNAVAILABLE = "BackendFeatureUnavailable"
+    AUTOSCALING_NEEDS_METRICS = "AutoscalingNeedsMetrics"
+    AUTOSCALING_METRIC_UNAVAILABLE = "AutoscalingMetricUnavailable"
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from tests.e2e.conftest import H100, L40S, small_engine
 from trtllm_operator.localcluster import stages
 from trtllm_operator.localcluster.binaries import BinaryBuilder
 from trtllm_operator.localcluster.cluster import static_rwx_claim
-from trtllm_operator.localcluster.extcrds import INFERENCE_EXTENSION
+from trtllm_operator.localcluster.extcrds import INFERENCE_EXTENSION, KEDA, PROMETHEUS_OPERATOR
 from trtllm_operator.localcluster.operator_process import OperatorProcess
 
 HEALTHY_DEADLINE = 120.0
@@ -40,10 +40,13 @@ CHECKS = ("engine built", "auto targets built", "build failure explained",
           "serve options written", "deployment ready", "events recorded",
           "removed target stopped", "deployment drift repaired", "service recreated",
           "deletion held while in use", "engine released", "fleet ready on two gpu types",
-          "inference pool made", "slice removed", "inference pool removed")
+          "inference pool made", "slice removed", "inference pool removed",
+          "hpa made", "hpa removed", "scaledobject made", "scaledobject removed",
+          "podmonitor made", "podmonitor removed")
 FLEET_POOL = f"rbac{uuid.uuid4().hex[:6]}"
 """Label value of the nodes the flows' fleets run on (one H100 and one L40S node)."""
 PICKER = {"name": "llama-epp", "port": 9002}
+PROM = "http://prometheus.monitoring.svc:9090"
 
 
 # --------------------------------------------------------------------------- the flow
@@ -61,6 +64,8 @@ class Flow:
         self.passed: set[str] = set()
         self.step = 0
         self.fleet_step = 0
+        self.scaled_step = 0
+        self.keda_step = 0
 
     def _apply(self, obj: dict[str, Any]) -> None:
         self.kubectl("apply", "-n", self.ns, "-f", "-", input=yaml.safe_dump(obj))
@@ -95,6 +100,15 @@ class Flow:
         # One fleet over two GPU types, with an InferencePool (the CRD is installed).
         self._apply(self._engine("both", [H100, L40S], 65))
         self._apply(self._fleet([H100, L40S], PICKER))
+        # Autoscaling and monitoring, on their own engine (the steps above delete "served"):
+        # an HPA (provider hpa), a ScaledObject and a PodMonitor (their CRDs are installed).
+        self._apply(self._engine("scaling", [H100], 65))
+        for name, autoscaling in (("scaled", {"provider": "hpa", "maxReplicas": 2}),
+                                  ("keda", {"maxReplicas": 2, "prometheusAddress": PROM})):
+            self._apply({"apiVersion": "trtllm.dev/v1alpha1", "kind": "LLMDeployment",
+                         "metadata": {"name": name},
+                         "spec": {"engineRef": {"name": "scaling"}, "gpu": H100,
+                                  "autoscaling": autoscaling}})
 
     def _fleet(self, gpus: list[str], picker: dict[str, Any] | None) -> dict[str, Any]:
         spec: dict[str, Any] = {"engineRef": {"name": "both"}, "replicas": len(gpus),
@@ -151,6 +165,42 @@ class Flow:
                 return found
         return {}
 
+    def _exists(self, group: str, version: str, plural: str, name: str) -> bool:
+        try:
+            self.objects.get_namespaced_custom_object(group, version, self.ns, plural, name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    def _advance_scaling(self) -> None:
+        hpa = self._exists("autoscaling", "v2", "horizontalpodautoscalers", "scaled")
+        if self.scaled_step == 0 and hpa:
+            self.passed.add("hpa made")
+            self.kubectl("patch", "-n", self.ns, "llmdeployment/scaled", "--type=json",
+                         "-p", '[{"op": "remove", "path": "/spec/autoscaling"}]')
+            self.scaled_step = 1
+        elif self.scaled_step == 1 and not hpa:
+            self.passed.add("hpa removed")
+        so = self._exists("keda.sh", "v1alpha1", "scaledobjects", "keda")
+        pm = self._exists("monitoring.coreos.com", "v1", "podmonitors", "keda")
+        if self.keda_step == 0:
+            if so:
+                self.passed.add("scaledobject made")
+            if pm:
+                self.passed.add("podmonitor made")
+            if so and pm:
+                self.kubectl("patch", "-n", self.ns, "llmdeployment/keda", "--type=json", "-p",
+                             '[{"op": "remove", "path": "/spec/autoscaling"}, {"op": "add", '
+                             '"path": "/spec/serve", "value": {"metrics": false}}]')
+                self.keda_step = 1
+        else:
+            if not so:
+                self.passed.add("scaledobject removed")
+            if not pm:
+                self.passed.add("podmonitor removed")
+
     def _jobs(self, gpu: str) -> list[Any]:
         return [j for j in self.batch.list_namespaced_job(self.ns).items
                 if j.metadata.labels.get("trtllm.dev/engine") == "shrinking"
@@ -188,12 +238,15 @@ class Flow:
                 self.passed.add("removed target stopped")
 
         self._advance_fleet(ready)
+        self._advance_scaling()
         server = self._get("llmdeployments", "server")
         if "serve options written" not in self.passed:
             try:
                 options = self.core.read_namespaced_config_map("server-llm-api-options", self.ns)
+                # Metrics are on by default: the file also turns them on.
                 if yaml.safe_load((options.data or {}).get(
-                        "extra-llm-api-options.yaml", "")) == SERVE_OPTIONS:
+                        "extra-llm-api-options.yaml", "")) == SERVE_OPTIONS | {
+                            "return_perf_metrics": True}:
                     self.passed.add("serve options written")
             except ApiException as exc:
                 if exc.status != 404:
@@ -288,8 +341,20 @@ def inference_crds(third_party_crds: InstallCRDs, fleet_nodes: list[str]) -> lis
 
 
 @pytest.fixture(scope="module")
+def optional_crds(cluster: ClusterUnderTest) -> Iterator[None]:
+    """KEDA's and the Prometheus Operator's CRDs (no controllers) for this module: the chart's
+    rules for ScaledObjects and PodMonitors are proven like the others."""
+    local = cluster.require_local()
+    for source in (KEDA, PROMETHEUS_OPERATOR):
+        local.install_crds(source)
+    yield
+    for source in (KEDA, PROMETHEUS_OPERATOR):
+        local.remove_crds(source)
+
+
+@pytest.fixture(scope="module")
 def chart(cluster: ClusterUnderTest, crds: list[str], core: client.CoreV1Api,
-          ) -> Iterator[dict[str, Any]]:
+          optional_crds: None) -> Iterator[dict[str, Any]]:
     """The chart installed with its defaults (cluster-wide), as Helm users get it."""
     helm = BinaryBuilder().ensure(["helm"])["helm"]
     release = f"rbac-{uuid.uuid4().hex[:5]}"

@@ -267,6 +267,16 @@ INVALID: list[tuple[str, dict[str, Any], str, list[str]]] = [
     ("tensor-times-pipeline-over-one-node",
      changed(ENGINE, spec__build__parallelism={"tensor": 8, "pipeline": 4}),
      "spec.build.parallelism", [f"tensor x pipeline must be at most {MAX_PARALLELISM}"]),
+    ("autoscaling-max-below-min",
+     changed(DEPLOYMENT, spec__autoscaling={"minReplicas": 3, "maxReplicas": 2}),
+     "spec.autoscaling.maxReplicas", ["is below minReplicas"]),
+    ("autoscaling-zero-with-hpa",
+     changed(DEPLOYMENT, spec__autoscaling={"minReplicas": 0, "maxReplicas": 2,
+                                            "provider": "hpa"}),
+     "spec.autoscaling.minReplicas", ["needs KEDA"]),
+    ("autoscaling-unknown-metric",
+     changed(DEPLOYMENT, spec__autoscaling={"maxReplicas": 2, "metrics": [{"type": "GPUs"}]}),
+     "spec.autoscaling.metrics[0].type", ["Unsupported value"]),
 ]
 
 

@@ -5,10 +5,16 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import InstallCRDs, Kubectl
-from trtllm_operator.localcluster.extcrds import INFERENCE_EXTENSION, KEDA, CRDSource
+from trtllm_operator.localcluster.extcrds import (
+    INFERENCE_EXTENSION,
+    KEDA,
+    PROMETHEUS_OPERATOR,
+    CRDSource,
+)
 
 
-@pytest.mark.parametrize("source", [KEDA, INFERENCE_EXTENSION], ids=lambda s: s.name)
+@pytest.mark.parametrize("source", [KEDA, INFERENCE_EXTENSION, PROMETHEUS_OPERATOR],
+                         ids=lambda s: s.name)
 def test_crds_install_and_serve_their_kinds(third_party_crds: InstallCRDs, kubectl: Kubectl,
                                             source: CRDSource) -> None:
     names = third_party_crds(source)

@@ -49,6 +49,10 @@ NAMESPACED_RULES = expand([
     ([""], ["services"], ["list", "watch", "create", "patch"]),
     ([""], ["events"], ["create"]),
     (["inference.networking.k8s.io"], ["inferencepools"], ["list", "create", "patch", "delete"]),
+    (["autoscaling"], ["horizontalpodautoscalers"], ["list", "watch", "create", "patch",
+                                                     "delete"]),
+    (["keda.sh"], ["scaledobjects"], ["list", "create", "patch", "delete"]),
+    (["monitoring.coreos.com"], ["podmonitors"], ["list", "create", "patch", "delete"]),
 ])
 CLUSTER_RULES = expand([
     ([""], ["nodes"], ["list", "watch"]),
@@ -259,6 +263,7 @@ def test_settings_reach_the_operator_as_environment(render: Any) -> None:
         "TRTLLM_OPERATOR_HEALTH_PORT": "8081",
         "TRTLLM_OPERATOR_LOG_FORMAT": "json",
         "TRTLLM_OPERATOR_LOG_LEVEL": "INFO",
+        "TRTLLM_OPERATOR_POD_MONITORS": "true",
     }
     # No kubeconfig in a pod: the operator falls back to its ServiceAccount.
     assert "TRTLLM_OPERATOR_KUBECONFIG" not in defaults
@@ -528,3 +533,24 @@ def test_leaderworkerset_rules_only_when_enabled(render: Any, namespaced: bool) 
         if not namespaced:
             expected |= CLUSTER_RULES
         assert rules_of(role) == expected
+
+
+KEDA_RULES = expand([(["keda.sh"], ["scaledobjects"], ["list", "create", "patch", "delete"])])
+POD_MONITOR_RULES = expand([
+    (["monitoring.coreos.com"], ["podmonitors"], ["list", "create", "patch", "delete"])])
+
+
+def test_keda_and_pod_monitor_rules_and_settings_follow_their_values(render: Any) -> None:
+    docs = render({"autoscaling": {"keda": False}, "serving": {"podMonitors": False}})
+    role = one(docs, "ClusterRole", FULLNAME)
+    assert rules_of(role) == (NAMESPACED_RULES - KEDA_RULES - POD_MONITOR_RULES) | CLUSTER_RULES
+    env = env_of(docs)
+    assert env["TRTLLM_OPERATOR_POD_MONITORS"] == "false"
+    assert "TRTLLM_OPERATOR_PROMETHEUS_ADDRESS" not in env
+    address = "http://prometheus-operated.monitoring.svc:9090"
+    env = env_of(render({"autoscaling": {"prometheusAddress": address}}))
+    assert env["TRTLLM_OPERATOR_PROMETHEUS_ADDRESS"] == address
+    from trtllm_operator.settings import OperatorSettings
+    read = OperatorSettings(_env_file=None, pod_monitors="false",  # type: ignore[call-arg]
+                            prometheus_address=address)
+    assert (read.pod_monitors, read.prometheus_address) == (False, address)

@@ -16,6 +16,7 @@ from lightkube.models.meta_v1 import Status
 
 from tests.conftest import ROOT
 from trtllm_operator.claims import ClaimFact
+from trtllm_operator.deployments.autoscaling import HPAFact
 from trtllm_operator.deployments.controller import DeploymentController, Key
 from trtllm_operator.pods import PodFact, StuckContainer
 from trtllm_operator.validation import ClusterFacts, GPUPool
@@ -49,6 +50,7 @@ class FakeView:
         self.children: dict[str, dict[str, Any]] = {}
         self.group_set: dict[str, Any] | None = None
         self.workloads: list[tuple[str, str]] = []
+        self.autoscalers: dict[str, HPAFact] = {}
 
     def deployment_body(self, key: Key) -> Mapping[str, Any] | None:
         return self.body
@@ -77,12 +79,16 @@ class FakeView:
     def claim(self, namespace: str, name: str) -> ClaimFact | None:
         return self.claims.get(name)
 
+    def serving_autoscaler(self, namespace: str, name: str) -> HPAFact | None:
+        return self.autoscalers.get(name)
+
 
 class FakeWriter:
     def __init__(self) -> None:
         self.applied: list[dict[str, Any]] = []
         self.status_patches: list[dict[str, Any]] = []
         self.created: list[dict[str, Any]] = []
+        self.handed_over: list[tuple[str, dict[str, Any]]] = []
         self.deleted: list[tuple[str, str]] = []
 
     async def delete(self, resource: Any, namespace: str, name: str) -> bool:
@@ -101,6 +107,13 @@ class FakeWriter:
     async def patch_status(self, kind: str, namespace: str, name: str,
                            status: dict[str, Any]) -> None:
         self.status_patches.append(status)
+
+    async def apply_as(self, manifest: dict[str, Any], field_manager: str) -> None:
+        self.handed_over.append((field_manager, manifest))
+
+    async def delete_child(self, kind: str, namespace: str, name: str) -> bool:
+        self.deleted.append((kind, name))
+        return True
 
 
 def _run(view: FakeView) -> tuple[FakeWriter, list[tuple[str, str]], dict[str, Any]]:
@@ -121,7 +134,7 @@ def test_a_crash_looping_serving_pod_makes_ready_false_with_crash_loop() -> None
         "trtllm-serve", False, "CrashLoopBackOff", "back-off 20s restarting failed container",
         3))]
     writer, events, ready = _run(view)
-    assert [m["kind"] for m in writer.applied] == ["Deployment", "Service"]
+    assert [m["kind"] for m in writer.applied] == ["ConfigMap", "Deployment", "Service"]
     assert (ready["status"], ready["reason"]) == ("False", "CrashLoop")
     assert "back-off 20s restarting failed container" in ready["message"]
     assert "kubectl logs -n ml server-abc -c trtllm-serve --previous" in ready["message"]
@@ -230,7 +243,8 @@ def test_a_deployment_the_api_server_refuses_as_invalid_is_a_reason_not_a_retry(
     ready = next(c for c in writer.status_patches[-1]["conditions"] if c["type"] == "Ready")
     assert (ready["status"], ready["reason"]) == ("False", "PodFieldInvalid")
     assert "matchExpressions[0].values: Required value" in ready["message"]
-    assert [m["kind"] for m in writer.applied] == []  # no Service for a refused Deployment
+    # No Service for a refused Deployment (the options ConfigMap comes first).
+    assert [m["kind"] for m in writer.applied] == ["ConfigMap"]
     assert result is not None  # looked at again later, at the slow not-ready pace
 
 
@@ -261,7 +275,7 @@ def _as_observed(manifest: dict[str, Any]) -> dict[str, Any]:
         observed["spec"]["template"]["spec"]["containers"][0]["terminationMessagePath"] = (
             "/dev/termination-log")
         observed["status"] = {"replicas": 1}
-    else:
+    elif manifest["kind"] == "Service":
         observed["spec"]["clusterIP"] = "10.96.0.10"
     return observed
 
@@ -269,7 +283,7 @@ def _as_observed(manifest: dict[str, Any]) -> dict[str, Any]:
 def test_children_that_already_match_are_not_written_again() -> None:
     view = FakeView()
     first, _events, _ready = _run(view)
-    assert [m["kind"] for m in first.applied] == ["Deployment", "Service"]
+    assert [m["kind"] for m in first.applied] == ["ConfigMap", "Deployment", "Service"]
     view.children = {m["kind"]: _as_observed(m) for m in first.applied}
     again, _events, _ready = _run(view)
     assert again.applied == []
@@ -284,7 +298,7 @@ def test_a_hand_edit_or_a_deleted_child_is_written_again() -> None:
     del view.children["Service"]
     again, _events, _ready = _run(view)
     assert [m["kind"] for m in again.applied] == ["Deployment", "Service"]
-    assert again.applied == first.applied
+    assert again.applied == first.applied[1:]  # the options ConfigMap is unchanged
 
 
 def test_a_spec_change_is_written_even_if_it_only_drops_a_field() -> None:

@@ -46,16 +46,16 @@ def test_lws_forbidden_by_rbac_says_how_to_enable_it() -> None:
 
 def test_single_node_serving_is_unaffected_without_lws() -> None:
     writer, _ = _reconcile(FakeView(), "missing")
-    assert [m["kind"] for m in writer.applied] == ["Deployment", "Service"]
+    assert [m["kind"] for m in writer.applied] == ["ConfigMap", "Deployment", "Service"]
 
 
 def test_with_lws_a_group_set_a_leaders_service_and_one_ssh_secret() -> None:
     writer, status = _reconcile(_wide(FakeView()), "installed")
-    assert [m["kind"] for m in writer.applied] == ["LeaderWorkerSet", "Service"]
+    assert [m["kind"] for m in writer.applied] == ["ConfigMap", "LeaderWorkerSet", "Service"]
     assert [m["kind"] for m in writer.created] == ["Secret"]
-    lws = writer.applied[0]
+    lws = writer.applied[1]
     assert lws["spec"]["leaderWorkerTemplate"]["size"] == 2
-    assert writer.applied[1]["spec"]["selector"][multinode.LWS_WORKER_INDEX_LABEL] == "0"
+    assert writer.applied[2]["spec"]["selector"][multinode.LWS_WORKER_INDEX_LABEL] == "0"
     assert _ready(status)["reason"] == "RollingOut"
 
 

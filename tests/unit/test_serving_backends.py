@@ -130,7 +130,9 @@ def test_every_engine_command_line_parses_against_the_1_2_table(
 
     seen = check_against_table(cmd, release)
     assert seen["--backend"] == ["tensorrt"]
-    assert ("--extra_llm_api_options" in seen) == ("extraLlmApiOptions" in serve)
+    # The options file also carries return_perf_metrics where the release serves metrics.
+    metrics = serve.get("metrics", True) and release >= facts.Release(1, 1, 0, rc=0)
+    assert ("--extra_llm_api_options" in seen) == ("extraLlmApiOptions" in serve or metrics)
 
 
 def test_the_pytorch_command_line_in_full() -> None:
@@ -223,4 +225,5 @@ def test_an_engine_pod_is_unchanged_by_the_pytorch_additions() -> None:
     assert container["command"][:4] == ["trtllm-serve", "/engine", "--backend", "tensorrt"]
     assert container["env"] == []
     assert {"name": "dshm", "emptyDir": {"medium": "Memory"}} in template["spec"]["volumes"]
-    assert builders.METRICS_LABEL not in template["metadata"]["labels"]
+    # Metrics are on for the engine line too (1.2 serves them with return_perf_metrics).
+    assert template["metadata"]["labels"][builders.METRICS_LABEL] == "prometheus"

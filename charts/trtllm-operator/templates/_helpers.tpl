@@ -146,6 +146,43 @@ removed targets, status and finalizer patches, and Events.
 - apiGroups: ["inference.networking.k8s.io"]
   resources: ["inferencepools"]
   verbs: ["list", "create", "patch", "delete"]
+# spec.autoscaling without KEDA: the operator's HorizontalPodAutoscalers (watched: their
+# status is the Autoscaling condition; KEDA's HPAs carry the ScaledObject's labels and are
+# watched with them), applied, and deleted when autoscaling is turned off.
+- apiGroups: ["autoscaling"]
+  resources: ["horizontalpodautoscalers"]
+  verbs: ["list", "watch"]
+- apiGroups: ["autoscaling"]
+  resources: ["horizontalpodautoscalers"]
+  verbs: ["create", "patch"]
+- apiGroups: ["autoscaling"]
+  resources: ["horizontalpodautoscalers"]
+  verbs: ["delete"]
+{{- if .Values.autoscaling.keda }}
+# KEDA ScaledObjects: "is the kind served" is one list of at most one object; applied, and
+# deleted when autoscaling is turned off or moves to an HPA.
+- apiGroups: ["keda.sh"]
+  resources: ["scaledobjects"]
+  verbs: ["list"]
+- apiGroups: ["keda.sh"]
+  resources: ["scaledobjects"]
+  verbs: ["create", "patch"]
+- apiGroups: ["keda.sh"]
+  resources: ["scaledobjects"]
+  verbs: ["delete"]
+{{- end }}
+{{- if .Values.serving.podMonitors }}
+# A Prometheus Operator PodMonitor per LLMDeployment with metrics on, where the kind is served.
+- apiGroups: ["monitoring.coreos.com"]
+  resources: ["podmonitors"]
+  verbs: ["list"]
+- apiGroups: ["monitoring.coreos.com"]
+  resources: ["podmonitors"]
+  verbs: ["create", "patch"]
+- apiGroups: ["monitoring.coreos.com"]
+  resources: ["podmonitors"]
+  verbs: ["delete"]
+{{- end }}
 {{- if .Values.leaderWorkerSet.enabled }}
 # Multi-node serving: LeaderWorkerSet groups and the SSH key Secret of each (created once,
 # never read).

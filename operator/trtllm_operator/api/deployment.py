@@ -91,6 +91,10 @@ class ServeSpec(SpecModel):
     usage_telemetry: bool = False
     """pytorch backend: let trtllm-serve send NVIDIA its usage statistics (on by default in
     TensorRT-LLM). Off unless set: the pods get --no-telemetry and TRTLLM_NO_USAGE_STATS=1."""
+    metrics: bool = True
+    """Serve Prometheus metrics at /prometheus/metrics on the serving port (the options file
+    turns trtllm-serve's return_perf_metrics on), label the pods for scraping and, where the
+    Prometheus Operator is installed, keep a PodMonitor. Needed by spec.autoscaling."""
 
 
 class ServiceSpec(SpecModel):
@@ -191,6 +195,65 @@ class InferencePoolSpec(SpecModel):
 
     endpoint_picker_ref: EndpointPickerRef
     """The endpoint picker serving this pool."""
+AutoscalingMetricType = Literal["QueuedRequests", "KVCacheUtilization", "TimeToFirstToken"]
+
+
+class AutoscalingMetric(SpecModel):
+    """One serving metric the autoscaler keeps at a target."""
+
+    type: AutoscalingMetricType
+    """QueuedRequests: requests waiting per replica (trtllm_num_requests_waiting);
+    KVCacheUtilization: share of KV-cache blocks in use, averaged over replicas, 0 to 1
+    (trtllm_kv_cache_utilization); TimeToFirstToken: mean seconds to the first token over the
+    last minute (trtllm_time_to_first_token_seconds). Which exist depends on the image's
+    release line (see the README)."""
+    target: Annotated[float, Field(gt=0, le=1_000_000)] | None = None
+    """The value to hold: requests per replica, a fraction (0 < target <= 1) or seconds.
+    Unset: 4 queued requests, 0.8 of the KV cache, 2 seconds to the first token."""
+
+
+class AutoscalingSpec(SpecModel):
+    """Scale the serving workload on trtllm-serve's own metrics (KEDA or a
+    HorizontalPodAutoscaler). While set, the autoscaler owns the replica count, not
+    spec.replicas."""
+
+    model_config = ConfigDict(json_schema_extra=validations(
+        cel("self.maxReplicas >= self.minReplicas",
+            "spec.autoscaling.maxReplicas is below minReplicas: raise maxReplicas or lower "
+            "minReplicas", field_path=".maxReplicas"),
+        cel("self.minReplicas > 0 || self.provider != 'hpa'",
+            "spec.autoscaling.minReplicas 0 (scale to zero) needs KEDA: set provider keda or "
+            "auto, or minReplicas 1 or more", field_path=".minReplicas"),
+    ))
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AutoscalingSpec:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError("maxReplicas is below minReplicas")
+        if self.min_replicas == 0 and self.provider == "hpa":
+            raise ValueError("minReplicas 0 (scale to zero) needs KEDA, not provider hpa")
+        return self
+
+    provider: Literal["auto", "keda", "hpa"] = "auto"
+    """keda: a KEDA ScaledObject with Prometheus triggers; hpa: an autoscaling/v2
+    HorizontalPodAutoscaler on Pods/External metrics served by a metrics adapter; auto: keda
+    when the cluster serves ScaledObjects, else hpa."""
+    min_replicas: Annotated[int, Field(ge=0, le=facts.INT32_MAX)] = 1
+    """Fewest replicas. 0 (KEDA only) scales to zero when idle: the first request then waits
+    for a pod to start and load the whole model (minutes for a large one)."""
+    max_replicas: Annotated[int, Field(ge=1, le=facts.INT32_MAX)]
+    """Most replicas (each needs a full set of GPUs)."""
+    metrics: Annotated[tuple[AutoscalingMetric, ...], Field(max_length=3)] = ()
+    """What to scale on (the highest demand of them wins). Unset: QueuedRequests on the
+    PyTorch line, TimeToFirstToken on the engine line (the only one it serves)."""
+    prometheus_address: Annotated[str, StringConstraints(
+        max_length=1024, pattern=r"^https?://[^\s]+$")] | None = None
+    """KEDA: the Prometheus server the triggers query, e.g.
+    http://prometheus-operated.monitoring.svc:9090. Unset: the operator's setting
+    (chart value autoscaling.prometheusAddress)."""
+    cooldown_seconds: Annotated[int, Field(ge=0, le=86400)] | None = None
+    """KEDA: seconds after the last active trigger before scaling to minReplicas (KEDA's
+    default 300)."""
 
 
 class LLMDeploymentSpec(SpecModel):
@@ -284,6 +347,9 @@ class LLMDeploymentSpec(SpecModel):
     """Also make an InferencePool of the serving pods (needs the Gateway API Inference
     Extension CRDs), named like the LLMDeployment, for a Gateway's HTTPRoute to reach them
     through the named endpoint picker."""
+    autoscaling: AutoscalingSpec | None = None
+    """Scale on serving metrics between minReplicas and maxReplicas; spec.replicas is then
+    ignored (status.replicasOwner names the autoscaler)."""
 
 
 # --------------------------------------------------------------------------- status
@@ -303,6 +369,9 @@ class DeploymentConditionType(StrEnum):
     spec.slices: in every slice)."""
     INFERENCE_POOL_READY = "InferencePoolReady"
     """spec.inferencePool: the InferencePool exists as specified (or why not)."""
+    AUTOSCALING = "Autoscaling"
+    """spec.autoscaling is in force: the autoscaler exists and, when it says so, can read its
+    metrics (its own words and its last scale reason in the message)."""
 
 
 class SliceStatus(StatusModel):
@@ -352,6 +421,11 @@ class LLMDeploymentStatus(StatusModel):
     """Base URL of the OpenAI-compatible API, e.g. http://llama.team-a.svc:8000/v1."""
     slices: Annotated[tuple[SliceStatus, ...], Field(max_length=MAX_SLICES)] = ()
     """With spec.slices: each GPU type's replicas, engine and readiness, in spec order."""
+    replicas_owner: Annotated[str, StringConstraints(max_length=300)] | None = None
+    """Who sets the serving workload's replicas: spec.replicas, or the autoscaler
+    (ScaledObject/<name> or HorizontalPodAutoscaler/<name>)."""
+    pod_monitor: Annotated[str, StringConstraints(max_length=253)] | None = None
+    """The PodMonitor the operator keeps for the serving pods, if any."""
 
 
 class LLMDeployment(ResourceModel):

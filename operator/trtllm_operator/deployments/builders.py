@@ -16,7 +16,7 @@ from typing import Any, Final
 
 import yaml
 
-from trtllm_operator import flag_tables, gpus, labels
+from trtllm_operator import flag_tables, gpus, labels, serving_metrics
 from trtllm_operator import trtllm_facts as facts
 from trtllm_operator.api import LLMDeployment, LLMEngine
 from trtllm_operator.api.engine import BuiltLimits
@@ -39,9 +39,7 @@ STARTUP_BUDGET_SECONDS: Final = 30 * 60
 
 MODEL_DIR: Final = "/model"
 """Where a pytorch-backend pod sees its Hugging Face folder (the cached or quantized model)."""
-METRICS_PATH: Final = "/prometheus/metrics"
-"""Prometheus text on the serving port, mounted when return_perf_metrics is on (never /metrics,
-which is a JSON list emptied on read)."""
+METRICS_PATH: Final = serving_metrics.METRICS_PATH
 METRICS_LABEL: Final = "trtllm.dev/metrics"
 """Pod label a PodMonitor selects on (value ``prometheus``): labels, not annotations, are what
 a PodMonitor's selector reads."""
@@ -150,6 +148,19 @@ def effective_limits(d: LLMDeployment, built: BuiltLimits) -> dict[str, int | No
     }
 
 
+def metrics_on(d: LLMDeployment, serving: Serving) -> bool:
+    """spec.serve.metrics, where the serving release can serve them (see serving_metrics)."""
+    return d.spec.serve.metrics and serving_metrics.metrics_served(serving.backend,
+                                                                  serving.release)
+
+
+def has_options_file(d: LLMDeployment, serving: Serving) -> bool:
+    """Whether the pods get an options file: always on the pytorch backend, else when the
+    spec gives options or the metrics need one."""
+    return (serving.backend == "pytorch" or d.spec.serve.extra_llm_api_options is not None
+            or metrics_on(d, serving))
+
+
 def serve_command(d: LLMDeployment, serving: Serving) -> list[str]:
     """The trtllm-serve command line, only flags of the table of the serving release."""
     if serving.backend == "pytorch":
@@ -168,7 +179,7 @@ def serve_command(d: LLMDeployment, serving: Serving) -> list[str]:
                 str(serve.kv_cache_free_gpu_memory_fraction)]
     if serve.log_level is not None:
         cmd += ["--log_level", serve.log_level]
-    if serve.extra_llm_api_options is not None:
+    if has_options_file(d, serving):
         cmd += ["--extra_llm_api_options", f"{OPTIONS_DIR}/{OPTIONS_FILE}"]
     cmd += list(serve.extra_args)
     return cmd
@@ -205,7 +216,8 @@ def pytorch_options(d: LLMDeployment) -> dict[str, Any]:
     kv_cache_config mapping in the file replaces the one a flag would build)."""
     serve = d.spec.serve
     options: dict[str, Any] = dict(serve.extra_llm_api_options or {})
-    options |= {"return_perf_metrics": True, "enable_iter_perf_stats": True}
+    if serve.metrics:
+        options |= serving_metrics.options("pytorch", None)
     if serve.kv_cache_free_gpu_memory_fraction is not None:
         kv = options.get("kv_cache_config")
         options["kv_cache_config"] = (dict(kv) if isinstance(kv, dict) else {}) | {
@@ -228,11 +240,17 @@ def options_configmap_name(d: LLMDeployment) -> str:
 
 
 def options_configmap(d: LLMDeployment, engine_name: str,
-                      backend: facts.Backend = "tensorrt") -> dict[str, Any] | None:
-    """The YAML options file: for tensorrt when the spec gives options, for pytorch always
-    (it turns the Prometheus metrics on)."""
-    options = (pytorch_options(d) if backend == "pytorch"
-               else d.spec.serve.extra_llm_api_options)
+                      backend: facts.Backend = "tensorrt",
+                      release: facts.Release | None = None) -> dict[str, Any] | None:
+    """The YAML options file: for pytorch always, for tensorrt when the spec gives options or
+    the metrics are on (``return_perf_metrics``, where the release serves them)."""
+    options: dict[str, Any] | None
+    if backend == "pytorch":
+        options = pytorch_options(d)
+    else:
+        extra = (serving_metrics.options(backend, release) if d.spec.serve.metrics else {})
+        user = d.spec.serve.extra_llm_api_options
+        options = None if user is None and not extra else dict(user or {}) | extra
     if options is None:
         return None
     return {
@@ -292,7 +310,7 @@ def pod_template(d: LLMDeployment, engine: LLMEngine, serving: Serving, claim: s
         {"name": "engine", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}},
         {"name": "dshm", "emptyDir": shm},
     ]
-    if pytorch or spec.serve.extra_llm_api_options is not None:
+    if has_options_file(d, serving):
         mounts.append({"name": "options", "mountPath": OPTIONS_DIR, "readOnly": True})
         volumes.append({"name": "options",
                         "configMap": {"name": options_configmap_name(d)}})
@@ -329,7 +347,7 @@ def pod_template(d: LLMDeployment, engine: LLMEngine, serving: Serving, claim: s
         pod_spec["imagePullSecrets"] = [{"name": s.name} for s in spec.image_pull_secrets]
     annotations = {FINGERPRINT_ANNOTATION: serving.fingerprint, PATH_ANNOTATION: serving.path}
     template_labels = lbl | {ENGINE_TYPE_LABEL: ENGINE_TYPE, ENDPOINT_LABEL: "http"}
-    if pytorch:
+    if metrics_on(d, serving):
         # What a PodMonitor (selecting on the label) or an annotation-driven scrape config
         # needs: the port's name and number, and the path.
         template_labels[METRICS_LABEL] = "prometheus"
@@ -341,8 +359,10 @@ def pod_template(d: LLMDeployment, engine: LLMEngine, serving: Serving, claim: s
 
 
 def deployment(d: LLMDeployment, engine: LLMEngine, serving: Serving,
-               claim: str) -> dict[str, Any]:
-    """The trtllm-serve Deployment serving ``serving`` from the engines ``claim``."""
+               claim: str, *, set_replicas: bool = True) -> dict[str, Any]:
+    """The trtllm-serve Deployment serving ``serving`` from the engines ``claim``; without
+    ``replicas`` when an autoscaler owns them (``set_replicas`` False), so server-side apply
+    leaves that field to it."""
     manifest: dict[str, Any] = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -356,6 +376,8 @@ def deployment(d: LLMDeployment, engine: LLMEngine, serving: Serving,
             "template": pod_template(d, engine, serving, claim),
         },
     }
+    if not set_replicas:
+        del manifest["spec"]["replicas"]
     return manifest
 
 

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -39,10 +40,19 @@ from trtllm_operator.api import (
 from trtllm_operator.api.deployment import DeploymentConditionType, SliceStatus
 from trtllm_operator.api.engine import BuiltLimits, size_hint_bytes
 from trtllm_operator.claims import SHARED_READ, ClaimFact, check_claim
-from trtllm_operator.deployments import builders, choice, inference_pool, multinode, slices
+from trtllm_operator.deployments import (
+    autoscaling,
+    builders,
+    choice,
+    inference_pool,
+    monitoring,
+    multinode,
+    slices,
+)
 from trtllm_operator.engines.planning import serving_claim
 from trtllm_operator.kube import InferencePoolResource, LeaderWorkerSetResource, invalid_refusal
 from trtllm_operator.kube_objects import check_deployment_objects
+from trtllm_operator.optional_apis import Support
 from trtllm_operator.pods import PodContext, PodFact, PodProblem, diagnose
 from trtllm_operator.reconcile_errors import RECONCILE_ERROR
 from trtllm_operator.reconciling import deployment_progress_conditions
@@ -70,6 +80,8 @@ class Writer(Protocol):
     async def patch_status(self, kind: str, namespace: str, name: str,
                            status: dict[str, Any]) -> None: ...
     async def delete(self, resource: Any, namespace: str, name: str) -> bool: ...
+    async def apply_as(self, manifest: dict[str, Any], field_manager: str) -> None: ...
+    async def delete_child(self, kind: str, namespace: str, name: str) -> bool: ...
 
 
 class View(Protocol):
@@ -83,6 +95,34 @@ class View(Protocol):
     def serving_pods(self, namespace: str, name: str) -> list[PodFact]: ...
     def serving_workloads(self, namespace: str, name: str) -> list[tuple[str, str]]: ...
     def claim(self, namespace: str, name: str) -> ClaimFact | None: ...
+    def serving_autoscaler(self, namespace: str, name: str) -> autoscaling.HPAFact | None: ...
+    """The HorizontalPodAutoscaler of that name (the operator's, or KEDA's for its
+    ScaledObject), as watched."""
+
+
+REPLICAS_HANDOVER_MANAGER = "trtllm-operator-replicas-handover"
+"""Field manager that keeps ``replicas`` of a workload when autoscaling starts: the operator's
+own apply then omits the field, and it stays at its value until the autoscaler changes it."""
+
+
+async def _never_served(kind: str, namespace: str | None) -> Support:
+    return "missing"
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """Who owns replicas, the Autoscaling condition (None: autoscaling not asked for) and the
+    PodMonitor kept, as status shows them."""
+
+    owner: str = "spec.replicas"
+    condition: tuple[ConditionStatus, str, str] | None = None
+    pod_monitor: str | None = None
+    owned_by_autoscaler: bool = False
+    carried: bool = False
+    """Nothing was reconciled (no workload yet, or a preflight stopped it): the Autoscaling
+    condition stays as it was."""
+
+
 
 
 @dataclass(frozen=True)
@@ -293,12 +333,26 @@ class DeploymentController:
     often, so a deleted or edited one comes back."""
     monotonic: Callable[[], float] = time.monotonic
     _pools_applied: dict[Key, tuple[str, float]] = field(default_factory=dict)
+    supports: Callable[[str, str | None], Awaitable[Support]] = _never_served
+    """Whether the cluster serves an optional kind (ScaledObject, PodMonitor) in a namespace,
+    asked again after a short time (CRDs installed later are seen without a restart)."""
+    pod_monitors: bool = True
+    """Keep a PodMonitor per LLMDeployment where the Prometheus Operator's CRD exists."""
+    prometheus_address: str | None = None
+    """Default Prometheus server KEDA's triggers query (spec.autoscaling.prometheusAddress
+    wins)."""
+    _applied: dict[tuple[str, str, str], str] = field(default_factory=dict)
+    """Hash of what this process last applied of each unwatched child (ScaledObject,
+    PodMonitor): re-applied only when the desired object changes."""
+
 
     async def reconcile(self, key: Key) -> Result | None:
         body = self.view.deployment_body(key)
         if body is None:
             metrics.record_ready("LLMDeployment", key, None)
             self.status_writes.forget(key)
+            for kind in (autoscaling.SCALED_OBJECT, monitoring.KIND):
+                self._applied.pop((kind, *key), None)
             return None
         d = LLMDeployment.model_validate(body)
         if d.metadata.deletion_timestamp is not None:
@@ -339,21 +393,30 @@ class DeploymentController:
         namespace, name = d.metadata.namespace or "", d.metadata.name
         findings = (*check_deployment_objects(d.spec), *validate_deployment(
             d.spec, engine.spec if engine else None, facts,
-            resolved=resolved_targets(engine) if engine else None))
+            resolved=resolved_targets(engine) if engine else None),
+            *autoscaling.findings(d.spec, engine.spec if engine else None))
         group_set = self.view.serving_group_set(namespace, name)
         observed = group_set or self.view.serving_deployment(namespace, name)
         # What it serves on now: the running Deployment's GPU type, else what status recorded.
         chosen = choose_target(d, engine, findings, facts,
                                current=_serving_gpu(observed) or d.status.gpu)
-        preflight, observed, shape = await self._serve(d, engine, chosen, facts, observed,
-                                                       group_set is None, as_slice=None)
-        if engine is not None and shape is not None:
+        scaling = await self._scaling_before(d)
+        decision = await self._autoscaling_decision(d)
+        preflight, observed, shape = await self._serve(
+            d, engine, chosen, facts, observed, group_set is None, as_slice=None,
+            set_replicas=decision is None or decision.provider is None)
+        if engine is not None and chosen.target is not None and shape is not None:
             if shape == "single":
                 await self._apply_if_changed(builders.service(d, engine.metadata.name))
             else:
                 await self.writer.apply(multinode.leader_service(d, engine.metadata.name))
+            target = (autoscaling.deployment_target(d) if shape == "single"
+                      else autoscaling.group_set_target(d))
+            scaling = await self._reconcile_scaling(
+                d, engine.metadata.name, serving_for(engine, chosen.target), target, decision,
+                leaders={builders.ENDPOINT_LABEL: "http"})
         status = self._status(d, chosen, preflight, observed, facts,
-                              self.view.serving_pods(namespace, name))
+                              self.view.serving_pods(namespace, name), scaling)
         if cond.is_true(status.conditions, DeploymentConditionType.READY):
             # Back from spec.slices: their workloads go once this one serves.
             await self._delete_workloads(d, keep={name})
@@ -370,7 +433,12 @@ class DeploymentController:
         views: list[LLMDeploymentStatus] = []
         shown: list[SliceStatus] = []
         served = False
+        served_by: builders.Serving | None = None
         pods = self.view.serving_pods(namespace, d.metadata.name)
+        fleet_findings = autoscaling.findings(d.spec, engine.spec if engine else None)
+        all_findings.update({(f.field, f.message): f for f in fleet_findings})
+        scaling = await self._scaling_before(d)
+        decision = await self._autoscaling_decision(d)
         for i, (gpu_slice, count) in enumerate(zip(d.spec.slices, counts, strict=True)):
             gpu = gpu_slice.gpu
             view = slices.slice_view(d, gpu, count)
@@ -389,16 +457,26 @@ class DeploymentController:
                 view, engine, chosen, facts, observed, group_set is None,
                 as_slice=functools.partial(slices.as_slice, d=d, gpu=gpu))
             served = served or shape is not None
+            if shape is not None and engine is not None and chosen.target is not None:
+                served_by = served_by or serving_for(engine, chosen.target)
             status = self._status(view, chosen, preflight, observed, facts,
                                   [p for p in pods if p.gpu == gpu])
             views.append(status)
             shown.append(slices.slice_status(gpu, status, count))
         if served and engine is not None:
             await self._apply_if_changed(builders.service(d, engine.metadata.name))
+        if served_by is not None and engine is not None:
+            # The whole fleet scales: the autoscaler sizes the LLMDeployment through its scale
+            # subresource and the operator splits spec.replicas by weight, as for kubectl scale.
+            scaling = await self._reconcile_scaling(
+                d, engine.metadata.name, served_by, autoscaling.llmdeployment_target(d),
+                decision, leaders={builders.ENDPOINT_LABEL: "http"})
+            scaling = dataclasses.replace(scaling, owned_by_autoscaler=False)
         status = slices.fleet_status(
             d, views, shown, self.clock(),
             endpoint=builders.endpoint(d) if any(s.replicas for s in shown) or served
             else None, selector=builders.selector_string(d))
+        status = self._with_scaling(status, scaling)
         keep = {slices.workload_name(d, s.gpu) for s in d.spec.slices}
         if not cond.is_true(status.conditions, DeploymentConditionType.READY):
             # Moving from one GPU type to slices: the old workload serves until they do.
@@ -410,6 +488,7 @@ class DeploymentController:
                      facts: ClusterFacts, observed: Mapping[str, Any] | None,
                      first_group: bool,
                      as_slice: Callable[[dict[str, Any]], dict[str, Any]] | None,
+                     set_replicas: bool = True,
                      ) -> tuple[Finding | None, Mapping[str, Any] | None, str | None]:
         """Apply the workload of ``d`` (a slice view when ``as_slice`` renames it) once its
         target is Built and nothing stops it: (the preflight problem, the workload as
@@ -438,13 +517,16 @@ class DeploymentController:
             return preflight, observed, None
         rename = as_slice or (lambda m: m)
         serving = serving_for(engine, chosen.target)
-        options = builders.options_configmap(d, engine.metadata.name, serving.backend)
+        options = builders.options_configmap(d, engine.metadata.name, serving.backend,
+                                             serving.release)
         if options is not None:
             await self._apply_if_changed(options)
         if place.shape is None:
+            workload = rename(builders.deployment(d, engine, serving, engine_claim,
+                                                  set_replicas=set_replicas))
+            await self._hand_over_replicas(d, workload, observed, set_replicas)
             try:
-                observed = await self._apply_if_changed(
-                    rename(builders.deployment(d, engine, serving, engine_claim))) or observed
+                observed = await self._apply_if_changed(workload) or observed
             except Exception as exc:
                 refused = invalid_refusal(exc)
                 if refused is None:
@@ -459,8 +541,10 @@ class DeploymentController:
             # Made once, never rewritten: the operator reads no Secret.
             await self.writer.create_if_absent(multinode.ssh_secret(
                 d, engine.metadata.name, *ssh_key_pair()))
-        observed = multinode.group_status(await self.writer.apply(rename(
-            multinode.leaderworkerset(d, engine, serving, engine_claim, place.shape))))
+        workload = rename(multinode.leaderworkerset(d, engine, serving, engine_claim,
+                                                    place.shape, set_replicas=set_replicas))
+        await self._hand_over_replicas(d, workload, observed, set_replicas)
+        observed = multinode.group_status(await self.writer.apply(workload))
         return None, observed, "multi"
 
     async def _delete_workloads(self, d: LLMDeployment, keep: set[str]) -> None:
@@ -552,6 +636,113 @@ class DeploymentController:
             f"HTTP on port {d.spec.serve.port}; endpoint picker "
             f"{d.spec.inference_pool.endpoint_picker_ref.name}")
 
+    # ------------------------------------------------------------ autoscaling and monitoring
+
+    async def _scaling_before(self, d: LLMDeployment) -> Scaling:
+        """What status says of scaling until the workload is reconciled: what it said, or,
+        with autoscaling off, spec.replicas (and the autoscaler made before is deleted)."""
+        if d.spec.autoscaling is None:
+            await self._remove_autoscaler(d, None)
+            return Scaling(pod_monitor=d.status.pod_monitor)
+        owner = d.status.replicas_owner or "spec.replicas"
+        return Scaling(owner=owner, pod_monitor=d.status.pod_monitor,
+                       owned_by_autoscaler=owner != "spec.replicas", carried=True)
+
+    async def _autoscaling_decision(self, d: LLMDeployment) -> autoscaling.Decision | None:
+        spec = d.spec.autoscaling
+        if spec is None:
+            return None
+        keda = ("missing" if spec.provider == "hpa"
+                else await self.supports(autoscaling.SCALED_OBJECT, d.metadata.namespace))
+        return autoscaling.decide(spec, keda, spec.prometheus_address or self.prometheus_address)
+
+    async def _hand_over_replicas(self, d: LLMDeployment, workload: dict[str, Any],
+                                  observed: Mapping[str, Any] | None,
+                                  set_replicas: bool) -> None:
+        """When an autoscaler takes over a workload the operator sized so far, another field
+        manager first takes ``replicas`` at its current value: dropping it from the
+        operator's apply would otherwise reset it to the default (one)."""
+        if set_replicas or observed is None or (d.status.replicas_owner or "spec.replicas") \
+                != "spec.replicas":
+            return
+        current = ((observed.get("spec") or {}).get("replicas")
+                   if isinstance(observed.get("spec"), Mapping) else None)
+        meta = workload["metadata"]
+        await self.writer.apply_as({
+            "apiVersion": workload["apiVersion"], "kind": workload["kind"],
+            "metadata": {"name": meta["name"], "namespace": meta["namespace"]},
+            "spec": {"replicas": int(current if current is not None else d.spec.replicas)}},
+            REPLICAS_HANDOVER_MANAGER)
+
+    async def _reconcile_scaling(self, d: LLMDeployment, engine_name: str,
+                                 serving: builders.Serving, target: autoscaling.ScaleTarget,
+                                 decision: autoscaling.Decision | None,
+                                 leaders: Mapping[str, str] | None) -> Scaling:
+        """Apply (or remove) the autoscaler and the PodMonitor; what status says of them."""
+        pod_monitor = await self._reconcile_pod_monitor(d, engine_name, serving, leaders)
+        if decision is None:
+            return Scaling(pod_monitor=pod_monitor)
+        await self._remove_autoscaler(d, decision.provider)
+        if decision.provider is None:
+            return Scaling(condition=autoscaling.condition(d, decision, None),
+                           pod_monitor=pod_monitor)
+        spec = d.spec.autoscaling
+        assert spec is not None
+        metrics = autoscaling.effective_metrics(spec, serving.backend)
+        if decision.provider == autoscaling.SCALED_OBJECT:
+            address = spec.prometheus_address or self.prometheus_address
+            assert address is not None
+            await self._apply_unwatched(autoscaling.scaled_object(
+                d, engine_name, target, metrics, address))
+        else:
+            await self._apply_if_changed(autoscaling.hpa(d, engine_name, target, metrics))
+        fact = self.view.serving_autoscaler(d.metadata.namespace or "",
+                                            autoscaling.hpa_name_for(decision.provider, d))
+        return Scaling(owner=autoscaling.owner(decision.provider, d),
+                       condition=autoscaling.condition(d, decision, fact),
+                       pod_monitor=pod_monitor, owned_by_autoscaler=True)
+
+    async def _remove_autoscaler(self, d: LLMDeployment,
+                                 keep: autoscaling.Provider | None) -> None:
+        """Delete the autoscaler status says the operator made, unless it is still wanted."""
+        namespace, name = d.metadata.namespace or "", d.metadata.name
+        made = (d.status.replicas_owner or "").split("/", 1)[0]
+        for kind in (autoscaling.SCALED_OBJECT, autoscaling.HPA):
+            if kind == keep:
+                continue
+            exists = (self.view.serving_child(kind, namespace, name) is not None
+                      if kind == autoscaling.HPA else made == kind)
+            if exists:
+                await self.writer.delete_child(kind, namespace, name)
+                self._applied.pop((kind, namespace, name), None)
+
+    async def _reconcile_pod_monitor(self, d: LLMDeployment, engine_name: str,
+                                     serving: builders.Serving,
+                                     leaders: Mapping[str, str] | None) -> str | None:
+        """The PodMonitor's name if one is kept; a PodMonitor no longer wanted is deleted."""
+        namespace = d.metadata.namespace or ""
+        wanted = (self.pod_monitors and builders.metrics_on(d, serving)
+                  and await self.supports(monitoring.KIND, namespace) == "installed")
+        if wanted:
+            await self._apply_unwatched(monitoring.pod_monitor(d, engine_name, leaders))
+            return monitoring.pod_monitor_name(d)
+        if d.status.pod_monitor is not None:
+            # The CRD may be gone (and the object with it): a 404 is fine.
+            await self.writer.delete_child(monitoring.KIND, namespace, d.status.pod_monitor)
+            self._applied.pop((monitoring.KIND, namespace, d.status.pod_monitor), None)
+        return None
+
+    async def _apply_unwatched(self, manifest: dict[str, Any]) -> None:
+        """Apply a child the operator does not watch (its CRD may come and go) when it differs
+        from what this process last applied."""
+        meta = manifest["metadata"]
+        key = (manifest["kind"], meta["namespace"], meta["name"])
+        digest = builders.template_hash(manifest)
+        if self._applied.get(key) == digest:
+            return
+        await self.writer.apply(manifest)
+        self._applied[key] = digest
+
     async def _apply_if_changed(self, manifest: dict[str, Any]) -> dict[str, Any] | None:
         """Apply a child unless the watched copy already matches it (see
         :func:`builders.up_to_date`); the applied object, or None when nothing was written."""
@@ -564,7 +755,7 @@ class DeploymentController:
 
     def _status(self, d: LLMDeployment, chosen: EngineChoice, preflight: Finding | None,
                 dep: Mapping[str, Any] | None, facts: ClusterFacts,
-                pods: list[PodFact]) -> LLMDeploymentStatus:
+                pods: list[PodFact], scaling: Scaling | None = None) -> LLMDeploymentStatus:
         gen = d.metadata.generation
         now = self.clock()
         # Computed only by a reconcile that got this far: a past ReconcileError is over.
@@ -576,8 +767,17 @@ class DeploymentController:
                                        observed_generation=gen, now=now)
 
         put(DeploymentConditionType.ENGINE_READY, chosen.ready, chosen.reason, chosen.message)
+        scaling = scaling or Scaling()
+        if scaling.condition is not None:
+            put(DeploymentConditionType.AUTOSCALING, *scaling.condition)
+        elif not scaling.carried:
+            conds = cond.remove_condition(conds, DeploymentConditionType.AUTOSCALING)
         dstatus = (dep or {}).get("status") or {}
         desired = d.spec.replicas
+        if scaling.owned_by_autoscaler:
+            # The autoscaler's choice, as the workload holds it.
+            sized = ((dep or {}).get("spec") or {}).get("replicas")
+            desired = int(sized) if sized is not None else int(dstatus.get("replicas") or 0)
         replicas = int(dstatus.get("replicas") or 0)
         ready = int(dstatus.get("readyReplicas") or 0)
         available = int(dstatus.get("availableReplicas") or 0)
@@ -648,20 +848,37 @@ class DeploymentController:
             gpu_reason=chosen.gpu_reason if same else d.status.gpu_reason,
             engine_fingerprint=fingerprint,
             endpoint=builders.endpoint(d) if dep is not None else None,
+            replicas_owner=scaling.owner,
+            pod_monitor=scaling.pod_monitor,
         )
+
+    def _with_scaling(self, status: LLMDeploymentStatus,
+                      scaling: Scaling) -> LLMDeploymentStatus:
+        """A fleet's status (spec.slices) with what the whole fleet's scaling says."""
+        conds = status.conditions
+        if scaling.condition is not None:
+            conds = cond.set_condition(conds, DeploymentConditionType.AUTOSCALING,
+                                       *scaling.condition,
+                                       observed_generation=status.observed_generation,
+                                       now=self.clock())
+        elif not scaling.carried:
+            conds = cond.remove_condition(conds, DeploymentConditionType.AUTOSCALING)
+        return status.model_copy(update={"conditions": conds, "replicas_owner": scaling.owner,
+                                         "pod_monitor": scaling.pod_monitor})
 
     def _emit(self, body: Mapping[str, Any], old: LLMDeploymentStatus,
               new: LLMDeploymentStatus) -> None:
         # The first choice is told by the EngineReady event; this one marks a move.
         if old.gpu is not None and new.gpu not in (None, old.gpu) and new.gpu_reason:
             self.events(body, "Normal", "GPUChosen", new.gpu_reason[:1024])
-        for type_ in (DeploymentConditionType.ENGINE_READY, DeploymentConditionType.READY):
+        for type_ in (DeploymentConditionType.ENGINE_READY, DeploymentConditionType.READY,
+                      DeploymentConditionType.AUTOSCALING):
             before = cond.find_condition(old.conditions, type_)
             after = cond.find_condition(new.conditions, type_)
             if after is None or (before is not None and (before.status, before.reason)
                                  == (after.status, after.reason)):
                 continue
             waiting = after.reason in ("RollingOut", "EngineNotBuilt", "EnginePending",
-                                       "EngineBuilding")
+                                       "EngineBuilding", "AutoscalerPending")
             kind = "Normal" if after.status == "True" or waiting else "Warning"
             self.events(body, kind, after.reason[:128], after.message[:1024])

@@ -168,8 +168,10 @@ def _with_group_parts(template: dict[str, Any], d: LLMDeployment,
 
 
 def leaderworkerset(d: LLMDeployment, engine: LLMEngine, serving: builders.Serving,
-                    claim: str, shape: GroupShape) -> dict[str, Any]:
-    """The LeaderWorkerSet serving ``serving`` in groups of ``shape`` (replicas = groups)."""
+                    claim: str, shape: GroupShape, *, set_replicas: bool = True
+                    ) -> dict[str, Any]:
+    """The LeaderWorkerSet serving ``serving`` in groups of ``shape`` (replicas = groups;
+    left out when an autoscaler owns them: ``set_replicas`` False)."""
     base = builders.pod_template(d, engine, serving, claim, gpus_per_pod=shape.gpus_per_pod)
     serve_cmd = [*builders.serve_command(d, serving),
                  "--gpus_per_node", str(shape.gpus_per_pod)]
@@ -184,7 +186,7 @@ def leaderworkerset(d: LLMDeployment, engine: LLMEngine, serving: builders.Servi
     wc["readinessProbe"] = ssh_probe
     wc["livenessProbe"] = ssh_probe | {"periodSeconds": 20}
     wc.pop("startupProbe", None)
-    return {
+    manifest: dict[str, Any] = {
         "apiVersion": f"{LWS_GROUP}/{LWS_VERSION}",
         "kind": "LeaderWorkerSet",
         "metadata": {"name": lws_name(d), "namespace": d.metadata.namespace,
@@ -203,6 +205,9 @@ def leaderworkerset(d: LLMDeployment, engine: LLMEngine, serving: builders.Servi
             },
         },
     }
+    if not set_replicas:
+        del manifest["spec"]["replicas"]
+    return manifest
 
 
 def leader_service(d: LLMDeployment, engine_name: str) -> dict[str, Any]:
@@ -223,7 +228,7 @@ def group_status(lws: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "kind": "LeaderWorkerSet",
         "metadata": {"generation": (lws.get("metadata") or {}).get("generation")},
-        "spec": {"template": {
+        "spec": {"replicas": spec.get("replicas"), "template": {
             "metadata": {"annotations": dict((leader.get("metadata") or {})
                                              .get("annotations") or {})},
             "spec": {"nodeSelector": dict((leader.get("spec") or {})

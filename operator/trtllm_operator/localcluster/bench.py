@@ -78,7 +78,10 @@ def floor_children(engine: dict[str, Any], name: str, uid: str) -> list[dict[str
         llmd_manifest(name) | {"metadata": {"name": name, "namespace": NAMESPACE, "uid": uid}})
     e = LLMEngine.model_validate(engine)
     target = next(t for t in e.status.targets if t.gpu == H100)
-    manifests = [builders.deployment(d, e, serving_for(e, target), e.spec.storage.claim_name),
+    serving = serving_for(e, target)
+    options = builders.options_configmap(d, ENGINE, serving.backend, serving.release)
+    manifests = [*([options] if options else []),
+                 builders.deployment(d, e, serving, e.spec.storage.claim_name),
                  builders.service(d, ENGINE)]
     for m in manifests:
         # No LLMDeployment exists to own them: the garbage collector would delete them.
@@ -322,6 +325,8 @@ def run_mode(mode: str, cfg: Settings, workdir: Path) -> dict[str, Any]:
                     for m in floor_children(engine, name, f"uid-{name}"):
                         if m["kind"] == "Deployment":
                             apps.create_namespaced_deployment(NAMESPACE, m)
+                        elif m["kind"] == "ConfigMap":
+                            core.create_namespaced_config_map(NAMESPACE, m)
                         else:
                             core.create_namespaced_service(NAMESPACE, m)
                 return run
