@@ -354,6 +354,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     deployments = DeploymentController(view=RUNTIME.view, writer=kube, events=_post_event,
                                        lws=RUNTIME.lws, supports=supports,
                                        inference_pools=inference_pools,
+                                       forget_supports=optional.forget,
                                        pod_monitors=cfg.pod_monitors,
                                        prometheus_address=cfg.prometheus_address)
 

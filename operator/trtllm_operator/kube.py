@@ -76,6 +76,14 @@ _STATUS_RESOURCES = {"LLMEngine": LLMEngineResource.Status,
                      "LLMDeployment": LLMDeploymentResource.Status}
 
 
+def not_served(exc: Exception) -> bool:
+    """A write answered 404 because the API server does not serve the kind (its CRD was
+    removed): lightkube raises httpx's error for that bare 404, ApiError for a Status one."""
+    if isinstance(exc, ApiError):
+        return exc.status.code == 404
+    return isinstance(exc, httpx2.HTTPStatusError) and exc.response.status_code == 404
+
+
 def namespace_terminating(exc: ApiError) -> bool:
     """A write refused because its namespace is being deleted: nothing to do there anymore."""
     return exc.status.code == 403 and "being terminated" in (exc.status.message or "")

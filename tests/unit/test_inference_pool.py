@@ -103,7 +103,8 @@ def test_a_missing_crd_is_a_condition_and_nothing_is_written_of_the_pool() -> No
 def test_the_pool_is_applied_once_per_change_and_deleted_when_the_field_goes() -> None:
     view = _with_pool(FakeView())
     writer, status, controller = _reconcile(view, "installed")
-    assert [m["kind"] for m in writer.applied] == ["ConfigMap", "Deployment", "Service", "InferencePool"]
+    assert [m["kind"] for m in writer.applied] == [
+        "ConfigMap", "Deployment", "Service", "InferencePool"]
     assert _cond(status, "InferencePoolReady")["status"] == "True"  # type: ignore[index]
 
     view.body["status"] = status

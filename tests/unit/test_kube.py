@@ -11,7 +11,7 @@ import pytest
 from lightkube import ApiError
 from lightkube.models.meta_v1 import Status
 
-from trtllm_operator.kube import Kube
+from trtllm_operator.kube import Kube, not_served
 from trtllm_operator.workqueue import TokenBucket
 
 CONFIGMAP = {"apiVersion": "v1", "kind": "ConfigMap",
@@ -118,3 +118,19 @@ def test_a_log_tail_is_read_with_tail_lines_and_an_unreadable_log_is_none() -> N
                              "tail_lines": 20}]
     assert asyncio.run(Kube(LogClient(None)).log_tail(  # type: ignore[arg-type]
         "ml", "p", "download", 20)) is None
+
+
+def test_a_kind_no_longer_served_is_told_apart_from_other_refusals() -> None:
+    request = httpx2.Request("PATCH", "https://127.0.0.1/apis/x/v1/namespaces/n/xs/a")
+
+    def refusal(code: int) -> ApiError:
+        return ApiError(response=httpx2.Response(code, request=request, json={
+            "kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code,
+            "message": "m", "reason": "r"}))
+
+    bare = httpx2.Response(404, request=request)
+    assert not_served(httpx2.HTTPStatusError("404", request=request, response=bare))
+    assert not_served(refusal(404))
+    assert not not_served(refusal(422))
+    assert not not_served(refusal(403))
+    assert not not_served(RuntimeError("boom"))

@@ -50,7 +50,12 @@ from trtllm_operator.deployments import (
     slices,
 )
 from trtllm_operator.engines.planning import serving_claim
-from trtllm_operator.kube import InferencePoolResource, LeaderWorkerSetResource, invalid_refusal
+from trtllm_operator.kube import (
+    InferencePoolResource,
+    LeaderWorkerSetResource,
+    invalid_refusal,
+    not_served,
+)
 from trtllm_operator.kube_objects import check_deployment_objects
 from trtllm_operator.optional_apis import Support
 from trtllm_operator.pods import PodContext, PodFact, PodProblem, diagnose
@@ -341,6 +346,8 @@ class DeploymentController:
     prometheus_address: str | None = None
     """Default Prometheus server KEDA's triggers query (spec.autoscaling.prometheusAddress
     wins)."""
+    forget_supports: Callable[[], None] = lambda: None
+    """Drop cached answers of ``supports`` (a write found a kind no longer served)."""
     _applied: dict[tuple[str, str, str], str] = field(default_factory=dict)
     """Hash of what this process last applied of each unwatched child (ScaledObject,
     PodMonitor): re-applied only when the desired object changes."""
@@ -614,11 +621,15 @@ class DeploymentController:
         if last is None or last[0] != digest or now - last[1] >= self.pool_reapply_seconds:
             try:
                 await self.writer.apply(manifest)
-            except ApiError as exc:
+            except Exception as exc:
                 self._pools_applied.pop(key, None)
-                code = exc.status.code
-                if code == 404:
+                if not_served(exc):
+                    # The CRD went since the support check: ask again next time.
+                    self.forget_supports()
                     return missing
+                if not isinstance(exc, ApiError):
+                    raise
+                code = exc.status.code
                 if code == 403:
                     return "False", "InferencePoolForbidden", (
                         f"spec.inferencePool: {exc.status.message}: "
@@ -740,7 +751,16 @@ class DeploymentController:
         digest = builders.template_hash(manifest)
         if self._applied.get(key) == digest:
             return
-        await self.writer.apply(manifest)
+        try:
+            await self.writer.apply(manifest)
+        except Exception as exc:
+            if not not_served(exc):
+                raise
+            # The CRD went since the support check: nothing to keep; asked again next time.
+            log.info("%s %s/%s not applied: the cluster no longer serves the kind", key[0],
+                     key[1], key[2])
+            self.forget_supports()
+            return
         self._applied[key] = digest
 
     async def _apply_if_changed(self, manifest: dict[str, Any]) -> dict[str, Any] | None:
