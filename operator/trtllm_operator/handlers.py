@@ -318,7 +318,8 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     # no RBAC for them).
     settings.scanning.disabled = True
     settings.persistence.finalizer = f"{API_GROUP}/finalizer"
-    RUNTIME.kube = kube = Kube(make_client(cfg.kubeconfig),
+    # Both kinds' workers may each have a request in flight, plus a few log reads.
+    RUNTIME.kube = kube = Kube(make_client(cfg.kubeconfig, connections=2 * cfg.workers + 4),
                                writes=TokenBucket(cfg.api_write_qps, cfg.api_write_burst))
     RUNTIME.controller = EngineController(
         view=RUNTIME.view, writer=kube, events=_post_event, job_resource=Job,
@@ -332,7 +333,8 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
                          backoff=Backoff(), retry_limit=TokenBucket(cfg.retry_qps,
                                                                     cfg.retry_burst),
                          classify=classify, on_failure=errors.failed,
-                         on_success=errors.succeeded, on_result=metrics.observe_reconcile)
+                         on_success=errors.succeeded, on_result=metrics.observe_reconcile,
+                         on_wait=metrics.observe_queue_wait)
 
     # Workers start on the first event (see _bind): tasks inherit the context they are
     # created in, and only handler contexts carry what kopf.event() needs to post Events.

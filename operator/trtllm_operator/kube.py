@@ -16,6 +16,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import httpx2
 from lightkube import ApiError, AsyncClient, KubeConfig, codecs
+from lightkube.config.client_adapter import verify_cluster
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.types import CascadeType, PatchType
 
@@ -96,14 +97,29 @@ def classify(exc: Exception) -> Failure:
                    f"unexpected {type(exc).__name__} (see the operator log)")
 
 
-def make_client(kubeconfig: str | None = None) -> AsyncClient:
+def make_client(kubeconfig: str | None = None, connections: int | None = None) -> AsyncClient:
     """An async client for a kubeconfig file, else the in-cluster service account.
 
     ``trust_env=False``: the operator talks to its API server only, never through proxies
-    picked up from the environment.
+    picked up from the environment. ``connections``: how many requests may be in flight at
+    once, all kept alive (httpx keeps 20 by default and closes the rest after each request, so
+    more concurrent workers than that would pay a TLS handshake per write).
     """
     config = KubeConfig.from_file(kubeconfig) if kubeconfig else KubeConfig.from_env()
-    return AsyncClient(config, field_manager=FIELD_MANAGER, trust_env=False)
+    transport = None
+    if connections is not None:
+        # A transport of our own replaces the one lightkube would build, so it gets the same
+        # TLS settings (cluster CA, client certificate) from the kubeconfig.
+        single = config.get()
+        assert single is not None and single.user is not None, "no context or user"
+        transport = httpx2.AsyncHTTPTransport(
+            verify=verify_cluster(single.cluster, single.user, single.abs_file,
+                                  trust_env=False),
+            limits=httpx2.Limits(max_connections=connections,
+                                 max_keepalive_connections=connections),
+            trust_env=False)
+    return AsyncClient(config, field_manager=FIELD_MANAGER, trust_env=False,
+                       transport=transport)
 
 
 class Kube:

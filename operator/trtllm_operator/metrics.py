@@ -21,6 +21,11 @@ RECONCILE_SECONDS = Histogram(
     "trtllm_operator_reconcile_duration_seconds", "Time one reconcile took, by kind.",
     ["kind"], registry=REGISTRY,
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+QUEUE_SECONDS = Histogram(
+    "trtllm_operator_queue_wait_seconds",
+    "Time a queued object waited for a worker before its reconcile started, by kind.",
+    ["kind"], registry=REGISTRY,
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
 BUILDS_STARTED = Counter(
     "trtllm_operator_builds_started_total", "Build Jobs created, by GPU type.",
     ["gpu"], registry=REGISTRY)
@@ -56,6 +61,11 @@ def observe_reconcile(queue: str, outcome: str, seconds: float) -> None:
     kind = _QUEUE_KINDS.get(queue, queue)
     RECONCILES.labels(kind, outcome).inc()
     RECONCILE_SECONDS.labels(kind).observe(seconds)
+
+
+def observe_queue_wait(queue: str, seconds: float) -> None:
+    """WorkQueue hook: a queued object reached a worker after ``seconds``."""
+    QUEUE_SECONDS.labels(_QUEUE_KINDS.get(queue, queue)).observe(seconds)
 
 
 def record_ready(kind: str, key: Hashable, ready: bool | None) -> None:

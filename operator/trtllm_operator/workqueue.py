@@ -121,7 +121,8 @@ class WorkQueue(Generic[K]):
                  classify: Callable[[Exception], Failure] = unclassified,
                  on_failure: FailureHook[K] | None = None,
                  on_success: Callable[[K], None] | None = None,
-                 on_result: Callable[[str, str, float], None] | None = None) -> None:
+                 on_result: Callable[[str, str, float], None] | None = None,
+                 on_wait: Callable[[str, float], None] | None = None) -> None:
         self.name = name
         self._reconcile = reconcile
         self._workers = workers
@@ -132,6 +133,9 @@ class WorkQueue(Generic[K]):
         self._on_failure = on_failure
         self._on_success = on_success
         self._on_result = on_result
+        self._on_wait = on_wait
+        self._added: dict[K, float] = {}
+        """When each queued key was queued (for on_wait: how long keys wait for a worker)."""
         self._queue: asyncio.Queue[K] = asyncio.Queue()
         self._queued: set[K] = set()
         self._running: set[K] = set()
@@ -155,6 +159,7 @@ class WorkQueue(Generic[K]):
         if key in self._queued:
             return
         self._queued.add(key)
+        self._added[key] = time.monotonic()
         self._idle.clear()
         self._queue.put_nowait(key)
 
@@ -226,6 +231,9 @@ class WorkQueue(Generic[K]):
             self._queued.discard(key)
             self._running.add(key)
             started = time.monotonic()
+            added = self._added.pop(key, started)
+            if self._on_wait:
+                self._on_wait(self.name, started - added)
             outcome = "success"
             try:
                 result = await self._reconcile(key)

@@ -24,6 +24,10 @@ import json
 import logging
 import math
 import os
+import shutil
+import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -137,11 +141,94 @@ def proc_usage(pid: int) -> tuple[float, float]:
     return hwm_kib / 1024, ticks / os.sysconf("SC_CLK_TCK")
 
 
+def operator_metrics(port: int) -> dict[str, Any]:
+    """From the operator's own /metrics: reconciles by kind and outcome, and per kind the mean
+    reconcile time and the queue wait (mean, and the bucket bounds p50 and p99 fall in)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out: dict[str, Any] = {"reconciles": {}}
+    hist: dict[tuple[str, str], dict[str, Any]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            kind = sample.labels.get("kind", "")
+            if sample.name == "trtllm_operator_reconciles_total":
+                out["reconciles"][f"{kind} {sample.labels['outcome']}"] = int(sample.value)
+            for metric in ("reconcile_duration_seconds", "queue_wait_seconds"):
+                base = f"trtllm_operator_{metric}"
+                if sample.name.startswith(base):
+                    h = hist.setdefault((metric, kind), {"buckets": []})
+                    suffix = sample.name[len(base):]
+                    if suffix == "_bucket":
+                        h["buckets"].append((float(sample.labels["le"]), sample.value))
+                    elif suffix in ("_sum", "_count"):
+                        h[suffix[1:]] = sample.value
+    for (metric, kind), h in sorted(hist.items()):
+        count = h.get("count") or 0
+        if not count:
+            continue
+        buckets = sorted(h["buckets"])
+
+        def bound(q: float, buckets: list[tuple[float, float]] = buckets,
+                  count: float = count) -> float:
+            return next(le for le, n in buckets if n >= q * count)
+
+        out[f"{metric} {kind}"] = {"count": int(count),
+                                   "mean_ms": round(1000 * h["sum"] / count, 1),
+                                   "p50_le_s": bound(0.5), "p99_le_s": bound(0.99)}
+    return out
+
+
 def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+class Profiler:
+    """py-spy sampling a live process until stopped, into a collapsed-stack file (one line per
+    stack: ``frame;frame;... count``; speedscope.app and flamegraph.pl open it as is).
+
+    py-spy is not a dependency of the project: ``pip install py-spy`` to use ``--profile``."""
+
+    def __init__(self, pid: int, out: Path, rate: int = 100) -> None:
+        exe = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which(
+            "py-spy")
+        if exe is None:
+            raise RuntimeError("--profile needs py-spy: pip install py-spy")
+        self.out = out
+        self.proc = subprocess.Popen(
+            [exe, "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw",
+             "--nonblocking", "--output", str(out)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def stop(self) -> None:
+        """Stop sampling (py-spy writes its file on Ctrl-C)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def profile_summary(collapsed: str, top: int = 25) -> list[tuple[str, int, int]]:
+    """(function, self samples, inclusive samples) of the ``top`` functions by inclusive
+    samples, from py-spy's collapsed stacks; a function recursing counts once per stack."""
+    own: Counter[str] = Counter()
+    total: Counter[str] = Counter()
+    for line in collapsed.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frames = stack.split(";")
+        own[frames[-1]] += int(count)
+        for frame in set(frames):
+            total[frame] += int(count)
+    return [(f, own[f], n) for f, n in total.most_common(top)]
 
 
 @dataclass
@@ -239,6 +326,9 @@ class Settings:
     idle_seconds: float
     timeout: float
     operator_env: dict[str, str]
+    profile: Path | None = None
+    """Where py-spy's collapsed stacks of the operator go (from the first create until
+    convergence), or None."""
 
 
 def _setup(kubectl: Kubectl, root: Path) -> None:
@@ -307,6 +397,12 @@ def run_mode(mode: str, cfg: Settings, workdir: Path) -> dict[str, Any]:
             start_watches(api, progress, stop, with_llmd=mode == "operator")
             time.sleep(1.0)  # the watches are open before the first create
             applied: dict[str, float] = {}
+            profiler = None
+            if cfg.profile is not None and operator is not None and operator.proc is not None:
+                profiler = Profiler(operator.proc.pid, cfg.profile)
+            cpu0 = proc_usage(operator.proc.pid)[1] if operator and operator.proc else 0.0
+            components0 = {n: proc_usage(pid)[1] for n, pid in cluster.pids.items()}
+            load0 = os.getloadavg()[0]
             before = request_counts(api)
             t0 = time.monotonic()
 
@@ -343,6 +439,18 @@ def run_mode(mode: str, cfg: Settings, workdir: Path) -> dict[str, Any]:
             def last(table: dict[str, float]) -> float | None:
                 return round(max(table.values()) - t0, 2) if len(table) >= n else None
 
+            if profiler is not None:
+                profiler.stop()
+                result["profile"] = str(profiler.out)
+            # Where the machine's CPU went during the run, per control-plane process.
+            result["component_cpu_run_s"] = {
+                n: round(proc_usage(pid)[1] - components0[n], 2)
+                for n, pid in cluster.pids.items() if n in components0}
+            result["loadavg_1m"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
+            if operator is not None and operator.proc is not None:
+                result["operator_metrics"] = operator_metrics(operator.metrics_port)
+                # The fleet's share: the engine build and startup before t0 left out.
+                result["operator_cpu_run_s"] = round(proc_usage(operator.proc.pid)[1] - cpu0, 2)
             result["all_exist_s"] = last(progress.exists)
             result["all_available_s"] = last(progress.available)
             result["all_ready_s"] = last(progress.ready) if mode == "operator" else None
@@ -424,6 +532,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=900.0)
     parser.add_argument("--modes", default="floor,operator")
     parser.add_argument("--out", type=Path, default=Path("bench.json"))
+    parser.add_argument("--profile", type=Path, default=None, metavar="FILE",
+                        help="record the operator with py-spy (collapsed stacks, opened by "
+                             "speedscope.app) from the first create until convergence")
     parser.add_argument("--operator-env", action="append", default=[], metavar="NAME=VALUE",
                         help="operator settings, e.g. TRTLLM_OPERATOR_WORKERS=8")
     args = parser.parse_args(argv)
@@ -432,7 +543,8 @@ def main(argv: list[str] | None = None) -> int:
         nodes=args.nodes or math.ceil(args.deployments / 8) + 5,
         build_seconds=args.build_seconds, idle_seconds=args.idle_seconds,
         timeout=args.timeout,
-        operator_env=dict(e.split("=", 1) for e in args.operator_env))
+        operator_env=dict(e.split("=", 1) for e in args.operator_env),
+        profile=args.profile.resolve() if args.profile else None)
     results: dict[str, Any] = {"settings": vars(cfg)}
     with tempfile.TemporaryDirectory(prefix="trtllm-bench-") as tmp:
         for mode in args.modes.split(","):
@@ -440,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
             results[mode] = run_mode(mode, cfg, Path(tmp))
             print(json.dumps({k: v for k, v in results[mode].items()
                               if not k.startswith("requests")}), flush=True)
-    args.out.write_text(json.dumps(results, indent=2))
+    args.out.write_text(json.dumps(results, indent=2, default=str))
     if "floor" in results and "operator" in results:
         print(table(results["floor"], results["operator"]))
     for mode in ("floor", "operator"):
@@ -449,6 +561,11 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(_writes_breakdown(results[mode], "requests_run")))
             print(f"{mode} writes in the idle period (leases included):")
             print("\n".join(_writes_breakdown(results[mode], "requests_idle")) or "  none")
+    if args.profile is not None and args.profile.exists():
+        print(f"operator profile (py-spy samples, top functions by inclusive time): "
+              f"{args.profile}")
+        for fn, own, total in profile_summary(args.profile.read_text()):
+            print(f"  {total:7d} {own:7d}  {fn}")
     print(f"JSON: {args.out}")
     converged = all(results[m].get("converged") for m in ("floor", "operator") if m in results)
     return 0 if converged else 1
