@@ -273,6 +273,8 @@ class Runtime:
         self.engines: WorkQueue[Key] | None = None
         self.deployments: WorkQueue[Key] | None = None
         self.controller: EngineController | None = None
+        self.engine_of: dict[Key, str] = {}
+        """The engine each LLMDeployment last named (to poke both on a change of engineRef)."""
         self.lws = "missing"
         """LeaderWorkerSet support, found before kopf starts (see prepare_leaderworkersets)."""
 
@@ -656,20 +658,33 @@ def _enqueue_deployments_of(namespace: str, engine: str) -> None:
         RUNTIME.deployments.add((namespace, name))
 
 
+def spec_unobserved(body: Mapping[str, Any]) -> bool:
+    """The object's spec is newer than its status (created, or edited since the last
+    reconcile): its reconcile has something to create or change, so it goes ahead of
+    reconciles that only re-check status."""
+    generation = (body.get("metadata") or {}).get("generation")
+    return generation != (body.get("status") or {}).get("observedGeneration")
+
+
 @kopf.on.event(API_GROUP, API_VERSION, "llmdeployments")
 async def on_llm_deployment(namespace: str | None, name: str, type: str, spec: kopf.Spec,
-                            **kwargs: Any) -> None:
+                            body: kopf.Body, **kwargs: Any) -> None:
     _bind(kwargs)
     assert RUNTIME.deployments is not None and RUNTIME.engines is not None
     key = (namespace or "", name)
     engine = (spec.get("engineRef") or {}).get("name")
-    if engine:
-        # The engine's in-use protection and target retention depend on who uses it.
-        RUNTIME.engines.add((key[0], engine))
+    # The engine's in-use protection depends on who uses it: poke the engines a deployment
+    # starts or stops using, not every engine on every status write of its deployments.
+    before = RUNTIME.engine_of.pop(key, None)
+    if type != "DELETED" and engine:
+        RUNTIME.engine_of[key] = engine
+    if type == "DELETED" or before != engine:
+        for used in {before, engine} - {None}:
+            RUNTIME.engines.add((key[0], str(used)))
     if type == "DELETED":
         RUNTIME.deployments.forget(key)
         return
-    RUNTIME.deployments.add(key)
+    RUNTIME.deployments.add(key, urgent=spec_unobserved(body))
 
 
 async def _on_serving_child(namespace: str | None, labels: kopf.Labels,

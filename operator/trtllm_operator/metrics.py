@@ -53,6 +53,7 @@ RECONCILE_FAILURES = Counter(
 
 _QUEUE_KINDS = {"llmengine": "LLMEngine", "llmdeployment": "LLMDeployment"}
 _ready: dict[str, dict[Hashable, bool]] = {"LLMEngine": {}, "LLMDeployment": {}}
+_true: dict[str, int] = {"LLMEngine": 0, "LLMDeployment": 0}
 _lock = threading.Lock()
 
 
@@ -72,13 +73,13 @@ def record_ready(kind: str, key: Hashable, ready: bool | None) -> None:
     """Track one object's Ready state (None: the object is gone) for the objects gauge."""
     with _lock:
         states = _ready[kind]
-        if ready is None:
-            states.pop(key, None)
-        else:
+        before = states.pop(key, None) if ready is None else states.get(key)
+        if ready is not None:
             states[key] = ready
-        true = sum(states.values())
-        OBJECTS.labels(kind, "true").set(true)
-        OBJECTS.labels(kind, "false").set(len(states) - true)
+        # Counted as they change, not summed over every object on every reconcile.
+        _true[kind] += int(bool(ready)) - int(bool(before))
+        OBJECTS.labels(kind, "true").set(_true[kind])
+        OBJECTS.labels(kind, "false").set(len(states) - _true[kind])
 
 
 def serve(port: int, address: str) -> None:

@@ -101,22 +101,26 @@ def synthetic_built(engine: dict[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- measurements
 
 
-def request_counts(api: Any) -> Counter[tuple[str, str]]:
-    """apiserver_request_total summed by (verb, resource[/subresource])."""
+def request_counts(api: Any, metric: str = "apiserver_request_total") -> Counter[tuple[str, str]]:
+    """An API server counter summed by (verb, resource[/subresource]): requests
+    (apiserver_request_total), or the seconds they took
+    (apiserver_request_duration_seconds_sum, in milliseconds)."""
     response = api.call_api("GET", api.configuration.host + "/metrics")
     text = response.read().decode()
+    scale = 1000 if metric.endswith("_seconds_sum") else 1
     counts: Counter[tuple[str, str]] = Counter()
     for family in text_string_to_metric_families(text):
-        if family.name != "apiserver_request":
-            continue
         for sample in family.samples:
-            if sample.name != "apiserver_request_total":
+            if sample.name != metric:
                 continue
             res = sample.labels.get("resource", "")
             if sample.labels.get("subresource"):
                 res += "/" + sample.labels["subresource"]
-            counts[(sample.labels.get("verb", ""), res)] += int(sample.value)
+            counts[(sample.labels.get("verb", ""), res)] += int(sample.value * scale)
     return counts
+
+
+REQUEST_MS = "apiserver_request_duration_seconds_sum"
 
 
 def diff(after: Counter[tuple[str, str]], before: Counter[tuple[str, str]]) -> dict[str, int]:
@@ -404,6 +408,7 @@ def run_mode(mode: str, cfg: Settings, workdir: Path) -> dict[str, Any]:
             components0 = {n: proc_usage(pid)[1] for n, pid in cluster.pids.items()}
             load0 = os.getloadavg()[0]
             before = request_counts(api)
+            before_ms = request_counts(api, REQUEST_MS)
             t0 = time.monotonic()
 
             def create(name: str) -> Callable[[], None]:
@@ -462,6 +467,10 @@ def run_mode(mode: str, cfg: Settings, workdir: Path) -> dict[str, Any]:
             after = request_counts(api)
             result["requests_run"] = diff(after, before)
             result["writes_run"] = writes(result["requests_run"])
+            # Where the API server's time went (watches left out: they last as long as open).
+            result["request_ms_run"] = {k: v for k, v in diff(
+                request_counts(api, REQUEST_MS), before_ms).items()
+                if not k.startswith("WATCH")}
             time.sleep(cfg.idle_seconds)
             idle = request_counts(api)
             result["idle_seconds"] = cfg.idle_seconds
