@@ -9,8 +9,10 @@ no call blocks kopf's event loop.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import logging
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar
 
@@ -33,7 +35,8 @@ Async = Callable[P, Coroutine[Any, Any, R]]
 
 
 def _counted(operation: str) -> Callable[[Async[P, R]], Async[P, R]]:
-    """Count failed API calls in trtllm_operator_api_errors_total, then re-raise."""
+    """Count failed API calls in trtllm_operator_api_errors_total, then re-raise; time the
+    call (the write limit's wait is timed apart, in Kube._throttle)."""
     def wrap(fn: Async[P, R]) -> Async[P, R]:
         @functools.wraps(fn)
         async def call(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -42,8 +45,15 @@ def _counted(operation: str) -> Callable[[Async[P, R]], Async[P, R]]:
             except ApiError as exc:
                 metrics.API_ERRORS.labels(operation, str(exc.status.code)).inc()
                 raise
+            finally:
+                metrics.API_SECONDS.labels(operation).observe(
+                    time.monotonic() - _started.get())
         return call
     return wrap
+
+
+_started: contextvars.ContextVar[float] = contextvars.ContextVar("_started", default=0.0)
+"""When the current write left the write limit (set by Kube._throttle)."""
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +144,14 @@ class Kube:
         self.client = client
         self.writes = writes or TokenBucket(20.0, 50)
 
+    async def _throttle(self) -> None:
+        """Wait for the write limit; the wait is a metric of its own."""
+        waited = time.monotonic()
+        await self.writes.acquire()
+        now = time.monotonic()
+        metrics.API_THROTTLE_SECONDS.observe(now - waited)
+        _started.set(now)
+
     @_counted("apply")
     async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
         """Server-side apply ``manifest`` as the operator's field manager; return the object.
@@ -141,7 +159,7 @@ class Kube:
         ``force``: the operator owns the fields it sets; a hand edit to one of them is drift
         and is put back.
         """
-        await self.writes.acquire()
+        await self._throttle()
         obj = codecs.from_dict(manifest)
         applied = await self.client.apply(obj, force=True)
         result: dict[str, Any] = applied.to_dict()  # type: ignore[no-untyped-call]
@@ -152,7 +170,7 @@ class Kube:
         """Create an object that never changes once made (a build Job, an immutable
         ConfigMap): True if this call created it (201), False if it already existed (409).
         Needs only the create verb."""
-        await self.writes.acquire()
+        await self._throttle()
         try:
             await self.client.create(codecs.from_dict(manifest))
         except ApiError as exc:
@@ -168,7 +186,7 @@ class Kube:
 
         An object deleted since it was read (404) has no status left to record; its deletion
         event reconciles whatever remains, so that is not an error worth a retry."""
-        await self.writes.acquire()
+        await self._throttle()
         try:
             await self.client.patch(_STATUS_RESOURCES[kind], name, {"status": status},
                                     namespace=namespace, patch_type=PatchType.MERGE)
@@ -187,7 +205,7 @@ class Kube:
         meta: dict[str, Any] = {"finalizers": finalizers}
         if resource_version:
             meta["resourceVersion"] = resource_version
-        await self.writes.acquire()
+        await self._throttle()
         try:
             await self.client.patch(_RESOURCES[kind], name, {"metadata": meta},
                                     namespace=namespace, patch_type=PatchType.MERGE)
@@ -212,7 +230,7 @@ class Kube:
     @_counted("delete")
     async def delete(self, resource: Any, namespace: str, name: str) -> bool:
         """Delete with background propagation; False if it was already gone."""
-        await self.writes.acquire()
+        await self._throttle()
         try:
             await self.client.delete(resource, name, namespace=namespace,
                                      cascade=CascadeType.BACKGROUND)

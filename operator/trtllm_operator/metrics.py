@@ -26,6 +26,14 @@ QUEUE_SECONDS = Histogram(
     "Time a queued object waited for a worker before its reconcile started, by kind.",
     ["kind"], registry=REGISTRY,
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+API_SECONDS = Histogram(
+    "trtllm_operator_api_request_duration_seconds",
+    "Time the API server took to answer one write, by operation.", ["operation"],
+    registry=REGISTRY, buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+API_THROTTLE_SECONDS = Histogram(
+    "trtllm_operator_api_rate_limiter_duration_seconds",
+    "Time one write waited on the client-side write limit (apiWriteQps/apiWriteBurst).",
+    registry=REGISTRY, buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 BUILDS_STARTED = Counter(
     "trtllm_operator_builds_started_total", "Build Jobs created, by GPU type.",
     ["gpu"], registry=REGISTRY)

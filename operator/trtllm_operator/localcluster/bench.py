@@ -146,8 +146,9 @@ def proc_usage(pid: int) -> tuple[float, float]:
 
 
 def operator_metrics(port: int) -> dict[str, Any]:
-    """From the operator's own /metrics: reconciles by kind and outcome, and per kind the mean
-    reconcile time and the queue wait (mean, and the bucket bounds p50 and p99 fall in)."""
+    """From the operator's own /metrics: reconciles by kind and outcome; per kind the reconcile
+    time and the queue wait, per operation the API time, and the write limit's wait (each:
+    mean, and the bucket bounds p50 and p99 fall in)."""
     import urllib.request
 
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
@@ -156,10 +157,11 @@ def operator_metrics(port: int) -> dict[str, Any]:
     hist: dict[tuple[str, str], dict[str, Any]] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            kind = sample.labels.get("kind", "")
+            kind = sample.labels.get("kind") or sample.labels.get("operation", "")
             if sample.name == "trtllm_operator_reconciles_total":
                 out["reconciles"][f"{kind} {sample.labels['outcome']}"] = int(sample.value)
-            for metric in ("reconcile_duration_seconds", "queue_wait_seconds"):
+            for metric in ("reconcile_duration_seconds", "queue_wait_seconds",
+                           "api_request_duration_seconds", "api_rate_limiter_duration_seconds"):
                 base = f"trtllm_operator_{metric}"
                 if sample.name.startswith(base):
                     h = hist.setdefault((metric, kind), {"buckets": []})
