@@ -273,6 +273,7 @@ class Runtime:
         self.engines: WorkQueue[Key] | None = None
         self.deployments: WorkQueue[Key] | None = None
         self.controller: EngineController | None = None
+        self.deployment_controller: DeploymentController | None = None
         self.engine_of: dict[Key, str] = {}
         """The engine each LLMDeployment last named (to poke both on a change of engineRef)."""
         self.lws = "missing"
@@ -327,8 +328,8 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         view=RUNTIME.view, writer=kube, events=_post_event, job_resource=Job,
         log_reader=kube.log_tail,
         active_deadline_seconds=cfg.build_deadline_seconds)
-    deployments = DeploymentController(view=RUNTIME.view, writer=kube, events=_post_event,
-                                       lws=RUNTIME.lws)
+    RUNTIME.deployment_controller = deployments = DeploymentController(
+        view=RUNTIME.view, writer=kube, events=_post_event, lws=RUNTIME.lws)
 
     def queue(name: str, reconcile: Any, errors: ReconcileErrors) -> WorkQueue[Key]:
         return WorkQueue(name, _unless_namespace_goes(reconcile), workers=cfg.workers,
@@ -690,6 +691,10 @@ async def on_llm_deployment(namespace: str | None, name: str, type: str, spec: k
 async def _on_serving_child(namespace: str | None, labels: kopf.Labels,
                             kwargs: Mapping[str, Any]) -> None:
     _bind(kwargs)
+    body = kwargs.get("body") or {}
+    if kwargs.get("type") == "DELETED" and RUNTIME.deployment_controller is not None:
+        RUNTIME.deployment_controller.forget_child(
+            str(body.get("kind")), namespace or "", str(kwargs.get("name")))
     owner = labels.get(DEPLOYMENT_LABEL)
     if owner and RUNTIME.deployments is not None:
         RUNTIME.deployments.add((namespace or "", owner))

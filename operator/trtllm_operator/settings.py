@@ -17,7 +17,7 @@ class OperatorSettings(BaseSettings):
     """Kubeconfig file; unset uses the in-cluster service account."""
     namespaces: list[str] = Field(default_factory=list)
     """Namespaces to watch; empty watches all."""
-    workers: int = Field(default=8, ge=1, le=64)
+    workers: int = Field(default=8, ge=1, le=256)
     """Concurrent reconciles per kind (LLMEngine, LLMDeployment). A reconcile mostly waits on
     the API server, so more workers than cores pay off; 8 per kind keeps both kinds within the
     client's 20 kept-alive connections (httpx's default pool), sized for a 2-core replica."""

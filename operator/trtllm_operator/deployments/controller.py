@@ -274,6 +274,10 @@ class DeploymentController:
         default_factory=lambda: StatusWrites("LLMDeployment"))
     lws: str = "missing"
     """LeaderWorkerSet in the cluster, checked once at startup: installed, missing, forbidden."""
+    created: dict[tuple[str, str, str], str] = field(default_factory=dict)
+    """(kind, namespace, name) -> spec hash of children this controller created that the
+    watch has not shown yet: a reconcile running before the child's own event arrives must not
+    create it again (see forget_child)."""
 
     async def reconcile(self, key: Key) -> Result | None:
         body = self.view.deployment_body(key)
@@ -358,10 +362,23 @@ class DeploymentController:
         :func:`builders.up_to_date`); the applied object, or None when nothing was written."""
         desired = builders.with_spec_hash(manifest)
         meta = desired["metadata"]
-        if builders.up_to_date(desired, self.view.serving_child(
-                desired["kind"], meta["namespace"], meta["name"])):
+        ident = (desired["kind"], meta["namespace"], meta["name"])
+        observed = self.view.serving_child(*ident)
+        want = desired["metadata"]["annotations"][builders.SPEC_HASH_ANNOTATION]
+        if observed is None and self.created.get(ident) == want:
+            return None  # created by an earlier reconcile; its event has not arrived yet
+        if observed is not None:
+            self.created.pop(ident, None)  # the watch has caught up: it is the judge again
+        if builders.up_to_date(desired, observed):
             return None
-        return await self.writer.apply(desired)
+        applied = await self.writer.apply(desired)
+        if observed is None:
+            self.created[ident] = want
+        return applied
+
+    def forget_child(self, kind: str, namespace: str, name: str) -> None:
+        """The watch saw this child deleted: the next reconcile creates it again."""
+        self.created.pop((kind, namespace, name), None)
 
     def _status(self, d: LLMDeployment, chosen: EngineChoice, preflight: Finding | None,
                 dep: Mapping[str, Any] | None, facts: ClusterFacts) -> LLMDeploymentStatus:
