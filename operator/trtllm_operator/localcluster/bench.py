@@ -493,6 +493,166 @@ def _round(v: float | None) -> float | None:
     return None if v is None else round(v, 1)
 
 
+# --------------------------------------------------------------------------- engine fleet
+
+ENGINE_GPUS = ("h100", "l40s", "a100")
+
+
+def fleet_engine_manifest(root: Path, i: int) -> dict[str, Any]:
+    """Engine ``i`` of the fleet: the 8B sample for three GPU types, each engine with its own
+    maxBatchSize so that no two share a build (each (engine, GPU type) needs its own Job)."""
+    body = engine_manifest(root)
+    body["metadata"] = {"name": f"eng-{i:04d}", "namespace": NAMESPACE}
+    body["spec"]["targets"] = [gpus.gpu_type(g).product for g in ENGINE_GPUS]
+    body["spec"]["build"]["limits"]["maxBatchSize"] = 1 + i
+    return body
+
+
+def _operator_counts(port: int) -> Counter[str]:
+    """The operator's own writes by operation, and its reconciles by kind, from its
+    /metrics (cumulative: diff two readings)."""
+    m = operator_metrics(port)
+    out: Counter[str] = Counter()
+    for key, value in m.items():
+        if key.startswith("api_request_duration_seconds "):
+            out["write " + key.split(" ", 1)[1]] = value["count"]
+    for key, n in m["reconciles"].items():
+        out["reconcile " + key] = n
+    return out
+
+
+def _settle(port: int, quiet: float, timeout: float) -> float:
+    """Wait until the operator has run no reconcile for ``quiet`` seconds; the seconds taken."""
+    start = last_change = time.monotonic()
+    seen = _operator_counts(port)
+    while time.monotonic() - last_change < quiet and time.monotonic() - start < timeout:
+        time.sleep(1.0)
+        now = _operator_counts(port)
+        if now != seen:
+            seen, last_change = now, time.monotonic()
+    return round(last_change - start, 2)
+
+
+def run_engines(cfg: Settings, workdir: Path, engines: int, node_change: int) -> dict[str, Any]:
+    """``engines`` LLMEngines x 3 GPU types converge (every target Built, Jobs counted); then
+    ``node_change`` H100 nodes join, and later leave, with the writes each change caused."""
+    from kubernetes import client
+
+    root = repo_root()
+    tools = BinaryBuilder().ensure()
+    result: dict[str, Any] = {"mode": "engines", "engines": engines, "gpu_types": ENGINE_GPUS,
+                              "nodes": cfg.nodes, "node_change": node_change}
+    with LocalCluster(tools, ClusterOptions(job_duration_seconds=cfg.build_seconds)) as cluster:
+        assert cluster.kubeconfig
+        for gpu in ENGINE_GPUS:
+            cluster.add_nodes(gpu, cfg.nodes, timeout=300)
+        kubectl = Kubectl(tools["kubectl"], cluster.kubeconfig)
+        _setup(kubectl, root)
+        api = cluster.api_client()
+        api.rest_client.pool_manager.connection_pool_kw["maxsize"] = CREATE_THREADS + 4
+        objects = client.CustomObjectsApi(api)
+        operator = OperatorProcess(cluster.kubeconfig, workdir / "operator-engines.log",
+                                   extra_env=cfg.operator_env)
+        operator.start()
+        try:
+            built: dict[str, float] = {}
+            cond = threading.Condition()
+            stop = threading.Event()
+
+            def on_engine(obj: dict[str, Any]) -> None:
+                states = [t.get("state") for t in (obj.get("status") or {}).get("targets")
+                          or []]
+                if len(states) == len(ENGINE_GPUS) and set(states) == {"Built"}:
+                    with cond:
+                        built.setdefault(obj["metadata"]["name"], time.monotonic())
+                        cond.notify_all()
+
+            def list_engines(**kw: Any) -> Any:
+                return objects.list_namespaced_custom_object(
+                    GROUP, VERSION, NAMESPACE, "llmengines", **kw)
+
+            threading.Thread(target=_watch, args=(list_engines, on_engine, stop),
+                             daemon=True).start()
+            time.sleep(1.0)
+            cpu0 = proc_usage(operator.proc.pid)[1] if operator.proc else 0.0
+            before, ops0 = request_counts(api), _operator_counts(operator.metrics_port)
+            t0 = time.monotonic()
+            def create(i: int) -> Callable[[], None]:
+                def run() -> None:
+                    objects.create_namespaced_custom_object(
+                        GROUP, VERSION, NAMESPACE, "llmengines", fleet_engine_manifest(root, i))
+                return run
+
+            _create_all([create(i) for i in range(engines)])
+            with cond:
+                result["converged"] = cond.wait_for(lambda: len(built) >= engines,
+                                                    timeout=cfg.timeout)
+            result["all_built_s"] = round(max(built.values()) - t0, 2) if built else None
+            result["built"] = len(built)
+            result["settle_s"] = _settle(operator.metrics_port, 5.0, 120.0)
+            result["requests_converge"] = diff(request_counts(api), before)
+            result["writes_converge"] = writes(result["requests_converge"])
+            result["operator_converge"] = dict(_operator_counts(operator.metrics_port) - ops0)
+            if operator.proc:
+                result["operator_cpu_converge_s"] = round(proc_usage(operator.proc.pid)[1] - cpu0,
+                                                          2)
+            jobs: Any = client.BatchV1Api(api).list_namespaced_job(NAMESPACE,
+                                                                   _preload_content=False)
+            per_target: Counter[tuple[str, str]] = Counter()
+            kinds: Counter[str] = Counter()
+            for job in json.loads(jobs.data)["items"]:
+                job_labels = job["metadata"].get("labels") or {}
+                component = job_labels.get("app.kubernetes.io/component", "?")
+                kinds[component] += 1
+                if component == "engine-build":
+                    selector = job["spec"]["template"]["spec"].get("nodeSelector") or {}
+                    per_target[(job_labels.get("trtllm.dev/engine", "?"),
+                                selector.get(gpus.PRODUCT_LABEL, "?"))] += 1
+            result["jobs"] = dict(kinds)
+            result["build_jobs_per_target"] = dict(Counter(per_target.values()))
+            for change in ("join", "leave"):
+                before, ops0 = request_counts(api), _operator_counts(operator.metrics_port)
+                t1 = time.monotonic()
+                if change == "join":
+                    added = cluster.add_nodes("h100", node_change, timeout=300)
+                else:
+                    cluster.remove_nodes(added)
+                settle = _settle(operator.metrics_port, 5.0, 120.0)
+                requests = diff(request_counts(api), before)
+                result[f"node_{change}"] = {
+                    "seconds": round(time.monotonic() - t1, 2), "operator_settle_s": settle,
+                    "requests": requests, "writes": writes(requests),
+                    "operator": dict(_operator_counts(operator.metrics_port) - ops0)}
+            if operator.proc:
+                rss, cpu = proc_usage(operator.proc.pid)
+                result["operator_peak_rss_mib"] = round(rss, 1)
+                result["operator_cpu_s"] = round(cpu, 2)
+            stop.set()
+        finally:
+            operator.stop()
+    return result
+
+
+def engines_report(r: dict[str, Any]) -> str:
+    def w(requests: dict[str, int]) -> str:
+        return ", ".join(f"{k}: {v}" for k, v in requests.items()
+                         if k.split(" ")[0] in WRITE_VERBS) or "none"
+
+    lines = [f"{r['engines']} LLMEngines x {len(r['gpu_types'])} GPU types "
+             f"({', '.join(r['gpu_types'])}), {r['nodes']} nodes of each",
+             f"all Built: {r['all_built_s']} s ({r['built']}/{r['engines']}); Jobs: {r['jobs']}; "
+             f"build Jobs per (engine, GPU type): {r['build_jobs_per_target']}",
+             f"operator while converging: {r['operator_converge']}",
+             f"writes while converging ({r['writes_converge']}, leases aside): "
+             f"{w(r['requests_converge'])}"]
+    for change in ("join", "leave"):
+        c = r[f"node_{change}"]
+        lines += [f"{r['node_change']} H100 nodes {change} ({c['seconds']} s): operator "
+                  f"{c['operator'] or 'nothing'}",
+                  f"  all writes ({c['writes']}, leases aside): {w(c['requests'])}"]
+    return "\n".join(lines)
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -541,7 +701,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="how long to count requests after convergence")
     parser.add_argument("--build-seconds", type=float, default=2.0)
     parser.add_argument("--timeout", type=float, default=900.0)
-    parser.add_argument("--modes", default="floor,operator")
+    parser.add_argument("--modes", default="floor,operator",
+                        help="floor,operator (a fleet of LLMDeployments) or engines")
+    parser.add_argument("--engines", type=int, default=200,
+                        help="engines mode: LLMEngines, each built for 3 GPU types")
+    parser.add_argument("--node-change", type=int, default=50,
+                        help="engines mode: H100 nodes that join, then leave")
     parser.add_argument("--out", type=Path, default=Path("bench.json"))
     parser.add_argument("--profile", type=Path, default=None, metavar="FILE",
                         help="record the operator with py-spy (collapsed stacks, opened by "
@@ -557,6 +722,15 @@ def main(argv: list[str] | None = None) -> int:
         operator_env=dict(e.split("=", 1) for e in args.operator_env),
         profile=args.profile.resolve() if args.profile else None)
     results: dict[str, Any] = {"settings": vars(cfg)}
+    if args.modes == "engines":
+        cfg.nodes = args.nodes or 10
+        with tempfile.TemporaryDirectory(prefix="trtllm-bench-") as tmp:
+            r = run_engines(cfg, Path(tmp), args.engines, args.node_change)
+        args.out.write_text(json.dumps({"settings": vars(cfg), "engines": r}, indent=2,
+                                       default=str))
+        print(engines_report(r))
+        print(f"JSON: {args.out}")
+        return 0 if r["converged"] else 1
     with tempfile.TemporaryDirectory(prefix="trtllm-bench-") as tmp:
         for mode in args.modes.split(","):
             print(f"--- {mode}: N = {cfg.deployments}, {cfg.nodes} nodes", flush=True)
