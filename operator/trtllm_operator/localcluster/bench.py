@@ -339,8 +339,15 @@ class Settings:
 
 def _setup(kubectl: Kubectl, root: Path) -> None:
     kubectl("apply", "--server-side", "-f", str(root / "crds"))
-    kubectl("wait", "--for=condition=Established", "--timeout=60s",
-            "crd/llmengines.trtllm.dev", "crd/llmdeployments.trtllm.dev")
+    for attempt in range(10):
+        try:
+            kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                    "crd/llmengines.trtllm.dev", "crd/llmdeployments.trtllm.dev")
+            break
+        except RuntimeError:  # a CRD read before its status has conditions
+            if attempt == 9:
+                raise
+            time.sleep(0.5)
     kubectl("create", "namespace", NAMESPACE)
     kubectl("create", "secret", "generic", "hf-token", "-n", NAMESPACE,
             "--from-literal=HF_TOKEN=not-a-real-token")
