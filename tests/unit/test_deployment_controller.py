@@ -320,3 +320,19 @@ def test_a_child_seen_and_then_gone_is_created_again_even_without_its_deleted_ev
     view.children = {}
     asyncio.run(controller.reconcile(KEY))
     assert [m["kind"] for m in writer.applied] == ["Deployment", "Service"] * 2
+
+
+def test_a_created_child_the_watch_never_shows_is_created_again_after_the_grace() -> None:
+    """Deleted before the record of its creation was made (its DELETED event came first): the
+    record is trusted for a while only."""
+    from trtllm_operator.deployments.controller import CREATED_GRACE_SECONDS
+
+    view = FakeView()
+    writer = FakeWriter()
+    controller = DeploymentController(view=view, writer=writer, events=lambda *_: None,
+                                      clock=lambda: datetime(2026, 11, 23, tzinfo=UTC))
+    asyncio.run(controller.reconcile(KEY))
+    controller.created = {k: (h, t - CREATED_GRACE_SECONDS - 1)
+                          for k, (h, t) in controller.created.items()}
+    asyncio.run(controller.reconcile(KEY))
+    assert [m["kind"] for m in writer.applied] == ["Deployment", "Service"] * 2

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -53,6 +54,7 @@ log = logging.getLogger(__name__)
 
 Key = tuple[str, str]
 NOT_READY_RESYNC_SECONDS = 60.0
+CREATED_GRACE_SECONDS = 30.0
 
 
 class Writer(Protocol):
@@ -274,10 +276,11 @@ class DeploymentController:
         default_factory=lambda: StatusWrites("LLMDeployment"))
     lws: str = "missing"
     """LeaderWorkerSet in the cluster, checked once at startup: installed, missing, forbidden."""
-    created: dict[tuple[str, str, str], str] = field(default_factory=dict)
-    """(kind, namespace, name) -> spec hash of children this controller created that the
-    watch has not shown yet: a reconcile running before the child's own event arrives must not
-    create it again (see forget_child)."""
+    created: dict[tuple[str, str, str], tuple[str, float]] = field(default_factory=dict)
+    """(kind, namespace, name) -> (spec hash, when) of children this controller created that
+    the watch has not shown yet: a reconcile running before the child's own event arrives must
+    not create it again (see forget_child). Trusted for CREATED_GRACE_SECONDS only, in case
+    the child was deleted before the record was made."""
 
     async def reconcile(self, key: Key) -> Result | None:
         body = self.view.deployment_body(key)
@@ -365,7 +368,9 @@ class DeploymentController:
         ident = (desired["kind"], meta["namespace"], meta["name"])
         observed = self.view.serving_child(*ident)
         want = desired["metadata"]["annotations"][builders.SPEC_HASH_ANNOTATION]
-        if observed is None and self.created.get(ident) == want:
+        mine = self.created.get(ident)
+        if observed is None and mine is not None and mine[0] == want and (
+                time.monotonic() - mine[1] < CREATED_GRACE_SECONDS):
             return None  # created by an earlier reconcile; its event has not arrived yet
         if observed is not None:
             self.created.pop(ident, None)  # the watch has caught up: it is the judge again
@@ -373,7 +378,7 @@ class DeploymentController:
             return None
         applied = await self.writer.apply(desired)
         if observed is None:
-            self.created[ident] = want
+            self.created[ident] = (want, time.monotonic())
         return applied
 
     def forget_child(self, kind: str, namespace: str, name: str) -> None:
