@@ -234,7 +234,8 @@ def profile_summary(collapsed: str, top: int = 25) -> list[tuple[str, int, int]]
         own[frames[-1]] += int(count)
         for frame in set(frames):
             total[frame] += int(count)
-    return [(f, own[f], n) for f, n in total.most_common(top)]
+    ranked = sorted(total.items(), key=lambda item: (-item[1], item[0]))[:top]  # ties by name
+    return [(f, own[f], n) for f, n in ranked]
 
 
 @dataclass
