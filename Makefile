@@ -7,9 +7,10 @@ INSTALLED := $(VENV)/.installed
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 BENCH_ARGS ?= --deployments 100
+BENCH_ENGINES_ARGS ?= --engines 200 --node-change 50
 
 .PHONY: help venv binaries lint unit test crds crds-check cluster-up cluster-down cluster-status \
-	bench-cluster bench demo demo-ci clean fuzz
+	bench-cluster bench bench-engines demo demo-ci clean fuzz
 
 help:
 	@echo "make demo          the whole product on a local simulated GPU cluster (Ctrl-C stops it)"
@@ -22,6 +23,7 @@ help:
 	@echo "make cluster-down  stop it"
 	@echo "make fuzz          the long property run (FUZZ_SPECS generated specs, default 10000)"
 	@echo "make bench         fleet convergence: the operator next to the API server's floor"
+	@echo "make bench-engines an engine fleet x 3 GPU types, then nodes joining and leaving"
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -77,6 +79,11 @@ bench-cluster: binaries
 # not a test): BENCH_ARGS="--deployments 1000 --out bench.json".
 bench: binaries
 	$(BIN)/python -m trtllm_operator.localcluster.bench $(BENCH_ARGS)
+
+# The same for LLMEngines (a measurement): build Jobs per (engine, GPU type), and the writes a
+# batch of nodes joining and leaving causes. Add --profile FILE to either for a py-spy record.
+bench-engines: binaries
+	$(BIN)/python -m trtllm_operator.localcluster.bench --modes engines $(BENCH_ENGINES_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache operator/*.egg-info

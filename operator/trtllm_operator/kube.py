@@ -9,13 +9,17 @@ no call blocks kopf's event loop.
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import functools
 import logging
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar
 
 import httpx2
 from lightkube import ApiError, AsyncClient, KubeConfig, codecs
+from lightkube.config.client_adapter import verify_cluster
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
@@ -34,7 +38,8 @@ Async = Callable[P, Coroutine[Any, Any, R]]
 
 
 def _counted(operation: str) -> Callable[[Async[P, R]], Async[P, R]]:
-    """Count failed API calls in trtllm_operator_api_errors_total, then re-raise."""
+    """Count failed API calls in trtllm_operator_api_errors_total, then re-raise; time the
+    call (the write limit's wait is timed apart, in Kube._throttle)."""
     def wrap(fn: Async[P, R]) -> Async[P, R]:
         @functools.wraps(fn)
         async def call(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -43,12 +48,24 @@ def _counted(operation: str) -> Callable[[Async[P, R]], Async[P, R]]:
             except ApiError as exc:
                 metrics.API_ERRORS.labels(operation, str(exc.status.code)).inc()
                 raise
+            finally:
+                metrics.API_SECONDS.labels(operation).observe(
+                    time.monotonic() - _started.get())
         return call
     return wrap
+
+
+_started: contextvars.ContextVar[float] = contextvars.ContextVar("_started", default=0.0)
+"""When the current write left the write limit (set by Kube._throttle)."""
 
 log = logging.getLogger(__name__)
 
 FIELD_MANAGER = "trtllm-operator"
+SERVICE_WRITES = 8
+"""Service writes in flight at once. The API server allocates ClusterIPs one Service at a time:
+measured with ``make bench``, 128 concurrent Service applies each took seconds (some past the
+client's 10 s timeout) while Deployments and status waited behind them on the same workers; a
+few at a time keep the allocator as busy and leave the rest free."""
 
 LLMEngineResource = create_namespaced_resource(API_GROUP, API_VERSION, "LLMEngine",
                                                "llmengines")
@@ -120,14 +137,29 @@ def classify(exc: Exception) -> Failure:
                    f"unexpected {type(exc).__name__} (see the operator log)")
 
 
-def make_client(kubeconfig: str | None = None) -> AsyncClient:
+def make_client(kubeconfig: str | None = None, connections: int | None = None) -> AsyncClient:
     """An async client for a kubeconfig file, else the in-cluster service account.
 
     ``trust_env=False``: the operator talks to its API server only, never through proxies
-    picked up from the environment.
+    picked up from the environment. ``connections``: how many requests may be in flight at
+    once, all kept alive (httpx keeps 20 by default and closes the rest after each request, so
+    more concurrent workers than that would pay a TLS handshake per write).
     """
     config = KubeConfig.from_file(kubeconfig) if kubeconfig else KubeConfig.from_env()
-    return AsyncClient(config, field_manager=FIELD_MANAGER, trust_env=False)
+    transport = None
+    if connections is not None:
+        # A transport of our own replaces the one lightkube would build, so it gets the same
+        # TLS settings (cluster CA, client certificate) from the kubeconfig.
+        single = config.get()
+        assert single is not None and single.user is not None, "no context or user"
+        transport = httpx2.AsyncHTTPTransport(
+            verify=verify_cluster(single.cluster, single.user, single.abs_file,
+                                  trust_env=False),
+            limits=httpx2.Limits(max_connections=connections,
+                                 max_keepalive_connections=connections),
+            trust_env=False)
+    return AsyncClient(config, field_manager=FIELD_MANAGER, trust_env=False,
+                       transport=transport)
 
 
 class Kube:
@@ -141,6 +173,15 @@ class Kube:
     def __init__(self, client: AsyncClient, writes: TokenBucket | None = None) -> None:
         self.client = client
         self.writes = writes or TokenBucket(20.0, 50)
+        self._services = asyncio.Semaphore(SERVICE_WRITES)
+
+    async def _throttle(self) -> None:
+        """Wait for the write limit; the wait is a metric of its own."""
+        waited = time.monotonic()
+        await self.writes.acquire()
+        now = time.monotonic()
+        metrics.API_THROTTLE_SECONDS.observe(now - waited)
+        _started.set(now)
 
     @_counted("apply")
     async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -149,7 +190,13 @@ class Kube:
         ``force``: the operator owns the fields it sets; a hand edit to one of them is drift
         and is put back.
         """
-        await self.writes.acquire()
+        if manifest.get("kind") == "Service":
+            async with self._services:
+                return await self._apply(manifest)
+        return await self._apply(manifest)
+
+    async def _apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        await self._throttle()
         obj = codecs.from_dict(manifest)
         applied = await self.client.apply(obj, force=True)
         result: dict[str, Any] = applied.to_dict()  # type: ignore[no-untyped-call]
@@ -183,7 +230,7 @@ class Kube:
         """Create an object that never changes once made (a build Job, an immutable
         ConfigMap): True if this call created it (201), False if it already existed (409).
         Needs only the create verb."""
-        await self.writes.acquire()
+        await self._throttle()
         try:
             await self.client.create(codecs.from_dict(manifest))
         except ApiError as exc:
@@ -199,7 +246,7 @@ class Kube:
 
         An object deleted since it was read (404) has no status left to record; its deletion
         event reconciles whatever remains, so that is not an error worth a retry."""
-        await self.writes.acquire()
+        await self._throttle()
         try:
             await self.client.patch(_STATUS_RESOURCES[kind], name, {"status": status},
                                     namespace=namespace, patch_type=PatchType.MERGE)
@@ -218,7 +265,7 @@ class Kube:
         meta: dict[str, Any] = {"finalizers": finalizers}
         if resource_version:
             meta["resourceVersion"] = resource_version
-        await self.writes.acquire()
+        await self._throttle()
         try:
             await self.client.patch(_RESOURCES[kind], name, {"metadata": meta},
                                     namespace=namespace, patch_type=PatchType.MERGE)
@@ -243,7 +290,7 @@ class Kube:
     @_counted("delete")
     async def delete(self, resource: Any, namespace: str, name: str) -> bool:
         """Delete with background propagation; False if it was already gone."""
-        await self.writes.acquire()
+        await self._throttle()
         try:
             await self.client.delete(resource, name, namespace=namespace,
                                      cascade=CascadeType.BACKGROUND)

@@ -21,6 +21,19 @@ RECONCILE_SECONDS = Histogram(
     "trtllm_operator_reconcile_duration_seconds", "Time one reconcile took, by kind.",
     ["kind"], registry=REGISTRY,
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+QUEUE_SECONDS = Histogram(
+    "trtllm_operator_queue_wait_seconds",
+    "Time a queued object waited for a worker before its reconcile started, by kind.",
+    ["kind"], registry=REGISTRY,
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+API_SECONDS = Histogram(
+    "trtllm_operator_api_request_duration_seconds",
+    "Time the API server took to answer one write, by operation.", ["operation"],
+    registry=REGISTRY, buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+API_THROTTLE_SECONDS = Histogram(
+    "trtllm_operator_api_rate_limiter_duration_seconds",
+    "Time one write waited on the client-side write limit (apiWriteQps/apiWriteBurst).",
+    registry=REGISTRY, buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 BUILDS_STARTED = Counter(
     "trtllm_operator_builds_started_total", "Build Jobs created, by GPU type.",
     ["gpu"], registry=REGISTRY)
@@ -48,6 +61,7 @@ RECONCILE_FAILURES = Counter(
 
 _QUEUE_KINDS = {"llmengine": "LLMEngine", "llmdeployment": "LLMDeployment"}
 _ready: dict[str, dict[Hashable, bool]] = {"LLMEngine": {}, "LLMDeployment": {}}
+_true: dict[str, int] = {"LLMEngine": 0, "LLMDeployment": 0}
 _lock = threading.Lock()
 
 
@@ -58,17 +72,22 @@ def observe_reconcile(queue: str, outcome: str, seconds: float) -> None:
     RECONCILE_SECONDS.labels(kind).observe(seconds)
 
 
+def observe_queue_wait(queue: str, seconds: float) -> None:
+    """WorkQueue hook: a queued object reached a worker after ``seconds``."""
+    QUEUE_SECONDS.labels(_QUEUE_KINDS.get(queue, queue)).observe(seconds)
+
+
 def record_ready(kind: str, key: Hashable, ready: bool | None) -> None:
     """Track one object's Ready state (None: the object is gone) for the objects gauge."""
     with _lock:
         states = _ready[kind]
-        if ready is None:
-            states.pop(key, None)
-        else:
+        before = states.pop(key, None) if ready is None else states.get(key)
+        if ready is not None:
             states[key] = ready
-        true = sum(states.values())
-        OBJECTS.labels(kind, "true").set(true)
-        OBJECTS.labels(kind, "false").set(len(states) - true)
+        # Counted as they change, not summed over every object on every reconcile.
+        _true[kind] += int(bool(ready)) - int(bool(before))
+        OBJECTS.labels(kind, "true").set(_true[kind])
+        OBJECTS.labels(kind, "false").set(len(states) - _true[kind])
 
 
 def serve(port: int, address: str) -> None:

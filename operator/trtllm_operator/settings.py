@@ -17,10 +17,12 @@ class OperatorSettings(BaseSettings):
     """Kubeconfig file; unset uses the in-cluster service account."""
     namespaces: list[str] = Field(default_factory=list)
     """Namespaces to watch; empty watches all."""
-    workers: int = Field(default=8, ge=1, le=64)
+    workers: int = Field(default=32, ge=1, le=128)
     """Concurrent reconciles per kind (LLMEngine, LLMDeployment). A reconcile mostly waits on
-    the API server, so more workers than cores pay off; 8 per kind keeps both kinds within the
-    client's 20 kept-alive connections (httpx's default pool), sized for a 2-core replica."""
+    the API server (a new Service's ClusterIP allocation can take seconds under load), so many
+    more workers than cores pay off: they are asyncio tasks, not threads, and the client keeps
+    a kept-alive connection for each (see kube.make_client). Objects whose spec is not yet
+    observed go ahead of status re-checks (see workqueue)."""
     build_deadline_seconds: int = Field(default=6 * 3600, ge=60)
     """activeDeadlineSeconds of build Jobs: a build running longer is failed."""
     retry_qps: float = Field(default=10.0, gt=0)

@@ -7,6 +7,10 @@ a burst of such events must cost one reconcile, not one per event. This queue pr
 in the manner of client-go's workqueue:
 
 - a key is queued at most once at a time, however often it is added;
+- a key added as *urgent* (an object whose spec the operator has not acted on yet: a new
+  LLMDeployment waiting for its Deployment) runs before keys that only re-check status, so a
+  fleet's own churn (child status events, resyncs) does not delay a new object's first
+  reconcile (controller-runtime's priority queue does the same for its initial list);
 - a key is never reconciled by two workers at once (added while running -> run again after);
 - a failed reconcile is retried with capped, jittered exponential backoff per key, and all
   retries together are held to a token bucket (client-go's default controller rate limiter:
@@ -21,6 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import logging
 import random
 import time
@@ -121,7 +127,8 @@ class WorkQueue(Generic[K]):
                  classify: Callable[[Exception], Failure] = unclassified,
                  on_failure: FailureHook[K] | None = None,
                  on_success: Callable[[K], None] | None = None,
-                 on_result: Callable[[str, str, float], None] | None = None) -> None:
+                 on_result: Callable[[str, str, float], None] | None = None,
+                 on_wait: Callable[[str, float], None] | None = None) -> None:
         self.name = name
         self._reconcile = reconcile
         self._workers = workers
@@ -132,10 +139,20 @@ class WorkQueue(Generic[K]):
         self._on_failure = on_failure
         self._on_success = on_success
         self._on_result = on_result
-        self._queue: asyncio.Queue[K] = asyncio.Queue()
+        self._on_wait = on_wait
+        self._added: dict[K, float] = {}
+        """When each queued key was queued (for on_wait: how long keys wait for a worker)."""
+        # A heap of (lane, sequence, key): urgent keys (lane 0) first, then first in first
+        # out. A key moved to the urgent lane leaves a stale entry behind, skipped on pop.
+        self._heap: list[tuple[int, int, K]] = []
+        self._entry: dict[K, tuple[int, int]] = {}
+        self._seq = itertools.count()
+        self._waiting: list[asyncio.Future[None]] = []
+        """Idle workers, each waiting on its own future (woken one per added key)."""
         self._queued: set[K] = set()
         self._running: set[K] = set()
         self._dirty: set[K] = set()
+        self._dirty_urgent: set[K] = set()
         self._failures: dict[K, int] = {}
         self._timers: dict[K, asyncio.TimerHandle] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -144,19 +161,53 @@ class WorkQueue(Generic[K]):
 
     # ------------------------------------------------------------------ producers
 
-    def add(self, key: K) -> None:
-        """Queue ``key`` now (no-op if already queued; re-run after if currently running)."""
+    def add(self, key: K, urgent: bool = False) -> None:
+        """Queue ``key`` now (no-op if already queued, unless this makes it urgent; re-run
+        after if currently running). ``urgent`` keys run before the others."""
         timer = self._timers.pop(key, None)
         if timer:
             timer.cancel()
         if key in self._running:
             self._dirty.add(key)
+            if urgent:
+                self._dirty_urgent.add(key)
             return
+        lane = 0 if urgent else 1
         if key in self._queued:
-            return
-        self._queued.add(key)
-        self._idle.clear()
-        self._queue.put_nowait(key)
+            if lane >= self._entry[key][0]:
+                return
+        else:
+            self._queued.add(key)
+            self._added[key] = time.monotonic()
+            self._idle.clear()
+        entry = (lane, next(self._seq))
+        self._entry[key] = entry
+        heapq.heappush(self._heap, (*entry, key))
+        self._wake()
+
+    def _wake(self) -> None:
+        """Wake one idle worker, if any (a cancelled one is skipped)."""
+        while self._waiting:
+            waiter = self._waiting.pop(0)
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    async def _get(self) -> K:
+        """The next key to run: the most urgent, then the oldest."""
+        while True:
+            while self._heap:
+                lane, seq, key = heapq.heappop(self._heap)
+                if self._entry.get(key) == (lane, seq):
+                    del self._entry[key]
+                    return key
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiting.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self._waiting:
+                    self._waiting.remove(waiter)
 
     def add_after(self, key: K, delay: float) -> None:
         """Queue ``key`` after ``delay`` seconds (an earlier pending timer wins)."""
@@ -222,10 +273,13 @@ class WorkQueue(Generic[K]):
 
     async def _work(self) -> None:
         while True:
-            key = await self._queue.get()
+            key = await self._get()
             self._queued.discard(key)
             self._running.add(key)
             started = time.monotonic()
+            added = self._added.pop(key, started)
+            if self._on_wait:
+                self._on_wait(self.name, started - added)
             outcome = "success"
             try:
                 result = await self._reconcile(key)
@@ -258,6 +312,7 @@ class WorkQueue(Generic[K]):
                     self._on_result(self.name, outcome, time.monotonic() - started)
                 if key in self._dirty:
                     self._dirty.discard(key)
-                    self.add(key)
+                    self.add(key, urgent=key in self._dirty_urgent)
+                self._dirty_urgent.discard(key)
                 if not self._queued and not self._running:
                     self._idle.set()

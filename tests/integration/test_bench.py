@@ -30,3 +30,21 @@ def test_a_tiny_fleet_converges_in_both_modes_and_the_report_has_its_fields(
     assert op["all_ready_s"] is not None
     assert op["operator_peak_rss_mib"] > 0
     assert op["operator_cpu_s"] > 0
+
+
+def test_a_tiny_engine_fleet_converges_with_one_build_job_per_target_and_counts_node_changes(
+        tmp_path: Path) -> None:
+    out = tmp_path / "engines.json"
+    rc = bench.main(["--modes", "engines", "--engines", "2", "--node-change", "2",
+                     "--nodes", "1", "--timeout", "240", "--out", str(out)])
+    r = json.loads(out.read_text())["engines"]
+    assert rc == 0, r
+    assert r["built"] == 2
+    assert r["jobs"]["engine-build"] == 2 * 3
+    assert r["build_jobs_per_target"] == {"1": 6}
+    for change in ("join", "leave"):
+        c = r[f"node_{change}"]
+        verb = "POST nodes" if change == "join" else "DELETE nodes"
+        assert c["requests"][verb] == 2, c
+        assert "operator" in c
+        assert c["writes"] >= 2

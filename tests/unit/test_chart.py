@@ -252,7 +252,7 @@ def test_settings_reach_the_operator_as_environment(render: Any) -> None:
     defaults = env_of(render())
     assert defaults == {
         "TRTLLM_OPERATOR_NAMESPACES": "[]",
-        "TRTLLM_OPERATOR_WORKERS": "8",
+        "TRTLLM_OPERATOR_WORKERS": "32",
         "TRTLLM_OPERATOR_BUILD_DEADLINE_SECONDS": "21600",
         "TRTLLM_OPERATOR_RETRY_QPS": "10",
         "TRTLLM_OPERATOR_RETRY_BURST": "100",

@@ -332,3 +332,52 @@ def test_a_pytorch_engine_with_a_volume_model_is_served_from_the_model_claim() -
     assert model["persistentVolumeClaim"] == {"claimName": "models", "readOnly": True}
     mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["mountPath"] == "/model")
     assert mount["subPath"] == "llama-3-8b"
+
+
+def test_a_child_created_but_not_yet_seen_by_the_watch_is_not_created_twice() -> None:
+    """A reconcile that runs before the watch shows the children the previous one created
+    (a Service's ClusterIP allocation can take seconds under load) writes nothing again; once
+    the watch reports one deleted, it is created again."""
+    view = FakeView()
+    writer = FakeWriter()
+    controller = DeploymentController(view=view, writer=writer, events=lambda *_: None,
+                                      clock=lambda: datetime(2026, 11, 23, tzinfo=UTC))
+    asyncio.run(controller.reconcile(KEY))
+    assert [m["kind"] for m in writer.applied] == ["Deployment", "Service"]
+    asyncio.run(controller.reconcile(KEY))  # the view still shows neither child
+    assert [m["kind"] for m in writer.applied] == ["Deployment", "Service"]
+    view.children = {m["kind"]: _as_observed(m) for m in writer.applied}
+    asyncio.run(controller.reconcile(KEY))  # seen: nothing to do
+    del view.children["Service"]
+    controller.forget_child("Service", "ml", "server")  # the watch's DELETED event
+    asyncio.run(controller.reconcile(KEY))
+    assert [m["kind"] for m in writer.applied] == ["Deployment", "Service", "Service"]
+
+
+def test_a_child_seen_and_then_gone_is_created_again_even_without_its_deleted_event() -> None:
+    view = FakeView()
+    writer = FakeWriter()
+    controller = DeploymentController(view=view, writer=writer, events=lambda *_: None,
+                                      clock=lambda: datetime(2026, 11, 23, tzinfo=UTC))
+    asyncio.run(controller.reconcile(KEY))
+    view.children = {m["kind"]: _as_observed(m) for m in writer.applied}
+    asyncio.run(controller.reconcile(KEY))  # the watch caught up: the record is dropped
+    view.children = {}
+    asyncio.run(controller.reconcile(KEY))
+    assert [m["kind"] for m in writer.applied] == ["Deployment", "Service"] * 2
+
+
+def test_a_created_child_the_watch_never_shows_is_created_again_after_the_grace() -> None:
+    """Deleted before the record of its creation was made (its DELETED event came first): the
+    record is trusted for a while only."""
+    from trtllm_operator.deployments.controller import CREATED_GRACE_SECONDS
+
+    view = FakeView()
+    writer = FakeWriter()
+    controller = DeploymentController(view=view, writer=writer, events=lambda *_: None,
+                                      clock=lambda: datetime(2026, 11, 23, tzinfo=UTC))
+    asyncio.run(controller.reconcile(KEY))
+    controller.created = {k: (h, t - CREATED_GRACE_SECONDS - 1)
+                          for k, (h, t) in controller.created.items()}
+    asyncio.run(controller.reconcile(KEY))
+    assert [m["kind"] for m in writer.applied] == ["Deployment", "Service"] * 2

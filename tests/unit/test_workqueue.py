@@ -261,3 +261,71 @@ def test_a_failing_failure_hook_does_not_stop_the_worker() -> None:
         return calls
 
     assert asyncio.run(scenario()) == 2
+
+
+def test_urgent_keys_run_before_older_ones_and_a_queued_key_can_be_made_urgent() -> None:
+    async def scenario() -> list[str]:
+        order: list[str] = []
+
+        async def reconcile(key: str) -> None:
+            order.append(key)
+
+        q: WorkQueue[str] = WorkQueue("t", reconcile, workers=1)
+        for key in ("old-1", "old-2", "old-3"):
+            q.add(key)
+        q.add("new", urgent=True)
+        q.add("old-3", urgent=True)  # already queued: moves to the urgent lane, runs once
+        q.add("old-1")  # a plain re-add keeps its place
+        q.start()
+        await asyncio.wait_for(q.wait_idle(), 5)
+        await q.stop()
+        return order
+
+    assert asyncio.run(scenario()) == ["new", "old-3", "old-1", "old-2"]
+
+
+def test_a_key_made_urgent_while_running_runs_again_ahead_of_the_queue() -> None:
+    async def scenario() -> list[str]:
+        order: list[str] = []
+        started = asyncio.Event()
+        release = asyncio.Event()
+
+        async def reconcile(key: str) -> None:
+            order.append(key)
+            if key == "k" and order.count("k") == 1:
+                started.set()
+                await release.wait()
+
+        q: WorkQueue[str] = WorkQueue("t", reconcile, workers=1)
+        q.start()
+        q.add("k")
+        await started.wait()
+        q.add("other")
+        q.add("k", urgent=True)
+        release.set()
+        await asyncio.wait_for(q.wait_idle(), 5)
+        await q.stop()
+        return order
+
+    assert asyncio.run(scenario()) == ["k", "k", "other"]
+
+
+def test_the_queue_wait_of_every_run_is_reported() -> None:
+    async def scenario() -> list[tuple[str, float]]:
+        waits: list[tuple[str, float]] = []
+
+        async def reconcile(key: str) -> None:
+            await asyncio.sleep(0.02)
+
+        q: WorkQueue[str] = WorkQueue("t", reconcile, workers=1,
+                                      on_wait=lambda name, s: waits.append((name, s)))
+        q.add("a")
+        q.add("b")
+        q.start()
+        await asyncio.wait_for(q.wait_idle(), 5)
+        await q.stop()
+        return waits
+
+    waits = asyncio.run(scenario())
+    assert [name for name, _ in waits] == ["t", "t"]
+    assert waits[1][1] >= 0.015  # "b" waited for "a" to finish on the only worker

@@ -77,6 +77,7 @@ log = logging.getLogger(__name__)
 
 Key = tuple[str, str]
 NOT_READY_RESYNC_SECONDS = 60.0
+CREATED_GRACE_SECONDS = 30.0
 
 
 class Writer(Protocol):
@@ -351,7 +352,11 @@ class DeploymentController:
     _applied: dict[tuple[str, str, str], str] = field(default_factory=dict)
     """Hash of what this process last applied of each unwatched child (ScaledObject,
     PodMonitor): re-applied only when the desired object changes."""
-
+    created: dict[tuple[str, str, str], tuple[str, float]] = field(default_factory=dict)
+    """(kind, namespace, name) -> (spec hash, when) of children this controller created that
+    the watch has not shown yet: a reconcile running before the child's own event arrives must
+    not create it again (see forget_child). Trusted for CREATED_GRACE_SECONDS only, in case
+    the child was deleted before the record was made."""
 
     async def reconcile(self, key: Key) -> Result | None:
         body = self.view.deployment_body(key)
@@ -768,10 +773,25 @@ class DeploymentController:
         :func:`builders.up_to_date`); the applied object, or None when nothing was written."""
         desired = builders.with_spec_hash(manifest)
         meta = desired["metadata"]
-        if builders.up_to_date(desired, self.view.serving_child(
-                desired["kind"], meta["namespace"], meta["name"])):
+        ident = (desired["kind"], meta["namespace"], meta["name"])
+        observed = self.view.serving_child(*ident)
+        want = desired["metadata"]["annotations"][builders.SPEC_HASH_ANNOTATION]
+        mine = self.created.get(ident)
+        if observed is None and mine is not None and mine[0] == want and (
+                time.monotonic() - mine[1] < CREATED_GRACE_SECONDS):
+            return None  # created by an earlier reconcile; its event has not arrived yet
+        if observed is not None:
+            self.created.pop(ident, None)  # the watch has caught up: it is the judge again
+        if builders.up_to_date(desired, observed):
             return None
-        return await self.writer.apply(desired)
+        applied = await self.writer.apply(desired)
+        if observed is None:
+            self.created[ident] = (want, time.monotonic())
+        return applied
+
+    def forget_child(self, kind: str, namespace: str, name: str) -> None:
+        """The watch saw this child deleted: the next reconcile creates it again."""
+        self.created.pop((kind, namespace, name), None)
 
     def _status(self, d: LLMDeployment, chosen: EngineChoice, preflight: Finding | None,
                 dep: Mapping[str, Any] | None, facts: ClusterFacts,

@@ -24,6 +24,10 @@ import json
 import logging
 import math
 import os
+import shutil
+import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -100,22 +104,26 @@ def synthetic_built(engine: dict[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- measurements
 
 
-def request_counts(api: Any) -> Counter[tuple[str, str]]:
-    """apiserver_request_total summed by (verb, resource[/subresource])."""
+def request_counts(api: Any, metric: str = "apiserver_request_total") -> Counter[tuple[str, str]]:
+    """An API server counter summed by (verb, resource[/subresource]): requests
+    (apiserver_request_total), or the seconds they took
+    (apiserver_request_duration_seconds_sum, in milliseconds)."""
     response = api.call_api("GET", api.configuration.host + "/metrics")
     text = response.read().decode()
+    scale = 1000 if metric.endswith("_seconds_sum") else 1
     counts: Counter[tuple[str, str]] = Counter()
     for family in text_string_to_metric_families(text):
-        if family.name != "apiserver_request":
-            continue
         for sample in family.samples:
-            if sample.name != "apiserver_request_total":
+            if sample.name != metric:
                 continue
             res = sample.labels.get("resource", "")
             if sample.labels.get("subresource"):
                 res += "/" + sample.labels["subresource"]
-            counts[(sample.labels.get("verb", ""), res)] += int(sample.value)
+            counts[(sample.labels.get("verb", ""), res)] += int(sample.value * scale)
     return counts
+
+
+REQUEST_MS = "apiserver_request_duration_seconds_sum"
 
 
 def diff(after: Counter[tuple[str, str]], before: Counter[tuple[str, str]]) -> dict[str, int]:
@@ -140,11 +148,97 @@ def proc_usage(pid: int) -> tuple[float, float]:
     return hwm_kib / 1024, ticks / os.sysconf("SC_CLK_TCK")
 
 
+def operator_metrics(port: int) -> dict[str, Any]:
+    """From the operator's own /metrics: reconciles by kind and outcome; per kind the reconcile
+    time and the queue wait, per operation the API time, and the write limit's wait (each:
+    mean, and the bucket bounds p50 and p99 fall in)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out: dict[str, Any] = {"reconciles": {}}
+    hist: dict[tuple[str, str], dict[str, Any]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            kind = sample.labels.get("kind") or sample.labels.get("operation", "")
+            if sample.name == "trtllm_operator_reconciles_total":
+                out["reconciles"][f"{kind} {sample.labels['outcome']}"] = int(sample.value)
+            for metric in ("reconcile_duration_seconds", "queue_wait_seconds",
+                           "api_request_duration_seconds", "api_rate_limiter_duration_seconds"):
+                base = f"trtllm_operator_{metric}"
+                if sample.name.startswith(base):
+                    h = hist.setdefault((metric, kind), {"buckets": []})
+                    suffix = sample.name[len(base):]
+                    if suffix == "_bucket":
+                        h["buckets"].append((float(sample.labels["le"]), sample.value))
+                    elif suffix in ("_sum", "_count"):
+                        h[suffix[1:]] = sample.value
+    for (metric, kind), h in sorted(hist.items()):
+        count = h.get("count") or 0
+        if not count:
+            continue
+        buckets = sorted(h["buckets"])
+
+        def bound(q: float, buckets: list[tuple[float, float]] = buckets,
+                  count: float = count) -> float:
+            return next(le for le, n in buckets if n >= q * count)
+
+        out[f"{metric} {kind}"] = {"count": int(count),
+                                   "mean_ms": round(1000 * h["sum"] / count, 1),
+                                   "p50_le_s": bound(0.5), "p99_le_s": bound(0.99)}
+    return out
+
+
 def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+class Profiler:
+    """py-spy sampling a live process until stopped, into a collapsed-stack file (one line per
+    stack: ``frame;frame;... count``; speedscope.app and flamegraph.pl open it as is).
+
+    py-spy is not a dependency of the project: ``pip install py-spy`` to use ``--profile``."""
+
+    def __init__(self, pid: int, out: Path, rate: int = 100) -> None:
+        exe = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which(
+            "py-spy")
+        if exe is None:
+            raise RuntimeError("--profile needs py-spy: pip install py-spy")
+        self.out = out
+        self.proc = subprocess.Popen(
+            [exe, "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw",
+             "--nonblocking", "--output", str(out)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def stop(self) -> None:
+        """Stop sampling (py-spy writes its file on Ctrl-C)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def profile_summary(collapsed: str, top: int = 25) -> list[tuple[str, int, int]]:
+    """(function, self samples, inclusive samples) of the ``top`` functions by inclusive
+    samples, from py-spy's collapsed stacks; a function recursing counts once per stack."""
+    own: Counter[str] = Counter()
+    total: Counter[str] = Counter()
+    for line in collapsed.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frames = stack.split(";")
+        own[frames[-1]] += int(count)
+        for frame in set(frames):
+            total[frame] += int(count)
+    ranked = sorted(total.items(), key=lambda item: (-item[1], item[0]))[:top]  # ties by name
+    return [(f, own[f], n) for f, n in ranked]
 
 
 @dataclass
@@ -242,12 +336,22 @@ class Settings:
     idle_seconds: float
     timeout: float
     operator_env: dict[str, str]
+    profile: Path | None = None
+    """Where py-spy's collapsed stacks of the operator go (from the first create until
+    convergence), or None."""
 
 
 def _setup(kubectl: Kubectl, root: Path) -> None:
     kubectl("apply", "--server-side", "-f", str(root / "crds"))
-    kubectl("wait", "--for=condition=Established", "--timeout=60s",
-            "crd/llmengines.trtllm.dev", "crd/llmdeployments.trtllm.dev")
+    for attempt in range(10):
+        try:
+            kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                    "crd/llmengines.trtllm.dev", "crd/llmdeployments.trtllm.dev")
+            break
+        except RuntimeError:  # a CRD read before its status has conditions
+            if attempt == 9:
+                raise
+            time.sleep(0.5)
     kubectl("create", "namespace", NAMESPACE)
     kubectl("create", "secret", "generic", "hf-token", "-n", NAMESPACE,
             "--from-literal=HF_TOKEN=not-a-real-token")
@@ -310,7 +414,14 @@ def run_mode(mode: str, cfg: Settings, workdir: Path) -> dict[str, Any]:
             start_watches(api, progress, stop, with_llmd=mode == "operator")
             time.sleep(1.0)  # the watches are open before the first create
             applied: dict[str, float] = {}
+            profiler = None
+            if cfg.profile is not None and operator is not None and operator.proc is not None:
+                profiler = Profiler(operator.proc.pid, cfg.profile)
+            cpu0 = proc_usage(operator.proc.pid)[1] if operator and operator.proc else 0.0
+            components0 = {n: proc_usage(pid)[1] for n, pid in cluster.pids.items()}
+            load0 = os.getloadavg()[0]
             before = request_counts(api)
+            before_ms = request_counts(api, REQUEST_MS)
             t0 = time.monotonic()
 
             def create(name: str) -> Callable[[], None]:
@@ -348,6 +459,18 @@ def run_mode(mode: str, cfg: Settings, workdir: Path) -> dict[str, Any]:
             def last(table: dict[str, float]) -> float | None:
                 return round(max(table.values()) - t0, 2) if len(table) >= n else None
 
+            if profiler is not None:
+                profiler.stop()
+                result["profile"] = str(profiler.out)
+            # Where the machine's CPU went during the run, per control-plane process.
+            result["component_cpu_run_s"] = {
+                n: round(proc_usage(pid)[1] - components0[n], 2)
+                for n, pid in cluster.pids.items() if n in components0}
+            result["loadavg_1m"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
+            if operator is not None and operator.proc is not None:
+                result["operator_metrics"] = operator_metrics(operator.metrics_port)
+                # The fleet's share: the engine build and startup before t0 left out.
+                result["operator_cpu_run_s"] = round(proc_usage(operator.proc.pid)[1] - cpu0, 2)
             result["all_exist_s"] = last(progress.exists)
             result["all_available_s"] = last(progress.available)
             result["all_ready_s"] = last(progress.ready) if mode == "operator" else None
@@ -359,6 +482,10 @@ def run_mode(mode: str, cfg: Settings, workdir: Path) -> dict[str, Any]:
             after = request_counts(api)
             result["requests_run"] = diff(after, before)
             result["writes_run"] = writes(result["requests_run"])
+            # Where the API server's time went (watches left out: they last as long as open).
+            result["request_ms_run"] = {k: v for k, v in diff(
+                request_counts(api, REQUEST_MS), before_ms).items()
+                if not k.startswith("WATCH")}
             time.sleep(cfg.idle_seconds)
             idle = request_counts(api)
             result["idle_seconds"] = cfg.idle_seconds
@@ -377,6 +504,166 @@ def run_mode(mode: str, cfg: Settings, workdir: Path) -> dict[str, Any]:
 
 def _round(v: float | None) -> float | None:
     return None if v is None else round(v, 1)
+
+
+# --------------------------------------------------------------------------- engine fleet
+
+ENGINE_GPUS = ("h100", "l40s", "a100")
+
+
+def fleet_engine_manifest(root: Path, i: int) -> dict[str, Any]:
+    """Engine ``i`` of the fleet: the 8B sample for three GPU types, each engine with its own
+    maxBatchSize so that no two share a build (each (engine, GPU type) needs its own Job)."""
+    body = engine_manifest(root)
+    body["metadata"] = {"name": f"eng-{i:04d}", "namespace": NAMESPACE}
+    body["spec"]["targets"] = [gpus.gpu_type(g).product for g in ENGINE_GPUS]
+    body["spec"]["build"]["limits"]["maxBatchSize"] = 1 + i
+    return body
+
+
+def _operator_counts(port: int) -> Counter[str]:
+    """The operator's own writes by operation, and its reconciles by kind, from its
+    /metrics (cumulative: diff two readings)."""
+    m = operator_metrics(port)
+    out: Counter[str] = Counter()
+    for key, value in m.items():
+        if key.startswith("api_request_duration_seconds "):
+            out["write " + key.split(" ", 1)[1]] = value["count"]
+    for key, n in m["reconciles"].items():
+        out["reconcile " + key] = n
+    return out
+
+
+def _settle(port: int, quiet: float, timeout: float) -> float:
+    """Wait until the operator has run no reconcile for ``quiet`` seconds; the seconds taken."""
+    start = last_change = time.monotonic()
+    seen = _operator_counts(port)
+    while time.monotonic() - last_change < quiet and time.monotonic() - start < timeout:
+        time.sleep(1.0)
+        now = _operator_counts(port)
+        if now != seen:
+            seen, last_change = now, time.monotonic()
+    return round(last_change - start, 2)
+
+
+def run_engines(cfg: Settings, workdir: Path, engines: int, node_change: int) -> dict[str, Any]:
+    """``engines`` LLMEngines x 3 GPU types converge (every target Built, Jobs counted); then
+    ``node_change`` H100 nodes join, and later leave, with the writes each change caused."""
+    from kubernetes import client
+
+    root = repo_root()
+    tools = BinaryBuilder().ensure()
+    result: dict[str, Any] = {"mode": "engines", "engines": engines, "gpu_types": ENGINE_GPUS,
+                              "nodes": cfg.nodes, "node_change": node_change}
+    with LocalCluster(tools, ClusterOptions(job_duration_seconds=cfg.build_seconds)) as cluster:
+        assert cluster.kubeconfig
+        for gpu in ENGINE_GPUS:
+            cluster.add_nodes(gpu, cfg.nodes, timeout=300)
+        kubectl = Kubectl(tools["kubectl"], cluster.kubeconfig)
+        _setup(kubectl, root)
+        api = cluster.api_client()
+        api.rest_client.pool_manager.connection_pool_kw["maxsize"] = CREATE_THREADS + 4
+        objects = client.CustomObjectsApi(api)
+        operator = OperatorProcess(cluster.kubeconfig, workdir / "operator-engines.log",
+                                   extra_env=cfg.operator_env)
+        operator.start()
+        try:
+            built: dict[str, float] = {}
+            cond = threading.Condition()
+            stop = threading.Event()
+
+            def on_engine(obj: dict[str, Any]) -> None:
+                states = [t.get("state") for t in (obj.get("status") or {}).get("targets")
+                          or []]
+                if len(states) == len(ENGINE_GPUS) and set(states) == {"Built"}:
+                    with cond:
+                        built.setdefault(obj["metadata"]["name"], time.monotonic())
+                        cond.notify_all()
+
+            def list_engines(**kw: Any) -> Any:
+                return objects.list_namespaced_custom_object(
+                    GROUP, VERSION, NAMESPACE, "llmengines", **kw)
+
+            threading.Thread(target=_watch, args=(list_engines, on_engine, stop),
+                             daemon=True).start()
+            time.sleep(1.0)
+            cpu0 = proc_usage(operator.proc.pid)[1] if operator.proc else 0.0
+            before, ops0 = request_counts(api), _operator_counts(operator.metrics_port)
+            t0 = time.monotonic()
+            def create(i: int) -> Callable[[], None]:
+                def run() -> None:
+                    objects.create_namespaced_custom_object(
+                        GROUP, VERSION, NAMESPACE, "llmengines", fleet_engine_manifest(root, i))
+                return run
+
+            _create_all([create(i) for i in range(engines)])
+            with cond:
+                result["converged"] = cond.wait_for(lambda: len(built) >= engines,
+                                                    timeout=cfg.timeout)
+            result["all_built_s"] = round(max(built.values()) - t0, 2) if built else None
+            result["built"] = len(built)
+            result["settle_s"] = _settle(operator.metrics_port, 5.0, 120.0)
+            result["requests_converge"] = diff(request_counts(api), before)
+            result["writes_converge"] = writes(result["requests_converge"])
+            result["operator_converge"] = dict(_operator_counts(operator.metrics_port) - ops0)
+            if operator.proc:
+                result["operator_cpu_converge_s"] = round(proc_usage(operator.proc.pid)[1] - cpu0,
+                                                          2)
+            jobs: Any = client.BatchV1Api(api).list_namespaced_job(NAMESPACE,
+                                                                   _preload_content=False)
+            per_target: Counter[tuple[str, str]] = Counter()
+            kinds: Counter[str] = Counter()
+            for job in json.loads(jobs.data)["items"]:
+                job_labels = job["metadata"].get("labels") or {}
+                component = job_labels.get("app.kubernetes.io/component", "?")
+                kinds[component] += 1
+                if component == "engine-build":
+                    selector = job["spec"]["template"]["spec"].get("nodeSelector") or {}
+                    per_target[(job_labels.get("trtllm.dev/engine", "?"),
+                                selector.get(gpus.PRODUCT_LABEL, "?"))] += 1
+            result["jobs"] = dict(kinds)
+            result["build_jobs_per_target"] = dict(Counter(per_target.values()))
+            for change in ("join", "leave"):
+                before, ops0 = request_counts(api), _operator_counts(operator.metrics_port)
+                t1 = time.monotonic()
+                if change == "join":
+                    added = cluster.add_nodes("h100", node_change, timeout=300)
+                else:
+                    cluster.remove_nodes(added)
+                settle = _settle(operator.metrics_port, 5.0, 120.0)
+                requests = diff(request_counts(api), before)
+                result[f"node_{change}"] = {
+                    "seconds": round(time.monotonic() - t1, 2), "operator_settle_s": settle,
+                    "requests": requests, "writes": writes(requests),
+                    "operator": dict(_operator_counts(operator.metrics_port) - ops0)}
+            if operator.proc:
+                rss, cpu = proc_usage(operator.proc.pid)
+                result["operator_peak_rss_mib"] = round(rss, 1)
+                result["operator_cpu_s"] = round(cpu, 2)
+            stop.set()
+        finally:
+            operator.stop()
+    return result
+
+
+def engines_report(r: dict[str, Any]) -> str:
+    def w(requests: dict[str, int]) -> str:
+        return ", ".join(f"{k}: {v}" for k, v in requests.items()
+                         if k.split(" ")[0] in WRITE_VERBS) or "none"
+
+    lines = [f"{r['engines']} LLMEngines x {len(r['gpu_types'])} GPU types "
+             f"({', '.join(r['gpu_types'])}), {r['nodes']} nodes of each",
+             f"all Built: {r['all_built_s']} s ({r['built']}/{r['engines']}); Jobs: {r['jobs']}; "
+             f"build Jobs per (engine, GPU type): {r['build_jobs_per_target']}",
+             f"operator while converging: {r['operator_converge']}",
+             f"writes while converging ({r['writes_converge']}, leases aside): "
+             f"{w(r['requests_converge'])}"]
+    for change in ("join", "leave"):
+        c = r[f"node_{change}"]
+        lines += [f"{r['node_change']} H100 nodes {change} ({c['seconds']} s): operator "
+                  f"{c['operator'] or 'nothing'}",
+                  f"  all writes ({c['writes']}, leases aside): {w(c['requests'])}"]
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- report
@@ -427,8 +714,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="how long to count requests after convergence")
     parser.add_argument("--build-seconds", type=float, default=2.0)
     parser.add_argument("--timeout", type=float, default=900.0)
-    parser.add_argument("--modes", default="floor,operator")
+    parser.add_argument("--modes", default="floor,operator",
+                        help="floor,operator (a fleet of LLMDeployments) or engines")
+    parser.add_argument("--engines", type=int, default=200,
+                        help="engines mode: LLMEngines, each built for 3 GPU types")
+    parser.add_argument("--node-change", type=int, default=50,
+                        help="engines mode: H100 nodes that join, then leave")
     parser.add_argument("--out", type=Path, default=Path("bench.json"))
+    parser.add_argument("--profile", type=Path, default=None, metavar="FILE",
+                        help="record the operator with py-spy (collapsed stacks, opened by "
+                             "speedscope.app) from the first create until convergence")
     parser.add_argument("--operator-env", action="append", default=[], metavar="NAME=VALUE",
                         help="operator settings, e.g. TRTLLM_OPERATOR_WORKERS=8")
     args = parser.parse_args(argv)
@@ -437,15 +732,25 @@ def main(argv: list[str] | None = None) -> int:
         nodes=args.nodes or math.ceil(args.deployments / 8) + 5,
         build_seconds=args.build_seconds, idle_seconds=args.idle_seconds,
         timeout=args.timeout,
-        operator_env=dict(e.split("=", 1) for e in args.operator_env))
+        operator_env=dict(e.split("=", 1) for e in args.operator_env),
+        profile=args.profile.resolve() if args.profile else None)
     results: dict[str, Any] = {"settings": vars(cfg)}
+    if args.modes == "engines":
+        cfg.nodes = args.nodes or 10
+        with tempfile.TemporaryDirectory(prefix="trtllm-bench-") as tmp:
+            r = run_engines(cfg, Path(tmp), args.engines, args.node_change)
+        args.out.write_text(json.dumps({"settings": vars(cfg), "engines": r}, indent=2,
+                                       default=str))
+        print(engines_report(r))
+        print(f"JSON: {args.out}")
+        return 0 if r["converged"] else 1
     with tempfile.TemporaryDirectory(prefix="trtllm-bench-") as tmp:
         for mode in args.modes.split(","):
             print(f"--- {mode}: N = {cfg.deployments}, {cfg.nodes} nodes", flush=True)
             results[mode] = run_mode(mode, cfg, Path(tmp))
             print(json.dumps({k: v for k, v in results[mode].items()
                               if not k.startswith("requests")}), flush=True)
-    args.out.write_text(json.dumps(results, indent=2))
+    args.out.write_text(json.dumps(results, indent=2, default=str))
     if "floor" in results and "operator" in results:
         print(table(results["floor"], results["operator"]))
     for mode in ("floor", "operator"):
@@ -454,6 +759,11 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(_writes_breakdown(results[mode], "requests_run")))
             print(f"{mode} writes in the idle period (leases included):")
             print("\n".join(_writes_breakdown(results[mode], "requests_idle")) or "  none")
+    if args.profile is not None and args.profile.exists():
+        print(f"operator profile (py-spy samples, top functions by inclusive time): "
+              f"{args.profile}")
+        for fn, own, total in profile_summary(args.profile.read_text()):
+            print(f"  {total:7d} {own:7d}  {fn}")
     print(f"JSON: {args.out}")
     converged = all(results[m].get("converged") for m in ("floor", "operator") if m in results)
     return 0 if converged else 1
