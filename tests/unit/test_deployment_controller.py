@@ -343,15 +343,16 @@ def test_a_child_created_but_not_yet_seen_by_the_watch_is_not_created_twice() ->
     controller = DeploymentController(view=view, writer=writer, events=lambda *_: None,
                                       clock=lambda: datetime(2026, 11, 23, tzinfo=UTC))
     asyncio.run(controller.reconcile(KEY))
-    assert [m["kind"] for m in writer.applied] == ["Deployment", "Service"]
+    assert [m["kind"] for m in writer.applied] == ["ConfigMap", "Deployment", "Service"]
     asyncio.run(controller.reconcile(KEY))  # the view still shows neither child
-    assert [m["kind"] for m in writer.applied] == ["Deployment", "Service"]
+    assert [m["kind"] for m in writer.applied] == ["ConfigMap", "Deployment", "Service"]
     view.children = {m["kind"]: _as_observed(m) for m in writer.applied}
     asyncio.run(controller.reconcile(KEY))  # seen: nothing to do
     del view.children["Service"]
     controller.forget_child("Service", "ml", "server")  # the watch's DELETED event
     asyncio.run(controller.reconcile(KEY))
-    assert [m["kind"] for m in writer.applied] == ["Deployment", "Service", "Service"]
+    assert [m["kind"] for m in writer.applied] == ["ConfigMap", "Deployment", "Service",
+                                                       "Service"]
 
 
 def test_a_child_seen_and_then_gone_is_created_again_even_without_its_deleted_event() -> None:
@@ -364,7 +365,7 @@ def test_a_child_seen_and_then_gone_is_created_again_even_without_its_deleted_ev
     asyncio.run(controller.reconcile(KEY))  # the watch caught up: the record is dropped
     view.children = {}
     asyncio.run(controller.reconcile(KEY))
-    assert [m["kind"] for m in writer.applied] == ["Deployment", "Service"] * 2
+    assert [m["kind"] for m in writer.applied] == ["ConfigMap", "Deployment", "Service"] * 2
 
 
 def test_a_created_child_the_watch_never_shows_is_created_again_after_the_grace() -> None:
@@ -380,4 +381,4 @@ def test_a_created_child_the_watch_never_shows_is_created_again_after_the_grace(
     controller.created = {k: (h, t - CREATED_GRACE_SECONDS - 1)
                           for k, (h, t) in controller.created.items()}
     asyncio.run(controller.reconcile(KEY))
-    assert [m["kind"] for m in writer.applied] == ["Deployment", "Service"] * 2
+    assert [m["kind"] for m in writer.applied] == ["ConfigMap", "Deployment", "Service"] * 2
