@@ -645,7 +645,8 @@ def serving_pods(namespace: str | None, name: str, labels: kopf.Labels, meta: ko
     owner = labels.get(DEPLOYMENT_LABEL)
     if not owner:
         return None
-    return {(namespace or "", owner): observe_pod(name, meta.get("creationTimestamp"), status)}
+    return {(namespace or "", owner): observe_pod(name, meta.get("creationTimestamp"), status,
+                                                  labels.get(multinode.LWS_GROUP_INDEX_LABEL))}
 
 
 def _enqueue_deployments_of(namespace: str, engine: str) -> None:

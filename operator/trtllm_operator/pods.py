@@ -76,9 +76,12 @@ class PodFact:
     unschedulable: str | None = None
     """The scheduler's message when it cannot place the pod."""
     stuck: StuckContainer | None = None
+    group: str | None = None
+    """The LeaderWorkerSet group index of a multi-node serving pod (its label), else None."""
 
 
-def observe_pod(name: str, created: str | None, status: Mapping[str, Any]) -> PodFact:
+def observe_pod(name: str, created: str | None, status: Mapping[str, Any],
+                group: str | None = None) -> PodFact:
     """The fact of one pod, from its metadata and ``status``."""
     unschedulable = None
     for c in status.get("conditions") or []:
@@ -86,7 +89,7 @@ def observe_pod(name: str, created: str | None, status: Mapping[str, Any]) -> Po
                 "PodScheduled", "False", "Unschedulable"):
             unschedulable = str(c.get("message") or "no node fits the pod")
     return PodFact(name=name, created=str(created or ""), phase=status.get("phase"),
-                   unschedulable=unschedulable, stuck=stuck_container(status))
+                   unschedulable=unschedulable, stuck=stuck_container(status), group=group)
 
 
 def stuck_container(status: Mapping[str, Any]) -> StuckContainer | None:

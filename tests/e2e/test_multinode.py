@@ -185,3 +185,49 @@ def test_a_lost_worker_restarts_its_whole_group(
     assert after["1"].metadata.uid != before["1"].metadata.uid
     wait_for(lambda: get_llmd("wide")["status"].get("readyReplicas") == 1, 120,
              "the LLMDeployment to count the recreated group ready")
+
+
+def test_a_group_the_fleet_cannot_hold_waits_as_group_pending_while_the_others_serve(
+        lws: str, kubectl: Kubectl, namespace: str, get_llmd: Getter,
+        core: client.CoreV1Api, h100_pool: str, gpu_fleet: dict[str, list[str]],
+        operator_now: Callable[[], OperatorProcess]) -> None:
+    op = operator_now()
+    apply(kubectl, namespace, _wide_engine("wide"))
+    apply(kubectl, namespace, _llmd("wide", "wide", 2, h100_pool))
+    _wait_ready(kubectl, namespace, get_llmd, core, op)
+
+    # The pool has 4 nodes: a third group of two cannot be placed.
+    kubectl("patch", "-n", namespace, "llmdeployment/wide", "--type=merge",
+            "-p", '{"spec": {"replicas": 3}}')
+
+    def pending() -> dict[str, Any] | None:
+        c = condition(get_llmd("wide"), "Ready")
+        return c if c and c["reason"] == "GroupPending" else None
+
+    ready = wait_for(pending, 120, "Ready=False GroupPending")
+    assert ready["status"] == "False"
+    assert ready["message"].startswith("group 2 cannot be placed whole: 0/")
+    assert "nodes are available" in ready["message"]  # the scheduler's own words
+    assert "2/3 groups ready and serving" in ready["message"]
+    status = get_llmd("wide")["status"]
+    assert status["readyReplicas"] == 2
+    assert status["replicaSummary"] == "2/3"
+    # The two whole groups still serve: their leaders stay Ready behind the Service.
+    leaders = core.list_namespaced_pod(namespace, label_selector=(
+        f"{multinode.LWS_NAME_LABEL}=wide,{multinode.LWS_WORKER_INDEX_LABEL}=0")).items
+    ready_groups = {p.metadata.labels[multinode.LWS_GROUP_INDEX_LABEL] for p in leaders
+                    if any(c.type == "Ready" and c.status == "True"
+                           for c in p.status.conditions or [])}
+    assert ready_groups == {"0", "1"}
+    endpoints = core.read_namespaced_endpoints("wide", namespace)
+    addresses = [a for s in endpoints.subsets or [] for a in s.addresses or []]
+    assert len(addresses) == 2
+
+    # Back to what fits: Ready again, and the pending group is gone.
+    kubectl("patch", "-n", namespace, "llmdeployment/wide", "--type=merge",
+            "-p", '{"spec": {"replicas": 2}}')
+    _wait_ready(kubectl, namespace, get_llmd, core, op)
+    wait_for(lambda: not [p for p in core.list_namespaced_pod(
+        namespace, label_selector=f"{multinode.LWS_NAME_LABEL}=wide").items
+        if p.metadata.labels[multinode.LWS_GROUP_INDEX_LABEL] == "2"], 120,
+        "group 2's pods removed")

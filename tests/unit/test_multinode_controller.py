@@ -9,6 +9,7 @@ from typing import Any
 from tests.unit.test_deployment_controller import KEY, FakeView, FakeWriter
 from trtllm_operator.deployments import multinode
 from trtllm_operator.deployments.controller import DeploymentController, ssh_key_pair
+from trtllm_operator.pods import PodFact
 
 
 def _wide(view: FakeView, tensor: int = 8, pipeline: int = 2) -> FakeView:
@@ -100,3 +101,75 @@ def test_ssh_key_pair_is_openssh() -> None:
     private, public = ssh_key_pair()
     assert private.startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
     assert public.startswith("ssh-ed25519 ")
+
+
+SCHEDULER_SAYS = ("0/6 nodes are available: 4 Insufficient nvidia.com/gpu, 2 node(s) didn't "
+                  "match pod anti-affinity rules.")
+
+
+class GroupsWriter(FakeWriter):
+    """Answers the LWS apply as LWS would report ``ready`` of ``replicas`` groups."""
+
+    def __init__(self, replicas: int, ready: int) -> None:
+        super().__init__()
+        self.replicas, self.ready = replicas, ready
+
+    async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        self.applied.append(manifest)
+        return {**manifest, "metadata": {"generation": 2}, "status": {
+            "replicas": self.replicas, "readyReplicas": self.ready,
+            "updatedReplicas": self.replicas, "observedGeneration": 2}}
+
+
+def _scaled_to_three(pods: list[PodFact]) -> dict[str, Any]:
+    view = _wide(FakeView())
+    view.body["spec"]["replicas"] = 3
+    view.pods = pods
+    view.group_set = {"kind": "LeaderWorkerSet"}
+    writer = GroupsWriter(replicas=3, ready=2)
+    controller = DeploymentController(view=view, writer=writer, events=lambda *_: None,
+                                      lws="installed")
+    asyncio.run(controller.reconcile(KEY))
+    return writer.status_patches[-1]
+
+
+def _group_pods(*, worker_pending: bool) -> list[PodFact]:
+    pods = [PodFact(f"server-{g}", phase="Running", group=str(g)) for g in (0, 1)]
+    pods += [PodFact(f"server-{g}-1", phase="Running", group=str(g)) for g in (0, 1)]
+    if worker_pending:  # half placed: the leader runs, its worker does not fit
+        pods += [PodFact("server-2", phase="Running", group="2"),
+                 PodFact("server-2-1", phase="Pending", unschedulable=SCHEDULER_SAYS,
+                         group="2")]
+    else:
+        pods += [PodFact("server-2", phase="Pending", unschedulable=SCHEDULER_SAYS,
+                         group="2")]
+    return pods
+
+
+def test_a_group_the_fleet_cannot_hold_is_group_pending_with_the_schedulers_message() -> None:
+    status = _scaled_to_three(_group_pods(worker_pending=False))
+    ready = _ready(status)
+    assert (ready["status"], ready["reason"]) == ("False", "GroupPending")
+    assert ready["message"].startswith("group 2 cannot be placed whole: " + SCHEDULER_SAYS)
+    assert "2/3 groups ready and serving" in ready["message"]
+    assert (status["readyReplicas"], status["replicaSummary"]) == (2, "2/3")
+
+
+def test_a_half_placed_group_is_not_counted_and_still_pending() -> None:
+    status = _scaled_to_three(_group_pods(worker_pending=True))
+    ready = _ready(status)
+    assert ready["reason"] == "GroupPending"
+    assert "its placed pods keep their nodes until the rest fit" in ready["message"]
+    assert status["readyReplicas"] == 2
+
+
+def test_pending_groups_names_each_group_once_in_order() -> None:
+    pods = [PodFact("w-10", unschedulable="a", group="10"),
+            PodFact("w-2-1", unschedulable="b", group="2"),
+            PodFact("w-2", unschedulable="c", group="2"),
+            PodFact("w-1", phase="Running", group="1")]
+    pending = multinode.pending_groups(pods)
+    assert pending == {"2": "c", "10": "a"}
+    msg = multinode.group_pending_message(pending, 1, 3, "H100")
+    assert msg.startswith("groups 2, 10 cannot be placed whole: c;")
+    assert "free or add H100 nodes" in msg

@@ -422,6 +422,11 @@ class DeploymentController:
             r_status, r_reason, r_msg = "False", preflight.reason.value, preflight.message
         elif not rolled_out and stuck is not None:
             r_status, r_reason, r_msg = "False", stuck.reason.value, stuck.message
+        elif not rolled_out and (dep or {}).get("kind") == "LeaderWorkerSet" and (
+                pending := multinode.pending_groups(pods)):
+            r_status, r_reason = "False", "GroupPending"
+            r_msg = multinode.group_pending_message(
+                pending, ready, desired, chosen.target.gpu if chosen.target else None)
         elif not rolled_out and unschedulable:
             r_status, r_reason = "False", "PodsUnschedulable"
             r_msg = f"serving pods cannot be scheduled: {unschedulable}"

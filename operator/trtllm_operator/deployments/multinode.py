@@ -24,13 +24,14 @@ from __future__ import annotations
 import copy
 import math
 import shlex
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 from trtllm_operator.api import LLMDeployment, LLMEngine
 from trtllm_operator.api.engine import Parallelism
 from trtllm_operator.deployments import builders
+from trtllm_operator.pods import PodFact
 from trtllm_operator.validation import Finding, Reason, Severity
 
 LWS_GROUP: Final = "leaderworkerset.x-k8s.io"
@@ -38,6 +39,7 @@ LWS_VERSION: Final = "v1"
 LWS_PLURAL: Final = "leaderworkersets"
 LWS_NAME_LABEL: Final = "leaderworkerset.sigs.k8s.io/name"
 LWS_WORKER_INDEX_LABEL: Final = "leaderworkerset.sigs.k8s.io/worker-index"
+LWS_GROUP_INDEX_LABEL: Final = "leaderworkerset.sigs.k8s.io/group-index"
 SSH_PORT: Final = 2222
 SSH_DIR: Final = "/etc/trtllm-mpi-ssh"
 HOSTFILE: Final = "/tmp/trtllm-hostfile"
@@ -233,3 +235,29 @@ def group_status(lws: Mapping[str, Any]) -> dict[str, Any]:
                    "observedGeneration": int(st.get("observedGeneration") or 0),
                    "conditions": [dict(c) for c in st.get("conditions") or []]},
     }
+
+
+def pending_groups(pods: Sequence[PodFact]) -> dict[str, str]:
+    """Group index -> the scheduler's message, for each group with a pod it cannot place."""
+    pending: dict[str, str] = {}
+    for p in sorted(pods, key=lambda p: p.name):
+        if p.group is not None and p.unschedulable and p.group not in pending:
+            pending[p.group] = p.unschedulable
+    return pending
+
+
+def group_pending_message(pending: Mapping[str, str], ready: int, desired: int,
+                          gpu: str | None) -> str:
+    """Why groups wait, in words: which, the scheduler's message, and what still serves.
+
+    Without a gang scheduler a group can be half placed (its leader on a node, a worker
+    Pending): such a group is not counted (ready groups are whole groups) and its placed pods
+    keep their nodes until the rest fit, which the message says."""
+    groups = sorted(pending, key=lambda g: (len(g), g))
+    first = pending[groups[0]]
+    nodes = f"{gpu} nodes" if gpu else "nodes"
+    which = "group" if len(groups) == 1 else "groups"
+    return (f"{which} {', '.join(groups)} cannot be placed whole: {first}; {ready}/{desired} "
+            f"groups ready and serving (a group counts only when all its pods run; its placed "
+            f"pods keep their nodes until the rest fit): free or add {nodes}, or lower "
+            f"spec.replicas")
