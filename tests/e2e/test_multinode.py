@@ -8,20 +8,22 @@ start, so the operator must start after (or without) the LWS install.
 
 from __future__ import annotations
 
+import copy
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes import client
+from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 
 from tests.conftest import ClusterUnderTest, Kubectl
-from tests.e2e.conftest import H100, Getter, apply, condition, small_engine
+from tests.e2e.conftest import H100, Getter, apply, condition, small_engine, targets
 from tests.support import wait_for
 from trtllm_operator import gpus
-from trtllm_operator.deployments import multinode
+from trtllm_operator.deployments import builders, multinode
 from trtllm_operator.localcluster.operator_process import OperatorProcess
 
 pytestmark = pytest.mark.usefixtures("storage", "hf_token")
@@ -231,3 +233,115 @@ def test_a_group_the_fleet_cannot_hold_waits_as_group_pending_while_the_others_s
         namespace, label_selector=f"{multinode.LWS_NAME_LABEL}=wide").items
         if p.metadata.labels[multinode.LWS_GROUP_INDEX_LABEL] == "2"], 120,
         "group 2's pods removed")
+
+
+class GroupWatch:
+    """Every change to one LWS's pods, from a watch (no sampling gaps): after each event, how
+    many of the ``groups`` are whole (every pod present, Ready, not terminating) and on which
+    engine fingerprints."""
+
+    def __init__(self, core: client.CoreV1Api, namespace: str, name: str, groups: int,
+                 size: int) -> None:
+        self.core, self.namespace, self.groups, self.size = core, namespace, groups, size
+        self.selector = f"{multinode.LWS_NAME_LABEL}={name}"
+        self.pods: dict[str, Any] = {}
+        self.most_down = 0
+        self.events = 0
+        self.whole_on: list[set[str]] = []
+        """After each event: the fingerprints of the whole groups."""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> GroupWatch:
+        listed = self.core.list_namespaced_pod(self.namespace, label_selector=self.selector)
+        self.pods = {p.metadata.name: p for p in listed.items}
+        self._version = listed.metadata.resource_version
+        self._record()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _record(self) -> None:
+        by_group: dict[str, list[Any]] = {}
+        for p in self.pods.values():
+            by_group.setdefault(p.metadata.labels[multinode.LWS_GROUP_INDEX_LABEL], []).append(p)
+        whole = {g: ps for g, ps in by_group.items() if len(ps) == self.size and all(
+            p.metadata.deletion_timestamp is None and any(
+                c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
+            for p in ps)}
+        self.most_down = max(self.most_down, self.groups - len(whole))
+        self.whole_on.append({ps[0].metadata.annotations[builders.FINGERPRINT_ANNOTATION]
+                              for ps in whole.values()})
+
+    def _run(self) -> None:
+        w = watch.Watch()
+        while not self._stop.is_set():
+            for ev in w.stream(self.core.list_namespaced_pod, self.namespace,
+                               label_selector=self.selector, timeout_seconds=2,
+                               resource_version=self._version):
+                pod = ev["object"]
+                self._version = pod.metadata.resource_version
+                if ev["type"] == "DELETED":
+                    self.pods.pop(pod.metadata.name, None)
+                else:
+                    self.pods[pod.metadata.name] = pod
+                self.events += 1
+                self._record()
+                if self._stop.is_set():
+                    break
+
+
+def test_a_rebuild_rolls_group_by_group_once_the_new_engine_is_built(
+        lws: str, kubectl: Kubectl, namespace: str, get_llmd: Getter, get_engine: Getter,
+        core: client.CoreV1Api, api_client: client.ApiClient, h100_pool: str,
+        gpu_fleet: dict[str, list[str]], operator_now: Callable[[], OperatorProcess]) -> None:
+    op = operator_now()
+    engine = _wide_engine("wide")
+    apply(kubectl, namespace, engine)
+    apply(kubectl, namespace, _llmd("wide", "wide", 2, h100_pool))
+    _wait_ready(kubectl, namespace, get_llmd, core, op)
+    old_fp = get_llmd("wide")["status"]["engineFingerprint"]
+    objects = client.CustomObjectsApi(api_client)
+
+    def lws_fingerprint() -> str:
+        obj = objects.get_namespaced_custom_object(
+            multinode.LWS_GROUP, multinode.LWS_VERSION, namespace, multinode.LWS_PLURAL, "wide")
+        leader = obj["spec"]["leaderWorkerTemplate"]["leaderTemplate"]
+        return str(leader["metadata"]["annotations"][builders.FINGERPRINT_ANNOTATION])
+
+    rebuilt = copy.deepcopy(engine)
+    rebuilt["spec"]["build"]["limits"]["maxBatchSize"] = 32
+    with GroupWatch(core, namespace, "wide", groups=2, size=2) as groups:
+        apply(kubectl, namespace, rebuilt)
+        polls = 0
+
+        def built_and_lws_kept_until_then() -> str | None:
+            nonlocal polls
+            # The LWS read first: if the engine is not Built after it, it was not before.
+            served = lws_fingerprint()
+            t = targets(get_engine("wide")).get(H100) or {}
+            if t.get("state") == "Built" and t.get("fingerprint") not in (None, old_fp):
+                return str(t["fingerprint"])
+            assert served == old_fp, f"LWS changed before the engine was Built: {t}"
+            polls += 1
+            return None
+
+        new_fp = wait_for(built_and_lws_kept_until_then, 240, "the rebuilt engine Built")
+        wait_for(lambda: get_llmd("wide")["status"].get("engineFingerprint") == new_fp, 120,
+                 "the groups to move to the rebuilt engine")
+        _wait_ready(kubectl, namespace, get_llmd, core, op)
+        wait_for(lambda: groups.whole_on[-1] == {new_fp}, 60,
+                 "both groups whole on the new engine in the pod watch")
+    assert lws_fingerprint() == new_fp
+    assert polls >= 1  # the engine was seen not Built yet, with the LWS on the old one
+    assert groups.events > 8  # the roll was watched: two groups of two pods replaced
+    # Never more than one group down (maxUnavailable 1, maxSurge 0), at any event.
+    assert groups.most_down == 1
+    # Group by group: a moment with one whole group on each engine.
+    assert any(fps == {old_fp, new_fp} for fps in groups.whole_on)
+    pods = core.list_namespaced_pod(
+        namespace, label_selector=f"{multinode.LWS_NAME_LABEL}=wide").items
+    assert {p.metadata.annotations[builders.FINGERPRINT_ANNOTATION] for p in pods} == {new_fp}

@@ -157,3 +157,21 @@ def test_ssh_secret_holds_the_pair_and_is_owned() -> None:
     s = multinode.ssh_secret(d, engine.metadata.name, "PRIV", "PUB")
     assert s["stringData"] == {"id_ed25519": "PRIV", "authorized_keys": "PUB"}
     assert s["metadata"]["ownerReferences"][0]["uid"] == "u-2"
+
+
+@pytest.mark.parametrize(("strategy", "expected"), [
+    (None, {"maxUnavailable": 1, "maxSurge": 0}),
+    ({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1}},
+     {"maxUnavailable": 1, "maxSurge": 1}),
+    ({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "50%"}},
+     {"maxUnavailable": "50%", "maxSurge": 0}),
+    ({"type": "Recreate"}, {"maxUnavailable": "100%", "maxSurge": 0}),
+])
+def test_the_rollout_follows_spec_strategy_in_groups(strategy: dict[str, Any] | None,
+                                                      expected: dict[str, Any]) -> None:
+    body = _load("llmdeployment-llama-3-8b-h100.yaml")
+    if strategy is not None:
+        body["spec"]["strategy"] = strategy
+    d = LLMDeployment.model_validate(body)
+    assert multinode.rollout_strategy(d) == {"type": "RollingUpdate",
+                                             "rollingUpdateConfiguration": expected}

@@ -169,6 +169,22 @@ def _with_group_parts(template: dict[str, Any], d: LLMDeployment,
     return t
 
 
+def rollout_strategy(d: LLMDeployment) -> dict[str, Any]:
+    """spec.strategy in groups: by default one group down at a time and no extra group (no
+    spare nodes assumed), as for single-node pods. LWS has no Recreate, so Recreate is every
+    group at once."""
+    strategy = d.spec.strategy
+    surge: int | str = 0
+    unavailable: int | str = 1
+    if strategy.type == "Recreate":
+        unavailable = "100%"
+    elif (ru := strategy.rolling_update) is not None:
+        surge = ru.max_surge if ru.max_surge is not None else 0
+        unavailable = ru.max_unavailable if ru.max_unavailable is not None else 1
+    return {"type": "RollingUpdate", "rollingUpdateConfiguration": {
+        "maxUnavailable": unavailable, "maxSurge": surge}}
+
+
 def leaderworkerset(d: LLMDeployment, engine: LLMEngine, serving: builders.Serving,
                     claim: str, shape: GroupShape) -> dict[str, Any]:
     """The LeaderWorkerSet serving ``serving`` in groups of ``shape`` (replicas = groups)."""
@@ -194,8 +210,7 @@ def leaderworkerset(d: LLMDeployment, engine: LLMEngine, serving: builders.Servi
         "spec": {
             "replicas": d.spec.replicas,
             "startupPolicy": "LeaderCreated",
-            "rolloutStrategy": {"type": "RollingUpdate", "rollingUpdateConfiguration": {
-                "maxUnavailable": 1, "maxSurge": 0}},
+            "rolloutStrategy": rollout_strategy(d),
             "leaderWorkerTemplate": {
                 "size": shape.size,
                 "restartPolicy": "RecreateGroupOnPodRestart",
