@@ -511,8 +511,11 @@ def test_crds_are_not_templates() -> None:
 
 
 LWS_RULES = expand([
-    (["leaderworkerset.x-k8s.io"], ["leaderworkersets"], ["list", "watch", "create", "patch"]),
+    (["leaderworkerset.x-k8s.io"], ["leaderworkersets"],
+     ["list", "watch", "create", "patch", "delete"]),
     ([""], ["secrets"], ["create"]),
+    # A shape switch (engine rebuilt with other parallelism) deletes the one-node Deployment.
+    (["apps"], ["deployments"], ["delete"]),
 ])
 
 

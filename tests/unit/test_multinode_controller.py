@@ -173,3 +173,81 @@ def test_pending_groups_names_each_group_once_in_order() -> None:
     msg = multinode.group_pending_message(pending, 1, 3, "H100")
     assert msg.startswith("groups 2, 10 cannot be placed whole: c;")
     assert "free or add H100 nodes" in msg
+
+
+class SwitchWriter(GroupsWriter):
+    def __init__(self, replicas: int, ready: int) -> None:
+        super().__init__(replicas, ready)
+        self.deleted: list[tuple[str, str]] = []
+
+    async def delete(self, resource: Any, namespace: str, name: str) -> bool:
+        self.deleted.append((resource.__name__, name))
+        return True
+
+
+def _switch(view: FakeView, ready: int = 0) -> tuple[SwitchWriter, dict[str, Any]]:
+    writer = SwitchWriter(replicas=1, ready=ready)
+    controller = DeploymentController(view=view, writer=writer, events=lambda *_: None,
+                                      lws="installed")
+    asyncio.run(controller.reconcile(KEY))
+    return writer, writer.status_patches[-1]
+
+
+def _serving_one_node(view: FakeView) -> FakeView:
+    """A fleet served by a one-node Deployment, its engine now rebuilt 16 wide."""
+    view.dep = {"kind": "Deployment", "metadata": {"generation": 1},
+                "status": {"replicas": 1, "readyReplicas": 1}}
+    view.pods = [PodFact("server-7c9-abcde", phase="Running")]
+    return _wide(view)
+
+
+def test_without_surge_the_old_deployment_goes_first_and_its_pods_are_awaited() -> None:
+    writer, status = _switch(_serving_one_node(FakeView()))
+    assert writer.deleted == [("Deployment", "server")]
+    assert [m["kind"] for m in writer.applied] == []  # no LWS while old pods hold GPUs
+    assert writer.created == []
+    ready = _ready(status)
+    assert (ready["status"], ready["reason"]) == ("False", "ShapeSwitching")
+    assert "replacing the Deployment" in ready["message"]
+    assert "its 1 pod(s) stop first" in ready["message"]
+
+
+def test_without_surge_the_group_set_starts_once_the_old_pods_are_gone() -> None:
+    view = _serving_one_node(FakeView())
+    view.pods = []
+    writer, status = _switch(view)
+    assert [m["kind"] for m in writer.applied] == ["LeaderWorkerSet", "Service"]
+    assert writer.applied[1]["spec"]["selector"][multinode.LWS_WORKER_INDEX_LABEL] == "0"
+    assert _ready(status)["reason"] == "RollingOut"
+
+
+def test_with_surge_the_group_set_starts_beside_the_deployment_which_serves_until_ready(
+        ) -> None:
+    view = _serving_one_node(FakeView())
+    view.body["spec"]["strategy"] = {"type": "RollingUpdate",
+                                     "rollingUpdate": {"maxSurge": 1}}
+    writer, status = _switch(view)
+    assert writer.deleted == []
+    assert [m["kind"] for m in writer.applied] == ["LeaderWorkerSet"]  # Service kept as is
+    assert "serves until 1 new replica(s) are ready (0 now)" in _ready(status)["message"]
+
+    view.group_set = multinode.group_status({"metadata": {"generation": 2}, "status": {
+        "replicas": 1, "readyReplicas": 1, "updatedReplicas": 1, "observedGeneration": 2}})
+    writer, status = _switch(view, ready=1)
+    assert writer.deleted == [("Deployment", "server")]
+    assert [m["kind"] for m in writer.applied] == ["LeaderWorkerSet", "Service"]
+
+
+def test_back_to_one_node_the_group_set_goes_first() -> None:
+    view = FakeView()  # a one-node engine again
+    view.group_set = multinode.group_status({"metadata": {"generation": 1}, "status": {
+        "replicas": 1, "readyReplicas": 1}})
+    view.pods = [PodFact("server-0", phase="Running", group="0"),
+                 PodFact("server-0-1", phase="Running", group="0")]
+    writer, status = _switch(view)
+    assert writer.deleted == [("LeaderWorkerSet", "server")]
+    assert writer.applied == []
+    assert "its 2 pod(s) stop first" in _ready(status)["message"]
+    view.pods = []
+    writer, _ = _switch(view)
+    assert [m["kind"] for m in writer.applied] == ["Deployment", "Service"]

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from lightkube.resources.apps_v1 import Deployment
+
 from trtllm_operator import conditions as cond
 from trtllm_operator import gpus, metrics, trtllm_facts
 from trtllm_operator.api import (
@@ -33,7 +35,7 @@ from trtllm_operator.api.deployment import DeploymentConditionType
 from trtllm_operator.api.engine import BuiltLimits, size_hint_bytes
 from trtllm_operator.claims import SHARED_READ, ClaimFact, check_claim
 from trtllm_operator.deployments import builders, choice, multinode
-from trtllm_operator.kube import invalid_refusal
+from trtllm_operator.kube import LeaderWorkerSetResource, invalid_refusal
 from trtllm_operator.kube_objects import check_deployment_objects
 from trtllm_operator.pods import PodContext, PodFact, PodProblem, diagnose
 from trtllm_operator.reconcile_errors import RECONCILE_ERROR
@@ -60,6 +62,7 @@ class Writer(Protocol):
     async def create_if_absent(self, manifest: dict[str, Any]) -> bool: ...
     async def patch_status(self, kind: str, namespace: str, name: str,
                            status: dict[str, Any]) -> None: ...
+    async def delete(self, resource: Any, namespace: str, name: str) -> bool: ...
 
 
 class View(Protocol):
@@ -298,6 +301,7 @@ class DeploymentController:
                                current=_serving_gpu(observed) or d.status.gpu)
 
         preflight: Finding | None = None
+        switch: multinode.ShapeSwitch | None = None
         if chosen.target is not None and engine is not None:
             place = placement(engine, chosen.target.gpu, facts, self.lws)
             # Serving pods mount the engine's claim read-only, on many nodes.
@@ -313,7 +317,10 @@ class DeploymentController:
                                                      serving.backend)
                 if options is not None:
                     await self._apply_if_changed(options)
-                if place.shape is None:
+                switch, observed = await self._switch_shape(d, place.shape is not None)
+                if switch is not None and not switch.create_new:
+                    pass  # the old shape's pods stop first
+                elif place.shape is None:
                     try:
                         observed = await self._apply_if_changed(
                             builders.deployment(d, engine, serving, claim)) or observed
@@ -328,7 +335,9 @@ class DeploymentController:
                             f"correct the field it names (spec.affinity, spec.env, "
                             f"spec.resources)"))
                     else:
-                        await self._apply_if_changed(builders.service(d, engine.metadata.name))
+                        if switch is None or not switch.keep_old_service:
+                            await self._apply_if_changed(
+                                builders.service(d, engine.metadata.name))
                 else:
                     if group_set is None:
                         # Made once, never rewritten: the operator reads no Secret.
@@ -336,9 +345,12 @@ class DeploymentController:
                             d, engine.metadata.name, *ssh_key_pair()))
                     observed = multinode.group_status(await self.writer.apply(
                         multinode.leaderworkerset(d, engine, serving, claim, place.shape)))
-                    await self.writer.apply(multinode.leader_service(d, engine.metadata.name))
+                    if switch is None or not switch.keep_old_service:
+                        await self.writer.apply(
+                            multinode.leader_service(d, engine.metadata.name))
 
-        status = self._status(d, chosen, preflight, observed, facts)
+        status = self._status(d, chosen, preflight, observed, facts,
+                              switching=switch.message if switch else None)
         status = status.model_copy(update={"conditions": spec_warning_condition(
             status.conditions, findings, d.metadata.generation, self.clock())})
         metrics.record_ready("LLMDeployment", key, cond.is_true(
@@ -353,6 +365,28 @@ class DeploymentController:
             return Result(requeue_after=NOT_READY_RESYNC_SECONDS)
         return None
 
+    async def _switch_shape(self, d: LLMDeployment, groups: bool
+                            ) -> tuple[multinode.ShapeSwitch | None, Mapping[str, Any] | None]:
+        """When a workload of the other shape exists (the engine was rebuilt with other
+        parallelism): the next step of replacing it (see :func:`multinode.shape_switch`),
+        taken here for the old workload, and the new shape's workload as observed."""
+        namespace, name = d.metadata.namespace or "", d.metadata.name
+        group_set = self.view.serving_group_set(namespace, name)
+        single = self.view.serving_deployment(namespace, name)
+        new, old = (group_set, single) if groups else (single, group_set)
+        if old is None:
+            return None, new
+        old_kind = "Deployment" if groups else "LeaderWorkerSet"
+        # LWS pods carry their group index; Deployment pods do not.
+        old_pods = [p for p in self.view.serving_pods(namespace, name)
+                    if (p.group is None) == groups]
+        new_ready = int(((new or {}).get("status") or {}).get("readyReplicas") or 0)
+        step = multinode.shape_switch(d, old_kind, len(old_pods), new_ready)
+        if step.delete_old:
+            resource = Deployment if groups else LeaderWorkerSetResource
+            await self.writer.delete(resource, namespace, name)
+        return step, new
+
     async def _apply_if_changed(self, manifest: dict[str, Any]) -> dict[str, Any] | None:
         """Apply a child unless the watched copy already matches it (see
         :func:`builders.up_to_date`); the applied object, or None when nothing was written."""
@@ -364,7 +398,8 @@ class DeploymentController:
         return await self.writer.apply(desired)
 
     def _status(self, d: LLMDeployment, chosen: EngineChoice, preflight: Finding | None,
-                dep: Mapping[str, Any] | None, facts: ClusterFacts) -> LLMDeploymentStatus:
+                dep: Mapping[str, Any] | None, facts: ClusterFacts,
+                switching: str | None = None) -> LLMDeploymentStatus:
         gen = d.metadata.generation
         now = self.clock()
         # Computed only by a reconcile that got this far: a past ReconcileError is over.
@@ -420,6 +455,8 @@ class DeploymentController:
             r_status, r_reason, r_msg = "False", chosen.reason, chosen.message
         elif preflight is not None:
             r_status, r_reason, r_msg = "False", preflight.reason.value, preflight.message
+        elif switching is not None:
+            r_status, r_reason, r_msg = "False", "ShapeSwitching", switching
         elif not rolled_out and stuck is not None:
             r_status, r_reason, r_msg = "False", stuck.reason.value, stuck.message
         elif not rolled_out and (dep or {}).get("kind") == "LeaderWorkerSet" and (

@@ -276,3 +276,54 @@ def group_pending_message(pending: Mapping[str, str], ready: int, desired: int,
             f"groups ready and serving (a group counts only when all its pods run; its placed "
             f"pods keep their nodes until the rest fit): free or add {nodes}, or lower "
             f"spec.replicas")
+
+
+# --------------------------------------------------------------------------- shape switches
+
+
+@dataclass(frozen=True)
+class ShapeSwitch:
+    """One step of replacing the workload of the other shape (a Deployment by an LWS when the
+    rebuilt engine spans nodes, or back), and what status says meanwhile."""
+
+    create_new: bool
+    """Apply the new workload (and, unless ``keep_old_service``, its Service) now."""
+    delete_old: bool
+    keep_old_service: bool
+    message: str | None
+    """Ready's message while the switch is under way; None once the new workload is all
+    that is left to roll out."""
+
+
+def surge_allowed(d: LLMDeployment) -> bool:
+    """Whether spec.strategy lets serving pods be added before old ones go (maxSurge > 0)."""
+    ru = d.spec.strategy.rolling_update
+    return (d.spec.strategy.type == "RollingUpdate" and ru is not None
+            and ru.max_surge not in (None, 0, "0%"))
+
+
+def shape_switch(d: LLMDeployment, old_kind: str, old_pods: int,
+                 new_ready: int) -> ShapeSwitch:
+    """The next step of replacing ``old_kind`` (``old_pods`` of its pods still exist;
+    ``new_ready`` replicas of the new workload are ready).
+
+    Two fleets never hold GPUs longer than spec.strategy allows. With maxSurge 0 (the default:
+    no spare GPUs assumed) or Recreate, the old workload is deleted first and the new one
+    created only once every old pod is gone: a short outage, never both fleets at once (a
+    rolling mix is impossible: a group and a single-node pod are not replicas of one kind).
+    With maxSurge above 0 the user has spare GPUs: the new workload starts beside the old, the
+    Service keeps the old pods until every new replica is ready, then the old one is deleted."""
+    new_kind = "Deployment" if old_kind == "LeaderWorkerSet" else "LeaderWorkerSet"
+    what = f"the engine's new parallelism needs a {new_kind}: replacing the {old_kind}"
+    if not surge_allowed(d):
+        if old_pods:
+            return ShapeSwitch(False, True, False, (
+                f"{what}; its {old_pods} pod(s) stop first, then the {new_kind} starts "
+                f"(spec.strategy allows no surge, so the two never hold GPUs at once)"))
+        return ShapeSwitch(True, True, False, None)
+    if new_ready >= d.spec.replicas:
+        return ShapeSwitch(True, True, False, None)
+    return ShapeSwitch(True, False, True, (
+        f"{what}; the {new_kind} starts beside it (spec.strategy maxSurge) and the "
+        f"{old_kind} serves until {d.spec.replicas} new replica(s) are ready "
+        f"({new_ready} now)"))
