@@ -22,7 +22,7 @@ from kubernetes.client.rest import ApiException
 from tests.conftest import ClusterUnderTest, Kubectl
 from tests.e2e.conftest import H100, Getter, apply, condition, small_engine, targets
 from tests.support import wait_for
-from trtllm_operator import gpus
+from trtllm_operator import gpus, labels
 from trtllm_operator.deployments import builders, multinode
 from trtllm_operator.localcluster.operator_process import OperatorProcess
 
@@ -235,46 +235,31 @@ def test_a_group_the_fleet_cannot_hold_waits_as_group_pending_while_the_others_s
         "group 2's pods removed")
 
 
-class GroupWatch:
-    """Every change to one LWS's pods, from a watch (no sampling gaps): after each event, how
-    many of the ``groups`` are whole (every pod present, Ready, not terminating) and on which
-    engine fingerprints."""
+class PodWatch:
+    """Every change to the pods a selector matches, from a watch (no sampling gaps):
+    ``record`` sees the live pods (terminating ones included: they hold GPUs) after each."""
 
-    def __init__(self, core: client.CoreV1Api, namespace: str, name: str, groups: int,
-                 size: int) -> None:
-        self.core, self.namespace, self.groups, self.size = core, namespace, groups, size
-        self.selector = f"{multinode.LWS_NAME_LABEL}={name}"
+    def __init__(self, core: client.CoreV1Api, namespace: str, selector: str) -> None:
+        self.core, self.namespace, self.selector = core, namespace, selector
         self.pods: dict[str, Any] = {}
-        self.most_down = 0
         self.events = 0
-        self.whole_on: list[set[str]] = []
-        """After each event: the fingerprints of the whole groups."""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> GroupWatch:
+    def record(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> PodWatch:
         listed = self.core.list_namespaced_pod(self.namespace, label_selector=self.selector)
         self.pods = {p.metadata.name: p for p in listed.items}
         self._version = listed.metadata.resource_version
-        self._record()
+        self.record()
         self._thread.start()
         return self
 
     def __exit__(self, *_: object) -> None:
         self._stop.set()
         self._thread.join(10)
-
-    def _record(self) -> None:
-        by_group: dict[str, list[Any]] = {}
-        for p in self.pods.values():
-            by_group.setdefault(p.metadata.labels[multinode.LWS_GROUP_INDEX_LABEL], []).append(p)
-        whole = {g: ps for g, ps in by_group.items() if len(ps) == self.size and all(
-            p.metadata.deletion_timestamp is None and any(
-                c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
-            for p in ps)}
-        self.most_down = max(self.most_down, self.groups - len(whole))
-        self.whole_on.append({ps[0].metadata.annotations[builders.FINGERPRINT_ANNOTATION]
-                              for ps in whole.values()})
 
     def _run(self) -> None:
         w = watch.Watch()
@@ -289,9 +274,37 @@ class GroupWatch:
                 else:
                     self.pods[pod.metadata.name] = pod
                 self.events += 1
-                self._record()
+                self.record()
                 if self._stop.is_set():
                     break
+
+
+def _ready_pod(p: Any) -> bool:
+    return p.metadata.deletion_timestamp is None and any(
+        c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
+
+
+class GroupWatch(PodWatch):
+    """After each pod event of one LWS: how many of the ``groups`` are whole (every pod
+    present, Ready, not terminating) and on which engine fingerprints."""
+
+    def __init__(self, core: client.CoreV1Api, namespace: str, name: str, groups: int,
+                 size: int) -> None:
+        self.groups, self.size = groups, size
+        self.most_down = 0
+        self.whole_on: list[set[str]] = []
+        """After each event: the fingerprints of the whole groups."""
+        super().__init__(core, namespace, f"{multinode.LWS_NAME_LABEL}={name}")
+
+    def record(self) -> None:
+        by_group: dict[str, list[Any]] = {}
+        for p in self.pods.values():
+            by_group.setdefault(p.metadata.labels[multinode.LWS_GROUP_INDEX_LABEL], []).append(p)
+        whole = {g: ps for g, ps in by_group.items()
+                 if len(ps) == self.size and all(_ready_pod(p) for p in ps)}
+        self.most_down = max(self.most_down, self.groups - len(whole))
+        self.whole_on.append({ps[0].metadata.annotations[builders.FINGERPRINT_ANNOTATION]
+                              for ps in whole.values()})
 
 
 def test_a_rebuild_rolls_group_by_group_once_the_new_engine_is_built(
@@ -314,7 +327,8 @@ def test_a_rebuild_rolls_group_by_group_once_the_new_engine_is_built(
 
     rebuilt = copy.deepcopy(engine)
     rebuilt["spec"]["build"]["limits"]["maxBatchSize"] = 32
-    with GroupWatch(core, namespace, "wide", groups=2, size=2) as groups:
+    groups = GroupWatch(core, namespace, "wide", groups=2, size=2)
+    with groups:
         apply(kubectl, namespace, rebuilt)
         polls = 0
 
@@ -345,3 +359,80 @@ def test_a_rebuild_rolls_group_by_group_once_the_new_engine_is_built(
     pods = core.list_namespaced_pod(
         namespace, label_selector=f"{multinode.LWS_NAME_LABEL}=wide").items
     assert {p.metadata.annotations[builders.FINGERPRINT_ANNOTATION] for p in pods} == {new_fp}
+
+
+class ShapeWatch(PodWatch):
+    """After each pod event of one LLMDeployment: which shapes have pods (terminating ones
+    included, as they still hold GPUs): "group" (LWS) and "single" (Deployment)."""
+
+    def __init__(self, core: client.CoreV1Api, namespace: str, name: str) -> None:
+        self.seen: list[frozenset[str]] = []
+        super().__init__(core, namespace, f"{labels.DEPLOYMENT}={name}")
+
+    def record(self) -> None:
+        self.seen.append(frozenset(
+            "group" if multinode.LWS_GROUP_INDEX_LABEL in p.metadata.labels else "single"
+            for p in self.pods.values()))
+
+
+def _rebuilt(engine: dict[str, Any], pipeline: int) -> dict[str, Any]:
+    out = copy.deepcopy(engine)
+    out["spec"]["build"]["parallelism"] = {"tensor": 8, "pipeline": pipeline}
+    return out
+
+
+def test_an_engine_rebuilt_wider_moves_from_a_deployment_to_groups_and_back(
+        lws: str, kubectl: Kubectl, namespace: str, get_llmd: Getter,
+        core: client.CoreV1Api, api_client: client.ApiClient, h100_pool: str,
+        gpu_fleet: dict[str, list[str]], operator_now: Callable[[], OperatorProcess]) -> None:
+    op = operator_now()
+    apps = client.AppsV1Api(api_client)
+    objects = client.CustomObjectsApi(api_client)
+
+    def workloads() -> tuple[bool, bool]:
+        """(Deployment exists, LWS exists)."""
+        found = []
+        for read in (lambda: apps.read_namespaced_deployment("wide", namespace),
+                     lambda: objects.get_namespaced_custom_object(
+                         multinode.LWS_GROUP, multinode.LWS_VERSION, namespace,
+                         multinode.LWS_PLURAL, "wide")):
+            try:
+                read()
+                found.append(True)
+            except ApiException as exc:
+                assert exc.status == 404
+                found.append(False)
+        return found[0], found[1]
+
+    engine = small_engine("wide", [H100], parallelism={"tensor": 8, "pipeline": 1}, gpus=8)
+    apply(kubectl, namespace, engine)
+    apply(kubectl, namespace, _llmd("wide", "wide", 2, h100_pool))
+    _wait_ready(kubectl, namespace, get_llmd, core, op)
+    assert workloads() == (True, False)
+    one_node_fp = get_llmd("wide")["status"]["engineFingerprint"]
+
+    for pipeline, shape, expected in ((2, "group", (False, True)), (1, "single", (True, False))):
+        before = get_llmd("wide")["status"]["engineFingerprint"]
+        shapes = ShapeWatch(core, namespace, "wide")
+        with shapes:
+            apply(kubectl, namespace, _rebuilt(engine, pipeline))
+            wait_for(lambda: get_llmd("wide")["status"].get("engineFingerprint")
+                     not in (None, before), 240, f"the deployment on the {shape} shape")
+            _wait_ready(kubectl, namespace, get_llmd, core, op)
+            wait_for(lambda: workloads() == expected, 60, f"only the {shape} workload left")
+            wait_for(lambda: shapes.seen[-1] == {shape}, 60, f"only {shape} pods left")
+        # Default strategy (maxSurge 0): the two shapes never held pods at the same time.
+        assert not [s for s in shapes.seen if len(s) > 1], shapes.seen
+        assert shapes.seen[0] == {"single" if shape == "group" else "group"}
+        status = get_llmd("wide")["status"]
+        assert (status["readyReplicas"], status["replicaSummary"]) == (2, "2/2")
+        pods = core.list_namespaced_pod(namespace, label_selector=f"{labels.DEPLOYMENT}=wide")
+        assert len(pods.items) == (4 if shape == "group" else 2)
+    reasons = [(e.type, e.message) for e in core.list_namespaced_event(
+        namespace, field_selector="involvedObject.name=wide,reason=ShapeSwitching").items]
+    # Status said so each way, as a Normal Event (a planned change, not a fault).
+    for old_kind in ("Deployment", "LeaderWorkerSet"):
+        assert any(t == "Normal" and f"replacing the {old_kind}" in m for t, m in reasons), \
+            reasons
+    # Back on the one-node shape: the same engine settings give the same fingerprint.
+    assert get_llmd("wide")["status"]["engineFingerprint"] == one_node_fp

@@ -212,6 +212,15 @@ def test_without_surge_the_old_deployment_goes_first_and_its_pods_are_awaited() 
     assert "its 1 pod(s) stop first" in ready["message"]
 
 
+def test_pods_outliving_their_deleted_deployment_still_hold_the_switch() -> None:
+    view = _serving_one_node(FakeView())
+    view.dep = None  # deleted; its pod terminates
+    writer, status = _switch(view)
+    assert writer.deleted == []
+    assert writer.applied == []
+    assert _ready(status)["reason"] == "ShapeSwitching"
+
+
 def test_without_surge_the_group_set_starts_once_the_old_pods_are_gone() -> None:
     view = _serving_one_node(FakeView())
     view.pods = []

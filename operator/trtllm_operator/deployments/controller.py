@@ -374,15 +374,16 @@ class DeploymentController:
         group_set = self.view.serving_group_set(namespace, name)
         single = self.view.serving_deployment(namespace, name)
         new, old = (group_set, single) if groups else (single, group_set)
-        if old is None:
-            return None, new
-        old_kind = "Deployment" if groups else "LeaderWorkerSet"
-        # LWS pods carry their group index; Deployment pods do not.
+        # LWS pods carry their group index; Deployment pods do not. Pods outlive their
+        # deleted workload (garbage collection, grace periods) and hold GPUs until gone.
         old_pods = [p for p in self.view.serving_pods(namespace, name)
                     if (p.group is None) == groups]
+        if old is None and not old_pods:
+            return None, new
+        old_kind = "Deployment" if groups else "LeaderWorkerSet"
         new_ready = int(((new or {}).get("status") or {}).get("readyReplicas") or 0)
         step = multinode.shape_switch(d, old_kind, len(old_pods), new_ready)
-        if step.delete_old:
+        if step.delete_old and old is not None:
             resource = Deployment if groups else LeaderWorkerSetResource
             await self.writer.delete(resource, namespace, name)
         return step, new
@@ -505,6 +506,6 @@ class DeploymentController:
                                  == (after.status, after.reason)):
                 continue
             waiting = after.reason in ("RollingOut", "EngineNotBuilt", "EnginePending",
-                                       "EngineBuilding")
+                                       "EngineBuilding", "ShapeSwitching")
             kind = "Normal" if after.status == "True" or waiting else "Warning"
             self.events(body, kind, after.reason[:128], after.message[:1024])
