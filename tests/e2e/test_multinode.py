@@ -389,20 +389,21 @@ def test_an_engine_rebuilt_wider_moves_from_a_deployment_to_groups_and_back(
     apps = client.AppsV1Api(api_client)
     objects = client.CustomObjectsApi(api_client)
 
+    def exists(read: Callable[[], object]) -> bool:
+        try:
+            read()
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
     def workloads() -> tuple[bool, bool]:
         """(Deployment exists, LWS exists)."""
-        found = []
-        for read in (lambda: apps.read_namespaced_deployment("wide", namespace),
-                     lambda: objects.get_namespaced_custom_object(
-                         multinode.LWS_GROUP, multinode.LWS_VERSION, namespace,
-                         multinode.LWS_PLURAL, "wide")):
-            try:
-                read()
-                found.append(True)
-            except ApiException as exc:
-                assert exc.status == 404
-                found.append(False)
-        return found[0], found[1]
+        return (exists(lambda: apps.read_namespaced_deployment("wide", namespace)),
+                exists(lambda: objects.get_namespaced_custom_object(
+                    multinode.LWS_GROUP, multinode.LWS_VERSION, namespace,
+                    multinode.LWS_PLURAL, "wide")))
 
     engine = small_engine("wide", [H100], parallelism={"tensor": 8, "pipeline": 1}, gpus=8)
     apply(kubectl, namespace, engine)
@@ -411,7 +412,7 @@ def test_an_engine_rebuilt_wider_moves_from_a_deployment_to_groups_and_back(
     assert workloads() == (True, False)
     one_node_fp = get_llmd("wide")["status"]["engineFingerprint"]
 
-    for pipeline, shape, expected in ((2, "group", (False, True)), (1, "single", (True, False))):
+    def switch_to(pipeline: int, shape: str, expected: tuple[bool, bool]) -> None:
         before = get_llmd("wide")["status"]["engineFingerprint"]
         shapes = ShapeWatch(core, namespace, "wide")
         with shapes:
@@ -428,6 +429,9 @@ def test_an_engine_rebuilt_wider_moves_from_a_deployment_to_groups_and_back(
         assert (status["readyReplicas"], status["replicaSummary"]) == (2, "2/2")
         pods = core.list_namespaced_pod(namespace, label_selector=f"{labels.DEPLOYMENT}=wide")
         assert len(pods.items) == (4 if shape == "group" else 2)
+
+    switch_to(2, "group", (False, True))
+    switch_to(1, "single", (True, False))
     reasons = [(e.type, e.message) for e in core.list_namespaced_event(
         namespace, field_selector="involvedObject.name=wide,reason=ShapeSwitching").items]
     # Status said so each way, as a Normal Event (a planned change, not a fault).
