@@ -98,24 +98,31 @@ def resolved_targets(engine: LLMEngine) -> tuple[str, ...] | None:
 
 
 def gpu_options(built: list[EngineTargetStatus], gpus_per_replica: int,
-                cluster: ClusterFacts) -> list[choice.Option]:
-    """What the GPU choice weighs for each Built target, from the observed node pools."""
+                cluster: ClusterFacts, lws: str = "missing") -> list[choice.Option]:
+    """What the GPU choice weighs for each Built target, from the observed node pools; a
+    replica wider than a node counts in groups, and only with LeaderWorkerSet installed."""
     options = []
     for t in built:
         pool = cluster.pools.get(t.gpu)
+        nodes = pool.node_gpus if pool else ()
+        eligible = True
+        if nodes and gpus_per_replica > max(nodes):
+            slots = choice.group_slots(nodes, gpus_per_replica) if lws == "installed" else 0
+            eligible = slots >= 1
+        else:
+            slots = choice.replica_slots(nodes, gpus_per_replica)
         options.append(choice.Option(
-            gpu=t.gpu,
-            slots=choice.replica_slots(pool.node_gpus if pool else (), gpus_per_replica),
-            memory_mib=cluster.memory_mib(t.gpu),
-            compute=cluster.compute_capability(t.gpu)))
+            gpu=t.gpu, slots=slots, memory_mib=cluster.memory_mib(t.gpu),
+            compute=cluster.compute_capability(t.gpu), eligible=eligible))
     return options
 
 
 def choose_target(d: LLMDeployment, engine: LLMEngine | None, findings: tuple[Finding, ...],
                   cluster: ClusterFacts | None = None,
-                  current: str | None = None) -> EngineChoice:
+                  current: str | None = None, lws: str = "missing") -> EngineChoice:
     """Pick the engine target to serve (pure). ``current`` is the GPU type the deployment
-    serves on now, kept while it stays Built and schedulable (see :mod:`choice`)."""
+    serves on now, kept while it stays Built and schedulable (see :mod:`choice`); ``lws``
+    whether LeaderWorkerSet is "installed" (multi-node types are eligible only then)."""
     ref = d.spec.engine_ref.name
     errors = [f for f in findings if f.severity == Severity.ERROR]
     if engine is None:
@@ -141,11 +148,19 @@ def choose_target(d: LLMDeployment, engine: LLMEngine | None, findings: tuple[Fi
                             f"({state}{detail})")
     built_targets = [t for t in engine.status.targets if t.state == "Built"]
     options = gpu_options(built_targets, engine.spec.build.parallelism.world_size,
-                          cluster or ClusterFacts())
-    pick = choice.pick_gpu(options, d.spec.replicas, current)
+                          cluster or ClusterFacts(), lws)
+    eligible = [o for o in options if o.eligible]
+    # None eligible: the rule still picks one, and the serving preflight says what it lacks.
+    pick = choice.pick_gpu(eligible or options, d.spec.replicas, current)
     if pick is not None:
         t = by_gpu[pick.gpu]
-        return EngineChoice(t, "True", "EngineChosen", f"{pick.why}; {built(t)}", pick.why)
+        left_out = sorted(o.gpu for o in options if not o.eligible) if eligible else []
+        why = pick.why + (f" ({', '.join(left_out)} left out: a replica spans nodes there and "
+                          f"cannot be placed as a group: " + (
+                              "no LeaderWorkerSet" if lws != "installed"
+                              else "too few whole nodes or an uneven split") + ")"
+                          if left_out else "")
+        return EngineChoice(t, "True", "EngineChosen", f"{why}; {built(t)}", why)
     states = ", ".join(f"{t.gpu}: {t.state}" for t in engine.status.targets) or "no targets yet"
     return EngineChoice(None, "False", "EngineNotBuilt",
                         f"LLMEngine {ref} has no built target yet ({states}); the deployment "
@@ -298,7 +313,7 @@ class DeploymentController:
         observed = group_set or self.view.serving_deployment(namespace, name)
         # What it serves on now: the running Deployment's GPU type, else what status recorded.
         chosen = choose_target(d, engine, findings, facts,
-                               current=_serving_gpu(observed) or d.status.gpu)
+                               current=_serving_gpu(observed) or d.status.gpu, lws=self.lws)
 
         preflight: Finding | None = None
         switch: multinode.ShapeSwitch | None = None
