@@ -28,7 +28,7 @@ import kopf
 from lightkube import ApiError
 from lightkube.resources.batch_v1 import Job
 
-from trtllm_operator import gpus, labels, metrics
+from trtllm_operator import gpu_usage, gpus, labels, metrics
 from trtllm_operator.api import API_GROUP, API_VERSION, EngineTargetStatus
 from trtllm_operator.api.engine import ModelCacheStatus
 from trtllm_operator.claims import ClaimFact, observe_claim
@@ -110,7 +110,8 @@ class IndexView:
                      "deployments_by_engine", "serving_deployments", "serving_services",
                      "serving_configmaps", "serving_pods",
                      "build_configmaps", "claims", "engines_by_claim", "model_caches",
-                     "checkpoint_sizes", "serving_group_sets"):
+                     "checkpoint_sizes", "serving_group_sets", "gpu_node_names",
+                     "gpu_pods"):
             if name in kwargs:
                 self.indexes[name] = kwargs[name]
 
@@ -254,6 +255,14 @@ class IndexView:
     def serving_pods(self, namespace: str, name: str) -> list[PodFact]:
         pods: list[PodFact] = self._all("serving_pods", (namespace, name))
         return sorted(pods, key=lambda p: p.name)
+
+    def free_gpus(self, product: str, selector: Mapping[str, str]) -> dict[str, int]:
+        """Free GPUs of each node of a GPU type whose labels match ``selector`` (see
+        :mod:`gpu_usage`)."""
+        nodes = {name: count for name, count, node_labels in self._all("gpu_node_names", product)
+                 if all(node_labels.get(k) == v for k, v in selector.items())}
+        held = [(node, n) for node in nodes for n in self._all("gpu_pods", node)]
+        return gpu_usage.free_gpus(nodes, held)
 
     def claim(self, namespace: str, name: str) -> ClaimFact | None:
         fact: ClaimFact | None = self._first("claims", (namespace, name))
@@ -404,6 +413,23 @@ def gpu_nodes(name: str, labels: kopf.Labels, status: kopf.Status,
     """GPU nodes by product: (name, allocatable GPUs, compute capability)."""
     fact = node_fact(name, labels, status)
     return {fact[0]: fact} if fact else None
+
+
+@kopf.index("", "v1", "nodes", labels={gpus.PRODUCT_LABEL: kopf.PRESENT})
+def gpu_node_names(name: str, labels: kopf.Labels, status: kopf.Status,
+                   **_: Any) -> dict[str, tuple[str, int, dict[str, str]]] | None:
+    """GPU nodes by product: (node name, allocatable GPUs, labels), for the free-GPU count of
+    the nodes a pod's nodeSelector allows."""
+    fact = node_fact(name, labels, status)
+    return {fact[0]: (name, fact[1], dict(labels))} if fact else None
+
+
+@kopf.index("", "v1", "pods")
+def gpu_pods(spec: kopf.Spec, status: kopf.Status, **_: Any) -> dict[str, int] | None:
+    """GPUs held by bound, unfinished pods (anyone's), by node: what is free on a GPU node.
+    kopf watches pods once for all its handlers; this keeps one number per GPU pod."""
+    held = gpu_usage.pod_gpus(spec, status)
+    return {held[0]: held[1]} if held else None
 
 
 @kopf.index("batch", "v1", "jobs", labels=JOB_LABELS)

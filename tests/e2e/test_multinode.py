@@ -189,50 +189,83 @@ def test_a_lost_worker_restarts_its_whole_group(
              "the LLMDeployment to count the recreated group ready")
 
 
-def test_a_group_the_fleet_cannot_hold_waits_as_group_pending_while_the_others_serve(
-        lws: str, kubectl: Kubectl, namespace: str, get_llmd: Getter,
-        core: client.CoreV1Api, h100_pool: str, gpu_fleet: dict[str, list[str]],
-        operator_now: Callable[[], OperatorProcess]) -> None:
-    op = operator_now()
-    apply(kubectl, namespace, _wide_engine("wide"))
-    apply(kubectl, namespace, _llmd("wide", "wide", 2, h100_pool))
-    _wait_ready(kubectl, namespace, get_llmd, core, op)
+def _filler(name: str, node: str, gpus_held: int) -> dict[str, Any]:
+    """Someone else's pod holding ``gpus_held`` GPUs of ``node``."""
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": {
+        "nodeName": node,
+        "tolerations": [{"key": gpus.GPU_TAINT_KEY, "operator": "Exists"}],
+        "containers": [{"name": "c", "image": "example.com/other:1", "resources": {
+            "limits": {gpus.GPU_RESOURCE: str(gpus_held)}}}]}}
 
-    # The pool has 4 nodes: a third group of two cannot be placed.
+
+def test_a_group_the_fleet_cannot_hold_waits_as_group_pending_while_the_others_serve(
+        lws: str, cluster: ClusterUnderTest, kubectl: Kubectl, namespace: str,
+        get_llmd: Getter, core: client.CoreV1Api, h100_pool: str,
+        gpu_fleet: dict[str, list[str]], operator_now: Callable[[], OperatorProcess]) -> None:
+    # Two more pool nodes, half of each held by someone else: 8 free GPUs in all, but no whole
+    # free node for a pod of the group.
+    extra = cluster.add_nodes("h100", 2, labels={"test-pool": h100_pool})
+    try:
+        for i, node in enumerate(extra):
+            apply(kubectl, namespace, _filler(f"other-{i}", node, 4))
+        op = operator_now()
+        apply(kubectl, namespace, _wide_engine("wide"))
+        apply(kubectl, namespace, _llmd("wide", "wide", 2, h100_pool))
+        _wait_ready(kubectl, namespace, get_llmd, core, op)
+        _group_pending_then_placed(kubectl, namespace, get_llmd, core, op)
+    finally:
+        cluster.remove_nodes(extra)
+
+
+def _group_pending_then_placed(kubectl: Kubectl, namespace: str, get_llmd: Getter,
+                               core: client.CoreV1Api, op: OperatorProcess) -> None:
     kubectl("patch", "-n", namespace, "llmdeployment/wide", "--type=merge",
             "-p", '{"spec": {"replicas": 3}}')
 
-    def pending() -> dict[str, Any] | None:
-        c = condition(get_llmd("wide"), "Ready")
-        return c if c and c["reason"] == "GroupPending" else None
+    def reason(expected: str, then: Callable[[dict[str, Any]], bool] = lambda _: True,
+               ) -> Callable[[], dict[str, Any] | None]:
+        def check() -> dict[str, Any] | None:
+            c = condition(get_llmd("wide"), "Ready")
+            return c if c and c["reason"] == expected and then(c) else None
+        return check
 
-    ready = wait_for(pending, 120, "Ready=False GroupPending")
+    ready = wait_for(reason("GroupPending"), 120, "Ready=False GroupPending")
     assert ready["status"] == "False"
     assert ready["message"].startswith("group 2 cannot be placed whole: 0/")
     assert "nodes are available" in ready["message"]  # the scheduler's own words
+    # 4 + 4 free GPUs are no whole free node of 8.
+    assert f"the operator sees 0 {H100} node(s) with 8 free GPUs" in ready["message"]
     assert "2/3 groups ready and serving" in ready["message"]
     status = get_llmd("wide")["status"]
     assert status["readyReplicas"] == 2
     assert status["replicaSummary"] == "2/3"
+
+    def group_pods(g: str) -> list[Any]:
+        return [p for p in core.list_namespaced_pod(
+            namespace, label_selector=f"{multinode.LWS_NAME_LABEL}=wide").items
+            if p.metadata.labels[multinode.LWS_GROUP_INDEX_LABEL] == g]
+
     # The two whole groups still serve: their leaders stay Ready behind the Service.
-    leaders = core.list_namespaced_pod(namespace, label_selector=(
-        f"{multinode.LWS_NAME_LABEL}=wide,{multinode.LWS_WORKER_INDEX_LABEL}=0")).items
-    ready_groups = {p.metadata.labels[multinode.LWS_GROUP_INDEX_LABEL] for p in leaders
-                    if any(c.type == "Ready" and c.status == "True"
-                           for c in p.status.conditions or [])}
-    assert ready_groups == {"0", "1"}
+    for g in ("0", "1"):
+        assert all(p.status.phase == "Running" for p in group_pods(g))
     endpoints = core.read_namespaced_endpoints("wide", namespace)
     addresses = [a for s in endpoints.subsets or [] for a in s.addresses or []]
     assert len(addresses) == 2
 
-    # Back to what fits: Ready again, and the pending group is gone.
-    kubectl("patch", "-n", namespace, "llmdeployment/wide", "--type=merge",
-            "-p", '{"spec": {"replicas": 2}}')
+    # One node freed: one pod of group 2 is placed, the other still cannot be. A half-placed
+    # group is not progress: still GroupPending, still 2 groups ready.
+    core.delete_namespaced_pod("other-0", namespace, grace_period_seconds=0)
+    wait_for(lambda: sorted(bool(p.spec.node_name) for p in group_pods("2")) == [False, True],
+             120, "group 2 half placed")
+    wait_for(reason("GroupPending", lambda c: "the operator sees 0" in c["message"]), 120,
+             "GroupPending with the half-placed group")
+    assert get_llmd("wide")["status"]["readyReplicas"] == 2
+
+    # The second node freed: the group is whole, and counted.
+    core.delete_namespaced_pod("other-1", namespace, grace_period_seconds=0)
     _wait_ready(kubectl, namespace, get_llmd, core, op)
-    wait_for(lambda: not [p for p in core.list_namespaced_pod(
-        namespace, label_selector=f"{multinode.LWS_NAME_LABEL}=wide").items
-        if p.metadata.labels[multinode.LWS_GROUP_INDEX_LABEL] == "2"], 120,
-        "group 2's pods removed")
+    status = get_llmd("wide")["status"]
+    assert (status["readyReplicas"], status["replicaSummary"]) == (3, "3/3")
 
 
 class PodWatch:

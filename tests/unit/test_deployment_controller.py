@@ -48,6 +48,7 @@ class FakeView:
         self.dep: dict[str, Any] | None = None
         self.children: dict[str, dict[str, Any]] = {}
         self.group_set: dict[str, Any] | None = None
+        self.free: dict[str, int] = {}
 
     def deployment_body(self, key: Key) -> Mapping[str, Any] | None:
         return self.body
@@ -72,6 +73,9 @@ class FakeView:
 
     def claim(self, namespace: str, name: str) -> ClaimFact | None:
         return self.claims.get(name)
+
+    def free_gpus(self, product: str, selector: Mapping[str, str]) -> dict[str, int]:
+        return self.free
 
 
 class FakeWriter:

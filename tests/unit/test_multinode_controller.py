@@ -6,7 +6,7 @@ import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
-from tests.unit.test_deployment_controller import KEY, FakeView, FakeWriter
+from tests.unit.test_deployment_controller import H100, KEY, FakeView, FakeWriter
 from trtllm_operator.deployments import multinode
 from trtllm_operator.deployments.controller import DeploymentController, ssh_key_pair
 from trtllm_operator.pods import PodFact
@@ -126,6 +126,8 @@ def _scaled_to_three(pods: list[PodFact]) -> dict[str, Any]:
     view.body["spec"]["replicas"] = 3
     view.pods = pods
     view.group_set = {"kind": "LeaderWorkerSet"}
+    # Four nodes hold the two groups; of the other two, one has 4 GPUs taken by someone else.
+    view.free = {"n0": 0, "n1": 0, "n2": 0, "n3": 0, "n4": 4, "n5": 8}
     writer = GroupsWriter(replicas=3, ready=2)
     controller = DeploymentController(view=view, writer=writer, events=lambda *_: None,
                                       lws="installed")
@@ -152,6 +154,9 @@ def test_a_group_the_fleet_cannot_hold_is_group_pending_with_the_schedulers_mess
     assert (ready["status"], ready["reason"]) == ("False", "GroupPending")
     assert ready["message"].startswith("group 2 cannot be placed whole: " + SCHEDULER_SAYS)
     assert "2/3 groups ready and serving" in ready["message"]
+    # Whole free nodes, not free GPUs: 12 GPUs are free, but on one whole node of 8.
+    assert (f"the operator sees 1 {H100} node(s) with 8 free GPUs that the pods may use, a "
+            f"group needs 2" in ready["message"])
     assert (status["readyReplicas"], status["replicaSummary"]) == (2, "2/3")
 
 

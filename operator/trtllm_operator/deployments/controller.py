@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from lightkube.resources.apps_v1 import Deployment
 
 from trtllm_operator import conditions as cond
-from trtllm_operator import gpus, metrics, trtllm_facts
+from trtllm_operator import gpu_usage, gpus, metrics, trtllm_facts
 from trtllm_operator.api import (
     ConditionStatus,
     EngineTargetStatus,
@@ -75,6 +75,7 @@ class View(Protocol):
     def serving_group_set(self, namespace: str, name: str) -> Mapping[str, Any] | None: ...
     def serving_pods(self, namespace: str, name: str) -> list[PodFact]: ...
     def claim(self, namespace: str, name: str) -> ClaimFact | None: ...
+    def free_gpus(self, product: str, selector: Mapping[str, str]) -> dict[str, int]: ...
 
 
 @dataclass(frozen=True)
@@ -478,8 +479,9 @@ class DeploymentController:
         elif not rolled_out and (dep or {}).get("kind") == "LeaderWorkerSet" and (
                 pending := multinode.pending_groups(pods)):
             r_status, r_reason = "False", "GroupPending"
+            gpu_type = chosen.target.gpu if chosen.target else None
             r_msg = multinode.group_pending_message(
-                pending, ready, desired, chosen.target.gpu if chosen.target else None)
+                pending, ready, desired, gpu_type, self._whole_free_nodes(dep, gpu_type))
         elif not rolled_out and unschedulable:
             r_status, r_reason = "False", "PodsUnschedulable"
             r_msg = f"serving pods cannot be scheduled: {unschedulable}"
@@ -508,6 +510,18 @@ class DeploymentController:
             engine_fingerprint=fingerprint,
             endpoint=builders.endpoint(d) if dep is not None else None,
         )
+
+    def _whole_free_nodes(self, lws: Mapping[str, Any] | None,
+                          gpu: str | None) -> tuple[int, int, int] | None:
+        """(whole free nodes of the type, GPUs per pod, pods per group) of a group set."""
+        group = (lws or {}).get("group") or {}
+        size, per_pod = int(group.get("size") or 0), int(group.get("gpusPerPod") or 0)
+        if gpu is None or not size or not per_pod:
+            return None
+        selector = ((((lws or {}).get("spec") or {}).get("template") or {}).get("spec")
+                    or {}).get("nodeSelector") or {}
+        free = gpu_usage.whole_free_nodes(self.view.free_gpus(gpu, selector), per_pod)
+        return free, per_pod, size
 
     def _emit(self, body: Mapping[str, Any], old: LLMDeploymentStatus,
               new: LLMDeploymentStatus) -> None:

@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from trtllm_operator import gpu_usage
 from trtllm_operator.api import LLMDeployment, LLMEngine
 from trtllm_operator.api.engine import Parallelism
 from trtllm_operator.deployments import builders
@@ -233,11 +234,14 @@ def group_status(lws: Mapping[str, Any]) -> dict[str, Any]:
     the leader template's annotations and nodeSelector, and groups counted as replicas (a
     group is ready only when all its pods are, so ready groups are also the available ones)."""
     spec = lws.get("spec") or {}
-    leader = (spec.get("leaderWorkerTemplate") or {}).get("leaderTemplate") or {}
+    lwt = spec.get("leaderWorkerTemplate") or {}
+    leader = lwt.get("leaderTemplate") or {}
+    held = gpu_usage.pod_gpus({**(leader.get("spec") or {}), "nodeName": "-"}, {})
     st = lws.get("status") or {}
     ready = int(st.get("readyReplicas") or 0)
     return {
         "kind": "LeaderWorkerSet",
+        "group": {"size": int(lwt.get("size") or 0), "gpusPerPod": held[1] if held else 0},
         "metadata": {"generation": (lws.get("metadata") or {}).get("generation")},
         "spec": {"template": {
             "metadata": {"annotations": dict((leader.get("metadata") or {})
@@ -262,7 +266,7 @@ def pending_groups(pods: Sequence[PodFact]) -> dict[str, str]:
 
 
 def group_pending_message(pending: Mapping[str, str], ready: int, desired: int,
-                          gpu: str | None) -> str:
+                          gpu: str | None, free: tuple[int, int, int] | None = None) -> str:
     """Why groups wait, in words: which, the scheduler's message, and what still serves.
 
     Without a gang scheduler a group can be half placed (its leader on a node, a worker
@@ -272,7 +276,13 @@ def group_pending_message(pending: Mapping[str, str], ready: int, desired: int,
     first = pending[groups[0]]
     nodes = f"{gpu} nodes" if gpu else "nodes"
     which = "group" if len(groups) == 1 else "groups"
-    return (f"{which} {', '.join(groups)} cannot be placed whole: {first}; {ready}/{desired} "
+    seen = ""
+    if free is not None:
+        whole, per_pod, size = free
+        seen = (f"; the operator sees {whole} {gpu} node(s) with {per_pod} free GPUs that "
+                f"the pods may use, a group needs {size}")
+    return (f"{which} {', '.join(groups)} cannot be placed whole: {first}{seen}; "
+            f"{ready}/{desired} "
             f"groups ready and serving (a group counts only when all its pods run; its placed "
             f"pods keep their nodes until the rest fit): free or add {nodes}, or lower "
             f"spec.replicas")
