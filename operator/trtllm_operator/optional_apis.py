@@ -9,6 +9,7 @@ before kopf starts). One LIST of at most one object per kind and TTL; no CRD rea
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,6 +18,8 @@ from typing import Literal
 import httpx2
 from lightkube import ApiError, AsyncClient
 from lightkube.core.resource import NamespacedResource
+
+log = logging.getLogger(__name__)
 
 Support = Literal["installed", "missing", "forbidden"]
 
@@ -36,6 +39,9 @@ async def resource_support(client: AsyncClient, resource: type[NamespacedResourc
         if code == 404:
             return "missing"
         if code == 403:
+            # The API server's words name the user, verb and resource the RBAC lacks.
+            log.warning("may not use %s: %s", resource._api_info.plural,
+                        exc.status.message if isinstance(exc, ApiError) else exc)
             return "forbidden"
         raise
     return "installed"
