@@ -175,3 +175,20 @@ def test_the_rollout_follows_spec_strategy_in_groups(strategy: dict[str, Any] | 
     d = LLMDeployment.model_validate(body)
     assert multinode.rollout_strategy(d) == {"type": "RollingUpdate",
                                              "rollingUpdateConfiguration": expected}
+
+
+def test_the_multi_node_sample_is_served_as_groups_of_two_whole_h100_nodes() -> None:
+    from trtllm_operator import gpus
+    from trtllm_operator.deployments.controller import placement
+    from trtllm_operator.validation import ClusterFacts, GPUPool
+
+    engine = LLMEngine.model_validate(_load("llmengine-llama-3-1-405b-tp8-pp2.yaml"))
+    h100 = gpus.gpu_type("h100")
+    cluster = ClusterFacts({H100: GPUPool((8, 8, 8, 8), h100.compute_capability)})
+    assert engine.spec.build.gpus == 8  # built on one node, ranks in turn
+    place = placement(engine, H100, cluster, "installed")
+    assert (place.shape, place.problem) == (multinode.GroupShape(2, 8), None)
+    # Without LeaderWorkerSet the same sample is refused with how to install it.
+    refused = placement(engine, H100, cluster, "missing").problem
+    assert refused is not None
+    assert refused.reason == Reason.LEADER_WORKER_SET_REQUIRED
