@@ -658,10 +658,14 @@ def serving_configmaps(namespace: str | None, name: str, body: kopf.Body,
     return {(namespace or "", name): _child(body, "data")}
 
 
-def serving_group_sets(namespace: str | None, name: str, body: kopf.Body,
-                       **_: Any) -> dict[Key, Any]:
-    """The operator's multi-node LeaderWorkerSets, as the facts status reads (groups)."""
-    return {(namespace or "", name): multinode.group_status(body)}
+def serving_group_sets(namespace: str | None, labels: kopf.Labels, body: kopf.Body,
+                       **_: Any) -> dict[Key, Any] | None:
+    """The operator's multi-node LeaderWorkerSets by LLMDeployment (not their own name, see
+    :func:`multinode.lws_name`), as the facts status reads (groups)."""
+    owner = labels.get(DEPLOYMENT_LABEL)
+    if not owner:
+        return None
+    return {(namespace or "", owner): multinode.group_status(body)}
 
 
 @kopf.index("", "v1", "pods", labels=SERVING_LABELS)

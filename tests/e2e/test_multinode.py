@@ -29,6 +29,7 @@ from trtllm_operator.localcluster.operator_process import OperatorProcess
 pytestmark = pytest.mark.usefixtures("storage", "hf_token")
 
 LWS_CRD = "leaderworkersets.leaderworkerset.x-k8s.io"
+LWS = "wide-lws"  # the LeaderWorkerSet of LLMDeployment "wide" (multinode.lws_name)
 
 
 @pytest.fixture
@@ -127,12 +128,12 @@ def test_tp16_on_8_gpu_nodes_serves_as_two_node_groups(
 
     objects = client.CustomObjectsApi(api_client)
     lws_obj = objects.get_namespaced_custom_object(
-        multinode.LWS_GROUP, multinode.LWS_VERSION, namespace, multinode.LWS_PLURAL, "wide")
+        multinode.LWS_GROUP, multinode.LWS_VERSION, namespace, multinode.LWS_PLURAL, LWS)
     assert lws_obj["spec"]["leaderWorkerTemplate"]["size"] == 2
     assert lws_obj["status"]["readyReplicas"] == 2
 
     pods = core.list_namespaced_pod(
-        namespace, label_selector=f"{multinode.LWS_NAME_LABEL}=wide").items
+        namespace, label_selector=f"{multinode.LWS_NAME_LABEL}={LWS}").items
     assert len(pods) == 4  # 2 groups x (leader + worker)
     assert len({p.spec.node_name for p in pods}) == 4  # every pod on its own node
     for pod in pods:
@@ -149,10 +150,16 @@ def test_tp16_on_8_gpu_nodes_serves_as_two_node_groups(
     # The LWS webhook gave every pod its group's leader address.
     env = {e.name: e.value for e in leaders[0].spec.containers[0].env or []}
     group = leaders[0].metadata.labels["leaderworkerset.sigs.k8s.io/group-index"]
-    assert env["LWS_LEADER_ADDRESS"] == f"wide-{group}.wide.{namespace}"
+    assert env["LWS_LEADER_ADDRESS"] == f"{LWS}-{group}.{LWS}.{namespace}"
 
     svc = core.read_namespaced_service("wide", namespace)
     assert svc.spec.selector[multinode.LWS_WORKER_INDEX_LABEL] == "0"
+    assert svc.spec.cluster_ip != "None"  # the endpoint: leaders behind one virtual IP
+    assert [o.kind for o in svc.metadata.owner_references] == ["LLMDeployment"]
+    # LWS's own headless Service (the pods' stable DNS names) beside it, not in its place.
+    headless = core.read_namespaced_service(LWS, namespace)
+    assert headless.spec.cluster_ip == "None"
+    assert [o.kind for o in headless.metadata.owner_references] == ["LeaderWorkerSet"]
     secret_names = [s.metadata.name for s in core.list_namespaced_secret(namespace).items]
     assert "wide-mpi-ssh" in secret_names
 
@@ -168,7 +175,7 @@ def test_a_lost_worker_restarts_its_whole_group(
 
     def group_pods() -> dict[str, Any]:
         pods = core.list_namespaced_pod(
-            namespace, label_selector=f"{multinode.LWS_NAME_LABEL}=wide").items
+            namespace, label_selector=f"{multinode.LWS_NAME_LABEL}={LWS}").items
         return {p.metadata.labels[multinode.LWS_WORKER_INDEX_LABEL]: p for p in pods
                 if p.metadata.deletion_timestamp is None}
 
@@ -242,7 +249,7 @@ def _group_pending_then_placed(kubectl: Kubectl, namespace: str, get_llmd: Gette
 
     def group_pods(g: str) -> list[Any]:
         return [p for p in core.list_namespaced_pod(
-            namespace, label_selector=f"{multinode.LWS_NAME_LABEL}=wide").items
+            namespace, label_selector=f"{multinode.LWS_NAME_LABEL}={LWS}").items
             if p.metadata.labels[multinode.LWS_GROUP_INDEX_LABEL] == g]
 
     # The two whole groups still serve: their leaders stay Ready behind the Service.
@@ -354,13 +361,13 @@ def test_a_rebuild_rolls_group_by_group_once_the_new_engine_is_built(
 
     def lws_fingerprint() -> str:
         obj = objects.get_namespaced_custom_object(
-            multinode.LWS_GROUP, multinode.LWS_VERSION, namespace, multinode.LWS_PLURAL, "wide")
+            multinode.LWS_GROUP, multinode.LWS_VERSION, namespace, multinode.LWS_PLURAL, LWS)
         leader = obj["spec"]["leaderWorkerTemplate"]["leaderTemplate"]
         return str(leader["metadata"]["annotations"][builders.FINGERPRINT_ANNOTATION])
 
     rebuilt = copy.deepcopy(engine)
     rebuilt["spec"]["build"]["limits"]["maxBatchSize"] = 32
-    groups = GroupWatch(core, namespace, "wide", groups=2, size=2)
+    groups = GroupWatch(core, namespace, LWS, groups=2, size=2)
     with groups:
         apply(kubectl, namespace, rebuilt)
         polls = 0
@@ -390,7 +397,7 @@ def test_a_rebuild_rolls_group_by_group_once_the_new_engine_is_built(
     # Group by group: a moment with one whole group on each engine.
     assert any(fps == {old_fp, new_fp} for fps in groups.whole_on)
     pods = core.list_namespaced_pod(
-        namespace, label_selector=f"{multinode.LWS_NAME_LABEL}=wide").items
+        namespace, label_selector=f"{multinode.LWS_NAME_LABEL}={LWS}").items
     assert {p.metadata.annotations[builders.FINGERPRINT_ANNOTATION] for p in pods} == {new_fp}
 
 
@@ -436,7 +443,7 @@ def test_an_engine_rebuilt_wider_moves_from_a_deployment_to_groups_and_back(
         return (exists(lambda: apps.read_namespaced_deployment("wide", namespace)),
                 exists(lambda: objects.get_namespaced_custom_object(
                     multinode.LWS_GROUP, multinode.LWS_VERSION, namespace,
-                    multinode.LWS_PLURAL, "wide")))
+                    multinode.LWS_PLURAL, LWS)))
 
     engine = small_engine("wide", [H100], parallelism={"tensor": 8, "pipeline": 1}, gpus=8)
     apply(kubectl, namespace, engine)

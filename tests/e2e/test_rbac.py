@@ -423,7 +423,8 @@ class MultiNodeFlow(Flow):
         fp = (llmd.get("status") or {}).get("engineFingerprint")
         single = self._exists(lambda: self.apps.read_namespaced_deployment("wide", self.ns))
         groups = self._exists(lambda: self.objects.get_namespaced_custom_object(
-            multinode.LWS_GROUP, multinode.LWS_VERSION, self.ns, multinode.LWS_PLURAL, "wide"))
+            multinode.LWS_GROUP, multinode.LWS_VERSION, self.ns, multinode.LWS_PLURAL,
+            "wide-lws"))
         if self.step == 0 and ready and single and not groups:
             self.passed.add("one-node serving")
             self.first_fp = fp

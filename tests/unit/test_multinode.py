@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 from pathlib import Path
 from typing import Any
@@ -88,7 +89,7 @@ def test_lws_groups_replicas_of_whole_nodes_of_the_gpu_type() -> None:
         assert c["resources"]["limits"]["nvidia.com/gpu"] == "8"
         anti = pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
         assert anti == [{"labelSelector": {"matchExpressions": [
-            {"key": "leaderworkerset.sigs.k8s.io/name", "operator": "In", "values": ["big"]}]},
+            {"key": "leaderworkerset.sigs.k8s.io/name", "operator": "In", "values": ["big-lws"]}]},
             "topologyKey": "kubernetes.io/hostname"}]
         shm = next(v for v in pod["volumes"] if v["name"] == "dshm")
         assert shm["emptyDir"] == {"medium": "Memory", "sizeLimit": multinode.SHM_SIZE}
@@ -192,3 +193,23 @@ def test_the_multi_node_sample_is_served_as_groups_of_two_whole_h100_nodes() -> 
     refused = placement(engine, H100, cluster, "missing").problem
     assert refused is not None
     assert refused.reason == Reason.LEADER_WORKER_SET_REQUIRED
+
+
+def test_the_lws_is_not_named_like_the_service_and_long_names_stay_dns_labels() -> None:
+    d, engine, serving = _objects()
+    lws = multinode.leaderworkerset(d, engine, serving, "engines", multinode.GroupShape(2, 8))
+    # LWS makes a headless Service of its own name; the endpoint's Service is the deployment's.
+    assert lws["metadata"]["name"] == "big-lws" != multinode.leader_service(d, "e")[
+        "metadata"]["name"]
+    anti = lws["spec"]["leaderWorkerTemplate"]["leaderTemplate"]["spec"]["affinity"][
+        "podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][-1]
+    assert anti["labelSelector"]["matchExpressions"][0]["values"] == ["big-lws"]
+    for length in (50, 51, 63):
+        name = "a" * (length - 1) + "b"
+        long = d.model_copy(update={"metadata": d.metadata.model_copy(update={"name": name})})
+        got = multinode.lws_name(long)
+        assert len(got) + len("-99999-999") <= 63, got
+        assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", got)
+    other = d.model_copy(update={"metadata": d.metadata.model_copy(
+        update={"name": "a" * 62 + "c"})})
+    assert multinode.lws_name(other) != multinode.lws_name(long)

@@ -259,7 +259,7 @@ def test_back_to_one_node_the_group_set_goes_first() -> None:
     view.pods = [PodFact("server-0", phase="Running", group="0"),
                  PodFact("server-0-1", phase="Running", group="0")]
     writer, status = _switch(view)
-    assert writer.deleted == [("LeaderWorkerSet", "server")]
+    assert writer.deleted == [("LeaderWorkerSet", "server-lws")]
     assert writer.applied == []
     assert "its 2 pod(s) stop first" in _ready(status)["message"]
     view.pods = []

@@ -400,8 +400,11 @@ class DeploymentController:
         new_ready = int(((new or {}).get("status") or {}).get("readyReplicas") or 0)
         step = multinode.shape_switch(d, old_kind, len(old_pods), new_ready)
         if step.delete_old and old is not None:
-            resource = Deployment if groups else LeaderWorkerSetResource
-            await self.writer.delete(resource, namespace, name)
+            if groups:
+                await self.writer.delete(Deployment, namespace, name)
+            else:
+                await self.writer.delete(LeaderWorkerSetResource, namespace,
+                                         multinode.lws_name(d))
         return step, new
 
     async def _apply_if_changed(self, manifest: dict[str, Any]) -> dict[str, Any] | None:

@@ -22,6 +22,7 @@ never left looking alive.
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 import shlex
 from collections.abc import Mapping, Sequence
@@ -87,8 +88,22 @@ def shape_problem(parallelism: Parallelism, gpu: str, gpus_per_node: int,
         gpu=gpu)
 
 
+# Room in a DNS label (63) for what LWS appends to its name: "-<group>-<worker>" pod names,
+# which are also the pods' hostnames.
+_POD_SUFFIX_ROOM: Final = 12
+
+
 def lws_name(d: LLMDeployment) -> str:
-    return d.metadata.name
+    """The LeaderWorkerSet's name: not the deployment's own, which the Service of the
+    leaders holds (the endpoint stays the same across shape switches), because LWS creates a
+    headless Service of the LWS's name for its pods' stable DNS names. Long names are cut and
+    made unique with a digest so that the pods' hostnames stay DNS labels."""
+    name = f"{d.metadata.name}-lws"
+    limit = 63 - _POD_SUFFIX_ROOM
+    if len(name) <= limit:
+        return name
+    digest = hashlib.sha256(d.metadata.name.encode()).hexdigest()[:6]
+    return f"{d.metadata.name[:limit - 11].rstrip('-')}-{digest}-lws"
 
 
 def ssh_secret_name(d: LLMDeployment) -> str:
@@ -162,7 +177,7 @@ def _with_group_parts(template: dict[str, Any], d: LLMDeployment,
             v["emptyDir"] = {"medium": "Memory", "sizeLimit": SHM_SIZE}
     # Every pod of every group on its own node: whole nodes, never two ranks' pods sharing.
     anti = {"labelSelector": {"matchExpressions": [
-        {"key": LWS_NAME_LABEL, "operator": "In", "values": [d.metadata.name]}]},
+        {"key": LWS_NAME_LABEL, "operator": "In", "values": [lws_name(d)]}]},
         "topologyKey": "kubernetes.io/hostname"}
     affinity = spec.setdefault("affinity", {})
     pod_anti = affinity.setdefault("podAntiAffinity", {})
