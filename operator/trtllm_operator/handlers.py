@@ -283,6 +283,8 @@ class Runtime:
         self.deployments: WorkQueue[Key] | None = None
         self.controller: EngineController | None = None
         self.lws = "missing"
+        self.lws_refusal = ""
+        """The API server's words when listing LeaderWorkerSets was forbidden."""
         """LeaderWorkerSet support, found before kopf starts (see prepare_leaderworkersets)."""
 
 
@@ -334,7 +336,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         log_reader=kube.log_tail,
         active_deadline_seconds=cfg.build_deadline_seconds)
     deployments = DeploymentController(view=RUNTIME.view, writer=kube, events=_post_event,
-                                       lws=RUNTIME.lws)
+                                       lws=RUNTIME.lws, lws_refusal=RUNTIME.lws_refusal)
 
     def queue(name: str, reconcile: Any, errors: ReconcileErrors) -> WorkQueue[Key]:
         return WorkQueue(name, _unless_namespace_goes(reconcile), workers=cfg.workers,
@@ -743,14 +745,14 @@ def prepare_leaderworkersets(settings: OperatorSettings) -> str:
     register their index and handler. kopf lists every indexed resource before any handler
     runs and retries a forbidden list, so watching LWS without the right to would stall the
     whole operator; an LWS installed later needs a restart (as the condition says)."""
-    async def check() -> str:
+    async def check() -> tuple[str, str]:
         client = make_client(settings.kubeconfig)
         try:
             return await leaderworkerset_support(client, next(iter(settings.namespaces), None))
         finally:
             await client.close()
 
-    RUNTIME.lws = asyncio.run(check())
+    RUNTIME.lws, RUNTIME.lws_refusal = asyncio.run(check())
     log.info("LeaderWorkerSet for multi-node serving: %s", RUNTIME.lws)
     if RUNTIME.lws == "installed":
         group = (multinode.LWS_GROUP, multinode.LWS_VERSION, multinode.LWS_PLURAL)

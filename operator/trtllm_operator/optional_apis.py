@@ -9,7 +9,6 @@ before kopf starts). One LIST of at most one object per kind and TTL; no CRD rea
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,8 +18,6 @@ import httpx2
 from lightkube import ApiError, AsyncClient
 from lightkube.core.resource import NamespacedResource
 
-log = logging.getLogger(__name__)
-
 Support = Literal["installed", "missing", "forbidden"]
 
 
@@ -28,6 +25,13 @@ async def resource_support(client: AsyncClient, resource: type[NamespacedResourc
                            namespace: str | None) -> Support:
     """"installed", "missing" (the API server does not serve the resource) or "forbidden"
     (served, but this operator's RBAC does not allow listing it)."""
+    return (await resource_access(client, resource, namespace))[0]
+
+
+async def resource_access(client: AsyncClient, resource: type[NamespacedResource],
+                          namespace: str | None) -> tuple[Support, str]:
+    """:func:`resource_support`, and when forbidden the API server's refusal (it names the
+    account, verb and resource the RBAC lacks: the words a status message can quote)."""
     try:
         # "*": every namespace.
         async for _ in client.list(resource, namespace=namespace or "*", chunk_size=1):
@@ -37,14 +41,12 @@ async def resource_support(client: AsyncClient, resource: type[NamespacedResourc
         code = (exc.status.code if isinstance(exc, ApiError)
                 else exc.response.status_code)
         if code == 404:
-            return "missing"
+            return "missing", ""
         if code == 403:
-            # The API server's words name the user, verb and resource the RBAC lacks.
-            log.warning("may not use %s: %s", resource._api_info.plural,
-                        exc.status.message if isinstance(exc, ApiError) else exc)
-            return "forbidden"
+            return "forbidden", str(exc.status.message or "") if isinstance(
+                exc, ApiError) else ""
         raise
-    return "installed"
+    return "installed", ""
 
 
 @dataclass

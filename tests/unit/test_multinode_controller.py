@@ -45,6 +45,18 @@ def test_lws_forbidden_by_rbac_says_how_to_enable_it() -> None:
     assert "leaderWorkerSet.enabled=true" in _ready(status)["message"]
 
 
+def test_a_forbidden_lws_check_quotes_the_api_servers_refusal() -> None:
+    refusal = ('leaderworkersets.leaderworkerset.x-k8s.io is forbidden: User '
+               '"system:serviceaccount:ops:op" cannot list resource "leaderworkersets"')
+    writer = FakeWriter()
+    controller = DeploymentController(view=_wide(FakeView()), writer=writer,
+                                      events=lambda *_: None, lws="forbidden",
+                                      lws_refusal=refusal)
+    asyncio.run(controller.reconcile(KEY))
+    message = _ready(writer.status_patches[-1])["message"]
+    assert message.endswith(f"restart the operator (the API server said: {refusal})")
+
+
 def test_single_node_serving_is_unaffected_without_lws() -> None:
     writer, _ = _reconcile(FakeView(), "missing")
     assert [m["kind"] for m in writer.applied] == ["Deployment", "Service"]

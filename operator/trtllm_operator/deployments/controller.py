@@ -186,9 +186,11 @@ class Placement:
     problem: Finding | None = None
 
 
-def placement(engine: LLMEngine, gpu: str, cluster: ClusterFacts, lws: str) -> Placement:
+def placement(engine: LLMEngine, gpu: str, cluster: ClusterFacts, lws: str,
+              refusal: str = "") -> Placement:
     """One node if the engine's world fits the largest node of ``gpu``, else whole-node groups
-    (needs LeaderWorkerSet: ``lws`` is "installed", "missing" or "forbidden")."""
+    (needs LeaderWorkerSet: ``lws`` is "installed", "missing" or "forbidden"; ``refusal`` the
+    API server's words when forbidden)."""
     par = engine.spec.build.parallelism
     pool = cluster.pools.get(gpu)
     known = gpus.by_product(gpu)
@@ -205,6 +207,8 @@ def placement(engine: LLMEngine, gpu: str, cluster: ClusterFacts, lws: str) -> P
              f"{shape.size} {gpu} nodes of {shape.gpus_per_pod} GPUs")
     if lws != "installed":
         hint = LWS_RBAC_HINT if lws == "forbidden" else LWS_INSTALL_HINT
+        if lws == "forbidden" and refusal:
+            hint += f" (the API server said: {refusal})"
         return Placement(shape, Finding(
             Reason.LEADER_WORKER_SET_REQUIRED, Severity.ERROR, "spec.build.parallelism",
             f"{needs}: multi-node serving runs on LeaderWorkerSet, which is not available: "
@@ -293,6 +297,8 @@ class DeploymentController:
         default_factory=lambda: StatusWrites("LLMDeployment"))
     lws: str = "missing"
     """LeaderWorkerSet in the cluster, checked once at startup: installed, missing, forbidden."""
+    lws_refusal: str = ""
+    """When forbidden, the API server's refusal (names the operator's account), for status."""
 
     async def reconcile(self, key: Key) -> Result | None:
         body = self.view.deployment_body(key)
@@ -319,7 +325,7 @@ class DeploymentController:
         preflight: Finding | None = None
         switch: multinode.ShapeSwitch | None = None
         if chosen.target is not None and engine is not None:
-            place = placement(engine, chosen.target.gpu, facts, self.lws)
+            place = placement(engine, chosen.target.gpu, facts, self.lws, self.lws_refusal)
             # Serving pods mount the engine's claim read-only, on many nodes.
             engine_claim = engine.spec.storage.claim_name
             claim_problems = check_claim(
