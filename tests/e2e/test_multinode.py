@@ -480,3 +480,67 @@ def test_an_engine_rebuilt_wider_moves_from_a_deployment_to_groups_and_back(
             reasons
     # Back on the one-node shape: the same engine settings give the same fingerprint.
     assert get_llmd("wide")["status"]["engineFingerprint"] == one_node_fp
+
+
+class ServingWatch(PodWatch):
+    """After each pod event of one LLMDeployment: the shapes with pods, and whether a replica
+    serves (a Ready one-node pod, or a group whose two pods are both Ready)."""
+
+    def __init__(self, core: client.CoreV1Api, namespace: str, name: str) -> None:
+        self.seen: list[tuple[frozenset[str], bool]] = []
+        self.detail: list[Any] = []
+        super().__init__(core, namespace, f"{labels.DEPLOYMENT}={name}")
+
+    def record(self) -> None:
+        pods = list(self.pods.values())
+        shapes = frozenset("group" if multinode.LWS_GROUP_INDEX_LABEL in p.metadata.labels
+                           else "single" for p in pods)
+        single = any(_ready_pod(p) for p in pods
+                     if multinode.LWS_GROUP_INDEX_LABEL not in p.metadata.labels)
+        leaders = [p for p in pods if p.metadata.labels.get(
+            multinode.LWS_WORKER_INDEX_LABEL) == "0" and _ready_pod(p)]
+        workers = [p for p in pods if p.metadata.labels.get(
+            multinode.LWS_WORKER_INDEX_LABEL) == "1" and _ready_pod(p)]
+        whole = {p.metadata.labels[multinode.LWS_GROUP_INDEX_LABEL] for p in leaders} & {
+            p.metadata.labels[multinode.LWS_GROUP_INDEX_LABEL] for p in workers}
+        self.seen.append((shapes, single or bool(whole)))
+        self.detail.append(sorted((p.metadata.name, p.metadata.uid[:4], _ready_pod(p))
+                                  for p in pods))
+
+
+def test_with_max_surge_the_groups_start_beside_the_deployment_with_no_outage(
+        lws: str, kubectl: Kubectl, namespace: str, get_llmd: Getter,
+        core: client.CoreV1Api, api_client: client.ApiClient, h100_pool: str,
+        gpu_fleet: dict[str, list[str]], operator_now: Callable[[], OperatorProcess]) -> None:
+    op = operator_now()
+    engine = small_engine("wide", [H100], parallelism={"tensor": 8, "pipeline": 1}, gpus=8)
+    apply(kubectl, namespace, engine)
+    llmd = _llmd("wide", "wide", 1, h100_pool)
+    llmd["spec"]["strategy"] = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1}}
+    apply(kubectl, namespace, llmd)
+    _wait_ready(kubectl, namespace, get_llmd, core, op)
+    before = get_llmd("wide")["status"]["engineFingerprint"]
+
+    watch_pods = ServingWatch(core, namespace, "wide")
+    with watch_pods:
+        apply(kubectl, namespace, _rebuilt(engine, 2))
+
+        wait_for(lambda: get_llmd("wide")["status"].get("engineFingerprint")
+                 not in (None, before), 240, "the deployment on the groups")
+        _wait_ready(kubectl, namespace, get_llmd, core, op)
+        wait_for(lambda: watch_pods.seen[-1][0] == {"group"}, 120, "only group pods left")
+    # Status said so (an Event: the switch can be over in seconds on simulated nodes).
+    messages = [e.message for e in core.list_namespaced_event(
+        namespace, field_selector="involvedObject.name=wide,reason=ShapeSwitching").items]
+    assert any("the LeaderWorkerSet starts beside it (spec.strategy maxSurge)" in m
+               for m in messages), messages
+    # Surge: both shapes had pods at once, and at no event was nothing serving.
+    assert any(shapes == {"single", "group"} for shapes, _ in watch_pods.seen)
+    outages = [i for i, (_, serving) in enumerate(watch_pods.seen) if not serving]
+    assert not outages, f"nothing served at events {outages}: " + str(
+        watch_pods.detail[8:])
+    svc = core.read_namespaced_service("wide", namespace)
+    assert svc.spec.selector[multinode.LWS_WORKER_INDEX_LABEL] == "0"
+    with pytest.raises(ApiException) as gone:
+        client.AppsV1Api(api_client).read_namespaced_deployment("wide", namespace)
+    assert gone.value.status == 404

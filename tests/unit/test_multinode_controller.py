@@ -277,3 +277,14 @@ def test_back_to_one_node_the_group_set_goes_first() -> None:
     view.pods = []
     writer, _ = _switch(view)
     assert [m["kind"] for m in writer.applied] == ["Deployment", "Service"]
+
+
+def test_an_engine_status_older_than_its_spec_changes_nothing_yet() -> None:
+    # The spec was just rebuilt 16 wide; the status still lists the one-node engine as Built.
+    view = _serving_one_node(FakeView())
+    view.engine_body["metadata"]["generation"] = 2
+    view.engine_body["status"]["observedGeneration"] = 1
+    writer, _ = _switch(view)
+    assert writer.applied == []
+    assert writer.deleted == []
+    assert writer.created == []

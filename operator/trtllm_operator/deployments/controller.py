@@ -324,7 +324,12 @@ class DeploymentController:
 
         preflight: Finding | None = None
         switch: multinode.ShapeSwitch | None = None
-        if chosen.target is not None and engine is not None:
+        # An engine whose status is not yet about its current spec can list a target built
+        # from the old one: serving it with the new spec's parallelism would mix the two (an
+        # LWS of an old one-node engine). Nothing is applied until its status catches up,
+        # which reconciles this again.
+        if chosen.target is not None and engine is not None and (
+                engine.status.observed_generation in (None, engine.metadata.generation)):
             place = placement(engine, chosen.target.gpu, facts, self.lws, self.lws_refusal)
             # Serving pods mount the engine's claim read-only, on many nodes.
             engine_claim = engine.spec.storage.claim_name
