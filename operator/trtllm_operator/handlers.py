@@ -28,7 +28,7 @@ import kopf
 from lightkube import ApiError
 from lightkube.resources.batch_v1 import Job
 
-from trtllm_operator import gpus, labels, metrics
+from trtllm_operator import gpu_usage, gpus, labels, metrics
 from trtllm_operator.api import API_GROUP, API_VERSION, EngineTargetStatus
 from trtllm_operator.api.engine import ModelCacheStatus
 from trtllm_operator.claims import ClaimFact, observe_claim
@@ -118,7 +118,8 @@ class IndexView:
                      "serving_configmaps", "serving_pods",
                      "build_configmaps", "claims", "engines_by_claim", "model_caches",
                      "checkpoint_sizes", "serving_group_sets", "serving_workloads",
-                     "serving_group_workloads", "serving_hpas", "serving_autoscalers"):
+                     "serving_group_workloads", "serving_hpas", "serving_autoscalers",
+                     "gpu_node_names", "gpu_pods"):
             if name in kwargs:
                 self.indexes[name] = kwargs[name]
 
@@ -274,6 +275,14 @@ class IndexView:
         return sorted([*self._all("serving_workloads", (namespace, name)),
                        *self._all("serving_group_workloads", (namespace, name))])
 
+    def free_gpus(self, product: str, selector: Mapping[str, str]) -> dict[str, int]:
+        """Free GPUs of each node of a GPU type whose labels match ``selector`` (see
+        :mod:`gpu_usage`)."""
+        nodes = {name: count for name, count, node_labels in self._all("gpu_node_names", product)
+                 if all(node_labels.get(k) == v for k, v in selector.items())}
+        held = [(node, n) for node in nodes for n in self._all("gpu_pods", node)]
+        return gpu_usage.free_gpus(nodes, held)
+
     def claim(self, namespace: str, name: str) -> ClaimFact | None:
         fact: ClaimFact | None = self._first("claims", (namespace, name))
         return fact
@@ -296,6 +305,8 @@ class Runtime:
         self.engine_of: dict[Key, str] = {}
         """The engine each LLMDeployment last named (to poke both on a change of engineRef)."""
         self.lws = "missing"
+        self.lws_refusal = ""
+        """The API server's words when listing LeaderWorkerSets was forbidden."""
         """LeaderWorkerSet support, found before kopf starts (see prepare_leaderworkersets)."""
 
 
@@ -376,7 +387,8 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         return await supports("InferencePool", namespace)
 
     RUNTIME.deployment_controller = deployments = DeploymentController(
-        view=RUNTIME.view, writer=kube, events=_post_event, lws=RUNTIME.lws, supports=supports,
+        view=RUNTIME.view, writer=kube, events=_post_event, lws=RUNTIME.lws,
+        lws_refusal=RUNTIME.lws_refusal, supports=supports,
         inference_pools=inference_pools, forget_supports=optional.forget,
         pod_monitors=cfg.pod_monitors, prometheus_address=cfg.prometheus_address)
 
@@ -462,6 +474,23 @@ def gpu_nodes(name: str, labels: kopf.Labels, status: kopf.Status,
     """GPU nodes by product: (name, allocatable GPUs, compute capability)."""
     fact = node_fact(name, labels, status)
     return {fact[0]: fact} if fact else None
+
+
+@kopf.index("", "v1", "nodes", labels={gpus.PRODUCT_LABEL: kopf.PRESENT})
+def gpu_node_names(name: str, labels: kopf.Labels, status: kopf.Status,
+                   **_: Any) -> dict[str, tuple[str, int, dict[str, str]]] | None:
+    """GPU nodes by product: (node name, allocatable GPUs, labels), for the free-GPU count of
+    the nodes a pod's nodeSelector allows."""
+    fact = node_fact(name, labels, status)
+    return {fact[0]: (name, fact[1], dict(labels))} if fact else None
+
+
+@kopf.index("", "v1", "pods")
+def gpu_pods(spec: kopf.Spec, status: kopf.Status, **_: Any) -> dict[str, int] | None:
+    """GPUs held by bound, unfinished pods (anyone's), by node: what is free on a GPU node.
+    kopf watches pods once for all its handlers; this keeps one number per GPU pod."""
+    held = gpu_usage.pod_gpus(spec, status)
+    return {held[0]: held[1]} if held else None
 
 
 @kopf.index("batch", "v1", "jobs", labels=JOB_LABELS)
@@ -695,7 +724,9 @@ def serving_configmaps(namespace: str | None, name: str, body: kopf.Body,
 
 def serving_group_sets(namespace: str | None, name: str, body: kopf.Body,
                        **_: Any) -> dict[Key, Any]:
-    """The operator's multi-node LeaderWorkerSets, as the facts status reads (groups)."""
+    """The operator's multi-node LeaderWorkerSets by their own name (a single-type
+    deployment's is :func:`multinode.lws_name`, a slice's is named for its GPU type), as the
+    facts status reads (groups)."""
     return {(namespace or "", name): multinode.group_status(body)}
 
 
@@ -740,7 +771,9 @@ def serving_pods(namespace: str | None, name: str, labels: kopf.Labels, meta: ko
     if not owner:
         return None
     return {(namespace or "", owner): observe_pod(name, meta.get("creationTimestamp"), status,
-                                                  gpu=labels.get(GPU_LABEL))}
+                                                  gpu=labels.get(GPU_LABEL),
+                                                  group=labels.get(
+                                                      multinode.LWS_GROUP_INDEX_LABEL))}
 
 
 def _enqueue_deployments_of(namespace: str, engine: str) -> None:
@@ -824,14 +857,14 @@ def prepare_leaderworkersets(settings: OperatorSettings) -> str:
     register their index and handler. kopf lists every indexed resource before any handler
     runs and retries a forbidden list, so watching LWS without the right to would stall the
     whole operator; an LWS installed later needs a restart (as the condition says)."""
-    async def check() -> str:
+    async def check() -> tuple[str, str]:
         client = make_client(settings.kubeconfig)
         try:
             return await leaderworkerset_support(client, next(iter(settings.namespaces), None))
         finally:
             await client.close()
 
-    RUNTIME.lws = asyncio.run(check())
+    RUNTIME.lws, RUNTIME.lws_refusal = asyncio.run(check())
     log.info("LeaderWorkerSet for multi-node serving: %s", RUNTIME.lws)
     if RUNTIME.lws == "installed":
         group = (multinode.LWS_GROUP, multinode.LWS_VERSION, multinode.LWS_PLURAL)

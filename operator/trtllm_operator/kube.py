@@ -27,7 +27,7 @@ from lightkube.types import CascadeType, PatchType
 
 from trtllm_operator import metrics
 from trtllm_operator.api import API_GROUP, API_VERSION
-from trtllm_operator.optional_apis import resource_support
+from trtllm_operator.optional_apis import resource_access
 from trtllm_operator.workqueue import Failure, TokenBucket
 
 P = ParamSpec("P")
@@ -301,6 +301,8 @@ class Kube:
         return True
 
 
-async def leaderworkerset_support(client: AsyncClient, namespace: str | None) -> str:
-    """Whether multi-node serving can use LeaderWorkerSets (see optional_apis)."""
-    return await resource_support(client, LeaderWorkerSetResource, namespace)
+async def leaderworkerset_support(client: AsyncClient,
+                                  namespace: str | None) -> tuple[str, str]:
+    """Whether multi-node serving can use LeaderWorkerSets, and the API server's refusal when
+    forbidden (see optional_apis)."""
+    return await resource_access(client, LeaderWorkerSetResource, namespace)

@@ -28,6 +28,17 @@ async def resource_support(client: AsyncClient, resource: type[NamespacedResourc
                            namespace: str | None, *, log_forbidden: bool = False) -> Support:
     """"installed", "missing" (the API server does not serve the resource) or "forbidden"
     (served, but this operator's RBAC does not allow listing it)."""
+    support, refusal = await resource_access(client, resource, namespace)
+    if support == "forbidden" and log_forbidden:
+        # The API server's words name the missing right (at most once per TTL).
+        log.warning("treated as not installed: %s", refusal)
+    return support
+
+
+async def resource_access(client: AsyncClient, resource: type[NamespacedResource],
+                          namespace: str | None) -> tuple[Support, str]:
+    """:func:`resource_support`, and when forbidden the API server's refusal (it names the
+    account, verb and resource the RBAC lacks: the words a status message can quote)."""
     try:
         # "*": every namespace.
         async for _ in client.list(resource, namespace=namespace or "*", chunk_size=1):
@@ -37,15 +48,12 @@ async def resource_support(client: AsyncClient, resource: type[NamespacedResourc
         code = (exc.status.code if isinstance(exc, ApiError)
                 else exc.response.status_code)
         if code == 404:
-            return "missing"
+            return "missing", ""
         if code == 403:
-            if log_forbidden:
-                # The API server's words name the missing right (at most once per TTL).
-                log.warning("treated as not installed: %s",
-                            exc.status.message if isinstance(exc, ApiError) else exc)
-            return "forbidden"
+            return "forbidden", (str(exc.status.message or "") if isinstance(exc, ApiError)
+                                 else str(exc))
         raise
-    return "installed"
+    return "installed", ""
 
 
 @dataclass

@@ -78,10 +78,12 @@ class PodFact:
     stuck: StuckContainer | None = None
     gpu: str | None = None
     """The GPU type the pod serves on (its trtllm.dev/gpu-product label), for slices."""
+    group: str | None = None
+    """The LeaderWorkerSet group index of a multi-node serving pod (its label), else None."""
 
 
 def observe_pod(name: str, created: str | None, status: Mapping[str, Any],
-                gpu: str | None = None) -> PodFact:
+                gpu: str | None = None, group: str | None = None) -> PodFact:
     """The fact of one pod, from its metadata and ``status``."""
     unschedulable = None
     for c in status.get("conditions") or []:
@@ -89,7 +91,8 @@ def observe_pod(name: str, created: str | None, status: Mapping[str, Any],
                 "PodScheduled", "False", "Unschedulable"):
             unschedulable = str(c.get("message") or "no node fits the pod")
     return PodFact(name=name, created=str(created or ""), phase=status.get("phase"),
-                   unschedulable=unschedulable, stuck=stuck_container(status), gpu=gpu)
+                   unschedulable=unschedulable, stuck=stuck_container(status), gpu=gpu,
+                   group=group)
 
 
 def stuck_container(status: Mapping[str, Any]) -> StuckContainer | None:

@@ -23,6 +23,7 @@ from kubernetes.client.rest import ApiException
 
 from tests.conftest import ROOT, ClusterUnderTest, InstallCRDs, Kubectl
 from tests.e2e.conftest import H100, L40S, small_engine
+from trtllm_operator.deployments import multinode
 from trtllm_operator.localcluster import stages
 from trtllm_operator.localcluster.binaries import BinaryBuilder
 from trtllm_operator.localcluster.cluster import static_rwx_claim
@@ -496,3 +497,182 @@ def test_removing_any_one_rule_breaks_part_of_the_flow_with_a_denial_naming_it(
                             f"{unexplained}"
     for rule, passed, seen, _ in results:  # for the record
         print(f"without {rule}: fails {sorted(set(CHECKS) - passed)}; saw: {seen}")
+
+
+# --------------------------------------------------------------------------- multi-node (LWS)
+
+LWS_CHECKS = ("one-node serving", "groups serving", "back to one node")
+LWS_HEALTHY_DEADLINE = 240.0
+LWS_BROKEN_DEADLINE = 150.0  # the healthy flow takes about a minute
+
+
+class MultiNodeFlow(Flow):
+    """An engine rebuilt wider than a node and back: a Deployment, then LeaderWorkerSet
+    groups (the Deployment deleted), then a Deployment again (the LWS deleted), on two H100
+    nodes of its own."""
+
+    def __init__(self, api: client.ApiClient, kubectl: Kubectl, namespace: str,
+                 cluster: ClusterUnderTest) -> None:
+        super().__init__(api, kubectl, namespace)
+        self.cluster = cluster
+        self.pool = f"p{uuid.uuid4().hex[:8]}"
+        self.nodes: list[str] = []
+        self.first_fp: str | None = None
+
+    def _wide(self, pipeline: int) -> dict[str, Any]:
+        return self._engine("wide", [H100], 71, parallelism={"tensor": 8, "pipeline": pipeline},
+                            gpus=8)
+
+    def start(self) -> None:
+        self.nodes = self.cluster.add_nodes("h100", 2, labels={"test-pool": self.pool})
+        pv, pvc = static_rwx_claim(self.ns, "trtllm-engines", f"engines-{self.ns}")
+        self.core.create_persistent_volume(pv)
+        self.core.create_namespaced_persistent_volume_claim(self.ns, pvc)
+        self.core.create_namespaced_secret(self.ns, {"metadata": {"name": "hf-token"},
+                                                     "stringData": {"HF_TOKEN": "x"}})
+        self._apply(self._wide(1))
+        self._apply({"apiVersion": "trtllm.dev/v1alpha1", "kind": "LLMDeployment",
+                     "metadata": {"name": "wide"},
+                     "spec": {"engineRef": {"name": "wide"}, "gpu": H100, "replicas": 1,
+                              "nodeSelector": {"test-pool": self.pool}}})
+
+    def _exists(self, read: Any) -> bool:
+        try:
+            read()
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    def advance(self) -> None:
+        llmd = self._get("llmdeployments", "wide") or {}
+        ready = self._cond(llmd, "Ready").get("status") == "True"
+        fp = (llmd.get("status") or {}).get("engineFingerprint")
+        single = self._exists(lambda: self.apps.read_namespaced_deployment("wide", self.ns))
+        groups = self._exists(lambda: self.objects.get_namespaced_custom_object(
+            multinode.LWS_GROUP, multinode.LWS_VERSION, self.ns, multinode.LWS_PLURAL,
+            "wide-lws"))
+        if self.step == 0 and ready and single and not groups:
+            self.passed.add("one-node serving")
+            self.first_fp = fp
+            self._apply(self._wide(2))
+            self.step = 1
+        elif self.step == 1 and ready and fp != self.first_fp and groups and not single:
+            self.passed.add("groups serving")
+            self._apply(self._wide(1))
+            self.step = 2
+        elif self.step == 2 and ready and fp == self.first_fp and single and not groups:
+            self.passed.add("back to one node")
+
+    def run(self, deadline: float) -> set[str]:
+        end = time.monotonic() + deadline
+        while time.monotonic() < end and len(self.passed) < len(LWS_CHECKS):
+            self.advance()
+            time.sleep(0.5)
+        return set(self.passed)
+
+    def cleanup(self) -> None:
+        super().cleanup()
+        self.cluster.remove_nodes(self.nodes)
+
+
+@pytest.fixture(scope="module")
+def lws_chart(cluster: ClusterUnderTest, crds: list[str], core: client.CoreV1Api, lws: str,
+              chart: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The chart installed with leaderWorkerSet.enabled=true; ``lwsRules`` are the rules it
+    adds to the default install's."""
+    helm = BinaryBuilder().ensure(["helm"])["helm"]
+    release = f"rbac-lws-{uuid.uuid4().hex[:5]}"
+    namespace = _namespace(core, "trtllm-lws")
+    base = [str(helm), f"--kubeconfig={cluster.kubeconfig}", "-n", namespace]
+    subprocess.run([*base, "install", release, str(ROOT / "charts/trtllm-operator"),
+                    "--skip-crds", "--set", "image.repository=example.com/trtllm-operator",
+                    "--set", "leaderWorkerSet.enabled=true"],
+                   check=True, capture_output=True, text=True)
+    rbac = client.RbacAuthorizationV1Api(core.api_client)
+    role = next(r for r in rbac.list_cluster_role(
+        label_selector=f"app.kubernetes.io/instance={release}").items)
+    binding = next(b for b in rbac.list_cluster_role_binding(
+        label_selector=f"app.kubernetes.io/instance={release}").items)
+    rules = _rules_manifest([r.to_dict() for r in role.rules])
+    default = {_describe(r) for r in _rules_manifest(chart["rules"])}
+    yield {"namespace": namespace, "serviceAccount": binding.subjects[0].name,
+           "rules": rules, "lwsRules": [r for r in rules if _describe(r) not in default]}
+    subprocess.run([*base, "uninstall", release], check=False, capture_output=True)
+    core.delete_namespace(namespace)
+
+
+def test_multi_node_serving_and_shape_switches_pass_under_the_lws_charts_account(
+        lws_chart: dict[str, Any], cluster: ClusterUnderTest, core: client.CoreV1Api,
+        api_client: client.ApiClient, kubectl: Kubectl, tmp_path: Path) -> None:
+    kubeconfig = _token_kubeconfig(core, cluster.kubeconfig, lws_chart["serviceAccount"],
+                                   lws_chart["namespace"], tmp_path / "sa.kubeconfig")
+    op = OperatorProcess(kubeconfig, tmp_path / "operator.log")
+    op.start()
+    flow = MultiNodeFlow(api_client, kubectl, _namespace(core, "rbac-lws"), cluster)
+    try:
+        flow.start()
+        passed = flow.run(LWS_HEALTHY_DEADLINE)
+        assert passed == set(LWS_CHECKS), (
+            f"missing: {sorted(set(LWS_CHECKS) - passed)}\n{op.tail(60)}")
+        log = op.log_path.read_text()
+        denials = re.findall(r'User \\?"system:serviceaccount:[^"]+" cannot [^"]*', log)
+        assert not denials, denials[:5]
+    finally:
+        op.stop()
+        flow.cleanup()
+
+
+def test_removing_any_one_lws_rule_breaks_multi_node_serving_with_a_denial_naming_it(
+        lws_chart: dict[str, Any], cluster: ClusterUnderTest, core: client.CoreV1Api,
+        api_client: client.ApiClient, kubectl: Kubectl, tmp_path: Path) -> None:
+    rules, extra = lws_chart["rules"], lws_chart["lwsRules"]
+    # LeaderWorkerSets (list+watch, create+patch, delete), Deployments delete, Secrets create.
+    assert sorted(_describe(r) for r in extra) == [
+        "apps/deployments:delete", "core/secrets:create",
+        "leaderworkerset.x-k8s.io/leaderworkersets:create,patch",
+        "leaderworkerset.x-k8s.io/leaderworkersets:delete",
+        "leaderworkerset.x-k8s.io/leaderworkersets:list,watch"]
+    rbac = client.RbacAuthorizationV1Api(api_client)
+
+    def run_without(rule: dict[str, Any]) -> tuple[str, set[str], str | None, str]:
+        case = f"rbac-lws-drop-{uuid.uuid4().hex[:6]}"
+        namespace = _namespace(core, "rbac-lws-drop")
+        core.create_namespaced_service_account(namespace, {"metadata": {"name": "operator"}})
+        rbac.create_cluster_role({"metadata": {"name": case},
+                                  "rules": [r for r in rules if r is not rule]})
+        rbac.create_cluster_role_binding({
+            "metadata": {"name": case},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                        "name": case},
+            "subjects": [{"kind": "ServiceAccount", "name": "operator",
+                          "namespace": namespace}]})
+        kubeconfig = _token_kubeconfig(core, cluster.kubeconfig, "operator", namespace,
+                                       tmp_path / f"{case}.kubeconfig")
+        op = OperatorProcess(kubeconfig, tmp_path / f"{case}.log",
+                             extra_args=[f"--namespace={namespace}"])
+        flow = MultiNodeFlow(api_client, kubectl, namespace, cluster)
+        try:
+            op.start()
+            flow.start()
+            passed = flow.run(LWS_BROKEN_DEADLINE)
+            seen = _denial(rule, f"system:serviceaccount:{namespace}:operator",
+                           op.log_path.read_text(errors="replace"), _conditions_text(flow))
+            return _describe(rule), passed, seen, op.tail(20)
+        finally:
+            op.stop()
+            rbac.delete_cluster_role_binding(case)
+            rbac.delete_cluster_role(case)
+            flow.cleanup()
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        results = list(pool.map(run_without, extra))
+    superfluous = [(rule, tail) for rule, passed, _, tail in results
+                   if passed == set(LWS_CHECKS)]
+    assert not superfluous, f"rules whose removal broke nothing: {superfluous}"
+    unexplained = [(rule, tail) for rule, _, seen, tail in results if seen is None]
+    assert not unexplained, f"removals with no denial of that rule in log or status: " \
+                            f"{unexplained}"
+    for rule, passed, seen, _ in results:  # for the record
+        print(f"without {rule}: fails {sorted(set(LWS_CHECKS) - passed)}; saw: {seen}")

@@ -51,6 +51,7 @@ class FakeView:
         self.group_set: dict[str, Any] | None = None
         self.workloads: list[tuple[str, str]] = []
         self.autoscalers: dict[str, HPAFact] = {}
+        self.free: dict[str, int] = {}
 
     def deployment_body(self, key: Key) -> Mapping[str, Any] | None:
         return self.body
@@ -81,6 +82,8 @@ class FakeView:
 
     def serving_autoscaler(self, namespace: str, name: str) -> HPAFact | None:
         return self.autoscalers.get(name)
+    def free_gpus(self, product: str, selector: Mapping[str, str]) -> dict[str, int]:
+        return self.free
 
 
 class FakeWriter:

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from tests.conftest import ROOT
 from trtllm_operator import gpus
 from trtllm_operator.api import LLMDeployment, LLMEngine
-from trtllm_operator.deployments.choice import Option, pick_gpu, replica_slots
+from trtllm_operator.deployments.choice import Option, group_slots, pick_gpu, replica_slots
 from trtllm_operator.deployments.controller import choose_target, resolved_targets
 from trtllm_operator.validation import ClusterFacts, GPUPool, Reason, validate_deployment
 
@@ -281,3 +281,58 @@ def test_an_explicit_engine_still_refuses_a_gpu_it_does_not_list() -> None:
 
     assert [f.reason for f in findings] == [Reason.GPU_NOT_A_TARGET]
     assert f"(targets: {H100}): choose one of them" in findings[0].message
+
+
+# --------------------------------------------------------------------------- multi-node shapes
+
+
+@pytest.mark.parametrize(("nodes", "world", "groups"), [
+    ((8, 8, 8, 8), 16, 2),
+    ((8, 8, 8), 16, 1),
+    ((8,), 16, 0),          # one node: not one whole group
+    ((4, 4, 4, 4), 8, 2),   # tp 8 on 4-GPU nodes: groups of two
+    ((8, 4, 8), 16, 1),     # the 4-GPU node is not a whole node of the group
+    ((8, 8), 9, 0),         # 9 does not split evenly over two nodes
+])
+def test_group_slots_count_whole_nodes_per_group(nodes: tuple[int, ...], world: int,
+                                                 groups: int) -> None:
+    assert group_slots(nodes, world) == groups
+
+
+# Four-GPU H100 nodes (a tp 8 replica spans two) beside one eight-GPU L40S node.
+SPLIT = ClusterFacts({H100: GPUPool((4, 4), (9, 0)), L40S: GPUPool((8,), (8, 9))})
+
+
+def test_a_type_needing_groups_is_eligible_with_lws_and_enough_whole_nodes() -> None:
+    engine = _engine([H100, L40S], {H100: "Built", L40S: "Built"}, tensor=8)
+    chosen = choose_target(_llmd(), engine, (), SPLIT, lws="installed")
+    assert chosen.target is not None
+    assert chosen.target.gpu == H100  # more memory, room for one group of two nodes
+    assert chosen.gpu_reason is not None
+    assert "left out" not in chosen.gpu_reason
+
+
+def test_without_lws_a_type_needing_groups_is_left_out_and_the_choice_says_so() -> None:
+    engine = _engine([H100, L40S], {H100: "Built", L40S: "Built"}, tensor=8)
+    chosen = choose_target(_llmd(), engine, (), SPLIT, lws="missing")
+    assert chosen.target is not None
+    assert chosen.target.gpu == L40S
+    assert chosen.gpu_reason is not None
+    assert f"({H100} left out: a replica spans nodes there and cannot be placed as a " \
+           f"group: no LeaderWorkerSet)" in chosen.gpu_reason
+
+
+def test_too_few_whole_nodes_for_a_group_leaves_the_type_out() -> None:
+    engine = _engine([H100, L40S], {H100: "Built", L40S: "Built"}, tensor=8)
+    one_h100 = ClusterFacts({H100: GPUPool((4,), (9, 0)), L40S: GPUPool((8,), (8, 9))})
+    chosen = choose_target(_llmd(), engine, (), one_h100, lws="installed")
+    assert chosen.target is not None
+    assert chosen.target.gpu == L40S
+    assert "too few whole nodes or an uneven split" in (chosen.gpu_reason or "")
+
+
+def test_with_only_ineligible_types_the_rule_still_picks_one_for_the_preflight() -> None:
+    engine = _engine([H100], {H100: "Built"}, tensor=8)
+    chosen = choose_target(_llmd(), engine, (), SPLIT, lws="missing")
+    assert chosen.target is not None
+    assert chosen.target.gpu == H100

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 from pathlib import Path
 from typing import Any
@@ -88,7 +89,7 @@ def test_lws_groups_replicas_of_whole_nodes_of_the_gpu_type() -> None:
         assert c["resources"]["limits"]["nvidia.com/gpu"] == "8"
         anti = pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
         assert anti == [{"labelSelector": {"matchExpressions": [
-            {"key": "leaderworkerset.sigs.k8s.io/name", "operator": "In", "values": ["big"]}]},
+            {"key": "leaderworkerset.sigs.k8s.io/name", "operator": "In", "values": ["big-lws"]}]},
             "topologyKey": "kubernetes.io/hostname"}]
         shm = next(v for v in pod["volumes"] if v["name"] == "dshm")
         assert shm["emptyDir"] == {"medium": "Memory", "sizeLimit": multinode.SHM_SIZE}
@@ -157,3 +158,58 @@ def test_ssh_secret_holds_the_pair_and_is_owned() -> None:
     s = multinode.ssh_secret(d, engine.metadata.name, "PRIV", "PUB")
     assert s["stringData"] == {"id_ed25519": "PRIV", "authorized_keys": "PUB"}
     assert s["metadata"]["ownerReferences"][0]["uid"] == "u-2"
+
+
+@pytest.mark.parametrize(("strategy", "expected"), [
+    (None, {"maxUnavailable": 1, "maxSurge": 0}),
+    ({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1}},
+     {"maxUnavailable": 1, "maxSurge": 1}),
+    ({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "50%"}},
+     {"maxUnavailable": "50%", "maxSurge": 0}),
+    ({"type": "Recreate"}, {"maxUnavailable": "100%", "maxSurge": 0}),
+])
+def test_the_rollout_follows_spec_strategy_in_groups(strategy: dict[str, Any] | None,
+                                                      expected: dict[str, Any]) -> None:
+    body = _load("llmdeployment-llama-3-8b-h100.yaml")
+    if strategy is not None:
+        body["spec"]["strategy"] = strategy
+    d = LLMDeployment.model_validate(body)
+    assert multinode.rollout_strategy(d) == {"type": "RollingUpdate",
+                                             "rollingUpdateConfiguration": expected}
+
+
+def test_the_multi_node_sample_is_served_as_groups_of_two_whole_h100_nodes() -> None:
+    from trtllm_operator import gpus
+    from trtllm_operator.deployments.controller import placement
+    from trtllm_operator.validation import ClusterFacts, GPUPool
+
+    engine = LLMEngine.model_validate(_load("llmengine-llama-3-1-405b-tp8-pp2.yaml"))
+    h100 = gpus.gpu_type("h100")
+    cluster = ClusterFacts({H100: GPUPool((8, 8, 8, 8), h100.compute_capability)})
+    assert engine.spec.build.gpus == 8  # built on one node, ranks in turn
+    place = placement(engine, H100, cluster, "installed")
+    assert (place.shape, place.problem) == (multinode.GroupShape(2, 8), None)
+    # Without LeaderWorkerSet the same sample is refused with how to install it.
+    refused = placement(engine, H100, cluster, "missing").problem
+    assert refused is not None
+    assert refused.reason == Reason.LEADER_WORKER_SET_REQUIRED
+
+
+def test_the_lws_is_not_named_like_the_service_and_long_names_stay_dns_labels() -> None:
+    d, engine, serving = _objects()
+    lws = multinode.leaderworkerset(d, engine, serving, "engines", multinode.GroupShape(2, 8))
+    # LWS makes a headless Service of its own name; the endpoint's Service is the deployment's.
+    assert lws["metadata"]["name"] == "big-lws" != multinode.leader_service(d, "e")[
+        "metadata"]["name"]
+    anti = lws["spec"]["leaderWorkerTemplate"]["leaderTemplate"]["spec"]["affinity"][
+        "podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][-1]
+    assert anti["labelSelector"]["matchExpressions"][0]["values"] == ["big-lws"]
+    for length in (50, 51, 63):
+        name = "a" * (length - 1) + "b"
+        long = d.model_copy(update={"metadata": d.metadata.model_copy(update={"name": name})})
+        got = multinode.lws_name(long)
+        assert len(got) + len("-99999-999") <= 63, got
+        assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", got)
+    other = d.model_copy(update={"metadata": d.metadata.model_copy(
+        update={"name": "a" * 62 + "c"})})
+    assert multinode.lws_name(other) != multinode.lws_name(long)

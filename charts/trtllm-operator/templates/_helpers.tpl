@@ -185,10 +185,20 @@ removed targets, status and finalizer patches, and Events.
 {{- end }}
 {{- if .Values.leaderWorkerSet.enabled }}
 # Multi-node serving: LeaderWorkerSet groups and the SSH key Secret of each (created once,
-# never read).
+# never read). An engine rebuilt with other parallelism replaces the Deployment by an LWS or
+# back: the workload of the old shape is deleted.
 - apiGroups: ["leaderworkerset.x-k8s.io"]
   resources: ["leaderworkersets"]
-  verbs: ["list", "watch", "create", "patch", "delete"]
+  verbs: ["list", "watch"]
+- apiGroups: ["leaderworkerset.x-k8s.io"]
+  resources: ["leaderworkersets"]
+  verbs: ["create", "patch"]
+- apiGroups: ["leaderworkerset.x-k8s.io"]
+  resources: ["leaderworkersets"]
+  verbs: ["delete"]
+- apiGroups: ["apps"]
+  resources: ["deployments"]
+  verbs: ["delete"]
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["create"]

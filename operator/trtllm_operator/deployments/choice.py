@@ -8,6 +8,10 @@ Among the engine's Built targets:
    ``spec.gpu`` to move it on purpose.
 2. **Room for every replica.** Prefer GPU types whose nodes can hold ``replicas`` pods, each
    needing tensor x pipeline GPUs on one node (per node: allocatable GPUs // GPUs per replica).
+   A type whose nodes are too small for one replica serves it as a group of whole nodes
+   (LeaderWorkerSet, see :mod:`multinode`): it is eligible only when LeaderWorkerSet is
+   installed and the type has the whole nodes of at least one group; its room is those
+   nodes // the group's size.
 3. **Most GPU memory per GPU**, compared in whole GiB so that two cards sold with the same
    memory tie (an H100 80GB reports 81559 MiB, an A100 80GB 81920): more memory leaves more
    room for the KV cache, so more concurrent requests and longer contexts.
@@ -21,6 +25,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+
+from trtllm_operator.deployments import multinode
 
 MIB_PER_GIB = 1024
 
@@ -37,6 +43,9 @@ class Option:
     """Memory of one GPU (nvidia.com/gpu.memory), None if unknown."""
     compute: tuple[int, int] | None = None
     """Compute capability, None if unknown."""
+    eligible: bool = True
+    """False for a type whose replica spans nodes and cannot be placed as a group there (no
+    LeaderWorkerSet, a world that does not divide, fewer whole nodes than a group)."""
 
     @property
     def memory_gib(self) -> int:
@@ -58,6 +67,16 @@ def replica_slots(node_gpus: Iterable[int], gpus_per_replica: int) -> int:
     if gpus_per_replica < 1:
         return 0
     return sum(n // gpus_per_replica for n in node_gpus)
+
+
+def group_slots(node_gpus: Iterable[int], world: int) -> int:
+    """How many replicas of ``world`` GPUs the nodes hold as groups of whole nodes, when a
+    replica is wider than the largest node (0 when the world does not split evenly)."""
+    nodes = tuple(node_gpus)
+    shape = multinode.group_shape(world, max(nodes, default=0))
+    if shape is None:
+        return 0
+    return sum(1 for n in nodes if n >= shape.gpus_per_pod) // shape.size
 
 
 def _rank(o: Option, replicas: int) -> tuple[bool, int, tuple[int, int], str]:

@@ -29,7 +29,7 @@ from lightkube import ApiError
 from lightkube.resources.apps_v1 import Deployment
 
 from trtllm_operator import conditions as cond
-from trtllm_operator import gpus, labels, metrics, trtllm_facts
+from trtllm_operator import gpu_usage, gpus, labels, metrics, trtllm_facts
 from trtllm_operator.api import (
     ConditionStatus,
     EngineTargetStatus,
@@ -101,6 +101,7 @@ class View(Protocol):
     def serving_pods(self, namespace: str, name: str) -> list[PodFact]: ...
     def serving_workloads(self, namespace: str, name: str) -> list[tuple[str, str]]: ...
     def claim(self, namespace: str, name: str) -> ClaimFact | None: ...
+    def free_gpus(self, product: str, selector: Mapping[str, str]) -> dict[str, int]: ...
     def serving_autoscaler(self, namespace: str, name: str) -> autoscaling.HPAFact | None: ...
     """The HorizontalPodAutoscaler of that name (the operator's, or KEDA's for its
     ScaledObject), as watched."""
@@ -152,24 +153,31 @@ def resolved_targets(engine: LLMEngine) -> tuple[str, ...] | None:
 
 
 def gpu_options(built: list[EngineTargetStatus], gpus_per_replica: int,
-                cluster: ClusterFacts) -> list[choice.Option]:
-    """What the GPU choice weighs for each Built target, from the observed node pools."""
+                cluster: ClusterFacts, lws: str = "missing") -> list[choice.Option]:
+    """What the GPU choice weighs for each Built target, from the observed node pools; a
+    replica wider than a node counts in groups, and only with LeaderWorkerSet installed."""
     options = []
     for t in built:
         pool = cluster.pools.get(t.gpu)
+        nodes = pool.node_gpus if pool else ()
+        eligible = True
+        if nodes and gpus_per_replica > max(nodes):
+            slots = choice.group_slots(nodes, gpus_per_replica) if lws == "installed" else 0
+            eligible = slots >= 1
+        else:
+            slots = choice.replica_slots(nodes, gpus_per_replica)
         options.append(choice.Option(
-            gpu=t.gpu,
-            slots=choice.replica_slots(pool.node_gpus if pool else (), gpus_per_replica),
-            memory_mib=cluster.memory_mib(t.gpu),
-            compute=cluster.compute_capability(t.gpu)))
+            gpu=t.gpu, slots=slots, memory_mib=cluster.memory_mib(t.gpu),
+            compute=cluster.compute_capability(t.gpu), eligible=eligible))
     return options
 
 
 def choose_target(d: LLMDeployment, engine: LLMEngine | None, findings: tuple[Finding, ...],
                   cluster: ClusterFacts | None = None,
-                  current: str | None = None) -> EngineChoice:
+                  current: str | None = None, lws: str = "missing") -> EngineChoice:
     """Pick the engine target to serve (pure). ``current`` is the GPU type the deployment
-    serves on now, kept while it stays Built and schedulable (see :mod:`choice`)."""
+    serves on now, kept while it stays Built and schedulable (see :mod:`choice`); ``lws``
+    whether LeaderWorkerSet is "installed" (multi-node types are eligible only then)."""
     ref = d.spec.engine_ref.name
     errors = [f for f in findings if f.severity == Severity.ERROR]
     if engine is None:
@@ -195,11 +203,19 @@ def choose_target(d: LLMDeployment, engine: LLMEngine | None, findings: tuple[Fi
                             f"({state}{detail})")
     built_targets = [t for t in engine.status.targets if t.state == "Built"]
     options = gpu_options(built_targets, engine.spec.build.parallelism.world_size,
-                          cluster or ClusterFacts())
-    pick = choice.pick_gpu(options, d.spec.replicas, current)
+                          cluster or ClusterFacts(), lws)
+    eligible = [o for o in options if o.eligible]
+    # None eligible: the rule still picks one, and the serving preflight says what it lacks.
+    pick = choice.pick_gpu(eligible or options, d.spec.replicas, current)
     if pick is not None:
         t = by_gpu[pick.gpu]
-        return EngineChoice(t, "True", "EngineChosen", f"{pick.why}; {built(t)}", pick.why)
+        left_out = sorted(o.gpu for o in options if not o.eligible) if eligible else []
+        why = pick.why + (f" ({', '.join(left_out)} left out: a replica spans nodes there and "
+                          f"cannot be placed as a group: " + (
+                              "no LeaderWorkerSet" if lws != "installed"
+                              else "too few whole nodes or an uneven split") + ")"
+                          if left_out else "")
+        return EngineChoice(t, "True", "EngineChosen", f"{why}; {built(t)}", why)
     states = ", ".join(f"{t.gpu}: {t.state}" for t in engine.status.targets) or "no targets yet"
     return EngineChoice(None, "False", "EngineNotBuilt",
                         f"LLMEngine {ref} has no built target yet ({states}); the deployment "
@@ -224,9 +240,11 @@ class Placement:
     problem: Finding | None = None
 
 
-def placement(engine: LLMEngine, gpu: str, cluster: ClusterFacts, lws: str) -> Placement:
+def placement(engine: LLMEngine, gpu: str, cluster: ClusterFacts, lws: str,
+              refusal: str = "") -> Placement:
     """One node if the engine's world fits the largest node of ``gpu``, else whole-node groups
-    (needs LeaderWorkerSet: ``lws`` is "installed", "missing" or "forbidden")."""
+    (needs LeaderWorkerSet: ``lws`` is "installed", "missing" or "forbidden"; ``refusal`` the
+    API server's words when forbidden)."""
     par = engine.spec.build.parallelism
     pool = cluster.pools.get(gpu)
     known = gpus.by_product(gpu)
@@ -243,6 +261,8 @@ def placement(engine: LLMEngine, gpu: str, cluster: ClusterFacts, lws: str) -> P
              f"{shape.size} {gpu} nodes of {shape.gpus_per_pod} GPUs")
     if lws != "installed":
         hint = LWS_RBAC_HINT if lws == "forbidden" else LWS_INSTALL_HINT
+        if lws == "forbidden" and refusal:
+            hint += f" (the API server said: {refusal})"
         return Placement(shape, Finding(
             Reason.LEADER_WORKER_SET_REQUIRED, Severity.ERROR, "spec.build.parallelism",
             f"{needs}: multi-node serving runs on LeaderWorkerSet, which is not available: "
@@ -357,6 +377,8 @@ class DeploymentController:
     the watch has not shown yet: a reconcile running before the child's own event arrives must
     not create it again (see forget_child). Trusted for CREATED_GRACE_SECONDS only, in case
     the child was deleted before the record was made."""
+    lws_refusal: str = ""
+    """When forbidden, the API server's refusal (names the operator's account), for status."""
 
     async def reconcile(self, key: Key) -> Result | None:
         body = self.view.deployment_body(key)
@@ -407,31 +429,34 @@ class DeploymentController:
             d.spec, engine.spec if engine else None, facts,
             resolved=resolved_targets(engine) if engine else None),
             *autoscaling.findings(d.spec, engine.spec if engine else None))
-        group_set = self.view.serving_group_set(namespace, name)
+        group_set = self.view.serving_group_set(namespace, multinode.lws_name(d))
         observed = group_set or self.view.serving_deployment(namespace, name)
         # What it serves on now: the running Deployment's GPU type, else what status recorded.
         chosen = choose_target(d, engine, findings, facts,
-                               current=_serving_gpu(observed) or d.status.gpu)
+                               current=_serving_gpu(observed) or d.status.gpu, lws=self.lws)
         scaling = await self._scaling_before(d)
         decision = await self._autoscaling_decision(d)
-        preflight, observed, shape = await self._serve(
+        preflight, observed, shape, switch = await self._serve(
             d, engine, chosen, facts, observed, group_set is None, as_slice=None,
             set_replicas=decision is None or decision.provider is None)
         if engine is not None and chosen.target is not None and shape is not None:
-            if shape == "single":
-                await self._apply_if_changed(builders.service(d, engine.metadata.name))
-            else:
-                await self.writer.apply(multinode.leader_service(d, engine.metadata.name))
+            if switch is None or not switch.keep_old_service:
+                if shape == "single":
+                    await self._apply_if_changed(builders.service(d, engine.metadata.name))
+                else:
+                    await self.writer.apply(multinode.leader_service(d, engine.metadata.name))
             target = (autoscaling.deployment_target(d) if shape == "single"
                       else autoscaling.group_set_target(d))
             scaling = await self._reconcile_scaling(
                 d, engine.metadata.name, serving_for(engine, chosen.target), target, decision,
                 leaders={builders.ENDPOINT_LABEL: "http"})
         status = self._status(d, chosen, preflight, observed, facts,
-                              self.view.serving_pods(namespace, name), scaling)
+                              self.view.serving_pods(namespace, name), scaling,
+                              switching=switch.message if switch else None)
         if cond.is_true(status.conditions, DeploymentConditionType.READY):
-            # Back from spec.slices: their workloads go once this one serves.
-            await self._delete_workloads(d, keep={name})
+            # Back from spec.slices: their workloads go once this one serves (a switch
+            # between its own two shapes is _switch_shape's).
+            await self._delete_workloads(d, keep={name, multinode.lws_name(d)})
         return status, findings
 
     async def _reconcile_slices(self, d: LLMDeployment, engine: LLMEngine | None,
@@ -461,11 +486,11 @@ class DeploymentController:
             wname = slices.workload_name(d, gpu)
             group_set = self.view.serving_group_set(namespace, wname)
             observed = group_set or self.view.serving_deployment(namespace, wname)
-            chosen = choose_target(view, engine, tuple(findings), facts)
+            chosen = choose_target(view, engine, tuple(findings), facts, lws=self.lws)
             if chosen.gpu_reason is not None:
                 chosen = EngineChoice(chosen.target, chosen.ready, chosen.reason,
                                       chosen.message, f"named by spec.slices[{i}]")
-            preflight, observed, shape = await self._serve(
+            preflight, observed, shape, _switch = await self._serve(
                 view, engine, chosen, facts, observed, group_set is None,
                 as_slice=functools.partial(slices.as_slice, d=d, gpu=gpu))
             served = served or shape is not None
@@ -492,7 +517,7 @@ class DeploymentController:
         keep = {slices.workload_name(d, s.gpu) for s in d.spec.slices}
         if not cond.is_true(status.conditions, DeploymentConditionType.READY):
             # Moving from one GPU type to slices: the old workload serves until they do.
-            keep.add(d.metadata.name)
+            keep.update({d.metadata.name, multinode.lws_name(d)})
         await self._delete_workloads(d, keep=keep)
         return status, tuple(all_findings.values())
 
@@ -501,12 +526,20 @@ class DeploymentController:
                      first_group: bool,
                      as_slice: Callable[[dict[str, Any]], dict[str, Any]] | None,
                      set_replicas: bool = True,
-                     ) -> tuple[Finding | None, Mapping[str, Any] | None, str | None]:
+                     ) -> tuple[Finding | None, Mapping[str, Any] | None, str | None,
+                                multinode.ShapeSwitch | None]:
         """Apply the workload of ``d`` (a slice view when ``as_slice`` renames it) once its
         target is Built and nothing stops it: (the preflight problem, the workload as
-        observed, "single" or "multi" when it was applied, else None)."""
+        observed, "single" or "multi" when it was applied, else None, and the step of a
+        switch between the two shapes under way, if any)."""
         if chosen.target is None or engine is None:
-            return None, observed, None
+            return None, observed, None, None
+        if engine.status.observed_generation not in (None, 0, engine.metadata.generation):
+            # An engine whose status is not yet about its current spec can list a target built
+            # from the old one: serving it with the new spec's parallelism would mix the two
+            # (an LWS of an old one-node engine). Nothing is applied until its status catches
+            # up, which reconciles this again.
+            return None, observed, None, None
         namespace = d.metadata.namespace or ""
         owner = (((observed or {}).get("metadata") or {}).get("labels") or {}).get(
             labels.DEPLOYMENT)
@@ -517,8 +550,8 @@ class DeploymentController:
             return Finding(Reason.WORKLOAD_NAME_TAKEN, Severity.ERROR, "metadata.name", (
                 f"the Deployment {name} this needs already serves LLMDeployment {owner} "
                 f"(a slice's workload is named <name>-<gpu type>): rename one of the two "
-                f"LLMDeployments")), None, None
-        place = placement(engine, chosen.target.gpu, facts, self.lws)
+                f"LLMDeployments")), None, None, None
+        place = placement(engine, chosen.target.gpu, facts, self.lws, self.lws_refusal)
         # Serving pods mount the engine's claim read-only, on many nodes.
         engine_claim, claim_field = serving_claim(engine.spec)
         claim_problems = check_claim(
@@ -526,13 +559,18 @@ class DeploymentController:
             f"LLMEngine {engine.metadata.name} {claim_field}", SHARED_READ)
         preflight = next(iter([*claim_problems, *filter(None, [place.problem])]), None)
         if preflight is not None:
-            return preflight, observed, None
+            return preflight, observed, None, None
         rename = as_slice or (lambda m: m)
         serving = serving_for(engine, chosen.target)
         options = builders.options_configmap(d, engine.metadata.name, serving.backend,
                                              serving.release)
         if options is not None:
             await self._apply_if_changed(options)
+        switch: multinode.ShapeSwitch | None = None
+        if as_slice is None:
+            switch, observed = await self._switch_shape(d, place.shape is not None)
+            if switch is not None and not switch.create_new:
+                return None, observed, None, switch  # the old shape's pods stop first
         if place.shape is None:
             workload = rename(builders.deployment(d, engine, serving, engine_claim,
                                                   set_replicas=set_replicas))
@@ -547,8 +585,9 @@ class DeploymentController:
                 # reason until the spec changes, not a retried failure.
                 return Finding(Reason.POD_FIELD_INVALID, Severity.ERROR, "spec", (
                     f"the API server refused the serving Deployment: {refused}; correct the "
-                    f"field it names (spec.affinity, spec.env, spec.resources)")), observed, None
-            return None, observed, "single"
+                    f"field it names (spec.affinity, spec.env, spec.resources)"),
+                ), observed, None, switch
+            return None, observed, "single", switch
         if first_group:
             # Made once, never rewritten: the operator reads no Secret.
             await self.writer.create_if_absent(multinode.ssh_secret(
@@ -557,7 +596,7 @@ class DeploymentController:
                                                     place.shape, set_replicas=set_replicas))
         await self._hand_over_replicas(d, workload, observed, set_replicas)
         observed = multinode.group_status(await self.writer.apply(workload))
-        return None, observed, "multi"
+        return None, observed, "multi", switch
 
     async def _delete_workloads(self, d: LLMDeployment, keep: set[str]) -> None:
         """Delete this LLMDeployment's serving workloads not named in ``keep`` (a slice taken
@@ -768,6 +807,32 @@ class DeploymentController:
             return
         self._applied[key] = digest
 
+    async def _switch_shape(self, d: LLMDeployment, groups: bool
+                            ) -> tuple[multinode.ShapeSwitch | None, Mapping[str, Any] | None]:
+        """When a workload of the other shape exists (the engine was rebuilt with other
+        parallelism): the next step of replacing it (see :func:`multinode.shape_switch`),
+        taken here for the old workload, and the new shape's workload as observed."""
+        namespace, name = d.metadata.namespace or "", d.metadata.name
+        group_set = self.view.serving_group_set(namespace, multinode.lws_name(d))
+        single = self.view.serving_deployment(namespace, name)
+        new, old = (group_set, single) if groups else (single, group_set)
+        # LWS pods carry their group index; Deployment pods do not. Pods outlive their
+        # deleted workload (garbage collection, grace periods) and hold GPUs until gone.
+        old_pods = [p for p in self.view.serving_pods(namespace, name)
+                    if (p.group is None) == groups]
+        if old is None and not old_pods:
+            return None, new
+        old_kind = "Deployment" if groups else "LeaderWorkerSet"
+        new_ready = int(((new or {}).get("status") or {}).get("readyReplicas") or 0)
+        step = multinode.shape_switch(d, old_kind, len(old_pods), new_ready)
+        if step.delete_old and old is not None:
+            if groups:
+                await self.writer.delete(Deployment, namespace, name)
+            else:
+                await self.writer.delete(LeaderWorkerSetResource, namespace,
+                                         multinode.lws_name(d))
+        return step, new
+
     async def _apply_if_changed(self, manifest: dict[str, Any]) -> dict[str, Any] | None:
         """Apply a child unless the watched copy already matches it (see
         :func:`builders.up_to_date`); the applied object, or None when nothing was written."""
@@ -795,7 +860,8 @@ class DeploymentController:
 
     def _status(self, d: LLMDeployment, chosen: EngineChoice, preflight: Finding | None,
                 dep: Mapping[str, Any] | None, facts: ClusterFacts,
-                pods: list[PodFact], scaling: Scaling | None = None) -> LLMDeploymentStatus:
+                pods: list[PodFact], scaling: Scaling | None = None,
+                switching: str | None = None) -> LLMDeploymentStatus:
         gen = d.metadata.generation
         now = self.clock()
         # Computed only by a reconcile that got this far: a past ReconcileError is over.
@@ -859,8 +925,16 @@ class DeploymentController:
             r_status, r_reason, r_msg = "False", chosen.reason, chosen.message
         elif preflight is not None:
             r_status, r_reason, r_msg = "False", preflight.reason.value, preflight.message
+        elif switching is not None:
+            r_status, r_reason, r_msg = "False", "ShapeSwitching", switching
         elif not rolled_out and stuck is not None:
             r_status, r_reason, r_msg = "False", stuck.reason.value, stuck.message
+        elif not rolled_out and (dep or {}).get("kind") == "LeaderWorkerSet" and (
+                pending := multinode.pending_groups(pods)):
+            r_status, r_reason = "False", "GroupPending"
+            gpu_type = chosen.target.gpu if chosen.target else None
+            r_msg = multinode.group_pending_message(
+                pending, ready, desired, gpu_type, self._whole_free_nodes(dep, gpu_type))
         elif not rolled_out and unschedulable:
             r_status, r_reason = "False", "PodsUnschedulable"
             r_msg = f"serving pods cannot be scheduled: {unschedulable}"
@@ -906,6 +980,18 @@ class DeploymentController:
         return status.model_copy(update={"conditions": conds, "replicas_owner": scaling.owner,
                                          "pod_monitor": scaling.pod_monitor})
 
+    def _whole_free_nodes(self, lws: Mapping[str, Any] | None,
+                          gpu: str | None) -> tuple[int, int, int] | None:
+        """(whole free nodes of the type, GPUs per pod, pods per group) of a group set."""
+        group = (lws or {}).get("group") or {}
+        size, per_pod = int(group.get("size") or 0), int(group.get("gpusPerPod") or 0)
+        if gpu is None or not size or not per_pod:
+            return None
+        selector = ((((lws or {}).get("spec") or {}).get("template") or {}).get("spec")
+                    or {}).get("nodeSelector") or {}
+        free = gpu_usage.whole_free_nodes(self.view.free_gpus(gpu, selector), per_pod)
+        return free, per_pod, size
+
     def _emit(self, body: Mapping[str, Any], old: LLMDeploymentStatus,
               new: LLMDeploymentStatus) -> None:
         # The first choice is told by the EngineReady event; this one marks a move.
@@ -919,6 +1005,7 @@ class DeploymentController:
                                  == (after.status, after.reason)):
                 continue
             waiting = after.reason in ("RollingOut", "EngineNotBuilt", "EnginePending",
-                                       "EngineBuilding", "AutoscalerPending")
+                                       "EngineBuilding", "AutoscalerPending",
+                                       "ShapeSwitching")
             kind = "Normal" if after.status == "True" or waiting else "Warning"
             self.events(body, kind, after.reason[:128], after.message[:1024])

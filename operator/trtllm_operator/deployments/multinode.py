@@ -22,15 +22,18 @@ never left looking alive.
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 import shlex
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from trtllm_operator import gpu_usage
 from trtllm_operator.api import LLMDeployment, LLMEngine
 from trtllm_operator.api.engine import Parallelism
 from trtllm_operator.deployments import builders
+from trtllm_operator.pods import PodFact
 from trtllm_operator.validation import Finding, Reason, Severity
 
 LWS_GROUP: Final = "leaderworkerset.x-k8s.io"
@@ -38,6 +41,7 @@ LWS_VERSION: Final = "v1"
 LWS_PLURAL: Final = "leaderworkersets"
 LWS_NAME_LABEL: Final = "leaderworkerset.sigs.k8s.io/name"
 LWS_WORKER_INDEX_LABEL: Final = "leaderworkerset.sigs.k8s.io/worker-index"
+LWS_GROUP_INDEX_LABEL: Final = "leaderworkerset.sigs.k8s.io/group-index"
 SSH_PORT: Final = 2222
 SSH_DIR: Final = "/etc/trtllm-mpi-ssh"
 HOSTFILE: Final = "/tmp/trtllm-hostfile"
@@ -84,8 +88,22 @@ def shape_problem(parallelism: Parallelism, gpu: str, gpus_per_node: int,
         gpu=gpu)
 
 
+# Room in a DNS label (63) for what LWS appends to its name: "-<group>-<worker>" pod names,
+# which are also the pods' hostnames.
+_POD_SUFFIX_ROOM: Final = 12
+
+
 def lws_name(d: LLMDeployment) -> str:
-    return d.metadata.name
+    """The LeaderWorkerSet's name: not the deployment's own, which the Service of the
+    leaders holds (the endpoint stays the same across shape switches), because LWS creates a
+    headless Service of the LWS's name for its pods' stable DNS names. Long names are cut and
+    made unique with a digest so that the pods' hostnames stay DNS labels."""
+    name = f"{d.metadata.name}-lws"
+    limit = 63 - _POD_SUFFIX_ROOM
+    if len(name) <= limit:
+        return name
+    digest = hashlib.sha256(d.metadata.name.encode()).hexdigest()[:6]
+    return f"{d.metadata.name[:limit - 11].rstrip('-')}-{digest}-lws"
 
 
 def ssh_secret_name(d: LLMDeployment) -> str:
@@ -159,12 +177,28 @@ def _with_group_parts(template: dict[str, Any], d: LLMDeployment,
             v["emptyDir"] = {"medium": "Memory", "sizeLimit": SHM_SIZE}
     # Every pod of every group on its own node: whole nodes, never two ranks' pods sharing.
     anti = {"labelSelector": {"matchExpressions": [
-        {"key": LWS_NAME_LABEL, "operator": "In", "values": [d.metadata.name]}]},
+        {"key": LWS_NAME_LABEL, "operator": "In", "values": [lws_name(d)]}]},
         "topologyKey": "kubernetes.io/hostname"}
     affinity = spec.setdefault("affinity", {})
     pod_anti = affinity.setdefault("podAntiAffinity", {})
     pod_anti.setdefault("requiredDuringSchedulingIgnoredDuringExecution", []).append(anti)
     return t
+
+
+def rollout_strategy(d: LLMDeployment) -> dict[str, Any]:
+    """spec.strategy in groups: by default one group down at a time and no extra group (no
+    spare nodes assumed), as for single-node pods. LWS has no Recreate, so Recreate is every
+    group at once."""
+    strategy = d.spec.strategy
+    surge: int | str = 0
+    unavailable: int | str = 1
+    if strategy.type == "Recreate":
+        unavailable = "100%"
+    elif (ru := strategy.rolling_update) is not None:
+        surge = ru.max_surge if ru.max_surge is not None else 0
+        unavailable = ru.max_unavailable if ru.max_unavailable is not None else 1
+    return {"type": "RollingUpdate", "rollingUpdateConfiguration": {
+        "maxUnavailable": unavailable, "maxSurge": surge}}
 
 
 def leaderworkerset(d: LLMDeployment, engine: LLMEngine, serving: builders.Serving,
@@ -195,8 +229,7 @@ def leaderworkerset(d: LLMDeployment, engine: LLMEngine, serving: builders.Servi
         "spec": {
             "replicas": d.spec.replicas,
             "startupPolicy": "LeaderCreated",
-            "rolloutStrategy": {"type": "RollingUpdate", "rollingUpdateConfiguration": {
-                "maxUnavailable": 1, "maxSurge": 0}},
+            "rolloutStrategy": rollout_strategy(d),
             "leaderWorkerTemplate": {
                 "size": shape.size,
                 "restartPolicy": "RecreateGroupOnPodRestart",
@@ -222,11 +255,14 @@ def group_status(lws: Mapping[str, Any]) -> dict[str, Any]:
     the leader template's annotations and nodeSelector, and groups counted as replicas (a
     group is ready only when all its pods are, so ready groups are also the available ones)."""
     spec = lws.get("spec") or {}
-    leader = (spec.get("leaderWorkerTemplate") or {}).get("leaderTemplate") or {}
+    lwt = spec.get("leaderWorkerTemplate") or {}
+    leader = lwt.get("leaderTemplate") or {}
+    held = gpu_usage.pod_gpus({**(leader.get("spec") or {}), "nodeName": "-"}, {})
     st = lws.get("status") or {}
     ready = int(st.get("readyReplicas") or 0)
     return {
         "kind": "LeaderWorkerSet",
+        "group": {"size": int(lwt.get("size") or 0), "gpusPerPod": held[1] if held else 0},
         "metadata": {"generation": (lws.get("metadata") or {}).get("generation")},
         "spec": {"replicas": spec.get("replicas"), "template": {
             "metadata": {"annotations": dict((leader.get("metadata") or {})
@@ -239,3 +275,86 @@ def group_status(lws: Mapping[str, Any]) -> dict[str, Any]:
                    "observedGeneration": int(st.get("observedGeneration") or 0),
                    "conditions": [dict(c) for c in st.get("conditions") or []]},
     }
+
+
+def pending_groups(pods: Sequence[PodFact]) -> dict[str, str]:
+    """Group index -> the scheduler's message, for each group with a pod it cannot place."""
+    pending: dict[str, str] = {}
+    for p in sorted(pods, key=lambda p: p.name):
+        if p.group is not None and p.unschedulable and p.group not in pending:
+            pending[p.group] = p.unschedulable
+    return pending
+
+
+def group_pending_message(pending: Mapping[str, str], ready: int, desired: int,
+                          gpu: str | None, free: tuple[int, int, int] | None = None) -> str:
+    """Why groups wait, in words: which, the scheduler's message, and what still serves.
+
+    Without a gang scheduler a group can be half placed (its leader on a node, a worker
+    Pending): such a group is not counted (ready groups are whole groups) and its placed pods
+    keep their nodes until the rest fit, which the message says."""
+    groups = sorted(pending, key=lambda g: (len(g), g))
+    first = pending[groups[0]]
+    nodes = f"{gpu} nodes" if gpu else "nodes"
+    which = "group" if len(groups) == 1 else "groups"
+    seen = ""
+    if free is not None:
+        whole, per_pod, size = free
+        seen = (f"; the operator sees {whole} {gpu} node(s) with {per_pod} free GPUs that "
+                f"the pods may use, a group needs {size}")
+    return (f"{which} {', '.join(groups)} cannot be placed whole: {first}{seen}; "
+            f"{ready}/{desired} "
+            f"groups ready and serving (a group counts only when all its pods run; its placed "
+            f"pods keep their nodes until the rest fit): free or add {nodes}, or lower "
+            f"spec.replicas")
+
+
+# --------------------------------------------------------------------------- shape switches
+
+
+@dataclass(frozen=True)
+class ShapeSwitch:
+    """One step of replacing the workload of the other shape (a Deployment by an LWS when the
+    rebuilt engine spans nodes, or back), and what status says meanwhile."""
+
+    create_new: bool
+    """Apply the new workload (and, unless ``keep_old_service``, its Service) now."""
+    delete_old: bool
+    keep_old_service: bool
+    message: str | None
+    """Ready's message while the switch is under way; None once the new workload is all
+    that is left to roll out."""
+
+
+def surge_allowed(d: LLMDeployment) -> bool:
+    """Whether spec.strategy lets serving pods be added before old ones go (maxSurge > 0)."""
+    ru = d.spec.strategy.rolling_update
+    return (d.spec.strategy.type == "RollingUpdate" and ru is not None
+            and ru.max_surge not in (None, 0, "0%"))
+
+
+def shape_switch(d: LLMDeployment, old_kind: str, old_pods: int,
+                 new_ready: int) -> ShapeSwitch:
+    """The next step of replacing ``old_kind`` (``old_pods`` of its pods still exist;
+    ``new_ready`` replicas of the new workload are ready).
+
+    Two fleets never hold GPUs longer than spec.strategy allows. With maxSurge 0 (the default:
+    no spare GPUs assumed) or Recreate, the old workload is deleted first and the new one
+    created only once every old pod is gone: a short outage, never both fleets at once (a
+    rolling mix is impossible: a group and a single-node pod are not replicas of one kind).
+    With maxSurge above 0 the user has spare GPUs: the new workload starts beside the old, the
+    Service keeps the old pods until every new replica is ready, then the old one is deleted."""
+    new_kind = "Deployment" if old_kind == "LeaderWorkerSet" else "LeaderWorkerSet"
+    what = f"the engine's new parallelism needs a {new_kind}: replacing the {old_kind}"
+    if not surge_allowed(d):
+        if old_pods:
+            return ShapeSwitch(False, True, False, (
+                f"{what}; its {old_pods} pod(s) stop first, then the {new_kind} starts "
+                f"(spec.strategy allows no surge, so the two never hold GPUs at once)"))
+        return ShapeSwitch(True, True, False, None)
+    if new_ready >= d.spec.replicas:
+        return ShapeSwitch(True, True, False, None)
+    return ShapeSwitch(True, False, True, (
+        f"{what}; the {new_kind} starts beside it (spec.strategy maxSurge) and the "
+        f"{old_kind} serves until {d.spec.replicas} new replica(s) are ready "
+        f"({new_ready} now)"))
