@@ -318,3 +318,25 @@ def test_a_workload_name_another_llmdeployment_holds_is_refused_not_fought_over(
     l40s = status["slices"][1]
     assert (l40s["reason"], l40s["replicas"]) == ("WorkloadNameTaken", 0)
     assert f"already serves LLMDeployment {L40S_NAME}" in l40s["message"]
+
+
+def test_a_fleet_autoscales_as_a_whole_through_the_llmdeployments_scale_subresource() -> None:
+    """The autoscaler sizes spec.replicas through the LLMDeployment's scale subresource; the
+    operator keeps splitting it by weight, so every slice keeps its replicas field."""
+    view = SliceView()
+    view.body["spec"]["autoscaling"] = {"provider": "hpa", "minReplicas": 3, "maxReplicas": 6}
+
+    async def supports(kind: str, namespace: str | None) -> Any:
+        return "missing"
+
+    writer, status = _reconcile(view, supports=supports)
+    hpas = [m for m in writer.applied if m["kind"] == "HorizontalPodAutoscaler"]
+    assert len(hpas) == 1
+    assert hpas[0]["spec"]["scaleTargetRef"] == {
+        "apiVersion": "trtllm.dev/v1alpha1", "kind": "LLMDeployment", "name": "server"}
+    deps = {m["metadata"]["name"]: m["spec"]["replicas"] for m in writer.applied
+            if m["kind"] == "Deployment"}
+    assert deps == {H100_NAME: 2, L40S_NAME: 1}
+    assert status["replicasOwner"] == "HorizontalPodAutoscaler/server"
+    auto = next(c for c in status["conditions"] if c["type"] == "Autoscaling")
+    assert auto["reason"] == "AutoscalerPending"
