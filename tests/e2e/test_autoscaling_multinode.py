@@ -28,7 +28,7 @@ pytestmark = pytest.mark.usefixtures("storage", "hf_token")
 
 def _lws(api_client: client.ApiClient, namespace: str) -> dict[str, Any]:
     obj: dict[str, Any] = client.CustomObjectsApi(api_client).get_namespaced_custom_object(
-        multinode.LWS_GROUP, multinode.LWS_VERSION, namespace, multinode.LWS_PLURAL, "wide")
+        multinode.LWS_GROUP, multinode.LWS_VERSION, namespace, multinode.LWS_PLURAL, "wide-lws")
     return obj
 
 
@@ -48,7 +48,7 @@ def test_an_hpa_scales_the_group_set_and_the_operator_leaves_its_size(
         "wide", namespace)
     assert (hpa.spec.scale_target_ref.api_version, hpa.spec.scale_target_ref.kind,
             hpa.spec.scale_target_ref.name) == ("leaderworkerset.x-k8s.io/v1",
-                                                 "LeaderWorkerSet", "wide")
+                                                 "LeaderWorkerSet", "wide-lws")
     assert get_llmd("wide")["status"]["replicasOwner"] == "HorizontalPodAutoscaler/wide"
     applied = [e for e in _lws(api_client, namespace)["metadata"]["managedFields"]
                if e["manager"] == "trtllm-operator" and e["operation"] == "Apply"]
@@ -57,7 +57,7 @@ def test_an_hpa_scales_the_group_set_and_the_operator_leaves_its_size(
 
     # Two groups through the scale subresource (what an autoscaler does): kept, and Ready
     # waits for both groups.
-    kubectl("scale", "-n", namespace, "leaderworkerset/wide", "--replicas=2")
+    kubectl("scale", "-n", namespace, "leaderworkerset/wide-lws", "--replicas=2")
     kubectl("annotate", "-n", namespace, "llmdeployment/wide", "touch=1")  # a reconcile
     wait_for(lambda: get_llmd("wide")["status"].get("replicaSummary") == "2/2", 240,
              "both groups ready, counted against the autoscaler's size")

@@ -380,7 +380,7 @@ def test_a_multi_node_group_set_is_the_scale_target_and_only_leaders_are_monitor
     assert "replicas" not in by_kind["LeaderWorkerSet"]["spec"]
     assert by_kind["HorizontalPodAutoscaler"]["spec"]["scaleTargetRef"] == {
         "apiVersion": "leaderworkerset.x-k8s.io/v1", "kind": "LeaderWorkerSet",
-        "name": "server"}
+        "name": "server-lws"}
     # Only pods that serve HTTP: single-node pods and group leaders, never workers.
     assert by_kind["PodMonitor"]["spec"]["selector"]["matchLabels"][
         "trtllm.dev/endpoint"] == "http"

@@ -27,7 +27,7 @@ from trtllm_operator.api.deployment import (
     LLMDeploymentSpec,
 )
 from trtllm_operator.api.engine import LLMEngineSpec
-from trtllm_operator.deployments import builders, monitoring
+from trtllm_operator.deployments import builders, monitoring, multinode
 from trtllm_operator.optional_apis import Support
 from trtllm_operator.validation import Finding, Reason, Severity, effective_backend
 
@@ -76,7 +76,7 @@ def deployment_target(d: LLMDeployment) -> ScaleTarget:
 
 
 def group_set_target(d: LLMDeployment) -> ScaleTarget:
-    return ScaleTarget("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet", d.metadata.name)
+    return ScaleTarget("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet", multinode.lws_name(d))
 
 
 def llmdeployment_target(d: LLMDeployment) -> ScaleTarget:
