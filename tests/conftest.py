@@ -30,10 +30,13 @@ CLUSTER_DIRS = ("integration", "e2e")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Every test under tests/integration or tests/e2e needs a cluster."""
+    """Every test under tests/integration or tests/e2e needs a cluster. Tests marked
+    ``before_lws`` run first: LeaderWorkerSet, once installed in the session's cluster, stays,
+    and they show what happens without it."""
     for item in items:
         if any(f"{os.sep}{d}{os.sep}" in str(item.path) for d in CLUSTER_DIRS):
             item.add_marker(pytest.mark.cluster)
+    items.sort(key=lambda item: item.get_closest_marker("before_lws") is None)
 
 
 def pytest_report_header(config: pytest.Config) -> str:

@@ -76,6 +76,7 @@ def _wait_ready(kubectl: Kubectl, namespace: str, get_llmd: Getter, core: client
                              f"{op.tail(40)}") from None
 
 
+@pytest.mark.before_lws
 def test_without_lws_a_multi_node_spec_says_lws_is_required(
         kubectl: Kubectl, namespace: str, get_llmd: Getter, api_client: client.ApiClient,
         gpu_fleet: dict[str, list[str]], operator_now: Callable[[], OperatorProcess]) -> None:
