@@ -1,9 +1,10 @@
 """``make demo``: the whole product on a laptop with no GPU and no Docker.
 
 Starts the local control plane with a small simulated GPU fleet (H100, L40S and A100 nodes,
-and CPU nodes for the downloads), installs the CRDs, runs the operator, applies every sample
-(engines of both backends: tensorrt engines built per GPU type, and a pytorch one quantized
-once to fp8 and served as a checkpoint), and shows the engines building and the deployments
+and CPU nodes for the downloads) and LeaderWorkerSet, installs the CRDs, runs the operator,
+applies every sample (engines of both backends: tensorrt engines built per GPU type, and a
+pytorch one quantized once to fp8 and served as a checkpoint; a 405B engine served as
+two-node groups), and shows the engines building and the deployments
 becoming Ready in a live table. Ctrl-C tears everything down; with
 ``--exit-when-ready`` it exits by itself once every sample is Ready (0), or fails after
 ``--timeout`` seconds (1).
@@ -28,8 +29,9 @@ from trtllm_operator.localcluster.cluster import ClusterOptions, LocalCluster, s
 from trtllm_operator.localcluster.operator_process import OperatorProcess
 
 NAMESPACE = "llm-demo"
-FLEET = {"h100": 2, "l40s": 2, "a100": 1, "cpu": 1}
-"""Simulated nodes by GPU type; ``cpu`` nodes (no GPU) run the model and dataset downloads."""
+FLEET = {"h100": 6, "l40s": 2, "a100": 1, "cpu": 1}
+"""Simulated nodes by GPU type; ``cpu`` nodes (no GPU) run the model and dataset downloads.
+Four of the H100 nodes hold the multi-node sample's two groups of two nodes."""
 CLAIMS = ("trtllm-engines", "models")
 
 
@@ -143,6 +145,10 @@ def run(exit_when_ready: bool, timeout: float, build_seconds: float) -> int:
             assert cluster.kubeconfig
             for gpu, count in FLEET.items():
                 cluster.add_nodes(None if gpu == "cpu" else gpu, count)
+            # The multi-node sample runs as LeaderWorkerSet groups: LWS's manager (built from
+            # its Go module on first use) runs beside the control plane, on loopback.
+            print("starting LeaderWorkerSet for the multi-node sample ...", flush=True)
+            cluster.start_lws()
             kubectl = Kubectl(tools["kubectl"], cluster.kubeconfig)
             setup(kubectl, root)
             operator = OperatorProcess(cluster.kubeconfig, workdir / "operator.log")
