@@ -166,7 +166,11 @@ def test_namespaced_install_grants_only_the_watched_namespaces(
     account = f"system:serviceaccount:{namespace}:{fullname}"
     assert can(kubectl, account, "patch", "llmengines.trtllm.dev", namespace)
     assert can(kubectl, account, "delete", "jobs.batch", namespace)
-    assert not can(kubectl, account, "delete", "deployments.apps", namespace)
+    # A GPU type taken off spec.slices (or a switch to groups) deletes its Deployment; the
+    # operator still deletes no Services and no pods.
+    assert can(kubectl, account, "delete", "deployments.apps", namespace)
+    assert not can(kubectl, account, "delete", "services", namespace)
+    assert not can(kubectl, account, "delete", "pods", namespace)
     assert can(kubectl, account, "list", "nodes")
     assert not can(kubectl, account, "patch", "llmengines.trtllm.dev", "default")
     assert not can(kubectl, account, "create", "jobs.batch", "default")
