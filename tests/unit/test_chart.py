@@ -520,8 +520,6 @@ LWS_RULES = expand([
     (["leaderworkerset.x-k8s.io"], ["leaderworkersets"],
      ["list", "watch", "create", "patch", "delete"]),
     ([""], ["secrets"], ["create"]),
-    # A shape switch (engine rebuilt with other parallelism) deletes the one-node Deployment.
-    (["apps"], ["deployments"], ["delete"]),
 ])
 
 

@@ -128,7 +128,8 @@ removed targets, status and finalizer patches, and Events.
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["create", "patch"]
-# A GPU type taken off an LLMDeployment's spec.slices: its Deployment goes.
+# A GPU type taken off an LLMDeployment's spec.slices, or a switch to LeaderWorkerSet
+# groups: its Deployment goes.
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["delete"]
@@ -195,9 +196,6 @@ removed targets, status and finalizer patches, and Events.
   verbs: ["create", "patch"]
 - apiGroups: ["leaderworkerset.x-k8s.io"]
   resources: ["leaderworkersets"]
-  verbs: ["delete"]
-- apiGroups: ["apps"]
-  resources: ["deployments"]
   verbs: ["delete"]
 - apiGroups: [""]
   resources: ["secrets"]
