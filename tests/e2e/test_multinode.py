@@ -24,6 +24,7 @@ from tests.e2e.conftest import H100, Getter, apply, condition, small_engine, tar
 from tests.support import wait_for
 from trtllm_operator import gpus, labels
 from trtllm_operator.deployments import builders, multinode
+from trtllm_operator.localcluster.kubelet import CRASH_ANNOTATION
 from trtllm_operator.localcluster.operator_process import OperatorProcess
 
 pytestmark = pytest.mark.usefixtures("storage", "hf_token")
@@ -165,34 +166,47 @@ def test_tp16_on_8_gpu_nodes_serves_as_two_node_groups(
     assert "wide-mpi-ssh" in secret_names
 
 
+def _group_pods(core: client.CoreV1Api, namespace: str) -> dict[str, Any]:
+    pods = core.list_namespaced_pod(
+        namespace, label_selector=f"{multinode.LWS_NAME_LABEL}={LWS}").items
+    return {p.metadata.labels[multinode.LWS_WORKER_INDEX_LABEL]: p for p in pods
+            if p.metadata.deletion_timestamp is None}
+
+
+@pytest.mark.parametrize("loss", ["deleted", "crashed"])
 def test_a_lost_worker_restarts_its_whole_group(
-        lws: str, kubectl: Kubectl, namespace: str, get_llmd: Getter,
-        core: client.CoreV1Api, h100_pool: str, gpu_fleet: dict[str, list[str]],
-        operator_now: Callable[[], OperatorProcess]) -> None:
+        loss: str, lws: str, kubectl: Kubectl, namespace: str, get_llmd: Getter,
+        core: client.CoreV1Api, api_client: client.ApiClient, h100_pool: str,
+        gpu_fleet: dict[str, list[str]], operator_now: Callable[[], OperatorProcess]) -> None:
     op = operator_now()
     apply(kubectl, namespace, _wide_engine("wide"))
     apply(kubectl, namespace, _llmd("wide", "wide", 1, h100_pool))
     _wait_ready(kubectl, namespace, get_llmd, core, op)
 
-    def group_pods() -> dict[str, Any]:
-        pods = core.list_namespaced_pod(
-            namespace, label_selector=f"{multinode.LWS_NAME_LABEL}={LWS}").items
-        return {p.metadata.labels[multinode.LWS_WORKER_INDEX_LABEL]: p for p in pods
-                if p.metadata.deletion_timestamp is None}
-
-    before = group_pods()
+    before = _group_pods(core, namespace)
     leader_uid = before["0"].metadata.uid
-    core.delete_namespaced_pod(before["1"].metadata.name, namespace)
+    worker = before["1"].metadata.name
+    with StatusWatch(api_client, namespace, "wide") as statuses:
+        if loss == "deleted":  # evicted, drained, or removed by hand
+            core.delete_namespaced_pod(worker, namespace)
+        else:  # its rank's process dies: the container restarts in the same pod
+            core.patch_namespaced_pod(
+                worker, namespace, {"metadata": {"annotations": {CRASH_ANNOTATION: "1"}}})
 
-    # RecreateGroupOnPodRestart: the leader goes too, and the group comes back whole.
-    wait_for(lambda: (p := group_pods().get("0")) is not None and p.metadata.uid != leader_uid,
-             120, "the group's leader to be recreated")
-    _wait_ready(kubectl, namespace, get_llmd, core, op)
-    wait_for(lambda: all(p.status.phase == "Running" for p in group_pods().values())
-             and len(group_pods()) == 2, 120, "the recreated group Running")
-    after = group_pods()
-    assert after["0"].metadata.uid != leader_uid
-    assert after["1"].metadata.uid != before["1"].metadata.uid
+        # RecreateGroupOnPodRestart: the leader goes too, and the group comes back whole.
+        wait_for(lambda: (p := _group_pods(core, namespace).get("0")) is not None
+                 and p.metadata.uid != leader_uid, 120, "the group's leader to be recreated")
+        _wait_ready(kubectl, namespace, get_llmd, core, op)
+    # Status said so while it happened: no group ready, Ready=False.
+    down = [s for s in statuses.seen if s.get("readyReplicas", 0) == 0]
+    assert down, f"no status showed the group down: {statuses.seen}"
+    ready = condition({"status": down[0]}, "Ready")
+    assert ready is not None, down[0]
+    assert ready["status"] == "False", down[0]
+    wait_for(lambda: len(pods := _group_pods(core, namespace)) == 2
+             and all(p.status.phase == "Running" and p.metadata.uid != before[i].metadata.uid
+                     for i, p in pods.items()),
+             120, "the recreated group Running, both pods new")
     wait_for(lambda: get_llmd("wide")["status"].get("readyReplicas") == 1, 120,
              "the LLMDeployment to count the recreated group ready")
 
@@ -274,6 +288,40 @@ def _group_pending_then_placed(kubectl: Kubectl, namespace: str, get_llmd: Gette
     _wait_ready(kubectl, namespace, get_llmd, core, op)
     status = get_llmd("wide")["status"]
     assert (status["readyReplicas"], status["replicaSummary"]) == (3, "3/3")
+
+
+class StatusWatch:
+    """Every status an LLMDeployment had, from a watch (a brief dip is not missed)."""
+
+    def __init__(self, api_client: client.ApiClient, namespace: str, name: str) -> None:
+        self.objects = client.CustomObjectsApi(api_client)
+        self.namespace, self.name = namespace, name
+        self.seen: list[dict[str, Any]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> StatusWatch:
+        self._version = self.objects.get_namespaced_custom_object(
+            "trtllm.dev", "v1alpha1", self.namespace, "llmdeployments",
+            self.name)["metadata"]["resourceVersion"]
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        w = watch.Watch()
+        while not self._stop.is_set():
+            for ev in w.stream(self.objects.list_namespaced_custom_object, "trtllm.dev",
+                               "v1alpha1", self.namespace, "llmdeployments",
+                               field_selector=f"metadata.name={self.name}",
+                               resource_version=self._version, timeout_seconds=2):
+                self._version = ev["object"]["metadata"]["resourceVersion"]
+                self.seen.append(ev["object"].get("status") or {})
+                if self._stop.is_set():
+                    break
 
 
 class PodWatch:

@@ -17,7 +17,8 @@ kubelet would show:
 - **crash knob**: a pod that is not owned by a Job and carries the annotation
   ``sim.trtllm.dev/crash`` (any non-empty value) or the env var ``SIM_CRASH`` on its first
   container crashes at start: ``CrashLoopBackOff`` with ``restartCount`` growing and
-  ``lastState.terminated`` (exit code 1, reason ``Error``). A Job's pod (restartPolicy Never)
+  ``lastState.terminated`` (exit code 1, reason ``Error``). Annotating a pod that already runs
+  crashes it from then on (a process dying mid-serve). A Job's pod (restartPolicy Never)
   fails instead: use ``sim.trtllm.dev/exit-code`` (see :mod:`.stages`).
 
 - **simulated hub**: a model-download pod (env ``TRTLLM_DOWNLOAD_SPEC``) is admitted with the
@@ -430,7 +431,9 @@ class KubeletAdmission:
 
     def _on_pod(self, event: str, key: tuple[str, str], pod: dict[str, Any]) -> None:
         meta = pod["metadata"]
-        admitted = ADMITTED_ANNOTATION in (meta.get("annotations") or {})
+        # An admitted pod is done with, unless the crash knob was put on it later: a container
+        # that was running and then crashes (a rank dying mid-serve).
+        admitted = ADMITTED_ANNOTATION in (meta.get("annotations") or {}) and not crashes(pod)
         if (event == "DELETED" or admitted or meta.get("deletionTimestamp")
                 or not pod.get("spec", {}).get("nodeName")):
             self._pending.pop(key, None)

@@ -7,7 +7,7 @@ Stages the binary exits with "no stages found"). These Stages make:
 - a scheduled pod Running and Ready (``pod-ready``);
 - a pod owned by a Job succeed after a delay (``pod-job-complete``), or fail when it carries
   the ``sim.trtllm.dev/exit-code`` annotation (``pod-job-fail``);
-- a deleted pod go away (``pod-delete``).
+- a deleted pod go away a second later, as a kubelet stops its containers (``pod-delete``).
 
 A pod only starts once the kubelet simulator (:mod:`.kubelet`) has checked what a real kubelet
 checks (Secrets, ConfigMaps, image pull, crash knob) and set ``sim.trtllm.dev/admitted``.
@@ -38,6 +38,7 @@ MESSAGE_ANNOTATION = f"{SIM_PREFIX}/termination-message"
 DURATION_ENV = "SIM_DURATION"
 EXIT_CODE_ENV = "SIM_EXIT_CODE"
 MESSAGE_ENV = "SIM_TERMINATION_MESSAGE"
+POD_STOP_MILLISECONDS = 1000  # a deleted pod lingers this long, Terminating
 
 
 def _env(name: str) -> str:
@@ -253,6 +254,9 @@ def stages(job_duration_seconds: float = 0.0, heartbeat_seconds: int = 600) -> l
             "pod-delete", "Pod",
             [{"key": ".metadata.deletionTimestamp", "operator": "Exists"}],
             {"finalizers": {"empty": True}, "delete": True},
+            # A kubelet takes a moment to stop containers; controllers that act on a pod while
+            # it terminates (LeaderWorkerSet recreating a group) see it do so, as on a node.
+            delay={"durationMilliseconds": POD_STOP_MILLISECONDS},
         ),
     ]
 
