@@ -53,6 +53,7 @@ from trtllm_operator.reconcile_errors import ReconcileErrors
 from trtllm_operator.settings import OperatorSettings
 from trtllm_operator.validation import ClusterFacts, GPUPool
 from trtllm_operator.workqueue import Backoff, TokenBucket, WorkQueue
+from trtllm_operator.write_lane import WriteLane
 
 log = logging.getLogger(__name__)
 
@@ -408,7 +409,13 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     RUNTIME.deployments = queue("llmdeployment", deployments.reconcile, ReconcileErrors(
         "LLMDeployment", RUNTIME.view.deployment_body, kube, deployments.status_writes,
         after=cfg.reconcile_error_after))
+    deployments.service_lane = WriteLane(_requeue_deployment)
     metrics.serve(cfg.metrics_port, cfg.bind_address)
+
+
+def _requeue_deployment(key: Any) -> None:
+    if RUNTIME.deployments is not None:
+        RUNTIME.deployments.add(key)
 
 
 @kopf.on.cleanup()

@@ -72,6 +72,7 @@ from trtllm_operator.validation import (
     validate_deployment,
 )
 from trtllm_operator.workqueue import Result
+from trtllm_operator.write_lane import WriteLane
 
 log = logging.getLogger(__name__)
 
@@ -310,6 +311,11 @@ def serving_for(engine: LLMEngine, target: EngineTargetStatus) -> builders.Servi
             size_hint_bytes(hint) if hint is not None else None))
 
 
+def _child_id(manifest: Mapping[str, Any]) -> tuple[str, str, str]:
+    meta = manifest["metadata"]
+    return manifest["kind"], meta["namespace"], meta["name"]
+
+
 def _serving_gpu(dep: Mapping[str, Any] | None) -> str | None:
     """The GPU type a trtllm-serve Deployment's pods are pinned to (its nodeSelector)."""
     template = ((dep or {}).get("spec") or {}).get("template") or {}
@@ -379,6 +385,9 @@ class DeploymentController:
     the child was deleted before the record was made."""
     lws_refusal: str = ""
     """When forbidden, the API server's refusal (names the operator's account), for status."""
+    service_lane: WriteLane | None = None
+    """Where Service writes are made off the reconcile worker (see :mod:`write_lane`); None:
+    in the worker."""
 
     async def reconcile(self, key: Key) -> Result | None:
         body = self.view.deployment_body(key)
@@ -400,6 +409,7 @@ class DeploymentController:
         else:
             status, findings = await self._reconcile_one(d, engine, facts)
         status = await self._reconcile_pool(d, engine, status)
+        status = self._unless_service_pending(d, status)
         status = status.model_copy(update={"conditions": spec_warning_condition(
             status.conditions, findings, d.metadata.generation, self.clock())})
         status = status.model_copy(update={"conditions": deployment_progress_conditions(
@@ -442,7 +452,7 @@ class DeploymentController:
         if engine is not None and chosen.target is not None and shape is not None:
             if switch is None or not switch.keep_old_service:
                 if shape == "single":
-                    await self._apply_if_changed(builders.service(d, engine.metadata.name))
+                    await self._apply_service(d, builders.service(d, engine.metadata.name))
                 else:
                     await self.writer.apply(multinode.leader_service(d, engine.metadata.name))
             target = (autoscaling.deployment_target(d) if shape == "single"
@@ -501,7 +511,7 @@ class DeploymentController:
             views.append(status)
             shown.append(slices.slice_status(gpu, status, count))
         if served and engine is not None:
-            await self._apply_if_changed(builders.service(d, engine.metadata.name))
+            await self._apply_service(d, builders.service(d, engine.metadata.name))
         if served_by is not None and engine is not None:
             # The whole fleet scales: the autoscaler sizes the LLMDeployment through its scale
             # subresource and the operator splits spec.replicas by weight, as for kubectl scale.
@@ -836,9 +846,15 @@ class DeploymentController:
     async def _apply_if_changed(self, manifest: dict[str, Any]) -> dict[str, Any] | None:
         """Apply a child unless the watched copy already matches it (see
         :func:`builders.up_to_date`); the applied object, or None when nothing was written."""
+        write = self._child_write(manifest)
+        return await write() if write is not None else None
+
+    def _child_write(self, manifest: dict[str, Any]
+                     ) -> Callable[[], Awaitable[dict[str, Any]]] | None:
+        """The write that brings a child to ``manifest``, or None when the watched copy (or
+        one this process created, not yet shown by the watch) already matches."""
         desired = builders.with_spec_hash(manifest)
-        meta = desired["metadata"]
-        ident = (desired["kind"], meta["namespace"], meta["name"])
+        ident = _child_id(desired)
         observed = self.view.serving_child(*ident)
         want = desired["metadata"]["annotations"][builders.SPEC_HASH_ANNOTATION]
         mine = self.created.get(ident)
@@ -849,10 +865,41 @@ class DeploymentController:
             self.created.pop(ident, None)  # the watch has caught up: it is the judge again
         if builders.up_to_date(desired, observed):
             return None
-        applied = await self.writer.apply(desired)
-        if observed is None:
-            self.created[ident] = (want, time.monotonic())
-        return applied
+
+        async def write() -> dict[str, Any]:
+            applied = await self.writer.apply(desired)
+            if observed is None:
+                self.created[ident] = (want, time.monotonic())
+            return applied
+        return write
+
+    async def _apply_service(self, d: LLMDeployment, manifest: dict[str, Any]) -> None:
+        """The Service, on the service lane when there is one (see :mod:`write_lane`)."""
+        lane = self.service_lane
+        child = _child_id(manifest)
+        if lane is None or lane.take_failure(child) is not None:
+            # No lane, or its last write of this Service failed: made here, so the error is
+            # this reconcile's (back-off, ReconcileError in status).
+            await self._apply_if_changed(manifest)
+            return
+        if lane.busy(child):
+            return  # its end queues this LLMDeployment again
+        write = self._child_write(manifest)
+        if write is not None:
+            lane.submit(child, (d.metadata.namespace or "", d.metadata.name), write())
+
+    def _unless_service_pending(self, d: LLMDeployment,
+                                status: LLMDeploymentStatus) -> LLMDeploymentStatus:
+        """Not Ready while its Service is still being written: the endpoint does not exist."""
+        lane = self.service_lane
+        name = (d.metadata.namespace or "", d.metadata.name)
+        if lane is None or not lane.busy(("Service", *name)) or not cond.is_true(
+                status.conditions, DeploymentConditionType.READY):
+            return status
+        return status.model_copy(update={"conditions": cond.set_condition(
+            status.conditions, DeploymentConditionType.READY, "False", "ServicePending",
+            f"the Service {d.metadata.name} (the endpoint) is being written",
+            observed_generation=d.metadata.generation, now=self.clock())})
 
     def forget_child(self, kind: str, namespace: str, name: str) -> None:
         """The watch saw this child deleted: the next reconcile creates it again."""

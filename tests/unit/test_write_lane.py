@@ -1,0 +1,158 @@
+"""Service writes off the reconcile worker: the reconcile does not wait for them, the
+LLMDeployment is not Ready while one is in flight, and a failed one is made again in the
+worker so its error is the reconcile's."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from tests.unit.test_deployment_controller import KEY, FakeView, FakeWriter, _as_observed
+from trtllm_operator.deployments.controller import DeploymentController
+from trtllm_operator.write_lane import WriteLane
+
+
+def test_the_lane_runs_the_write_apart_then_queues_the_key() -> None:
+    requeued: list[object] = []
+
+    async def scenario() -> None:
+        lane = WriteLane(requeued.append)
+        go = asyncio.Event()
+
+        async def write() -> None:
+            await go.wait()
+
+        child = ("Service", "ml", "a")
+        lane.submit(child, KEY, write())
+        assert lane.busy(child)
+        assert not lane.busy(("Service", "ml", "b"))
+        second = asyncio.sleep(0)
+        with pytest.raises(RuntimeError, match="already in flight"):
+            lane.submit(child, KEY, second)
+        second.close()
+        await asyncio.sleep(0)
+        assert requeued == []  # still writing
+        go.set()
+        await lane.drain()
+        assert not lane.busy(child)
+        assert lane.take_failure(child) is None
+
+    asyncio.run(scenario())
+    assert requeued == [KEY]
+
+
+def test_a_failed_write_is_kept_for_the_next_reconcile_and_the_key_queued() -> None:
+    requeued: list[object] = []
+
+    async def scenario() -> None:
+        lane = WriteLane(requeued.append)
+
+        async def write() -> None:
+            raise RuntimeError("denied")
+
+        lane.submit(("Service", "ml", "a"), KEY, write())
+        await lane.drain()
+        failure = lane.take_failure(("Service", "ml", "a"))
+        assert isinstance(failure, RuntimeError)
+        assert lane.take_failure(("Service", "ml", "a")) is None  # taken once
+
+    asyncio.run(scenario())
+    assert requeued == [KEY]
+
+
+class SlowServices(FakeWriter):
+    """Service applies wait until ``go`` is set (or fail while ``refuse`` is set)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.go = asyncio.Event()
+        self.refuse = False
+
+    async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        if manifest["kind"] == "Service":
+            if self.refuse:
+                raise RuntimeError("services is forbidden")
+            await self.go.wait()
+        return await super().apply(manifest)
+
+
+ROLLED_OUT = {"observedGeneration": 1, "replicas": 1, "readyReplicas": 1,
+              "availableReplicas": 1, "updatedReplicas": 1,
+              "conditions": [{"type": "Available", "status": "True",
+                              "reason": "MinimumReplicasAvailable"}]}
+
+
+class RolledOut(SlowServices):
+    """The Deployment, once applied, has every replica ready."""
+
+    async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        applied = await super().apply(manifest)
+        if manifest["kind"] == "Deployment":
+            return {**manifest, "metadata": {**manifest["metadata"], "generation": 1},
+                    "status": ROLLED_OUT}
+        return applied
+
+
+def _ready(writer: FakeWriter) -> dict[str, Any]:
+    return next(c for c in writer.status_patches[-1]["conditions"] if c["type"] == "Ready")
+
+
+def test_the_reconcile_goes_on_while_its_service_is_written_and_is_not_ready_until_done() -> None:
+    view = FakeView()
+    writer = RolledOut()
+    requeued: list[object] = []
+
+    async def scenario() -> None:
+        controller = DeploymentController(
+            view=view, writer=writer, events=lambda *_: None,
+            clock=lambda: datetime(2026, 11, 23, tzinfo=UTC),
+            service_lane=WriteLane(requeued.append))
+        await controller.reconcile(KEY)  # returns with the Service write still waiting
+        assert [m["kind"] for m in writer.applied] == ["ConfigMap", "Deployment"]
+        assert _ready(writer)["status"] == "False"
+        assert _ready(writer)["reason"] == "ServicePending"
+        await controller.reconcile(KEY)  # a second reconcile starts no second write
+        assert controller.service_lane is not None
+        assert len(controller.service_lane) == 1
+        writer.go.set()
+        await controller.service_lane.drain()
+        assert [m["kind"] for m in writer.applied] == ["ConfigMap", "Deployment", "Service"]
+        assert requeued == [KEY]
+        # The requeue, once the watch shows the children: nothing written, Ready.
+        view.children = {m["kind"]: _as_observed(m) for m in writer.applied}
+        view.dep = view.children["Deployment"] | {"status": ROLLED_OUT}
+        await controller.reconcile(KEY)
+        assert [m["kind"] for m in writer.applied] == ["ConfigMap", "Deployment", "Service"]
+        assert _ready(writer)["status"] == "True"
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_service_write_becomes_the_next_reconciles_error() -> None:
+    view = FakeView()
+    writer = SlowServices()
+    writer.refuse = True
+    requeued: list[object] = []
+
+    async def scenario() -> None:
+        lane = WriteLane(requeued.append)
+        controller = DeploymentController(
+            view=view, writer=writer, events=lambda *_: None,
+            clock=lambda: datetime(2026, 11, 23, tzinfo=UTC), service_lane=lane)
+        await controller.reconcile(KEY)
+        await lane.drain()
+        assert requeued == [KEY]
+        # Made in the worker this time: the reconcile fails with the API server's words
+        # (the work queue retries it with back-off and puts ReconcileError in status).
+        with pytest.raises(RuntimeError, match="services is forbidden"):
+            await controller.reconcile(KEY)
+        writer.refuse = False
+        writer.go.set()
+        await controller.reconcile(KEY)  # the lane again, now that nothing failed
+        await lane.drain()
+        assert [m["kind"] for m in writer.applied][-1] == "Service"
+
+    asyncio.run(scenario())
