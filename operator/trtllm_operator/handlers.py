@@ -410,6 +410,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         "LLMDeployment", RUNTIME.view.deployment_body, kube, deployments.status_writes,
         after=cfg.reconcile_error_after))
     deployments.service_lane = WriteLane(_requeue_deployment)
+    deployments.status_writes.min_interval = cfg.status_detail_seconds
     metrics.serve(cfg.metrics_port, cfg.bind_address)
 
 
@@ -433,7 +434,24 @@ async def cleanup(**_: Any) -> None:
 @kopf.index(API_GROUP, API_VERSION, "llmengines")
 def engine_bodies(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Key, Any]:
     """Each LLMEngine as a plain dict, by (namespace, name)."""
-    return {(namespace or "", name): copy.deepcopy(dict(body))}
+    return {(namespace or "", name): _slim_body(body)}
+
+
+_UNREAD_ANNOTATIONS = frozenset({"kubectl.kubernetes.io/last-applied-configuration"})
+
+
+def _slim_body(body: kopf.Body) -> dict[str, Any]:
+    """A custom resource as the reconcilers read it: all but managedFields and kubectl's
+    copy of the last applied manifest, which nothing reads and which can be as large as the
+    rest together (a thousand LLMDeployments are held at once)."""
+    out = copy.deepcopy({k: v for k, v in body.items() if k != "metadata"})
+    meta = {k: copy.deepcopy(v) for k, v in body.get("metadata", {}).items()
+            if k != "managedFields"}
+    if meta.get("annotations"):
+        meta["annotations"] = {k: v for k, v in meta["annotations"].items()
+                               if k not in _UNREAD_ANNOTATIONS}
+    out["metadata"] = meta
+    return out
 
 
 @kopf.index(API_GROUP, API_VERSION, "llmengines")
@@ -683,7 +701,7 @@ async def on_claim(namespace: str | None, name: str, **kwargs: Any) -> None:
 def deployment_bodies(namespace: str | None, name: str, body: kopf.Body,
                       **_: Any) -> dict[Key, Any]:
     """Each LLMDeployment as a plain dict, by (namespace, name)."""
-    return {(namespace or "", name): copy.deepcopy(dict(body))}
+    return {(namespace or "", name): _slim_body(body)}
 
 
 @kopf.index(API_GROUP, API_VERSION, "llmdeployments")

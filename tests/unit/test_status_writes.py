@@ -67,3 +67,29 @@ def test_a_recreated_object_of_the_same_name_does_not_inherit_the_memory() -> No
     assert asyncio.run(writes.publish(patcher, KEY, {}, status, uid="new"))
     assert len(patcher.patches) == 2
     assert not asyncio.run(writes.publish(patcher, KEY, {}, status, uid="new"))
+
+
+def test_details_wait_for_the_interval_after_a_write_and_headlines_do_not() -> None:
+    now = [100.0]
+    writes = StatusWrites("LLMDeployment", min_interval=2.0, monotonic=lambda: now[0])
+    patcher = Patcher()
+    first = {"replicaSummary": "0/1"}
+    # Nothing written to this object yet: never held.
+    assert writes.hold(KEY, {}, first, headline=False) == 0.0
+    assert publish(writes, patcher, {}, first)
+    now[0] = 100.5
+    detail = {"replicaSummary": "0/1", "message": "1/1 updated"}
+    assert writes.hold(KEY, first, detail, headline=False) == 1.5
+    assert writes.hold(KEY, first, detail, headline=True) == 0.0
+    assert writes.hold(KEY, first, first, headline=False) == 0.0  # nothing to write
+    now[0] = 102.0
+    assert writes.hold(KEY, first, detail, headline=False) == 0.0  # the interval is over
+    writes.forget(KEY)
+    now[0] = 102.1
+    assert writes.hold(KEY, first, detail, headline=False) == 0.0
+
+
+def test_without_an_interval_nothing_is_held() -> None:
+    writes, patcher = StatusWrites("LLMEngine"), Patcher()
+    assert publish(writes, patcher, {}, {"a": 1})
+    assert writes.hold(KEY, {"a": 1}, {"a": 2}, headline=False) == 0.0

@@ -156,3 +156,41 @@ def test_a_failed_service_write_becomes_the_next_reconciles_error() -> None:
         assert [m["kind"] for m in writer.applied][-1] == "Service"
 
     asyncio.run(scenario())
+
+
+def test_a_detail_right_after_a_write_is_held_and_requeued_while_ready_is_written_at_once(
+        ) -> None:
+    view = FakeView()
+    writer = SlowServices()
+    writer.go.set()
+    now = [0.0]
+
+    async def scenario() -> None:
+        controller = DeploymentController(
+            view=view, writer=writer, events=lambda *_: None,
+            clock=lambda: datetime(2026, 11, 23, tzinfo=UTC))
+        controller.status_writes.min_interval = 2.0
+        controller.status_writes.monotonic = lambda: now[0]
+        await controller.reconcile(KEY)
+        assert len(writer.status_patches) == 1
+        assert _ready(writer)["reason"] == "RollingOut"
+        first = writer.status_patches[-1]
+        view.body["status"] = first
+        # The Deployment's rollout moves on (a detail): held, the reconcile comes back then.
+        view.children = {m["kind"]: _as_observed(m) for m in writer.applied}
+        view.dep = view.children["Deployment"] | {"status": {
+            "observedGeneration": 1, "replicas": 1, "updatedReplicas": 1}}
+        now[0] = 0.5
+        result = await controller.reconcile(KEY)
+        assert len(writer.status_patches) == 1
+        assert result is not None
+        assert result.requeue_after == 1.5
+        # Every replica ready: Ready's status changes, written at once.
+        view.dep = view.children["Deployment"] | {"status": ROLLED_OUT}
+        now[0] = 0.6
+        result = await controller.reconcile(KEY)
+        assert len(writer.status_patches) == 2
+        assert _ready(writer)["status"] == "True"
+        assert result is None
+
+    asyncio.run(scenario())

@@ -316,6 +316,18 @@ def _child_id(manifest: Mapping[str, Any]) -> tuple[str, str, str]:
     return manifest["kind"], meta["namespace"], meta["name"]
 
 
+_DETAIL_CONDITIONS = frozenset({DeploymentConditionType.AVAILABLE,
+                                DeploymentConditionType.PROGRESSING})
+
+
+def _headline(status: LLMDeploymentStatus) -> tuple[object, ...]:
+    """What a status write may not wait for: the generation observed and each condition's
+    status (Ready, Reconciling, Stalled, ...). Reasons, messages, counts and the conditions
+    mirrored from the Deployment are details (see StatusWrites.hold)."""
+    return (status.observed_generation, frozenset(
+        (c.type, c.status) for c in status.conditions if c.type not in _DETAIL_CONDITIONS))
+
+
 def _serving_gpu(dep: Mapping[str, Any] | None) -> str | None:
     """The GPU type a trtllm-serve Deployment's pods are pinned to (its nodeSelector)."""
     template = ((dep or {}).get("spec") or {}).get("template") or {}
@@ -418,17 +430,20 @@ class DeploymentController:
         metrics.record_ready("LLMDeployment", key, cond.is_true(
             status.conditions, DeploymentConditionType.READY))
         old_wire, new_wire = d.status.to_wire(), status.to_wire()
-        if await self.status_writes.publish(self.writer, key, old_wire, new_wire,
-                                            uid=d.metadata.uid):
+        held = self.status_writes.hold(key, old_wire, new_wire, uid=d.metadata.uid,
+                                       headline=_headline(d.status) != _headline(status))
+        if not held and await self.status_writes.publish(self.writer, key, old_wire, new_wire,
+                                                         uid=d.metadata.uid):
             self._emit(body, d.status, status)
             emit_spec_warnings(self.events, body, d.status.conditions, status.conditions,
                                findings)
+        later = [held] if held else []
         if not cond.is_true(status.conditions, DeploymentConditionType.READY):
-            return Result(requeue_after=NOT_READY_RESYNC_SECONDS)
-        if d.spec.inference_pool is not None:
+            later.append(NOT_READY_RESYNC_SECONDS)
+        elif d.spec.inference_pool is not None:
             # InferencePools are not watched: a deleted or edited one is put back this late.
-            return Result(requeue_after=self.pool_reapply_seconds)
-        return None
+            later.append(self.pool_reapply_seconds)
+        return Result(requeue_after=min(later)) if later else None
 
     async def _reconcile_one(self, d: LLMDeployment, engine: LLMEngine | None,
                              facts: ClusterFacts) -> tuple[LLMDeploymentStatus,
@@ -1053,6 +1068,6 @@ class DeploymentController:
                 continue
             waiting = after.reason in ("RollingOut", "EngineNotBuilt", "EnginePending",
                                        "EngineBuilding", "AutoscalerPending",
-                                       "ShapeSwitching")
+                                       "ShapeSwitching", "ServicePending")
             kind = "Normal" if after.status == "True" or waiting else "Warning"
             self.events(body, kind, after.reason[:128], after.message[:1024])

@@ -1,0 +1,45 @@
+"""What the indexes hold of each custom resource: everything the reconcilers read, without
+managedFields and kubectl's last-applied copy (held for every object, read by nothing)."""
+
+from __future__ import annotations
+
+import json
+
+import kopf
+
+from trtllm_operator.handlers import deployment_bodies, engine_bodies
+
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+
+
+def _body() -> dict[str, object]:
+    spec = {"engineRef": {"name": "llama"}, "gpu": "auto", "replicas": 2}
+    return {
+        "apiVersion": "trtllm.dev/v1alpha1", "kind": "LLMDeployment",
+        "metadata": {
+            "name": "d", "namespace": "ml", "uid": "u", "generation": 3,
+            "resourceVersion": "7", "labels": {"team": "a"},
+            "annotations": {LAST_APPLIED: json.dumps({"spec": spec}), "team.example/x": "y"},
+            "finalizers": ["trtllm.dev/finalizer"],
+            "managedFields": [{"manager": "kubectl", "operation": "Apply",
+                               "fieldsV1": {"f:spec": {"f:replicas": {}}}}]},
+        "spec": spec,
+        "status": {"observedGeneration": 3, "conditions": [{"type": "Ready"}]}}
+
+
+def test_bodies_keep_what_is_read_and_drop_managed_fields_and_last_applied() -> None:
+    raw = _body()
+    for index in (deployment_bodies, engine_bodies):
+        held = index(namespace="ml", name="d", body=kopf.Body(raw))[("ml", "d")]
+        meta = held["metadata"]
+        assert "managedFields" not in meta
+        assert meta["annotations"] == {"team.example/x": "y"}
+        assert {k: meta[k] for k in ("name", "namespace", "uid", "generation", "labels",
+                                     "finalizers", "resourceVersion")} == {
+            k: raw["metadata"][k] for k in ("name", "namespace", "uid",  # type: ignore[index]
+                                            "generation", "labels", "finalizers",
+                                            "resourceVersion")}
+        assert held["spec"] == raw["spec"]
+        assert held["status"] == raw["status"]
+        held["spec"]["replicas"] = 9  # a copy: the watch's body is not changed through it
+        assert raw["spec"]["replicas"] == 2  # type: ignore[index]
