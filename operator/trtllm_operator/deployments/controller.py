@@ -316,6 +316,30 @@ def _child_id(manifest: Mapping[str, Any]) -> tuple[str, str, str]:
     return manifest["kind"], meta["namespace"], meta["name"]
 
 
+_LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+
+
+def status_echo(body: Mapping[str, Any], status: Mapping[str, Any]) -> bytes:
+    """A digest of what a reconcile reads of an LLMDeployment besides its spec (which cannot
+    change without its generation): identity, generation, labels, annotations, finalizers,
+    deletion, and ``status``."""
+    meta = body.get("metadata") or {}
+    annotations = {k: v for k, v in (meta.get("annotations") or {}).items()
+                   if k != _LAST_APPLIED}
+    seen = [meta.get("uid"), meta.get("generation"), meta.get("deletionTimestamp"),
+            meta.get("labels") or {}, annotations, list(meta.get("finalizers") or []),
+            status]
+    return hashlib.blake2b(json.dumps(seen, sort_keys=True, default=_plain).encode(),
+                           digest_size=16).digest()
+
+
+def _plain(value: object) -> object:
+    """kopf's views of a body (Mappings, not dicts) as JSON sees them."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"{type(value).__name__} in an LLMDeployment body")
+
+
 _DETAIL_CONDITIONS = frozenset({DeploymentConditionType.AVAILABLE,
                                 DeploymentConditionType.PROGRESSING})
 
@@ -397,6 +421,8 @@ class DeploymentController:
     the child was deleted before the record was made."""
     lws_refusal: str = ""
     """When forbidden, the API server's refusal (names the operator's account), for status."""
+    _status_echo: dict[Key, bytes] = field(default_factory=dict)
+    """Per LLMDeployment, :func:`status_echo` of its last status write (see is_status_echo)."""
     service_lane: WriteLane | None = None
     """Where Service writes are made off the reconcile worker (see :mod:`write_lane`); None:
     in the worker."""
@@ -406,6 +432,7 @@ class DeploymentController:
         if body is None:
             metrics.record_ready("LLMDeployment", key, None)
             self.status_writes.forget(key)
+            self._status_echo.pop(key, None)
             for kind in (autoscaling.SCALED_OBJECT, monitoring.KIND):
                 self._applied.pop((kind, *key), None)
             return None
@@ -434,6 +461,7 @@ class DeploymentController:
                                        headline=_headline(d.status) != _headline(status))
         if not held and await self.status_writes.publish(self.writer, key, old_wire, new_wire,
                                                          uid=d.metadata.uid):
+            self._status_echo[key] = status_echo(body, new_wire)
             self._emit(body, d.status, status)
             emit_spec_warnings(self.events, body, d.status.conditions, status.conditions,
                                findings)
@@ -915,6 +943,12 @@ class DeploymentController:
             status.conditions, DeploymentConditionType.READY, "False", "ServicePending",
             f"the Service {d.metadata.name} (the endpoint) is being written",
             observed_generation=d.metadata.generation, now=self.clock())})
+
+    def is_status_echo(self, key: Key, body: Mapping[str, Any]) -> bool:
+        """``body`` is the object as the reconcile that last wrote its status saw it, with
+        that status: its watch event brings nothing to reconcile (a new fleet's status writes
+        were a third of its reconciles)."""
+        return self._status_echo.get(key) == status_echo(body, body.get("status") or {})
 
     def forget_child(self, kind: str, namespace: str, name: str) -> None:
         """The watch saw this child deleted: the next reconcile creates it again."""

@@ -1,0 +1,47 @@
+"""An LLMDeployment's watch event that only shows the status the operator just wrote is
+recognised (and not reconciled again); any other change to what a reconcile reads is not."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+
+from tests.unit.test_deployment_controller import KEY, FakeView, FakeWriter
+from trtllm_operator.deployments.controller import DeploymentController
+
+
+def _after_write() -> tuple[DeploymentController, dict[str, Any]]:
+    view, writer = FakeView(), FakeWriter()
+    controller = DeploymentController(view=view, writer=writer, events=lambda *_: None,
+                                      clock=lambda: datetime(2026, 11, 23, tzinfo=UTC))
+    asyncio.run(controller.reconcile(KEY))
+    echo = copy.deepcopy(view.body) | {"status": writer.status_patches[-1]}
+    echo["metadata"] |= {"resourceVersion": "8", "managedFields": [{"manager": "x"}]}
+    return controller, echo
+
+
+def test_the_echo_of_its_own_status_write_is_recognised_also_through_kopfs_views() -> None:
+    controller, echo = _after_write()
+    assert controller.is_status_echo(KEY, echo)
+    assert controller.is_status_echo(KEY, kopf.Body(echo))
+
+
+def test_any_other_change_is_not_an_echo() -> None:
+    controller, echo = _after_write()
+    changes = [
+        lambda b: b["metadata"].__setitem__("labels", {"team": "b"}),
+        lambda b: b["metadata"].__setitem__("annotations", {"note": "x"}),
+        lambda b: b["metadata"].__setitem__("generation", 2),
+        lambda b: b["metadata"].__setitem__("deletionTimestamp", "2026-11-23T00:00:00Z"),
+        lambda b: b["metadata"].__setitem__("uid", "another"),
+        lambda b: b["status"].__setitem__("replicas", 7),
+    ]
+    for change in changes:
+        body = copy.deepcopy(echo)
+        change(body)
+        assert not controller.is_status_echo(KEY, body)
+    assert not controller.is_status_echo(("ml", "other"), echo)
