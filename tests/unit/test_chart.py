@@ -259,6 +259,7 @@ def test_settings_reach_the_operator_as_environment(render: Any) -> None:
         "TRTLLM_OPERATOR_API_WRITE_QPS": "100",
         "TRTLLM_OPERATOR_API_WRITE_BURST": "200",
         "TRTLLM_OPERATOR_RECONCILE_ERROR_AFTER": "3",
+        "TRTLLM_OPERATOR_STATUS_DETAIL_SECONDS": "2",
         "TRTLLM_OPERATOR_METRICS_PORT": "8080",
         "TRTLLM_OPERATOR_HEALTH_PORT": "8081",
         "TRTLLM_OPERATOR_LOG_FORMAT": "json",
@@ -272,7 +273,7 @@ def test_settings_reach_the_operator_as_environment(render: Any) -> None:
     changed = env_of(render({"workers": 16, "buildDeadlineSeconds": 1_000_000,
                              "rateLimits": {"retryQps": 2.5, "retryBurst": 1000,
                                             "apiWriteQps": 150, "apiWriteBurst": 300},
-                             "reconcileErrorAfter": 5,
+                             "reconcileErrorAfter": 5, "statusDetailSeconds": 0.5,
                              "logFormat": "text", "logLevel": "DEBUG",
                              "watchNamespaces": ["team-a", "team-b"],
                              "extraEnv": [{"name": "TRTLLM_OPERATOR_BIND_ADDRESS",
@@ -286,12 +287,14 @@ def test_settings_reach_the_operator_as_environment(render: Any) -> None:
             changed["TRTLLM_OPERATOR_API_WRITE_QPS"],
             changed["TRTLLM_OPERATOR_API_WRITE_BURST"]) == ("2.5", "1000", "150", "300")
     assert changed["TRTLLM_OPERATOR_RECONCILE_ERROR_AFTER"] == "5"
+    assert changed["TRTLLM_OPERATOR_STATUS_DETAIL_SECONDS"] == "0.5"
     # What the chart renders, the operator reads back as the same settings.
     from trtllm_operator.settings import OperatorSettings
     read = OperatorSettings(_env_file=None, **{  # type: ignore[call-arg]
         k.removeprefix("TRTLLM_OPERATOR_").lower(): v for k, v in changed.items()
         if k.startswith("TRTLLM_OPERATOR_") and k != "TRTLLM_OPERATOR_NAMESPACES"})
-    assert (read.retry_qps, read.api_write_burst, read.reconcile_error_after) == (2.5, 300, 5)
+    assert (read.retry_qps, read.api_write_burst, read.reconcile_error_after,
+            read.status_detail_seconds) == (2.5, 300, 5, 0.5)
     assert changed["TRTLLM_OPERATOR_BIND_ADDRESS"] == "::"
 
 
@@ -455,6 +458,7 @@ def test_service_monitor_only_when_enabled_and_the_api_exists(render: Any) -> No
     (["--set", "rateLimits.apiWriteQps=0"], "apiWriteQps"),
     (["--set", "rateLimits.retryBurst=0"], "retryBurst"),
     (["--set", "reconcileErrorAfter=0"], "reconcileErrorAfter"),
+    (["--set", "statusDetailSeconds=-1"], "statusDetailSeconds"),
     (["--set", "watchNamespaces={Team_A}"], "watchNamespaces"),
     (["--set", "metrics.port=70000"], "metrics"),
     (["--set", "image.pullPolicy=Sometimes"], "pullPolicy"),
