@@ -42,6 +42,12 @@ class StatusWrites:
     monotonic: Callable[[], float] = time.monotonic
     _written_at: dict[Key, float] = field(default_factory=dict)
 
+    def last(self, key: Key, uid: str | None, seen: dict[str, Any]) -> dict[str, Any]:
+        """The status this object has as far as this process knows: its own last write to this
+        very object, else what the view shows."""
+        written = self.written.get(key)
+        return written[1] if written is not None and written[0] == (uid or "") else seen
+
     def hold(self, key: Key, seen: dict[str, Any], wanted: dict[str, Any],
              uid: str | None = None, headline: bool = True) -> float:
         """Seconds to hold back the write of ``wanted`` (0: write now, or nothing to write).

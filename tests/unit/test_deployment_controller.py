@@ -385,3 +385,17 @@ def test_a_created_child_the_watch_never_shows_is_created_again_after_the_grace(
                           for k, (h, t) in controller.created.items()}
     asyncio.run(controller.reconcile(KEY))
     assert [m["kind"] for m in writer.applied] == ["ConfigMap", "Deployment", "Service"] * 2
+
+
+def test_a_new_deployment_announces_its_engine_then_ready_not_its_first_rollout() -> None:
+    view = FakeView()
+    _writer, events, ready = _run(view)
+    assert ready["reason"] == "RollingOut"
+    assert events == [("Normal", "EngineBuilt")]  # EngineReady's reason
+    # Once it has a Ready condition, a move back to rolling out is announced.
+    view.body["status"] = {"conditions": [{
+        "type": "Ready", "status": "True", "reason": "Ready", "message": "1/1 replicas ready",
+        "lastTransitionTime": "2026-11-23T00:00:00Z"}]}
+    _writer, events, ready = _run(view)
+    assert ready["reason"] == "RollingOut"
+    assert ("Normal", "RollingOut") in events

@@ -194,3 +194,32 @@ def test_a_detail_right_after_a_write_is_held_and_requeued_while_ready_is_writte
         assert result is None
 
     asyncio.run(scenario())
+
+
+def test_a_detail_is_held_even_while_the_view_still_shows_the_status_before_the_write(
+        ) -> None:
+    view = FakeView()  # its status stays empty: the echo of the first write has not arrived
+    writer = SlowServices()
+    writer.go.set()
+    now = [0.0]
+
+    async def scenario() -> None:
+        controller = DeploymentController(
+            view=view, writer=writer, events=lambda *_: None,
+            clock=lambda: datetime(2026, 11, 23, tzinfo=UTC))
+        controller.status_writes.min_interval = 2.0
+        controller.status_writes.monotonic = lambda: now[0]
+        await controller.reconcile(KEY)
+        view.children = {m["kind"]: _as_observed(m) for m in writer.applied}
+        view.dep = view.children["Deployment"] | {"status": {
+            "observedGeneration": 1, "replicas": 1, "updatedReplicas": 1}}
+        now[0] = 1.0
+        result = await controller.reconcile(KEY)
+        assert len(writer.status_patches) == 1
+        assert result is not None
+        assert result.requeue_after == 1.0
+        now[0] = 2.0
+        await controller.reconcile(KEY)  # the requeue: the detail is written now
+        assert len(writer.status_patches) == 2
+
+    asyncio.run(scenario())

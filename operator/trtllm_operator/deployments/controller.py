@@ -344,12 +344,13 @@ _DETAIL_CONDITIONS = frozenset({DeploymentConditionType.AVAILABLE,
                                 DeploymentConditionType.PROGRESSING})
 
 
-def _headline(status: LLMDeploymentStatus) -> tuple[object, ...]:
+def _headline(wire: Mapping[str, Any]) -> tuple[object, ...]:
     """What a status write may not wait for: the generation observed and each condition's
     status (Ready, Reconciling, Stalled, ...). Reasons, messages, counts and the conditions
     mirrored from the Deployment are details (see StatusWrites.hold)."""
-    return (status.observed_generation, frozenset(
-        (c.type, c.status) for c in status.conditions if c.type not in _DETAIL_CONDITIONS))
+    return (wire.get("observedGeneration"), frozenset(
+        (c.get("type"), c.get("status")) for c in wire.get("conditions") or []
+        if c.get("type") not in _DETAIL_CONDITIONS))
 
 
 def _serving_gpu(dep: Mapping[str, Any] | None) -> str | None:
@@ -457,8 +458,9 @@ class DeploymentController:
         metrics.record_ready("LLMDeployment", key, cond.is_true(
             status.conditions, DeploymentConditionType.READY))
         old_wire, new_wire = d.status.to_wire(), status.to_wire()
+        current = self.status_writes.last(key, d.metadata.uid, old_wire)
         held = self.status_writes.hold(key, old_wire, new_wire, uid=d.metadata.uid,
-                                       headline=_headline(d.status) != _headline(status))
+                                       headline=_headline(current) != _headline(new_wire))
         if not held and await self.status_writes.publish(self.writer, key, old_wire, new_wire,
                                                          uid=d.metadata.uid):
             self._status_echo[key] = status_echo(body, new_wire)
@@ -1103,5 +1105,9 @@ class DeploymentController:
             waiting = after.reason in ("RollingOut", "EngineNotBuilt", "EnginePending",
                                        "EngineBuilding", "AutoscalerPending",
                                        "ShapeSwitching", "ServicePending")
+            if waiting and before is None and type_ == DeploymentConditionType.READY:
+                # A new object starting to roll out: EngineReady's event of the same write
+                # says what it will serve; Ready's event comes when it serves (or cannot).
+                continue
             kind = "Normal" if after.status == "True" or waiting else "Warning"
             self.events(body, kind, after.reason[:128], after.message[:1024])
