@@ -58,6 +58,11 @@ def _counted(operation: str) -> Callable[[Async[P, R]], Async[P, R]]:
 _started: contextvars.ContextVar[float] = contextvars.ContextVar("_started", default=0.0)
 """When the current write left the write limit (set by Kube._throttle)."""
 
+URGENT_WRITES: contextvars.ContextVar[bool] = contextvars.ContextVar("urgent_writes",
+                                                                     default=False)
+"""Set by a reconcile acting on a spec not yet observed (a new or edited object): its child
+writes go ahead of other writes waiting on the limit (status writes never do)."""
+
 log = logging.getLogger(__name__)
 
 FIELD_MANAGER = "trtllm-operator"
@@ -175,10 +180,10 @@ class Kube:
         self.writes = writes or TokenBucket(20.0, 50)
         self._services = asyncio.Semaphore(SERVICE_WRITES)
 
-    async def _throttle(self) -> None:
+    async def _throttle(self, status: bool = False) -> None:
         """Wait for the write limit; the wait is a metric of its own."""
         waited = time.monotonic()
-        await self.writes.acquire()
+        await self.writes.acquire(urgent=not status and URGENT_WRITES.get())
         now = time.monotonic()
         metrics.API_THROTTLE_SECONDS.observe(now - waited)
         _started.set(now)
@@ -246,7 +251,7 @@ class Kube:
 
         An object deleted since it was read (404) has no status left to record; its deletion
         event reconciles whatever remains, so that is not an error worth a retry."""
-        await self._throttle()
+        await self._throttle(status=True)
         try:
             await self.client.patch(_STATUS_RESOURCES[kind], name, {"status": status},
                                     namespace=namespace, patch_type=PatchType.MERGE)

@@ -30,6 +30,7 @@ import itertools
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -87,32 +88,66 @@ class Backoff:
 class TokenBucket:
     """``qps`` tokens a second, at most ``burst`` saved up. ``reserve()`` takes one token and
     says how long to wait for it (0 when one is available), as golang.org/x/time/rate does;
-    the clock is injectable for deterministic tests."""
+    ``acquire()`` waits for one, urgent callers ahead of the others. The clock is injectable
+    for deterministic tests."""
 
     qps: float
     burst: int
     clock: Callable[[], float] = field(default=time.monotonic)
     _tokens: float = field(init=False)
     _last: float = field(init=False)
+    _waiting: tuple[deque[asyncio.Future[None]], deque[asyncio.Future[None]]] = field(
+        init=False)
+    _dispatcher: asyncio.Task[None] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         if self.qps <= 0 or self.burst < 1:
             raise ValueError("a token bucket needs qps > 0 and burst >= 1")
         self._tokens = float(self.burst)
         self._last = self.clock()
+        self._waiting = (deque(), deque())
 
-    def reserve(self) -> float:
+    def _refill(self) -> None:
         now = self.clock()
         self._tokens = min(float(self.burst), self._tokens + (now - self._last) * self.qps)
         self._last = now
+
+    def reserve(self) -> float:
+        self._refill()
         self._tokens -= 1.0
         return 0.0 if self._tokens >= 0 else -self._tokens / self.qps
 
-    async def acquire(self) -> None:
-        """Wait for a token (callers queue up in order of arrival)."""
-        delay = self.reserve()
-        if delay > 0:
-            await asyncio.sleep(delay)
+    async def acquire(self, urgent: bool = False) -> None:
+        """Wait for a token. Callers are served in order of arrival, urgent ones first: a new
+        object's children need not wait behind a mass of status writes."""
+        if not any(self._waiting):
+            self._refill()
+            if self._tokens >= 1.0:
+                self._tokens -= 1.0
+                return
+        loop = asyncio.get_running_loop()
+        granted: asyncio.Future[None] = loop.create_future()
+        self._waiting[0 if urgent else 1].append(granted)
+        if self._dispatcher is None or self._dispatcher.done():
+            self._dispatcher = loop.create_task(self._dispatch())
+        try:
+            await granted
+        except asyncio.CancelledError:
+            if granted.done() and not granted.cancelled():
+                self._tokens += 1.0  # granted as the caller was cancelled: not spent
+            raise
+
+    async def _dispatch(self) -> None:
+        """Hand out tokens to waiters as they accrue (cancelled waiters are skipped)."""
+        while any(self._waiting):
+            self._refill()
+            if self._tokens < 1.0:
+                await asyncio.sleep((1.0 - self._tokens) / self.qps)
+                continue
+            granted = (self._waiting[0] or self._waiting[1]).popleft()
+            if not granted.done():
+                self._tokens -= 1.0
+                granted.set_result(None)
 
 
 FailureHook = Callable[[K, Failure, int], Awaitable[None]]

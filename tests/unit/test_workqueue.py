@@ -329,3 +329,41 @@ def test_the_queue_wait_of_every_run_is_reported() -> None:
     waits = asyncio.run(scenario())
     assert [name for name, _ in waits] == ["t", "t"]
     assert waits[1][1] >= 0.015  # "b" waited for "a" to finish on the only worker
+
+
+def test_urgent_callers_get_tokens_before_callers_that_waited_longer() -> None:
+    order: list[str] = []
+
+    async def scenario() -> None:
+        bucket = TokenBucket(qps=50.0, burst=1)
+        await bucket.acquire()  # the burst is spent: everyone below waits
+
+        async def take(name: str, urgent: bool) -> None:
+            await bucket.acquire(urgent=urgent)
+            order.append(name)
+
+        waiting = [asyncio.create_task(take("status-1", False)),
+                   asyncio.create_task(take("status-2", False))]
+        await asyncio.sleep(0)
+        waiting.append(asyncio.create_task(take("deployment", True)))
+        await asyncio.gather(*waiting)
+
+    asyncio.run(scenario())
+    assert order == ["deployment", "status-1", "status-2"]
+
+
+def test_a_cancelled_waiter_spends_no_token() -> None:
+    now = [0.0]
+
+    async def scenario() -> float:
+        bucket = TokenBucket(qps=1000.0, burst=1, clock=lambda: now[0])
+        await bucket.acquire()
+        gone = asyncio.create_task(bucket.acquire())
+        await asyncio.sleep(0)
+        gone.cancel()
+        await asyncio.gather(gone, return_exceptions=True)
+        now[0] = 0.001  # one token accrues
+        await asyncio.sleep(0.01)  # the dispatcher runs: the cancelled waiter gets nothing
+        return bucket.reserve()
+
+    assert asyncio.run(scenario()) == 0.0  # the accrued token is still there

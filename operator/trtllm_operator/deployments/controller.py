@@ -51,6 +51,7 @@ from trtllm_operator.deployments import (
 )
 from trtllm_operator.engines.planning import serving_claim
 from trtllm_operator.kube import (
+    URGENT_WRITES,
     InferencePoolResource,
     LeaderWorkerSetResource,
     invalid_refusal,
@@ -429,6 +430,7 @@ class DeploymentController:
     in the worker."""
 
     async def reconcile(self, key: Key) -> Result | None:
+        URGENT_WRITES.set(False)
         body = self.view.deployment_body(key)
         if body is None:
             metrics.record_ready("LLMDeployment", key, None)
@@ -440,6 +442,8 @@ class DeploymentController:
         d = LLMDeployment.model_validate(body)
         if d.metadata.deletion_timestamp is not None:
             return None  # garbage collection removes the Deployment and Service
+        # A new or edited object: its children go ahead of other writes on the write limit.
+        URGENT_WRITES.set(d.status.observed_generation != d.metadata.generation)
         namespace = key[0]
         engine_body = self.view.engine((namespace, d.spec.engine_ref.name))
         engine = LLMEngine.model_validate(engine_body) if engine_body else None
