@@ -223,3 +223,25 @@ def test_a_detail_is_held_even_while_the_view_still_shows_the_status_before_the_
         assert len(writer.status_patches) == 2
 
     asyncio.run(scenario())
+
+
+def test_a_second_write_before_the_view_shows_the_first_announces_nothing_again() -> None:
+    view = FakeView()  # its status stays empty: the echo of the first write has not arrived
+    writer = SlowServices()
+    writer.go.set()
+    events: list[str] = []
+
+    async def scenario() -> None:
+        controller = DeploymentController(
+            view=view, writer=writer, events=lambda _b, _k, reason, _m: events.append(reason),
+            clock=lambda: datetime(2026, 11, 23, tzinfo=UTC))
+        await controller.reconcile(KEY)
+        assert events == ["EngineBuilt"]
+        view.children = {m["kind"]: _as_observed(m) for m in writer.applied}
+        view.dep = view.children["Deployment"] | {"status": {
+            "observedGeneration": 1, "replicas": 1, "updatedReplicas": 1}}
+        await controller.reconcile(KEY)  # a detail, written (no interval set)
+        assert len(writer.status_patches) == 2
+        assert events == ["EngineBuilt"]
+
+    asyncio.run(scenario())

@@ -468,8 +468,12 @@ class DeploymentController:
         if not held and await self.status_writes.publish(self.writer, key, old_wire, new_wire,
                                                          uid=d.metadata.uid):
             self._status_echo[key] = status_echo(body, new_wire)
-            self._emit(body, d.status, status)
-            emit_spec_warnings(self.events, body, d.status.conditions, status.conditions,
+            # Transitions from what this object last had: the operator's own last write when
+            # the view has not shown it yet (else each write re-announced the first ones).
+            previous = (d.status if current is old_wire
+                        else LLMDeploymentStatus.model_validate(current))
+            self._emit(body, previous, status)
+            emit_spec_warnings(self.events, body, previous.conditions, status.conditions,
                                findings)
         later = [held] if held else []
         if not cond.is_true(status.conditions, DeploymentConditionType.READY):
