@@ -43,3 +43,26 @@ def test_bodies_keep_what_is_read_and_drop_managed_fields_and_last_applied() -> 
         assert held["status"] == raw["status"]
         held["spec"]["replicas"] = 9  # a copy: the watch's body is not changed through it
         assert raw["spec"]["replicas"] == 2  # type: ignore[index]
+
+
+def test_children_are_held_compact_and_read_back_as_the_compared_parts() -> None:
+    from trtllm_operator.handlers import IndexView, serving_deployments
+
+    dep = {"apiVersion": "apps/v1", "kind": "Deployment",
+           "metadata": {"name": "d", "namespace": "ml", "generation": 2, "uid": "u",
+                        "labels": {"a": "b"}, "annotations": {"trtllm.dev/spec-hash": "h"},
+                        "managedFields": [{"manager": "x"}], "resourceVersion": "9"},
+           "spec": {"replicas": 2, "template": {"spec": {"containers": [{"name": "c"}]}}},
+           "status": {"readyReplicas": 1}}
+    packed = serving_deployments(namespace="ml", name="d", body=kopf.Body(dep))[("ml", "d")]
+    assert isinstance(packed, bytes)
+    view = IndexView()
+    view.indexes["serving_deployments"] = {("ml", "d"): [packed]}
+    seen = view.serving_deployment("ml", "d")
+    assert seen == {"metadata": {k: dep["metadata"][k] for k in (  # type: ignore[index]
+        "name", "namespace", "labels", "annotations", "generation")},
+        "spec": dep["spec"], "status": dep["status"]}
+    assert view.serving_child("Deployment", "ml", "d") == seen
+    assert view.serving_child("Service", "ml", "d") is None
+    seen["spec"]["replicas"] = 5  # a fresh copy each time
+    assert view.serving_deployment("ml", "d")["spec"]["replicas"] == 2  # type: ignore[index]
