@@ -54,6 +54,16 @@ API_ERRORS = Counter(
     "trtllm_operator_api_errors_total", "Kubernetes API calls that failed, by operation and code.",
     ["operation", "code"], registry=REGISTRY)
 
+STATUS_WRITES = Counter(
+    "trtllm_operator_status_writes_total",
+    "Status writes, by kind and by what changed: each top-level status field and each "
+    "condition type that differs from the object's last status (conditions as condition/<type>).",
+    ["kind", "changed"], registry=REGISTRY)
+STATUS_HELD = Counter(
+    "trtllm_operator_status_writes_held_total",
+    "Status changes of detail only held back (statusDetailSeconds), by kind.", ["kind"],
+    registry=REGISTRY)
+
 RECONCILE_FAILURES = Counter(
     "trtllm_operator_reconcile_failures_total",
     "Failed reconciles, by kind, error class (Conflict, Forbidden, ...) and whether such an "

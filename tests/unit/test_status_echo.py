@@ -45,3 +45,17 @@ def test_any_other_change_is_not_an_echo() -> None:
         change(body)
         assert not controller.is_status_echo(KEY, body)
     assert not controller.is_status_echo(("ml", "other"), echo)
+
+
+def test_status_changes_name_the_fields_and_condition_types_that_differ() -> None:
+    from trtllm_operator.deployments.controller import status_changes
+
+    old = {"replicas": 1, "gpu": "H100", "conditions": [
+        {"type": "Ready", "status": "False", "reason": "RollingOut"},
+        {"type": "Available", "status": "False"}]}
+    new = {"replicas": 1, "readyReplicas": 1, "gpu": "H100", "conditions": [
+        {"type": "Ready", "status": "True", "reason": "Ready"},
+        {"type": "Available", "status": "False"}, {"type": "Reconciling", "status": "False"}]}
+    assert status_changes(old, new) == {"readyReplicas", "condition/Ready",
+                                        "condition/Reconciling"}
+    assert status_changes(new, new) == set()

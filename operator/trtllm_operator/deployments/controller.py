@@ -341,6 +341,20 @@ def _plain(value: object) -> object:
     raise TypeError(f"{type(value).__name__} in an LLMDeployment body")
 
 
+def status_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> set[str]:
+    """Which top-level fields and which conditions (``condition/<type>``) differ, for the
+    status writes metric (bounded: the schema's fields and condition types)."""
+    def by_type(wire: Mapping[str, Any]) -> dict[str, Any]:
+        return {c.get("type"): c for c in wire.get("conditions") or []}
+
+    before, after = by_type(old), by_type(new)
+    changed = {f"condition/{t}" for t in before.keys() | after.keys()
+               if before.get(t) != after.get(t)}
+    changed |= {k for k in old.keys() | new.keys()
+                if k != "conditions" and old.get(k) != new.get(k)}
+    return changed
+
+
 _DETAIL_CONDITIONS = frozenset({DeploymentConditionType.AVAILABLE,
                                 DeploymentConditionType.PROGRESSING})
 
@@ -468,6 +482,8 @@ class DeploymentController:
         if not held and await self.status_writes.publish(self.writer, key, old_wire, new_wire,
                                                          uid=d.metadata.uid):
             self._status_echo[key] = status_echo(body, new_wire)
+            for part in status_changes(current, new_wire):
+                metrics.STATUS_WRITES.labels("LLMDeployment", part).inc()
             # Transitions from what this object last had: the operator's own last write when
             # the view has not shown it yet (else each write re-announced the first ones).
             previous = (d.status if current is old_wire
@@ -475,6 +491,8 @@ class DeploymentController:
             self._emit(body, previous, status)
             emit_spec_warnings(self.events, body, previous.conditions, status.conditions,
                                findings)
+        if held:
+            metrics.STATUS_HELD.labels("LLMDeployment").inc()
         later = [held] if held else []
         if not cond.is_true(status.conditions, DeploymentConditionType.READY):
             later.append(NOT_READY_RESYNC_SECONDS)

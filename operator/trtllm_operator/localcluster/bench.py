@@ -163,6 +163,11 @@ def operator_metrics(port: int) -> dict[str, Any]:
             kind = sample.labels.get("kind") or sample.labels.get("operation", "")
             if sample.name == "trtllm_operator_reconciles_total":
                 out["reconciles"][f"{kind} {sample.labels['outcome']}"] = int(sample.value)
+            elif sample.name == "trtllm_operator_status_writes_total":
+                out.setdefault("status_writes_changed", {})[
+                    f"{kind} {sample.labels['changed']}"] = int(sample.value)
+            elif sample.name == "trtllm_operator_status_writes_held_total":
+                out.setdefault("status_writes_held", {})[kind] = int(sample.value)
             for metric in ("reconcile_duration_seconds", "queue_wait_seconds",
                            "api_request_duration_seconds", "api_rate_limiter_duration_seconds"):
                 base = f"trtllm_operator_{metric}"
@@ -488,6 +493,11 @@ def run_mode(mode: str, cfg: Settings, workdir: Path) -> dict[str, Any]:
                 if not k.startswith("WATCH")}
             time.sleep(cfg.idle_seconds)
             idle = request_counts(api)
+            # Who posted the run's Events, and why (one LIST, after the measured periods).
+            events: Any = client.CoreV1Api(api).list_namespaced_event(NAMESPACE)
+            result["events_by_reason"] = dict(Counter(
+                f"{e.reporting_component or (e.source.component if e.source else '')} "
+                f"{e.involved_object.kind} {e.reason}" for e in events.items).most_common())
             result["idle_seconds"] = cfg.idle_seconds
             result["requests_idle"] = diff(idle, after)
             result["writes_idle"] = writes(result["requests_idle"])
