@@ -355,6 +355,11 @@ def status_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> set[str]:
     return changed
 
 
+_WAITING_REASONS = frozenset({"RollingOut", "EngineNotBuilt", "EnginePending",
+                              "EngineBuilding", "AutoscalerPending", "ShapeSwitching",
+                              "ServicePending"})
+"""Reasons of a False condition that say work goes on, not that something is wrong."""
+
 _DETAIL_CONDITIONS = frozenset({DeploymentConditionType.AVAILABLE,
                                 DeploymentConditionType.PROGRESSING})
 
@@ -1128,12 +1133,11 @@ class DeploymentController:
             if after is None or (before is not None and (before.status, before.reason)
                                  == (after.status, after.reason)):
                 continue
-            waiting = after.reason in ("RollingOut", "EngineNotBuilt", "EnginePending",
-                                       "EngineBuilding", "AutoscalerPending",
-                                       "ShapeSwitching", "ServicePending")
-            if waiting and before is None and type_ == DeploymentConditionType.READY:
-                # A new object starting to roll out: EngineReady's event of the same write
-                # says what it will serve; Ready's event comes when it serves (or cannot).
+            waiting = after.reason in _WAITING_REASONS
+            if waiting and type_ == DeploymentConditionType.READY and (
+                    before is None or before.reason in _WAITING_REASONS):
+                # A new object starting to roll out, or a step within a rollout: EngineReady's
+                # event says what it will serve; Ready's comes when it serves (or cannot).
                 continue
             kind = "Normal" if after.status == "True" or waiting else "Warning"
             self.events(body, kind, after.reason[:128], after.message[:1024])
