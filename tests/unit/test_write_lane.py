@@ -235,7 +235,10 @@ def test_a_second_write_before_the_view_shows_the_first_announces_nothing_again(
         controller = DeploymentController(
             view=view, writer=writer, events=lambda _b, _k, reason, _m: events.append(reason),
             clock=lambda: datetime(2026, 11, 23, tzinfo=UTC))
-        await controller.reconcile(KEY)
+        view.body["status"] = {"conditions": [{
+            "type": "EngineReady", "status": "False", "reason": "EngineBuilding",
+            "message": "building", "lastTransitionTime": "2026-11-23T00:00:00Z"}]}
+        await controller.reconcile(KEY)  # the engine it waited for is built
         assert events == ["EngineBuilt"]
         view.children = {m["kind"]: _as_observed(m) for m in writer.applied}
         view.dep = view.children["Deployment"] | {"status": {

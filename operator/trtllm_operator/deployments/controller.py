@@ -1136,8 +1136,13 @@ class DeploymentController:
             waiting = after.reason in _WAITING_REASONS
             if waiting and type_ == DeploymentConditionType.READY and (
                     before is None or before.reason in _WAITING_REASONS):
-                # A new object starting to roll out, or a step within a rollout: EngineReady's
-                # event says what it will serve; Ready's comes when it serves (or cannot).
+                # A new object starting to roll out, or a step within a rollout: Ready's
+                # event comes when it serves (or cannot).
+                continue
+            if before is None and after.status == "True" and (
+                    type_ == DeploymentConditionType.ENGINE_READY):
+                # Its engine was built before it was created: nothing happened to announce
+                # (status says what it serves); a wait for a build ends with this Event.
                 continue
             kind = "Normal" if after.status == "True" or waiting else "Warning"
             self.events(body, kind, after.reason[:128], after.message[:1024])
