@@ -8,9 +8,9 @@ goes on (Deployment, status), the lane makes it on a task of its own, and when i
 has failed, the object's key is queued again, so the next reconcile sees the outcome:
 
 - done: the child's watch event (or the requeue) reconciles again, which finds it in place;
-- failed: the lane keeps the error for that child; the next reconcile makes the write itself,
-  in the worker, so its error is the reconcile's (retried with back-off, a ``ReconcileError``
-  in status) exactly as if it had never left.
+- failed: the lane keeps the error for that child; until a write of it succeeds, reconciles
+  make it themselves, in the worker, so its error is the reconcile's (retried with back-off,
+  a ``ReconcileError`` in status after a few) exactly as if it had never left.
 
 At most one write per child is in flight; while it is, :meth:`busy` says so, and the
 controller does not call the LLMDeployment Ready (its endpoint does not exist yet).
@@ -38,9 +38,14 @@ class WriteLane:
         """A write of ``child`` is in flight."""
         return child in self._tasks
 
-    def take_failure(self, child: Child) -> BaseException | None:
-        """The error of the last write of ``child``, if it failed (forgotten once taken)."""
-        return self._failed.pop(child, None)
+    def failure(self, child: Child) -> BaseException | None:
+        """The error of the lane's last write of ``child``, if it failed, until
+        :meth:`clear`: the writes of ``child`` are made in the worker meanwhile."""
+        return self._failed.get(child)
+
+    def clear(self, child: Child) -> None:
+        """``child`` was written (or is gone): the lane may write it again."""
+        self._failed.pop(child, None)
 
     def submit(self, child: Child, key: Hashable, write: Awaitable[object]) -> None:
         """Make ``write`` on a task of its own; queue ``key`` again once it ends."""

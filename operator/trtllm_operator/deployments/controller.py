@@ -359,6 +359,9 @@ _WAITING_REASONS = frozenset({"RollingOut", "EngineNotBuilt", "EnginePending",
                               "EngineBuilding", "AutoscalerPending", "ShapeSwitching",
                               "ServicePending"})
 """Reasons of a False condition that say work goes on, not that something is wrong."""
+_ROLLOUT_STEPS = frozenset({"RollingOut", "ServicePending"})
+"""Waiting reasons of Ready that are routine steps of a rollout: no Event of their own when
+reached from another waiting reason (or on creation)."""
 
 _DETAIL_CONDITIONS = frozenset({DeploymentConditionType.AVAILABLE,
                                 DeploymentConditionType.PROGRESSING})
@@ -455,6 +458,8 @@ class DeploymentController:
             metrics.record_ready("LLMDeployment", key, None)
             self.status_writes.forget(key)
             self._status_echo.pop(key, None)
+            if self.service_lane is not None:
+                self.service_lane.clear(("Service", *key))
             for kind in (autoscaling.SCALED_OBJECT, monitoring.KIND):
                 self._applied.pop((kind, *key), None)
             return None
@@ -953,10 +958,12 @@ class DeploymentController:
         """The Service, on the service lane when there is one (see :mod:`write_lane`)."""
         lane = self.service_lane
         child = _child_id(manifest)
-        if lane is None or lane.take_failure(child) is not None:
-            # No lane, or its last write of this Service failed: made here, so the error is
-            # this reconcile's (back-off, ReconcileError in status).
+        if lane is None or lane.failure(child) is not None:
+            # No lane, or its last write of this Service failed: made here until one succeeds,
+            # so the error is this reconcile's (back-off, ReconcileError in status).
             await self._apply_if_changed(manifest)
+            if lane is not None:
+                lane.clear(child)
             return
         if lane.busy(child):
             return  # its end queues this LLMDeployment again
@@ -1134,15 +1141,16 @@ class DeploymentController:
                                  == (after.status, after.reason)):
                 continue
             waiting = after.reason in _WAITING_REASONS
-            if waiting and type_ == DeploymentConditionType.READY and (
+            if after.reason in _ROLLOUT_STEPS and type_ == DeploymentConditionType.READY and (
                     before is None or before.reason in _WAITING_REASONS):
                 # A new object starting to roll out, or a step within a rollout: Ready's
                 # event comes when it serves (or cannot).
                 continue
-            if before is None and after.status == "True" and (
+            if before is None and after.reason == "EngineBuilt" and (
                     type_ == DeploymentConditionType.ENGINE_READY):
-                # Its engine was built before it was created: nothing happened to announce
-                # (status says what it serves); a wait for a build ends with this Event.
+                # Its engine, on the type it names, was built before it was created: nothing
+                # happened to announce. A wait for a build ends with this Event, and a choice
+                # of GPU type (EngineChosen) is announced with its reason.
                 continue
             kind = "Normal" if after.status == "True" or waiting else "Warning"
             self.events(body, kind, after.reason[:128], after.message[:1024])
