@@ -110,6 +110,15 @@ def small_engine(name: str, targets: list[str], **build: Any) -> dict[str, Any]:
     return obj
 
 
+def own_nodes(cluster: ClusterUnderTest, **counts: int) -> str:
+    """Add simulated nodes (``h100=1, l40s=1``) labelled ``test-pool`` with a fresh value, for
+    this test's workloads alone to select; returns the value."""
+    pool = f"p{uuid.uuid4().hex[:8]}"  # a letter first: "123e4567" would read as a number
+    for gpu, count in counts.items():
+        cluster.add_nodes(gpu, count, labels={"test-pool": pool})
+    return pool
+
+
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:5]}"
 
