@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -341,26 +342,38 @@ def optional_crds(cluster: ClusterUnderTest) -> Iterator[None]:
         local.remove_crds(source)
 
 
-@pytest.fixture(scope="module")
-def chart(cluster: ClusterUnderTest, crds: list[str], core: client.CoreV1Api,
-          optional_crds: None) -> Iterator[dict[str, Any]]:
-    """The chart installed with its defaults (cluster-wide), as Helm users get it."""
+@contextmanager
+def _installed_chart(cluster: ClusterUnderTest, core: client.CoreV1Api, release_prefix: str,
+                     namespace_prefix: str, *values: str) -> Iterator[dict[str, Any]]:
+    """The chart installed by Helm in a fresh namespace (``values``: --set assignments),
+    uninstalled after: its namespace, ServiceAccount and ClusterRole rules."""
     helm = BinaryBuilder().ensure(["helm"])["helm"]
-    release = f"rbac-{uuid.uuid4().hex[:5]}"
-    namespace = _namespace(core, "trtllm-system")
+    release = f"{release_prefix}-{uuid.uuid4().hex[:5]}"
+    namespace = _namespace(core, namespace_prefix)
     base = [str(helm), f"--kubeconfig={cluster.kubeconfig}", "-n", namespace]
+    sets = [arg for value in values for arg in ("--set", value)]
     subprocess.run([*base, "install", release, str(ROOT / "charts/trtllm-operator"),
-                    "--skip-crds", "--set", "image.repository=example.com/trtllm-operator"],
-                   check=True, capture_output=True, text=True)
+                    "--skip-crds", "--set", "image.repository=example.com/trtllm-operator",
+                    *sets], check=True, capture_output=True, text=True)
     rbac = client.RbacAuthorizationV1Api(core.api_client)
     role = next(r for r in rbac.list_cluster_role(
         label_selector=f"app.kubernetes.io/instance={release}").items)
     binding = next(b for b in rbac.list_cluster_role_binding(
         label_selector=f"app.kubernetes.io/instance={release}").items)
-    yield {"namespace": namespace, "serviceAccount": binding.subjects[0].name,
-           "rules": [r.to_dict() for r in role.rules]}
-    subprocess.run([*base, "uninstall", release], check=False, capture_output=True)
-    core.delete_namespace(namespace)
+    try:
+        yield {"namespace": namespace, "serviceAccount": binding.subjects[0].name,
+               "rules": [r.to_dict() for r in role.rules]}
+    finally:
+        subprocess.run([*base, "uninstall", release], check=False, capture_output=True)
+        core.delete_namespace(namespace)
+
+
+@pytest.fixture(scope="module")
+def chart(cluster: ClusterUnderTest, crds: list[str], core: client.CoreV1Api,
+          optional_crds: None) -> Iterator[dict[str, Any]]:
+    """The chart installed with its defaults (cluster-wide), as Helm users get it."""
+    with _installed_chart(cluster, core, "rbac", "trtllm-system") as installed:
+        yield installed
 
 
 def _rules_manifest(rules: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -582,25 +595,12 @@ def lws_chart(cluster: ClusterUnderTest, crds: list[str], core: client.CoreV1Api
               chart: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """The chart installed with leaderWorkerSet.enabled=true; ``lwsRules`` are the rules it
     adds to the default install's."""
-    helm = BinaryBuilder().ensure(["helm"])["helm"]
-    release = f"rbac-lws-{uuid.uuid4().hex[:5]}"
-    namespace = _namespace(core, "trtllm-lws")
-    base = [str(helm), f"--kubeconfig={cluster.kubeconfig}", "-n", namespace]
-    subprocess.run([*base, "install", release, str(ROOT / "charts/trtllm-operator"),
-                    "--skip-crds", "--set", "image.repository=example.com/trtllm-operator",
-                    "--set", "leaderWorkerSet.enabled=true"],
-                   check=True, capture_output=True, text=True)
-    rbac = client.RbacAuthorizationV1Api(core.api_client)
-    role = next(r for r in rbac.list_cluster_role(
-        label_selector=f"app.kubernetes.io/instance={release}").items)
-    binding = next(b for b in rbac.list_cluster_role_binding(
-        label_selector=f"app.kubernetes.io/instance={release}").items)
-    rules = _rules_manifest([r.to_dict() for r in role.rules])
-    default = {_describe(r) for r in _rules_manifest(chart["rules"])}
-    yield {"namespace": namespace, "serviceAccount": binding.subjects[0].name,
-           "rules": rules, "lwsRules": [r for r in rules if _describe(r) not in default]}
-    subprocess.run([*base, "uninstall", release], check=False, capture_output=True)
-    core.delete_namespace(namespace)
+    with _installed_chart(cluster, core, "rbac-lws", "trtllm-lws",
+                          "leaderWorkerSet.enabled=true") as installed:
+        rules = _rules_manifest(installed["rules"])
+        default = {_describe(r) for r in _rules_manifest(chart["rules"])}
+        yield {**installed, "rules": rules,
+               "lwsRules": [r for r in rules if _describe(r) not in default]}
 
 
 def test_multi_node_serving_and_shape_switches_pass_under_the_lws_charts_account(
