@@ -94,20 +94,25 @@ def all_ready(objects: list[dict[str, Any]]) -> bool:
                                  for o in objects)
 
 
-def setup(kubectl: Kubectl, root: Path) -> None:
-    """CRDs, the namespace, the Hugging Face token Secret and the two storage claims."""
+def apply_crds(kubectl: Kubectl, root: Path) -> None:
+    """Apply the operator's CRDs (``root``/crds) and wait until both are Established."""
     kubectl("apply", "--server-side", "-f", str(root / "crds"))
     for attempt in range(10):
         try:
             kubectl("wait", "--for=condition=Established", "--timeout=60s",
                     "crd/llmengines.trtllm.dev", "crd/llmdeployments.trtllm.dev")
-            break
+            return
         except RuntimeError as exc:
             # Asked in the instant before the API server writes a new CRD's first status,
             # kubectl wait fails on the missing conditions instead of waiting for them.
             if "accessor error" not in str(exc) or attempt == 9:
                 raise
             time.sleep(0.5)
+
+
+def setup(kubectl: Kubectl, root: Path) -> None:
+    """CRDs, the namespace, the Hugging Face token Secret and the two storage claims."""
+    apply_crds(kubectl, root)
     kubectl("create", "namespace", NAMESPACE)
     # The simulated builds never contact Hugging Face; a real cluster needs a real token.
     kubectl("create", "secret", "generic", "hf-token", "-n", NAMESPACE,

@@ -255,17 +255,18 @@ def check_backend_fields(spec: LLMEngineSpec) -> list[Finding]:
                              f"{field_name} {message}"))
 
     if backend == "tensorrt":
-        if calibration is not None and calibration.dataset_path is not None:
+        if calibration is None:
+            return found
+        if calibration.dataset_path is not None:
             refuse("spec.build.quantization.calibration.datasetPath",
                    "is read only by the pytorch backend's quantize Job; quantize.py of the "
                    "tensorrt backend takes calibration.dataset by name: remove datasetPath")
-        if calibration is not None and calibration.download_dataset:
+        if calibration.download_dataset:
             refuse("spec.build.quantization.calibration.downloadDataset",
                    "is read only by the pytorch backend's quantize Job: remove it")
-        for name, set_ in (("revision", calibration is not None and calibration.revision),
-                           ("files", calibration is not None and calibration.files),
-                           ("textField", calibration is not None
-                            and calibration.text_field != "text")):
+        for name, set_ in (("revision", calibration.revision is not None),
+                           ("files", bool(calibration.files)),
+                           ("textField", calibration.text_field != "text")):
             if set_:
                 refuse(f"spec.build.quantization.calibration.{name}",
                        "is read only by the pytorch backend's quantize Job; quantize.py of the "

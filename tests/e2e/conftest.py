@@ -7,11 +7,12 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import yaml
 from kubernetes import client
+from kubernetes.client.rest import ApiException
 
 from tests.conftest import ROOT, ClusterUnderTest, Kubectl
 from tests.support import wait_for
@@ -109,6 +110,15 @@ def small_engine(name: str, targets: list[str], **build: Any) -> dict[str, Any]:
     return obj
 
 
+def own_nodes(cluster: ClusterUnderTest, **counts: int) -> str:
+    """Add simulated nodes (``h100=1, l40s=1``) labelled ``test-pool`` with a fresh value, for
+    this test's workloads alone to select; returns the value."""
+    pool = f"p{uuid.uuid4().hex[:8]}"  # a letter first: "123e4567" would read as a number
+    for gpu, count in counts.items():
+        cluster.add_nodes(gpu, count, labels={"test-pool": pool})
+    return pool
+
+
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:5]}"
 
@@ -151,6 +161,79 @@ def condition(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
 
 def targets(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {t["gpu"]: t for t in (obj.get("status") or {}).get("targets") or []}
+
+
+DOWNLOAD_JOBS = "app.kubernetes.io/component=model-download"
+QUANTIZE_JOBS = "app.kubernetes.io/component=model-quantize"
+BUILD_JOBS = "app.kubernetes.io/component=engine-build"
+
+
+def jobs(api_client: client.ApiClient, namespace: str, selector: str) -> list[client.V1Job]:
+    return list(client.BatchV1Api(api_client).list_namespaced_job(
+        namespace, label_selector=selector).items)
+
+
+PYTORCH_IMAGE = "nvcr.io/nvidia/tensorrt-llm/release:1.3.0rc25"
+
+
+def pytorch_engine(name: str, targets: list[str]) -> dict[str, Any]:
+    """:func:`small_engine` on the PyTorch line (a 1.3.0rc21+ image), unquantized."""
+    obj = small_engine(name, targets, image=PYTORCH_IMAGE)
+    build = obj["spec"]["build"]
+    for key in ("limits", "plugins", "extraArgs", "quantization"):
+        build.pop(key, None)  # trtllm-build settings: refused on this backend
+    build["dtype"] = "auto"
+    return obj
+
+
+CHAT_DEPLOYMENTS = {H100: "chat-h100", L40S: "chat-l40s"}
+
+
+def serve_on_h100_and_l40s(kubectl: Kubectl, namespace: str, api_client: client.ApiClient,
+                           get_llmd: Getter, engine: str,
+                           model_paths: dict[str, str]) -> dict[str, client.V1Container]:
+    """Serve ``engine`` with one LLMDeployment per GPU type (:data:`CHAT_DEPLOYMENTS`) and
+    check that each is Ready on its GPU type, serving the folder ``model_paths[gpu]`` of the
+    claim read-only at /model, offline. Returns each server's container, by GPU type."""
+    for gpu, name in CHAT_DEPLOYMENTS.items():
+        apply(kubectl, namespace, {
+            "apiVersion": "trtllm.dev/v1alpha1", "kind": "LLMDeployment",
+            "metadata": {"name": name},
+            "spec": {"engineRef": {"name": engine}, "gpu": gpu, "replicas": 1}})
+    containers = {}
+    apps = client.AppsV1Api(api_client)
+    for gpu, name in CHAT_DEPLOYMENTS.items():
+        kubectl("wait", "-n", namespace, "--for=condition=Ready", f"llmdeployment/{name}",
+                "--timeout=120s")
+        pod = apps.read_namespaced_deployment(name, namespace).spec.template.spec
+        assert pod.node_selector["nvidia.com/gpu.product"] == gpu
+        container = pod.containers[0]
+        assert {e.name: e.value for e in container.env or []}["HF_HUB_OFFLINE"] == "1"
+        model_mount = next(m for m in container.volume_mounts if m.mount_path == "/model")
+        assert model_mount.sub_path == model_paths[gpu]
+        assert model_mount.read_only
+        ready = condition(get_llmd(name), "Ready")
+        assert ready is not None
+        assert ready["status"] == "True"
+        containers[gpu] = container
+    return containers
+
+
+T = TypeVar("T")
+
+
+def read_or_none(read: Callable[[], T]) -> T | None:
+    """``read()``, or None when its object is not there (404); other errors are raised."""
+    try:
+        return read()
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def exists(read: Callable[[], object]) -> bool:
+    return read_or_none(read) is not None
 
 
 def settle(seconds: float = 1.0) -> None:

@@ -17,10 +17,17 @@ from typing import Any
 
 import pytest
 from kubernetes import client
-from kubernetes.client.rest import ApiException
 
 from tests.conftest import ClusterUnderTest, InstallCRDs, Kubectl
-from tests.e2e.conftest import H100, Getter, apply, condition, settle, small_engine
+from tests.e2e.conftest import (
+    H100,
+    Getter,
+    apply,
+    condition,
+    read_or_none,
+    settle,
+    small_engine,
+)
 from tests.support import wait_for
 from trtllm_operator.localcluster.extcrds import KEDA, PROMETHEUS_OPERATOR
 from trtllm_operator.localcluster.operator_process import OperatorProcess
@@ -58,13 +65,9 @@ def _engine_ready(kubectl: Kubectl, namespace: str) -> None:
 
 def _custom(api_client: client.ApiClient, group: str, version: str, plural: str,
             namespace: str, name: str) -> dict[str, Any] | None:
-    try:
-        obj: dict[str, Any] = client.CustomObjectsApi(api_client).get_namespaced_custom_object(
-            group, version, namespace, plural, name)
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
+    obj: dict[str, Any] | None = read_or_none(
+        lambda: client.CustomObjectsApi(api_client).get_namespaced_custom_object(
+            group, version, namespace, plural, name))
     return obj
 
 
@@ -77,13 +80,10 @@ def _pod_monitor(api_client: client.ApiClient, ns: str, name: str) -> dict[str, 
 
 
 def _read_hpa(api_client: client.ApiClient, ns: str, name: str) -> dict[str, Any] | None:
-    api = client.AutoscalingV2Api(api_client)
-    try:
-        obj = api.read_namespaced_horizontal_pod_autoscaler(name, ns)
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
+    obj = read_or_none(lambda: client.AutoscalingV2Api(
+        api_client).read_namespaced_horizontal_pod_autoscaler(name, ns))
+    if obj is None:
+        return None
     out: dict[str, Any] = api_client.sanitize_for_serialization(obj)
     return out
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import threading
-import uuid
 from typing import Any
 
 import pytest
@@ -13,7 +12,16 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from tests.conftest import ClusterUnderTest, Kubectl
-from tests.e2e.conftest import H100, L40S, Getter, apply, condition, small_engine, targets
+from tests.e2e.conftest import (
+    H100,
+    L40S,
+    Getter,
+    apply,
+    condition,
+    own_nodes,
+    small_engine,
+    targets,
+)
 from tests.support import wait_for
 from trtllm_operator import gpus
 from trtllm_operator.localcluster import stages
@@ -50,9 +58,7 @@ def _wait_ready(kubectl: Kubectl, namespace: str, kind: str, name: str,
 def test_two_deployments_of_one_engine_land_on_their_gpu_types(
         cluster: ClusterUnderTest, kubectl: Kubectl, namespace: str, get_llmd: Getter,
         core: client.CoreV1Api, api_client: client.ApiClient) -> None:
-    pool = f"p{uuid.uuid4().hex[:8]}"  # a letter first: "123e4567" would read as a number
-    cluster.add_nodes("h100", 1, labels={"test-pool": pool})
-    cluster.add_nodes("l40s", 1, labels={"test-pool": pool})
+    pool = own_nodes(cluster, h100=1, l40s=1)
     apply(kubectl, namespace, small_engine("llama", [H100, L40S], parallelism={"tensor": 2}))
     apply(kubectl, namespace, _llmd("on-h100", "llama", H100, replicas=2, pool=pool))
     apply(kubectl, namespace, _llmd("on-l40s", "llama", L40S, replicas=2, pool=pool))
@@ -114,8 +120,7 @@ def test_deployment_waits_for_its_engine_then_becomes_ready(
 def test_rebuild_rolls_pods_keeping_all_but_one_ready(
         cluster: ClusterUnderTest, kubectl: Kubectl, namespace: str, get_engine: Getter,
         get_llmd: Getter, api_client: client.ApiClient) -> None:
-    pool = f"p{uuid.uuid4().hex[:8]}"  # a letter first: "123e4567" would read as a number
-    cluster.add_nodes("h100", 1, labels={"test-pool": pool})
+    pool = own_nodes(cluster, h100=1)
     engine = small_engine("rolling", [H100])
     apply(kubectl, namespace, engine)
     apply(kubectl, namespace, _llmd("fleet", "rolling", H100, replicas=3, pool=pool))
@@ -168,8 +173,7 @@ def test_parallelism_beyond_the_gpu_types_nodes_is_reported(
 
 def test_pending_pods_surface_the_schedulers_reason(
         cluster: ClusterUnderTest, kubectl: Kubectl, namespace: str, get_llmd: Getter) -> None:
-    pool = f"p{uuid.uuid4().hex[:8]}"  # a letter first: "123e4567" would read as a number
-    cluster.add_nodes("h100", 1, labels={"test-pool": pool})
+    pool = own_nodes(cluster, h100=1)
     apply(kubectl, namespace, small_engine("big", [H100], parallelism={"tensor": 8}))
     apply(kubectl, namespace, _llmd("two-of-eight", "big", H100, replicas=2, pool=pool))
 

@@ -6,15 +6,21 @@ is installed."""
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import pytest
 from kubernetes import client
-from kubernetes.client.rest import ApiException
 
 from tests.conftest import ClusterUnderTest, InstallCRDs, Kubectl
-from tests.e2e.conftest import H100, Getter, apply, condition, small_engine
+from tests.e2e.conftest import (
+    H100,
+    Getter,
+    apply,
+    condition,
+    own_nodes,
+    read_or_none,
+    small_engine,
+)
 from tests.support import wait_for
 from trtllm_operator.localcluster.extcrds import INFERENCE_EXTENSION
 
@@ -33,14 +39,9 @@ def _llmd(pool: str, picker: dict[str, Any] | None, replicas: int = 2) -> dict[s
 
 
 def _pool(objects: client.CustomObjectsApi, namespace: str) -> dict[str, Any] | None:
-    try:
-        found: dict[str, Any] = objects.get_namespaced_custom_object(
-            GROUP, VERSION, namespace, PLURAL, "server")
-        return found
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
+    found: dict[str, Any] | None = read_or_none(lambda: objects.get_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, "server"))
+    return found
 
 
 def _condition_is(get_llmd: Getter, type_: str, status: str,
@@ -56,8 +57,7 @@ def test_the_pool_is_made_valid_follows_the_spec_and_goes_with_the_field_and_the
         core: client.CoreV1Api, api_client: client.ApiClient,
         third_party_crds: InstallCRDs) -> None:
     third_party_crds(INFERENCE_EXTENSION)
-    pool = f"p{uuid.uuid4().hex[:8]}"
-    cluster.add_nodes("h100", 1, labels={"test-pool": pool})
+    pool = own_nodes(cluster, h100=1)
     objects = client.CustomObjectsApi(api_client)
     apply(kubectl, namespace, small_engine("llama", [H100]))
     apply(kubectl, namespace, _llmd(pool, {"name": "llama-epp", "port": 9002}))
@@ -104,8 +104,7 @@ def test_the_pool_is_made_valid_follows_the_spec_and_goes_with_the_field_and_the
 def test_without_the_crd_a_condition_says_so_and_the_pool_comes_once_it_is_installed(
         cluster: ClusterUnderTest, kubectl: Kubectl, namespace: str, get_llmd: Getter,
         api_client: client.ApiClient, third_party_crds: InstallCRDs) -> None:
-    pool = f"p{uuid.uuid4().hex[:8]}"
-    cluster.add_nodes("h100", 1, labels={"test-pool": pool})
+    pool = own_nodes(cluster, h100=1)
     apply(kubectl, namespace, small_engine("llama", [H100]))
     apply(kubectl, namespace, _llmd(pool, {"name": "llama-epp", "port": 9002}, replicas=1))
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 
 from tests.conftest import ClusterUnderTest, Kubectl
-from tests.e2e.conftest import H100, Getter, apply, condition, small_engine, targets
+from tests.e2e.conftest import H100, Getter, apply, condition, exists, small_engine, targets
 from tests.support import wait_for
 from trtllm_operator import gpus, labels
 from trtllm_operator.deployments import builders, multinode
@@ -290,6 +290,36 @@ def _group_pending_then_placed(kubectl: Kubectl, namespace: str, get_llmd: Gette
     assert (status["readyReplicas"], status["replicaSummary"]) == (3, "3/3")
 
 
+class _Watch:
+    """``list_fn`` watched on a thread from a resource version on, until stopped: ``take``
+    gets each event and returns its resource version, where the next stream resumes (no
+    event is missed between streams)."""
+
+    def __init__(self, take: Callable[[dict[str, Any]], str], list_fn: Callable[..., Any],
+                 *args: Any, **kwargs: Any) -> None:
+        self._take, self._list, self._args, self._kwargs = take, list_fn, args, kwargs
+        self._version = ""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self, version: str) -> None:
+        self._version = version
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        w = watch.Watch()
+        while not self._stop.is_set():
+            for ev in w.stream(self._list, *self._args, resource_version=self._version,
+                               timeout_seconds=2, **self._kwargs):
+                self._version = self._take(ev)
+                if self._stop.is_set():
+                    break
+
+
 class StatusWatch:
     """Every status an LLMDeployment had, from a watch (a brief dip is not missed)."""
 
@@ -297,31 +327,22 @@ class StatusWatch:
         self.objects = client.CustomObjectsApi(api_client)
         self.namespace, self.name = namespace, name
         self.seen: list[dict[str, Any]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._watch = _Watch(self._take, self.objects.list_namespaced_custom_object,
+                             "trtllm.dev", "v1alpha1", namespace, "llmdeployments",
+                             field_selector=f"metadata.name={name}")
 
     def __enter__(self) -> StatusWatch:
-        self._version = self.objects.get_namespaced_custom_object(
+        self._watch.start(self.objects.get_namespaced_custom_object(
             "trtllm.dev", "v1alpha1", self.namespace, "llmdeployments",
-            self.name)["metadata"]["resourceVersion"]
-        self._thread.start()
+            self.name)["metadata"]["resourceVersion"])
         return self
 
     def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(10)
+        self._watch.stop()
 
-    def _run(self) -> None:
-        w = watch.Watch()
-        while not self._stop.is_set():
-            for ev in w.stream(self.objects.list_namespaced_custom_object, "trtllm.dev",
-                               "v1alpha1", self.namespace, "llmdeployments",
-                               field_selector=f"metadata.name={self.name}",
-                               resource_version=self._version, timeout_seconds=2):
-                self._version = ev["object"]["metadata"]["resourceVersion"]
-                self.seen.append(ev["object"].get("status") or {})
-                if self._stop.is_set():
-                    break
+    def _take(self, event: dict[str, Any]) -> str:
+        self.seen.append(event["object"].get("status") or {})
+        return str(event["object"]["metadata"]["resourceVersion"])
 
 
 class PodWatch:
@@ -332,8 +353,8 @@ class PodWatch:
         self.core, self.namespace, self.selector = core, namespace, selector
         self.pods: dict[str, Any] = {}
         self.events = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._watch = _Watch(self._take, core.list_namespaced_pod, namespace,
+                             label_selector=selector)
 
     def record(self) -> None:
         raise NotImplementedError
@@ -341,31 +362,28 @@ class PodWatch:
     def __enter__(self) -> PodWatch:
         listed = self.core.list_namespaced_pod(self.namespace, label_selector=self.selector)
         self.pods = {p.metadata.name: p for p in listed.items}
-        self._version = listed.metadata.resource_version
         self.record()
-        self._thread.start()
+        self._watch.start(listed.metadata.resource_version)
         return self
 
     def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(10)
+        self._watch.stop()
 
-    def _run(self) -> None:
-        w = watch.Watch()
-        while not self._stop.is_set():
-            for ev in w.stream(self.core.list_namespaced_pod, self.namespace,
-                               label_selector=self.selector, timeout_seconds=2,
-                               resource_version=self._version):
-                pod = ev["object"]
-                self._version = pod.metadata.resource_version
-                if ev["type"] == "DELETED":
-                    self.pods.pop(pod.metadata.name, None)
-                else:
-                    self.pods[pod.metadata.name] = pod
-                self.events += 1
-                self.record()
-                if self._stop.is_set():
-                    break
+    def _take(self, event: dict[str, Any]) -> str:
+        pod = event["object"]
+        if event["type"] == "DELETED":
+            self.pods.pop(pod.metadata.name, None)
+        else:
+            self.pods[pod.metadata.name] = pod
+        self.events += 1
+        self.record()
+        return str(pod.metadata.resource_version)
+
+
+def _shapes(pods: Iterable[Any]) -> frozenset[str]:
+    """The shapes with pods: "group" (LWS) and "single" (Deployment)."""
+    return frozenset("group" if multinode.LWS_GROUP_INDEX_LABEL in p.metadata.labels
+                     else "single" for p in pods)
 
 
 def _ready_pod(p: Any) -> bool:
@@ -459,9 +477,7 @@ class ShapeWatch(PodWatch):
         super().__init__(core, namespace, f"{labels.DEPLOYMENT}={name}")
 
     def record(self) -> None:
-        self.seen.append(frozenset(
-            "group" if multinode.LWS_GROUP_INDEX_LABEL in p.metadata.labels else "single"
-            for p in self.pods.values()))
+        self.seen.append(_shapes(self.pods.values()))
 
 
 def _rebuilt(engine: dict[str, Any], pipeline: int) -> dict[str, Any]:
@@ -477,15 +493,6 @@ def test_an_engine_rebuilt_wider_moves_from_a_deployment_to_groups_and_back(
     op = operator_now()
     apps = client.AppsV1Api(api_client)
     objects = client.CustomObjectsApi(api_client)
-
-    def exists(read: Callable[[], object]) -> bool:
-        try:
-            read()
-        except ApiException as exc:
-            if exc.status == 404:
-                return False
-            raise
-        return True
 
     def workloads() -> tuple[bool, bool]:
         """(Deployment exists, LWS exists)."""
@@ -542,8 +549,7 @@ class ServingWatch(PodWatch):
 
     def record(self) -> None:
         pods = list(self.pods.values())
-        shapes = frozenset("group" if multinode.LWS_GROUP_INDEX_LABEL in p.metadata.labels
-                           else "single" for p in pods)
+        shapes = _shapes(pods)
         single = any(_ready_pod(p) for p in pods
                      if multinode.LWS_GROUP_INDEX_LABEL not in p.metadata.labels)
         leaders = [p for p in pods if p.metadata.labels.get(

@@ -6,39 +6,31 @@ line: test_pytorch_quantize.py."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 import yaml
 from kubernetes import client
 
 from tests.conftest import Kubectl
-from tests.e2e.conftest import H100, L40S, Getter, apply, condition, small_engine, targets
+from tests.e2e.conftest import (
+    BUILD_JOBS,
+    DOWNLOAD_JOBS,
+    H100,
+    L40S,
+    Getter,
+    apply,
+    jobs,
+    pytorch_engine,
+    serve_on_h100_and_l40s,
+    targets,
+)
 from trtllm_operator.localcluster.cluster import static_rwx_claim
 
 pytestmark = pytest.mark.usefixtures("running_operator", "gpu_fleet", "storage", "hf_token")
 
-PYTORCH_IMAGE = "nvcr.io/nvidia/tensorrt-llm/release:1.3.0rc25"
-
-
-def _pytorch_engine(name: str, gpus: list[str]) -> dict[str, Any]:
-    obj = small_engine(name, gpus, image=PYTORCH_IMAGE)
-    build = obj["spec"]["build"]
-    for key in ("limits", "plugins", "extraArgs", "quantization"):
-        build.pop(key, None)  # trtllm-build settings: refused on this backend
-    build["dtype"] = "auto"
-    return obj
-
-
-def _jobs(api_client: client.ApiClient, namespace: str, component: str) -> list[client.V1Job]:
-    return list(client.BatchV1Api(api_client).list_namespaced_job(
-        namespace, label_selector=f"app.kubernetes.io/component={component}").items)
-
-
 def test_a_pytorch_engine_downloads_once_builds_nothing_and_is_served_on_both_gpu_types(
         kubectl: Kubectl, namespace: str, get_engine: Getter, get_llmd: Getter,
         api_client: client.ApiClient) -> None:
-    apply(kubectl, namespace, _pytorch_engine("llama", [H100, L40S]))
+    apply(kubectl, namespace, pytorch_engine("llama", [H100, L40S]))
     kubectl("wait", "-n", namespace, "--for=condition=Ready", "llmengine/llama",
             "--timeout=120s")
 
@@ -51,34 +43,17 @@ def test_a_pytorch_engine_downloads_once_builds_nothing_and_is_served_on_both_gp
         assert (built[gpu]["state"], built[gpu]["reason"]) == ("Built", "CheckpointCached")
         assert built[gpu]["path"] == cache["path"].removeprefix("/engines/")
         assert built[gpu].get("job") is None
-    assert len(_jobs(api_client, namespace, "model-download")) == 1
-    assert _jobs(api_client, namespace, "engine-build") == []
+    assert len(jobs(api_client, namespace, DOWNLOAD_JOBS)) == 1
+    assert jobs(api_client, namespace, BUILD_JOBS) == []
 
-    apps = client.AppsV1Api(api_client)
-    core = client.CoreV1Api(api_client)
-    for gpu, name in ((H100, "chat-h100"), (L40S, "chat-l40s")):
-        apply(kubectl, namespace, {
-            "apiVersion": "trtllm.dev/v1alpha1", "kind": "LLMDeployment",
-            "metadata": {"name": name},
-            "spec": {"engineRef": {"name": "llama"}, "gpu": gpu, "replicas": 1}})
-    for gpu, name in ((H100, "chat-h100"), (L40S, "chat-l40s")):
-        kubectl("wait", "-n", namespace, "--for=condition=Ready", f"llmdeployment/{name}",
-                "--timeout=120s")
-        pod = apps.read_namespaced_deployment(name, namespace).spec.template.spec
-        assert pod.node_selector["nvidia.com/gpu.product"] == gpu
-        container = pod.containers[0]
+    servers = serve_on_h100_and_l40s(kubectl, namespace, api_client, get_llmd, "llama",
+                                     {gpu: built[gpu]["path"] for gpu in (H100, L40S)})
+    for container in servers.values():
         command = container.command
         assert command[:4] == ["trtllm-serve", "/model", "--backend", "pytorch"]
         assert command[command.index("--host") + 1] == "0.0.0.0"
         assert "--config" in command
-        env = {e.name: e.value for e in container.env or []}
-        assert env["HF_HUB_OFFLINE"] == "1"
-        model_mount = next(m for m in container.volume_mounts if m.mount_path == "/model")
-        assert model_mount.sub_path == built[gpu]["path"]
-        assert model_mount.read_only
-        ready = condition(get_llmd(name), "Ready")
-        assert ready is not None
-        assert ready["status"] == "True"
+    core = client.CoreV1Api(api_client)
     options = [cm for cm in core.list_namespaced_config_map(namespace).items
                if cm.metadata.name.startswith("chat-h100")]
     assert options, "the options file of the PyTorch-line server"
@@ -95,7 +70,7 @@ def test_a_volume_checkpoint_is_served_from_its_own_claim_without_any_job(
     core.create_persistent_volume(pv)
     try:
         core.create_namespaced_persistent_volume_claim(namespace, pvc)
-        obj = _pytorch_engine("onvolume", [H100])
+        obj = pytorch_engine("onvolume", [H100])
         obj["spec"]["model"] = {"volume": {"claimName": "models", "path": "llama-3-8b"},
                                 "sizeHint": "16G"}
         apply(kubectl, namespace, obj)
@@ -104,8 +79,8 @@ def test_a_volume_checkpoint_is_served_from_its_own_claim_without_any_job(
         target = targets(get_engine("onvolume"))[H100]
         assert (target["reason"], target["path"]) == ("CheckpointOnVolume", "llama-3-8b")
         assert "modelCache" not in get_engine("onvolume")["status"]
-        assert _jobs(api_client, namespace, "model-download") == []
-        assert _jobs(api_client, namespace, "engine-build") == []
+        assert jobs(api_client, namespace, DOWNLOAD_JOBS) == []
+        assert jobs(api_client, namespace, BUILD_JOBS) == []
 
         apply(kubectl, namespace, {
             "apiVersion": "trtllm.dev/v1alpha1", "kind": "LLMDeployment",

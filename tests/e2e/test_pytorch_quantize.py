@@ -16,14 +16,19 @@ from kubernetes import client
 from tests.conftest import Kubectl
 from tests.e2e.conftest import (
     A100,
+    BUILD_JOBS,
+    DOWNLOAD_JOBS,
     H100,
     L40S,
+    QUANTIZE_JOBS,
     Getter,
     OperatorProcess,
     apply,
     condition,
+    jobs,
+    pytorch_engine,
+    serve_on_h100_and_l40s,
     settle,
-    small_engine,
     targets,
 )
 from tests.support import wait_for
@@ -33,30 +38,14 @@ from trtllm_operator import trtllm_facts as facts
 
 pytestmark = pytest.mark.usefixtures("running_operator", "gpu_fleet", "storage", "hf_token")
 
-PYTORCH_IMAGE = "nvcr.io/nvidia/tensorrt-llm/release:1.3.0rc25"
-DOWNLOAD = "app.kubernetes.io/component=model-download"
-QUANTIZE = "app.kubernetes.io/component=model-quantize"
-BUILD = "app.kubernetes.io/component=engine-build"
-
-
 def _fp8_engine(name: str, gpus: list[str], **sim: str) -> dict[str, Any]:
-    obj = small_engine(name, gpus, image=PYTORCH_IMAGE)
-    build = obj["spec"]["build"]
-    for key in ("limits", "plugins", "extraArgs"):
-        build.pop(key, None)  # trtllm-build settings: refused on this backend
-    build["dtype"] = "auto"
-    build["quantization"] = {"format": "fp8",
-                             "calibration": {"datasetPath": "calibration/chat.jsonl",
-                                             "size": 256}}
+    obj = pytorch_engine(name, gpus)
+    obj["spec"]["build"]["quantization"] = {
+        "format": "fp8", "calibration": {"datasetPath": "calibration/chat.jsonl", "size": 256}}
     if sim:
         obj["metadata"]["annotations"] = {f"sim.trtllm.dev/quantize-{k}": v
                                           for k, v in sim.items()}
     return obj
-
-
-def _jobs(api_client: client.ApiClient, namespace: str, selector: str) -> list[client.V1Job]:
-    return list(client.BatchV1Api(api_client).list_namespaced_job(
-        namespace, label_selector=selector).items)
 
 
 def _spec(job: client.V1Job) -> dict[str, Any]:
@@ -82,12 +71,12 @@ def test_one_download_one_quantize_both_gpu_types_served_and_a100_refused(
     cache = engine["status"]["modelCache"]
     assert cache["state"] == "Cached"
 
-    (download,) = _jobs(api_client, namespace, DOWNLOAD)
+    (download,) = jobs(api_client, namespace, DOWNLOAD_JOBS)
     pods = core.list_namespaced_pod(
         namespace, label_selector=f"batch.kubernetes.io/job-name={download.metadata.name}")
     assert [p.spec.node_name in gpu_fleet["cpu"] for p in pods.items] == [True]
-    (quantize,) = _jobs(api_client, namespace, QUANTIZE)
-    assert _jobs(api_client, namespace, BUILD) == []
+    (quantize,) = jobs(api_client, namespace, QUANTIZE_JOBS)
+    assert jobs(api_client, namespace, BUILD_JOBS) == []
     # It ran after the download, on a target GPU type that runs fp8, read the cached
     # checkpoint and wrote the export every target serves, offline.
     assert quantize.metadata.creation_timestamp >= download.status.completion_time
@@ -114,30 +103,15 @@ def test_one_download_one_quantize_both_gpu_types_served_and_a100_refused(
     assert "fp8 needs compute capability >= 8.9" in a100["message"]
     assert a100.get("job") is None
 
-    apps = client.AppsV1Api(api_client)
-    for gpu, name in ((H100, "chat-h100"), (L40S, "chat-l40s")):
-        apply(kubectl, namespace, {
-            "apiVersion": "trtllm.dev/v1alpha1", "kind": "LLMDeployment",
-            "metadata": {"name": name},
-            "spec": {"engineRef": {"name": "llama"}, "gpu": gpu, "replicas": 1}})
-    for gpu, name in ((H100, "chat-h100"), (L40S, "chat-l40s")):
-        kubectl("wait", "-n", namespace, "--for=condition=Ready", f"llmdeployment/{name}",
-                "--timeout=120s")
-        pod = apps.read_namespaced_deployment(name, namespace).spec.template.spec
-        assert pod.node_selector["nvidia.com/gpu.product"] == gpu
-        container = pod.containers[0]
+    # The quantized folder, on both GPU types.
+    servers = serve_on_h100_and_l40s(kubectl, namespace, api_client, get_llmd, "llama",
+                                     {H100: export, L40S: export})
+    for container in servers.values():
         command = container.command
         flags = check_against_table(command, facts.parse_release("1.3.0rc25"))
         assert command[1] == "/model"
         assert flags["--backend"] == ["pytorch"]
         assert flags["--host"] == ["0.0.0.0"]
-        model_mount = next(m for m in container.volume_mounts if m.mount_path == "/model")
-        assert model_mount.sub_path == export  # the quantized folder, on both GPU types
-        assert model_mount.read_only
-        assert {e.name: e.value for e in container.env or []}["HF_HUB_OFFLINE"] == "1"
-        ready = condition(get_llmd(name), "Ready")
-        assert ready is not None
-        assert ready["status"] == "True"
 
     # A second engine of the same model, commit, format and calibration quantizes nothing and
     # downloads nothing: it serves the same export.
@@ -146,9 +120,9 @@ def test_one_download_one_quantize_both_gpu_types_served_and_a100_refused(
              "the second engine's target to be Built")
     again = targets(get_engine("again"))[L40S]
     assert (again["reason"], again["path"]) == ("Quantized", export)
-    assert [j.metadata.uid for j in _jobs(api_client, namespace, QUANTIZE)] == [
+    assert [j.metadata.uid for j in jobs(api_client, namespace, QUANTIZE_JOBS)] == [
         quantize.metadata.uid]
-    assert [j.metadata.uid for j in _jobs(api_client, namespace, DOWNLOAD)] == [
+    assert [j.metadata.uid for j in jobs(api_client, namespace, DOWNLOAD_JOBS)] == [
         download.metadata.uid]
 
 
@@ -161,7 +135,7 @@ def test_restarting_the_operator_mid_quantize_starts_no_second_quantize(
         return {t.get("reason") for t in targets(get_engine("slow")).values()} == {"Quantizing"}
 
     wait_for(quantizing, 90, "the quantize Job to run")
-    before = [(j.metadata.name, j.metadata.uid) for j in _jobs(api_client, namespace, QUANTIZE)]
+    before = [(j.metadata.name, j.metadata.uid) for j in jobs(api_client, namespace, QUANTIZE_JOBS)]
     assert len(before) == 1
     # The status says where it runs and why there.
     message = targets(get_engine("slow"))[H100]["message"]
@@ -173,7 +147,7 @@ def test_restarting_the_operator_mid_quantize_starts_no_second_quantize(
     running_operator.start()
     kubectl("wait", "-n", namespace, "--for=condition=Ready", "llmengine/slow",
             "--timeout=120s")
-    after = [(j.metadata.name, j.metadata.uid) for j in _jobs(api_client, namespace, QUANTIZE)]
+    after = [(j.metadata.name, j.metadata.uid) for j in jobs(api_client, namespace, QUANTIZE_JOBS)]
     assert after == before  # the same Job, picked up again
     assert {t["reason"] for t in targets(get_engine("slow")).values()} == {"Quantized"}
 
@@ -184,12 +158,12 @@ def test_a_failed_quantize_fails_every_target_with_its_reason(
     apply(kubectl, namespace, _fp8_engine("broken", [H100, L40S], **{"exit-code": "11"}))
     wait_for(lambda: {t.get("state") for t in targets(get_engine("broken")).values()}
              == {"Failed"}, 120, "every target to fail")
-    (job,) = _jobs(api_client, namespace, QUANTIZE)
+    (job,) = jobs(api_client, namespace, QUANTIZE_JOBS)
     for t in targets(get_engine("broken")).values():
         assert t["reason"] == "CalibrationDataMissing"
         assert f"kubectl delete job -n {namespace} {job.metadata.name}" in t["message"]
     settle(2)
-    assert len(_jobs(api_client, namespace, QUANTIZE)) == 1  # a permanent failure: no retry
+    assert len(jobs(api_client, namespace, QUANTIZE_JOBS)) == 1  # a permanent failure: no retry
 
 
 def test_a_calibration_dataset_is_fetched_on_a_cpu_node_before_the_offline_quantize(
@@ -209,7 +183,7 @@ def test_a_calibration_dataset_is_fetched_on_a_cpu_node_before_the_offline_quant
     assert data["state"] == "Cached"
     assert data["path"].startswith(
         "/engines/datasets/abisee--cnn_dailymail/96df5e686bee6baa90b8bee7c28b81fa3fa6223d-")
-    downloads = _jobs(api_client, namespace, DOWNLOAD)
+    downloads = jobs(api_client, namespace, DOWNLOAD_JOBS)
     assert sorted(j.metadata.name.split("-")[1] for j in downloads) == ["data", "model"]
     for job in downloads:  # both on CPU nodes, neither asking for a GPU
         pods = core.list_namespaced_pod(
@@ -217,7 +191,7 @@ def test_a_calibration_dataset_is_fetched_on_a_cpu_node_before_the_offline_quant
         assert [p.spec.node_name in gpu_fleet["cpu"] for p in pods.items] == [True]
         assert "nvidia.com/gpu" not in (job.spec.template.spec.containers[0].resources.limits
                                         or {})
-    (quantize,) = _jobs(api_client, namespace, QUANTIZE)
+    (quantize,) = jobs(api_client, namespace, QUANTIZE_JOBS)
     assert all(quantize.metadata.creation_timestamp >= j.status.completion_time
                for j in downloads)
     calibration = parse_quantize_spec(_spec(quantize)).calibration

@@ -11,8 +11,9 @@ import re
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from tests.conftest import ROOT, ClusterUnderTest, InstallCRDs, Kubectl
-from tests.e2e.conftest import H100, L40S, small_engine
+from tests.e2e.conftest import H100, L40S, exists, read_or_none, small_engine
 from trtllm_operator.deployments import multinode
 from trtllm_operator.localcluster import stages
 from trtllm_operator.localcluster.binaries import BinaryBuilder
@@ -55,6 +56,9 @@ PROM = "http://prometheus.monitoring.svc:9090"
 
 class Flow:
     """Every behaviour the operator's permissions serve, driven step by step in a namespace."""
+
+    checks: tuple[str, ...] = CHECKS
+    """What :meth:`run` waits to have passed."""
 
     def __init__(self, api: client.ApiClient, kubectl: Kubectl, namespace: str) -> None:
         self.api, self.kubectl, self.ns = api, kubectl, namespace
@@ -121,14 +125,8 @@ class Flow:
                 "metadata": {"name": "fleet"}, "spec": spec}
 
     def _has_pool(self) -> bool:
-        try:
-            self.objects.get_namespaced_custom_object(
-                "inference.networking.k8s.io", "v1", self.ns, "inferencepools", "fleet")
-        except ApiException as exc:
-            if exc.status == 404:
-                return False
-            raise
-        return True
+        return exists(lambda: self.objects.get_namespaced_custom_object(
+            "inference.networking.k8s.io", "v1", self.ns, "inferencepools", "fleet"))
 
     def _advance_fleet(self, ready: Any) -> None:
         fleet = self._get("llmdeployments", "fleet")
@@ -149,14 +147,10 @@ class Flow:
                 self.passed.add("inference pool removed")
 
     def _get(self, plural: str, name: str) -> dict[str, Any] | None:
-        try:
-            obj: dict[str, Any] = self.objects.get_namespaced_custom_object(
-                "trtllm.dev", "v1alpha1", self.ns, plural, name)
-            return obj
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
+        obj: dict[str, Any] | None = read_or_none(
+            lambda: self.objects.get_namespaced_custom_object(
+                "trtllm.dev", "v1alpha1", self.ns, plural, name))
+        return obj
 
     @staticmethod
     def _cond(obj: dict[str, Any] | None, type_: str) -> dict[str, Any]:
@@ -167,13 +161,8 @@ class Flow:
         return {}
 
     def _exists(self, group: str, version: str, plural: str, name: str) -> bool:
-        try:
-            self.objects.get_namespaced_custom_object(group, version, self.ns, plural, name)
-        except ApiException as exc:
-            if exc.status == 404:
-                return False
-            raise
-        return True
+        return exists(lambda: self.objects.get_namespaced_custom_object(
+            group, version, self.ns, plural, name))
 
     def _advance_scaling(self) -> None:
         hpa = self._exists("autoscaling", "v2", "horizontalpodautoscalers", "scaled")
@@ -291,7 +280,7 @@ class Flow:
 
     def run(self, deadline: float) -> set[str]:
         end = time.monotonic() + deadline
-        while time.monotonic() < end and len(self.passed) < len(CHECKS):
+        while time.monotonic() < end and len(self.passed) < len(self.checks):
             self.advance()
             time.sleep(0.5)
         return set(self.passed)
@@ -353,26 +342,38 @@ def optional_crds(cluster: ClusterUnderTest) -> Iterator[None]:
         local.remove_crds(source)
 
 
-@pytest.fixture(scope="module")
-def chart(cluster: ClusterUnderTest, crds: list[str], core: client.CoreV1Api,
-          optional_crds: None) -> Iterator[dict[str, Any]]:
-    """The chart installed with its defaults (cluster-wide), as Helm users get it."""
+@contextmanager
+def _installed_chart(cluster: ClusterUnderTest, core: client.CoreV1Api, release_prefix: str,
+                     namespace_prefix: str, *values: str) -> Iterator[dict[str, Any]]:
+    """The chart installed by Helm in a fresh namespace (``values``: --set assignments),
+    uninstalled after: its namespace, ServiceAccount and ClusterRole rules."""
     helm = BinaryBuilder().ensure(["helm"])["helm"]
-    release = f"rbac-{uuid.uuid4().hex[:5]}"
-    namespace = _namespace(core, "trtllm-system")
+    release = f"{release_prefix}-{uuid.uuid4().hex[:5]}"
+    namespace = _namespace(core, namespace_prefix)
     base = [str(helm), f"--kubeconfig={cluster.kubeconfig}", "-n", namespace]
+    sets = [arg for value in values for arg in ("--set", value)]
     subprocess.run([*base, "install", release, str(ROOT / "charts/trtllm-operator"),
-                    "--skip-crds", "--set", "image.repository=example.com/trtllm-operator"],
-                   check=True, capture_output=True, text=True)
+                    "--skip-crds", "--set", "image.repository=example.com/trtllm-operator",
+                    *sets], check=True, capture_output=True, text=True)
     rbac = client.RbacAuthorizationV1Api(core.api_client)
     role = next(r for r in rbac.list_cluster_role(
         label_selector=f"app.kubernetes.io/instance={release}").items)
     binding = next(b for b in rbac.list_cluster_role_binding(
         label_selector=f"app.kubernetes.io/instance={release}").items)
-    yield {"namespace": namespace, "serviceAccount": binding.subjects[0].name,
-           "rules": [r.to_dict() for r in role.rules]}
-    subprocess.run([*base, "uninstall", release], check=False, capture_output=True)
-    core.delete_namespace(namespace)
+    try:
+        yield {"namespace": namespace, "serviceAccount": binding.subjects[0].name,
+               "rules": [r.to_dict() for r in role.rules]}
+    finally:
+        subprocess.run([*base, "uninstall", release], check=False, capture_output=True)
+        core.delete_namespace(namespace)
+
+
+@pytest.fixture(scope="module")
+def chart(cluster: ClusterUnderTest, crds: list[str], core: client.CoreV1Api,
+          optional_crds: None) -> Iterator[dict[str, Any]]:
+    """The chart installed with its defaults (cluster-wide), as Helm users get it."""
+    with _installed_chart(cluster, core, "rbac", "trtllm-system") as installed:
+        yield installed
 
 
 def _rules_manifest(rules: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -413,6 +414,86 @@ def _conditions_text(flow: Flow) -> str:
     return "\n".join(messages)
 
 
+# An RBAC denial in the operator's log ('... is forbidden: User "system:serviceaccount:..."
+# cannot list resource ...'), its quotes escaped or not.
+ACCOUNT_DENIAL = re.compile(r'User \\?"system:serviceaccount:[^"]+" cannot [^"]*')
+
+
+def _passes_without_denials(kubeconfig: Path, log: Path, flow: Flow, deadline: float) -> None:
+    """An operator on ``kubeconfig`` passes every check of ``flow``, with no RBAC denial at
+    all in its log. Other refusals, such as writes into namespaces other tests are deleting,
+    are not about permissions."""
+    op = OperatorProcess(kubeconfig, log)
+    try:
+        op.start()
+        flow.start()
+        passed = flow.run(deadline)
+        assert passed == set(flow.checks), (
+            f"missing: {sorted(set(flow.checks) - passed)}\n{op.tail(60)}")
+        denials = ACCOUNT_DENIAL.findall(op.log_path.read_text())
+        assert not denials, denials[:5]
+    finally:
+        op.stop()
+        flow.cleanup()
+
+
+Outcome = tuple[str, set[str], str | None, str]
+"""A flow run without one rule: the rule, the checks passed, the denial of it seen (or None),
+the operator's log tail."""
+
+
+def _run_without(rule: dict[str, Any], rules: list[dict[str, Any]], prefix: str,
+                 make_flow: Callable[[str], Flow], deadline: float, core: client.CoreV1Api,
+                 cluster: ClusterUnderTest, tmp_path: Path) -> Outcome:
+    """Run a fresh namespace's flow under an operator (watching that namespace only) whose
+    ClusterRole has ``rules`` but ``rule``."""
+    rbac = client.RbacAuthorizationV1Api(core.api_client)
+    namespace = _namespace(core, prefix)
+    case = namespace  # the ClusterRole and its binding: as unique as the namespace
+    core.create_namespaced_service_account(namespace, {"metadata": {"name": "operator"}})
+    rbac.create_cluster_role({"metadata": {"name": case},
+                              "rules": [r for r in rules if r is not rule]})
+    rbac.create_cluster_role_binding({
+        "metadata": {"name": case},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                    "name": case},
+        "subjects": [{"kind": "ServiceAccount", "name": "operator", "namespace": namespace}]})
+    kubeconfig = _token_kubeconfig(core, cluster.kubeconfig, "operator", namespace,
+                                   tmp_path / f"{case}.kubeconfig")
+    op = OperatorProcess(kubeconfig, tmp_path / f"{case}.log",
+                         extra_args=[f"--namespace={namespace}"])
+    flow = make_flow(namespace)
+    try:
+        op.start()
+        flow.start()
+        passed = flow.run(deadline)
+        seen = _denial(rule, f"system:serviceaccount:{namespace}:operator",
+                       op.log_path.read_text(errors="replace"), _conditions_text(flow))
+        return _describe(rule), passed, seen, op.tail(20)
+    finally:
+        op.stop()
+        rbac.delete_cluster_role_binding(case)
+        rbac.delete_cluster_role(case)
+        flow.cleanup()
+
+
+def _assert_every_rule_needed(results: list[Outcome], checks: tuple[str, ...],
+                              unprovable: frozenset[str] = frozenset()) -> None:
+    """Each removal broke part of the flow, and not just as a flow that stalled: the API
+    server's refusal of the very verb and resource the removed rule granted is what the
+    operator reported (in its log or status). ``unprovable``: rules this cluster cannot show
+    a use of."""
+    superfluous = [(rule, tail) for rule, passed, _, tail in results
+                   if passed == set(checks) and rule not in unprovable]
+    assert not superfluous, f"rules whose removal broke nothing: {superfluous}"
+    unexplained = [(rule, tail) for rule, _, seen, tail in results
+                   if seen is None and rule not in unprovable]
+    assert not unexplained, f"removals with no denial of that rule in log or status: " \
+                            f"{unexplained}"
+    for rule, passed, seen, _ in results:  # for the record
+        print(f"without {rule}: fails {sorted(set(checks) - passed)}; saw: {seen}")
+
+
 # --------------------------------------------------------------------------- tests
 
 
@@ -422,24 +503,8 @@ def test_the_whole_flow_passes_under_the_charts_service_account(
         inference_crds: list[str]) -> None:
     kubeconfig = _token_kubeconfig(core, cluster.kubeconfig, chart["serviceAccount"],
                                    chart["namespace"], tmp_path / "sa.kubeconfig")
-    op = OperatorProcess(kubeconfig, tmp_path / "operator.log")
-    op.start()
-    namespace = _namespace(core, "rbac-full")
-    flow = Flow(api_client, kubectl, namespace)
-    try:
-        flow.start()
-        passed = flow.run(HEALTHY_DEADLINE)
-        assert passed == set(CHECKS), (
-            f"missing: {sorted(set(CHECKS) - passed)}\n{op.tail(60)}")
-        # No RBAC denial at all ("... is forbidden: User "system:serviceaccount:..." cannot
-        # list resource ..."). Other refusals, such as writes into namespaces other tests are
-        # deleting, are not about permissions.
-        log = op.log_path.read_text()
-        denials = re.findall(r'User "system:serviceaccount:[^"]+" cannot [^"]*', log)
-        assert not denials, denials[:5]
-    finally:
-        op.stop()
-        flow.cleanup()
+    flow = Flow(api_client, kubectl, _namespace(core, "rbac-full"))
+    _passes_without_denials(kubeconfig, tmp_path / "operator.log", flow, HEALTHY_DEADLINE)
 
 
 def test_removing_any_one_rule_breaks_part_of_the_flow_with_a_denial_naming_it(
@@ -448,55 +513,17 @@ def test_removing_any_one_rule_breaks_part_of_the_flow_with_a_denial_naming_it(
         inference_crds: list[str]) -> None:
     rules = _rules_manifest(chart["rules"])
     assert len(rules) >= 10
-    rbac = client.RbacAuthorizationV1Api(api_client)
 
-    def run_without(index: int) -> tuple[str, set[str], str | None, str]:
-        rule = rules[index]
-        case = f"rbac-drop{index}-{uuid.uuid4().hex[:4]}"
-        namespace = _namespace(core, f"rbac-drop{index}")
-        core.create_namespaced_service_account(namespace, {"metadata": {"name": "operator"}})
-        rbac.create_cluster_role({"metadata": {"name": case},
-                                  "rules": rules[:index] + rules[index + 1:]})
-        rbac.create_cluster_role_binding({
-            "metadata": {"name": case},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                        "name": case},
-            "subjects": [{"kind": "ServiceAccount", "name": "operator",
-                          "namespace": namespace}]})
-        kubeconfig = _token_kubeconfig(core, cluster.kubeconfig, "operator", namespace,
-                                       tmp_path / f"{case}.kubeconfig")
-        op = OperatorProcess(kubeconfig, tmp_path / f"{case}.log",
-                             extra_args=[f"--namespace={namespace}"])
-        flow = Flow(api_client, kubectl, namespace)
-        try:
-            op.start()
-            flow.start()
-            passed = flow.run(BROKEN_DEADLINE)
-            seen = _denial(rule, f"system:serviceaccount:{namespace}:operator",
-                           op.log_path.read_text(errors="replace"), _conditions_text(flow))
-            return _describe(rule), passed, seen, op.tail(20)
-        finally:
-            op.stop()
-            rbac.delete_cluster_role_binding(case)
-            rbac.delete_cluster_role(case)
-            flow.cleanup()
+    def run_without(index: int) -> Outcome:
+        return _run_without(rules[index], rules, f"rbac-drop{index}",
+                            lambda ns: Flow(api_client, kubectl, ns), BROKEN_DEADLINE, core,
+                            cluster, tmp_path)
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         results = list(pool.map(run_without, range(len(rules))))
     # kwok's nodes serve no pod logs: download progress (the only use of pods/log) cannot be
     # seen here, with the rule or without it, and a refused log read only loses the figures.
-    unprovable = {"core/pods/log:get"}
-    superfluous = [(rule, tail) for rule, passed, _, tail in results
-                   if passed == set(CHECKS) and rule not in unprovable]
-    assert not superfluous, f"rules whose removal broke nothing: {superfluous}"
-    # Not just a flow that stalled: the API server's refusal of the very verb and resource
-    # the removed rule granted is what the operator reported.
-    unexplained = [(rule, tail) for rule, _, seen, tail in results
-                   if seen is None and rule not in unprovable]
-    assert not unexplained, f"removals with no denial of that rule in log or status: " \
-                            f"{unexplained}"
-    for rule, passed, seen, _ in results:  # for the record
-        print(f"without {rule}: fails {sorted(set(CHECKS) - passed)}; saw: {seen}")
+    _assert_every_rule_needed(results, CHECKS, unprovable=frozenset({"core/pods/log:get"}))
 
 
 # --------------------------------------------------------------------------- multi-node (LWS)
@@ -510,6 +537,8 @@ class MultiNodeFlow(Flow):
     """An engine rebuilt wider than a node and back: a Deployment, then LeaderWorkerSet
     groups (the Deployment deleted), then a Deployment again (the LWS deleted), on two H100
     nodes of its own."""
+
+    checks = LWS_CHECKS
 
     def __init__(self, api: client.ApiClient, kubectl: Kubectl, namespace: str,
                  cluster: ClusterUnderTest) -> None:
@@ -536,21 +565,12 @@ class MultiNodeFlow(Flow):
                      "spec": {"engineRef": {"name": "wide"}, "gpu": H100, "replicas": 1,
                               "nodeSelector": {"test-pool": self.pool}}})
 
-    def _exists(self, read: Any) -> bool:
-        try:
-            read()
-        except ApiException as exc:
-            if exc.status == 404:
-                return False
-            raise
-        return True
-
     def advance(self) -> None:
         llmd = self._get("llmdeployments", "wide") or {}
         ready = self._cond(llmd, "Ready").get("status") == "True"
         fp = (llmd.get("status") or {}).get("engineFingerprint")
-        single = self._exists(lambda: self.apps.read_namespaced_deployment("wide", self.ns))
-        groups = self._exists(lambda: self.objects.get_namespaced_custom_object(
+        single = exists(lambda: self.apps.read_namespaced_deployment("wide", self.ns))
+        groups = exists(lambda: self.objects.get_namespaced_custom_object(
             multinode.LWS_GROUP, multinode.LWS_VERSION, self.ns, multinode.LWS_PLURAL,
             "wide-lws"))
         if self.step == 0 and ready and single and not groups:
@@ -565,13 +585,6 @@ class MultiNodeFlow(Flow):
         elif self.step == 2 and ready and fp == self.first_fp and single and not groups:
             self.passed.add("back to one node")
 
-    def run(self, deadline: float) -> set[str]:
-        end = time.monotonic() + deadline
-        while time.monotonic() < end and len(self.passed) < len(LWS_CHECKS):
-            self.advance()
-            time.sleep(0.5)
-        return set(self.passed)
-
     def cleanup(self) -> None:
         super().cleanup()
         self.cluster.remove_nodes(self.nodes)
@@ -582,25 +595,12 @@ def lws_chart(cluster: ClusterUnderTest, crds: list[str], core: client.CoreV1Api
               chart: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """The chart installed with leaderWorkerSet.enabled=true; ``lwsRules`` are the rules it
     adds to the default install's."""
-    helm = BinaryBuilder().ensure(["helm"])["helm"]
-    release = f"rbac-lws-{uuid.uuid4().hex[:5]}"
-    namespace = _namespace(core, "trtllm-lws")
-    base = [str(helm), f"--kubeconfig={cluster.kubeconfig}", "-n", namespace]
-    subprocess.run([*base, "install", release, str(ROOT / "charts/trtllm-operator"),
-                    "--skip-crds", "--set", "image.repository=example.com/trtllm-operator",
-                    "--set", "leaderWorkerSet.enabled=true"],
-                   check=True, capture_output=True, text=True)
-    rbac = client.RbacAuthorizationV1Api(core.api_client)
-    role = next(r for r in rbac.list_cluster_role(
-        label_selector=f"app.kubernetes.io/instance={release}").items)
-    binding = next(b for b in rbac.list_cluster_role_binding(
-        label_selector=f"app.kubernetes.io/instance={release}").items)
-    rules = _rules_manifest([r.to_dict() for r in role.rules])
-    default = {_describe(r) for r in _rules_manifest(chart["rules"])}
-    yield {"namespace": namespace, "serviceAccount": binding.subjects[0].name,
-           "rules": rules, "lwsRules": [r for r in rules if _describe(r) not in default]}
-    subprocess.run([*base, "uninstall", release], check=False, capture_output=True)
-    core.delete_namespace(namespace)
+    with _installed_chart(cluster, core, "rbac-lws", "trtllm-lws",
+                          "leaderWorkerSet.enabled=true") as installed:
+        rules = _rules_manifest(installed["rules"])
+        default = {_describe(r) for r in _rules_manifest(chart["rules"])}
+        yield {**installed, "rules": rules,
+               "lwsRules": [r for r in rules if _describe(r) not in default]}
 
 
 def test_multi_node_serving_and_shape_switches_pass_under_the_lws_charts_account(
@@ -608,20 +608,9 @@ def test_multi_node_serving_and_shape_switches_pass_under_the_lws_charts_account
         api_client: client.ApiClient, kubectl: Kubectl, tmp_path: Path) -> None:
     kubeconfig = _token_kubeconfig(core, cluster.kubeconfig, lws_chart["serviceAccount"],
                                    lws_chart["namespace"], tmp_path / "sa.kubeconfig")
-    op = OperatorProcess(kubeconfig, tmp_path / "operator.log")
-    op.start()
     flow = MultiNodeFlow(api_client, kubectl, _namespace(core, "rbac-lws"), cluster)
-    try:
-        flow.start()
-        passed = flow.run(LWS_HEALTHY_DEADLINE)
-        assert passed == set(LWS_CHECKS), (
-            f"missing: {sorted(set(LWS_CHECKS) - passed)}\n{op.tail(60)}")
-        log = op.log_path.read_text()
-        denials = re.findall(r'User \\?"system:serviceaccount:[^"]+" cannot [^"]*', log)
-        assert not denials, denials[:5]
-    finally:
-        op.stop()
-        flow.cleanup()
+    _passes_without_denials(kubeconfig, tmp_path / "operator.log", flow,
+                            LWS_HEALTHY_DEADLINE)
 
 
 def test_removing_any_one_lws_rule_breaks_multi_node_serving_with_a_denial_naming_it(
@@ -635,45 +624,12 @@ def test_removing_any_one_lws_rule_breaks_multi_node_serving_with_a_denial_namin
         "leaderworkerset.x-k8s.io/leaderworkersets:create,patch",
         "leaderworkerset.x-k8s.io/leaderworkersets:delete",
         "leaderworkerset.x-k8s.io/leaderworkersets:list,watch"]
-    rbac = client.RbacAuthorizationV1Api(api_client)
 
-    def run_without(rule: dict[str, Any]) -> tuple[str, set[str], str | None, str]:
-        case = f"rbac-lws-drop-{uuid.uuid4().hex[:6]}"
-        namespace = _namespace(core, "rbac-lws-drop")
-        core.create_namespaced_service_account(namespace, {"metadata": {"name": "operator"}})
-        rbac.create_cluster_role({"metadata": {"name": case},
-                                  "rules": [r for r in rules if r is not rule]})
-        rbac.create_cluster_role_binding({
-            "metadata": {"name": case},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                        "name": case},
-            "subjects": [{"kind": "ServiceAccount", "name": "operator",
-                          "namespace": namespace}]})
-        kubeconfig = _token_kubeconfig(core, cluster.kubeconfig, "operator", namespace,
-                                       tmp_path / f"{case}.kubeconfig")
-        op = OperatorProcess(kubeconfig, tmp_path / f"{case}.log",
-                             extra_args=[f"--namespace={namespace}"])
-        flow = MultiNodeFlow(api_client, kubectl, namespace, cluster)
-        try:
-            op.start()
-            flow.start()
-            passed = flow.run(LWS_BROKEN_DEADLINE)
-            seen = _denial(rule, f"system:serviceaccount:{namespace}:operator",
-                           op.log_path.read_text(errors="replace"), _conditions_text(flow))
-            return _describe(rule), passed, seen, op.tail(20)
-        finally:
-            op.stop()
-            rbac.delete_cluster_role_binding(case)
-            rbac.delete_cluster_role(case)
-            flow.cleanup()
+    def run_without(rule: dict[str, Any]) -> Outcome:
+        return _run_without(rule, rules, "rbac-lws-drop",
+                            lambda ns: MultiNodeFlow(api_client, kubectl, ns, cluster),
+                            LWS_BROKEN_DEADLINE, core, cluster, tmp_path)
 
     with ThreadPoolExecutor(max_workers=3) as pool:
         results = list(pool.map(run_without, extra))
-    superfluous = [(rule, tail) for rule, passed, _, tail in results
-                   if passed == set(LWS_CHECKS)]
-    assert not superfluous, f"rules whose removal broke nothing: {superfluous}"
-    unexplained = [(rule, tail) for rule, _, seen, tail in results if seen is None]
-    assert not unexplained, f"removals with no denial of that rule in log or status: " \
-                            f"{unexplained}"
-    for rule, passed, seen, _ in results:  # for the record
-        print(f"without {rule}: fails {sorted(set(LWS_CHECKS) - passed)}; saw: {seen}")
+    _assert_every_rule_needed(results, LWS_CHECKS)

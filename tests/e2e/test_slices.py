@@ -4,14 +4,21 @@ engine, Ready only when every slice is; a slice taken off the list takes its wor
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import pytest
 from kubernetes import client
 
 from tests.conftest import ClusterUnderTest, InstallCRDs, Kubectl
-from tests.e2e.conftest import H100, L40S, Getter, apply, condition, small_engine
+from tests.e2e.conftest import (
+    H100,
+    L40S,
+    Getter,
+    apply,
+    condition,
+    own_nodes,
+    small_engine,
+)
 from tests.support import wait_for
 from trtllm_operator import gpus
 from trtllm_operator.localcluster.extcrds import INFERENCE_EXTENSION
@@ -43,9 +50,7 @@ def test_two_gpu_types_serve_behind_one_service_ready_when_both_slices_are(
         core: client.CoreV1Api, api_client: client.ApiClient,
         third_party_crds: InstallCRDs) -> None:
     third_party_crds(INFERENCE_EXTENSION)
-    pool = f"p{uuid.uuid4().hex[:8]}"
-    cluster.add_nodes("h100", 1, labels={"test-pool": pool})
-    cluster.add_nodes("l40s", 1, labels={"test-pool": pool})
+    pool = own_nodes(cluster, h100=1, l40s=1)
     apps = client.AppsV1Api(api_client)
     apply(kubectl, namespace, small_engine("llama", [H100, L40S], parallelism={"tensor": 2}))
     apply(kubectl, namespace, _fleet(pool, [{"gpu": H100, "weight": 2}, {"gpu": L40S}], 3))
@@ -105,8 +110,7 @@ def test_two_gpu_types_serve_behind_one_service_ready_when_both_slices_are(
 def test_a_slice_not_built_for_its_gpu_type_is_named_and_the_other_still_serves(
         cluster: ClusterUnderTest, kubectl: Kubectl, namespace: str, get_llmd: Getter,
         api_client: client.ApiClient) -> None:
-    pool = f"p{uuid.uuid4().hex[:8]}"
-    cluster.add_nodes("h100", 1, labels={"test-pool": pool})
+    pool = own_nodes(cluster, h100=1)
     apply(kubectl, namespace, small_engine("llama", [H100]))
     fleet = _fleet(pool, [{"gpu": H100}, {"gpu": L40S}], 2)
     del fleet["spec"]["inferencePool"]

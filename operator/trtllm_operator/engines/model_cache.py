@@ -30,7 +30,13 @@ from trtllm_operator.api import LLMEngine, LLMEngineSpec
 from trtllm_operator.api.engine import DownloadProgress, ModelCacheStatus
 from trtllm_operator.engines import jobs
 from trtllm_operator.engines.planning import ENGINES_MOUNT, SCRATCH_MOUNT
-from trtllm_operator.engines.status import Decision, termination_summary
+from trtllm_operator.engines.status import (
+    Decision,
+    job_condition,
+    job_failure,
+    non_negative_int,
+    termination_summary,
+)
 from trtllm_operator.pods import STUCK_REASONS, PodProblem
 
 JOB_PREFIX: Final = "trtllm-model-"
@@ -225,18 +231,6 @@ class ModelDecision:
         return self.status.state == "Cached"
 
 
-def _condition(job: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
-    for c in (job.get("status") or {}).get("conditions") or []:
-        if c.get("type") == type_ and c.get("status") == "True":
-            return dict(c)
-    return None
-
-
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 \
-        else None
-
-
 def _is_commit(revision: str) -> bool:
     return len(revision) == 40 and all(c in "0123456789abcdef" for c in revision)
 
@@ -262,7 +256,7 @@ def decide_model(plan: ModelPlan, namespace: str, observed: ModelObserved) -> Mo
             create_job=True)
 
     summary = termination_summary(observed.pod) or {}
-    if _condition(job, "Complete"):
+    if job_condition(job, "Complete"):
         commit = summary.get("commit")
         if not isinstance(commit, str) or not commit:
             # The pod (and its message) is gone: what this or another engine recorded stands.
@@ -277,24 +271,21 @@ def decide_model(plan: ModelPlan, namespace: str, observed: ModelObserved) -> Mo
                         f"resolved) is gone; delete the Job to look again (kubectl delete job "
                         f"-n {namespace} {name}): a cached model is found in seconds"))
         cache_hit = summary.get("phase") == job_contract.Phase.CACHE_HIT
-        total = _int(summary.get("totalBytes"))
+        total = non_negative_int(summary.get("totalBytes"))
         return ModelDecision(ModelCacheStatus(
             state="Cached", reason="CacheHit" if cache_hit else "Downloaded", job=name,
             commit=commit, path=plan.entry_path(commit), total_bytes=total,
-            checkpoint_bytes=_int(summary.get("checkpointBytes")),
+            checkpoint_bytes=non_negative_int(summary.get("checkpointBytes")),
             message=(f"{plan.repo}@{commit[:12]} is in the model cache"
                      + (" (it was already there)" if cache_hit else ""))))
-    if _condition(job, "Failed"):
-        failed = _condition(job, "Failed") or {}
-        reason = str(summary.get("reason") or failed.get("reason")
-                     or job_contract.Reason.DOWNLOAD_FAILED)
-        what = str(summary.get("message") or failed.get("message")
-                   or f"the download of {plan.repo}@{plan.revision} failed")
-        message = (f"{what}. Fix the cause, then delete the download Job to retry (kubectl "
-                   f"delete job -n {namespace} {name}) or change spec.model")
-        tail = str(summary.get("logTail") or "").strip()
-        if tail:
-            message += f"\nlast log lines:\n{tail[-2000:]}"
+    if job_condition(job, "Failed"):
+        # No exit-code reason: the summary or the Job says why a download failed.
+        reason, message = job_failure(
+            job, summary,
+            f"Fix the cause, then delete the download Job to retry (kubectl delete job -n "
+            f"{namespace} {name}) or change spec.model",
+            job_contract.Reason.DOWNLOAD_FAILED,
+            f"the download of {plan.repo}@{plan.revision} failed")
         return ModelDecision(ModelCacheStatus(state="Failed", reason=reason, job=name,
                                               message=message))
     if observed.stuck is not None:

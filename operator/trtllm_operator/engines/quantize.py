@@ -26,9 +26,17 @@ from trtllm_jobs import contract as job_contract
 from trtllm_operator import labels
 from trtllm_operator import trtllm_facts as facts
 from trtllm_operator.api import EngineTargetStatus, LLMEngineSpec
-from trtllm_operator.engines.jobs import EXIT_REASONS
 from trtllm_operator.engines.planning import quantize_job_name, quantized_path
-from trtllm_operator.engines.status import Decision, termination_summary
+from trtllm_operator.engines.status import (
+    Decision,
+    container_exit_code,
+    job_condition,
+    job_failure,
+    non_negative_int,
+    parse_time,
+    termination_summary,
+    unschedulable_message,
+)
 from trtllm_operator.pods import PodProblem
 from trtllm_operator.validation import ClusterFacts
 
@@ -155,46 +163,10 @@ class QuantizeOutcome:
     create_job: bool = False
 
 
-def _condition(job: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
-    for c in (job.get("status") or {}).get("conditions") or []:
-        if c.get("type") == type_ and c.get("status") == "True":
-            return dict(c)
-    return None
-
-
-def _exit_code(pod: Mapping[str, Any] | None) -> int | None:
-    for cs in ((pod or {}).get("status") or {}).get("containerStatuses") or []:
-        code = ((cs.get("state") or {}).get("terminated") or {}).get("exitCode")
-        if isinstance(code, int):
-            return code
-    return None
-
-
-def _unschedulable(pod: Mapping[str, Any] | None) -> str | None:
-    for c in ((pod or {}).get("status") or {}).get("conditions") or []:
-        if c.get("type") == "PodScheduled" and c.get("status") == "False" \
-                and c.get("reason") == "Unschedulable":
-            return str(c.get("message") or "no node fits the quantize pod")
-    return None
-
-
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 \
-        else None
-
-
 def job_gpu(job: Mapping[str, Any]) -> str | None:
     """The GPU type a quantize Job was placed on (its label: the Job may be another
     LLMEngine's, which chose among its own targets)."""
     return ((job.get("metadata") or {}).get("labels") or {}).get(labels.GPU_PRODUCT)
-
-
-def _time(value: Any) -> datetime | None:
-    if not value:
-        return None
-    if isinstance(value, datetime):
-        return value
-    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
 
 
 def decide_quantize(plan: QuantizePlan, namespace: str, observed: QuantizeObserved,
@@ -204,7 +176,7 @@ def decide_quantize(plan: QuantizePlan, namespace: str, observed: QuantizeObserv
     no GPU type among ``candidates`` can hold the model, so nothing is created)."""
     job, name = observed.job, plan.job_name
     status = (job or {}).get("status") or {}
-    started = _time(status.get("startTime"))
+    started = parse_time(status.get("startTime"))
     if job is None:
         recorded = observed.recorded
         if recorded is not None and recorded.state == "Built" and recorded.job == name:
@@ -223,32 +195,28 @@ def decide_quantize(plan: QuantizePlan, namespace: str, observed: QuantizeObserv
     # Why there: when this engine would choose the same (another one may have created it).
     chosen = f" ({choice.why})" if choice is not None and choice.gpu == job_gpu(job) else ""
     summary = termination_summary(observed.pod) or {}
-    if _condition(job, "Complete"):
+    if job_condition(job, "Complete"):
         hit = summary.get("phase") == job_contract.Phase.CACHE_HIT
         return QuantizeOutcome(
             "Built", "Quantized",
             f"serves the {plan.format} export at {plan.path}, quantized in Job {name} on "
             f"{where}" + (" (the export was already in the volume)" if hit else "")
             + "; shared by every target whose GPU runs the format",
-            total_bytes=_int(summary.get("totalBytes")), start_time=started,
-            completion_time=_time(status.get("completionTime")))
-    if _condition(job, "Failed"):
-        failed = _condition(job, "Failed") or {}
-        reason = str(summary.get("reason") or EXIT_REASONS.get(_exit_code(observed.pod) or 0)
-                     or failed.get("reason") or job_contract.Reason.QUANTIZE_FAILED)
-        what = str(summary.get("message") or failed.get("message")
-                   or f"the quantize Job {name} failed")
-        message = (f"{what}. Fix the cause, then delete the Job to retry (kubectl delete job "
-                   f"-n {namespace} {name}) or change the spec")
-        tail = str(summary.get("logTail") or "").strip()
-        if tail:
-            message += f"\nlast log lines:\n{tail[-2000:]}"
+            total_bytes=non_negative_int(summary.get("totalBytes")), start_time=started,
+            completion_time=parse_time(status.get("completionTime")))
+    if job_condition(job, "Failed"):
+        reason, message = job_failure(
+            job, summary,
+            f"Fix the cause, then delete the Job to retry (kubectl delete job -n {namespace} "
+            f"{name}) or change the spec",
+            job_contract.Reason.QUANTIZE_FAILED, f"the quantize Job {name} failed",
+            container_exit_code(observed.pod))
         return QuantizeOutcome("Failed", reason, message, start_time=started)
     if observed.stuck is not None:
         return QuantizeOutcome("Pending", observed.stuck.reason.value,
                                f"the quantize pod cannot start: {observed.stuck.message}",
                                start_time=started)
-    waiting = _unschedulable(observed.pod)
+    waiting = unschedulable_message(observed.pod, "no node fits the quantize pod")
     if waiting is not None:
         return QuantizeOutcome("Pending", "WaitingForGPUs",
                                f"quantize Job {name} waits for {where} GPUs: {waiting}",

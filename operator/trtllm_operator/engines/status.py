@@ -129,14 +129,16 @@ def termination_summary(pod: Mapping[str, Any] | None) -> dict[str, Any] | None:
     return None
 
 
-def _job_condition(job: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
+def job_condition(job: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
+    """The Job's condition ``type_`` when it is True (Complete, Failed), else None."""
     for c in (job.get("status") or {}).get("conditions") or []:
         if c.get("type") == type_ and c.get("status") == "True":
             return dict(c)
     return None
 
 
-def _time(value: Any) -> datetime | None:
+def parse_time(value: Any) -> datetime | None:
+    """A Kubernetes timestamp (or a datetime already parsed) as a datetime; None if unset."""
     if not value:
         return None
     if isinstance(value, datetime):
@@ -144,12 +146,30 @@ def _time(value: Any) -> datetime | None:
     return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
 
 
-def _unschedulable_message(pod: Mapping[str, Any] | None) -> str | None:
+def unschedulable_message(pod: Mapping[str, Any] | None, default: str) -> str | None:
+    """The scheduler's message when the pod is Unschedulable (``default`` if it gave none)."""
     for c in ((pod or {}).get("status") or {}).get("conditions") or []:
         if c.get("type") == "PodScheduled" and c.get("status") == "False" \
                 and c.get("reason") == "Unschedulable":
-            return str(c.get("message") or "no node fits the build pod")
+            return str(c.get("message") or default)
     return None
+
+
+def job_failure(job: Mapping[str, Any], summary: Mapping[str, Any] | None, fix: str,
+                default_reason: str, default_what: str,
+                exit_code: int | None = None) -> tuple[str, str]:
+    """Reason and message of a failed Job: the entrypoint's reason when it gave one, else the
+    one its exit code stands for, else the Job's; then what failed, ``fix`` and the log tail."""
+    s = summary or {}
+    failed = job_condition(job, "Failed") or {}
+    reason = str(s.get("reason") or EXIT_REASONS.get(exit_code or 0) or failed.get("reason")
+                 or default_reason)
+    what = str(s.get("message") or failed.get("message") or default_what)
+    message = f"{what}. {fix}"
+    tail = str(s.get("logTail") or "").strip()
+    if tail:
+        message += f"\nlast log lines:\n{tail[-2000:]}"
+    return reason, message
 
 
 def _base(plan: TargetPlan, image: str, job: bool = True) -> dict[str, Any]:
@@ -172,16 +192,16 @@ def built_status(plan: TargetPlan, image: str, job: Mapping[str, Any] | None,
         **_base(plan, image), state="Built", reason="Built",
         message=f"engine published at {plan.path}{cache}",
         model_revision=s.get("resolvedRevision"),
-        start_time=_time(status.get("startTime")),
-        completion_time=_time(status.get("completionTime")),
+        start_time=parse_time(status.get("startTime")),
+        completion_time=parse_time(status.get("completionTime")),
         engine_bytes=s.get("engineBytes"), total_bytes=s.get("totalBytes"),
-        checkpoint_bytes=_non_negative_int(s.get("checkpointBytes")),
+        checkpoint_bytes=non_negative_int(s.get("checkpointBytes")),
         versions=versions,
     )
 
 
-def _non_negative_int(value: Any) -> int | None:
-    """A count from the build's JSON, None if it is not one (status must still be written)."""
+def non_negative_int(value: Any) -> int | None:
+    """A count from a job's JSON, None if it is not one (status must still be written)."""
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 \
         else None
 
@@ -198,24 +218,18 @@ def container_exit_code(pod: Mapping[str, Any] | None) -> int | None:
 def failed_status(plan: TargetPlan, image: str, namespace: str, job: Mapping[str, Any],
                   summary: Mapping[str, Any] | None,
                   exit_code: int | None = None) -> EngineTargetStatus:
-    """A Failed target: the entrypoint's reason when it gave one, else the one its exit code
-    stands for, else the Job's; and a fix."""
-    s = summary or {}
-    failed = _job_condition(job, "Failed") or {}
-    reason = str(s.get("reason") or EXIT_REASONS.get(exit_code or 0) or failed.get("reason")
-                 or job_contract.Reason.BUILD_FAILED)
-    what = str(s.get("message") or failed.get("message") or "the build Job failed")
-    tail = str(s.get("logTail") or "").strip()
-    retry = (f"fix the cause, then delete the Job to retry (kubectl delete job -n {namespace} "
-             f"{plan.job_name}) or change the spec")
-    message = f"{what}. {retry}"
-    if tail:
-        message += f"\nlast log lines:\n{tail[-2000:]}"
+    """A Failed target, with its reason and a fix (:func:`job_failure`)."""
+    reason, message = job_failure(
+        job, summary,
+        f"fix the cause, then delete the Job to retry (kubectl delete job -n {namespace} "
+        f"{plan.job_name}) or change the spec",
+        job_contract.Reason.BUILD_FAILED, "the build Job failed", exit_code)
     status = job.get("status") or {}
     # A build refused as too big (or failing later) has measured the checkpoint already.
     return EngineTargetStatus(**_base(plan, image), state="Failed", reason=reason,
-                              message=message, start_time=_time(status.get("startTime")),
-                              checkpoint_bytes=_non_negative_int(s.get("checkpointBytes")))
+                              message=message, start_time=parse_time(status.get("startTime")),
+                              checkpoint_bytes=non_negative_int(
+                                  (summary or {}).get("checkpointBytes")))
 
 
 def decide_target(plan: TargetPlan, image: str, namespace: str,
@@ -247,9 +261,9 @@ def decide_target(plan: TargetPlan, image: str, namespace: str,
             message=f"build Job {plan.job_name} created; waiting for a node with "
                     f"{plan.build_gpus} free {plan.gpu} GPU(s)"), create_job=True)
 
-    if _job_condition(job, "Complete"):
+    if job_condition(job, "Complete"):
         return Decision(built_status(plan, image, job, summary))
-    if _job_condition(job, "Failed"):
+    if job_condition(job, "Failed"):
         return Decision(failed_status(plan, image, namespace, job, summary,
                                       container_exit_code(observed.pod)))
     if observed.stuck is not None:
@@ -258,10 +272,10 @@ def decide_target(plan: TargetPlan, image: str, namespace: str,
         return Decision(EngineTargetStatus(
             **_base(plan, image), state="Pending", reason=observed.stuck.reason.value,
             message=observed.stuck.message,
-            start_time=_time((job.get("status") or {}).get("startTime"))))
+            start_time=parse_time((job.get("status") or {}).get("startTime"))))
 
     pool = cluster.pools.get(plan.gpu)
-    pending_reason = _unschedulable_message(observed.pod)
+    pending_reason = unschedulable_message(observed.pod, "no node fits the build pod")
     if pool is None or not pool.node_gpus:
         return Decision(EngineTargetStatus(
             **_base(plan, image), state="Unschedulable", reason="NoNodeOfGPUType",
@@ -281,11 +295,11 @@ def decide_target(plan: TargetPlan, image: str, namespace: str,
                     f"GPU(s): {pending_reason}"))
     if pod_phase in ("Running", "Succeeded", "Failed"):
         # A finished pod whose Job is not yet marked Complete/Failed is still this build.
-        started = _time((job.get("status") or {}).get("startTime"))
+        started = parse_time((job.get("status") or {}).get("startTime"))
         return Decision(EngineTargetStatus(
             **_base(plan, image), state="Building", reason="Building",
             message=f"trtllm-build running in Job {plan.job_name}", start_time=started))
     return Decision(EngineTargetStatus(
         **_base(plan, image), state="Pending", reason="JobStarting",
         message=f"build Job {plan.job_name} is starting",
-        start_time=_time((job.get("status") or {}).get("startTime"))))
+        start_time=parse_time((job.get("status") or {}).get("startTime"))))

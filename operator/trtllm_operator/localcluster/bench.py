@@ -43,7 +43,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from trtllm_operator import gpus
 from trtllm_operator.api import LLMDeployment, LLMEngine
-from trtllm_operator.demo import Kubectl, repo_root
+from trtllm_operator.demo import Kubectl, apply_crds, repo_root
 from trtllm_operator.deployments import builders
 from trtllm_operator.deployments.controller import serving_for
 from trtllm_operator.localcluster.binaries import BinaryBuilder
@@ -347,16 +347,7 @@ class Settings:
 
 
 def _setup(kubectl: Kubectl, root: Path) -> None:
-    kubectl("apply", "--server-side", "-f", str(root / "crds"))
-    for attempt in range(10):
-        try:
-            kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                    "crd/llmengines.trtllm.dev", "crd/llmdeployments.trtllm.dev")
-            break
-        except RuntimeError:  # a CRD read before its status has conditions
-            if attempt == 9:
-                raise
-            time.sleep(0.5)
+    apply_crds(kubectl, root)
     kubectl("create", "namespace", NAMESPACE)
     kubectl("create", "secret", "generic", "hf-token", "-n", NAMESPACE,
             "--from-literal=HF_TOKEN=not-a-real-token")

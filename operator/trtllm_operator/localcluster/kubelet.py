@@ -177,6 +177,20 @@ def is_download_pod(pod: dict[str, Any]) -> bool:
     return _first_env(pod, DOWNLOAD_SPEC_ENV) is not None
 
 
+def _steered_failure(exit_code: str | None, default: contract.Reason, what: str,
+                     base: dict[str, str]) -> dict[str, str]:
+    """The exit code and failure summary a job pod gets when its LLMEngine's steering
+    annotation asks for a non-zero ``exit_code`` (the reason that code stands for, else
+    ``default``); empty when it asks for none."""
+    code = int(exit_code or 0)
+    if not code:
+        return {}
+    reason = next((str(r) for r, c in contract.EXIT_CODES.items() if c == code), str(default))
+    return {EXIT_CODE_ANNOTATION: str(code), MESSAGE_ANNOTATION: json.dumps({
+        "phase": str(contract.Phase.FAILED), "reason": reason,
+        "message": f"simulated {what} failure: {reason}", **base})}
+
+
 def download_pod_annotations(pod: dict[str, Any],
                              steering: dict[str, str]) -> dict[str, str]:
     """The Stage annotations of a download pod: its termination message (what the real job
@@ -191,15 +205,10 @@ def download_pod_annotations(pod: dict[str, Any],
     spec = json.loads(raw)
     repo, revision = spec["model"]["repo"], spec["model"]["revision"]
     base = {"repo": repo, "revision": revision}
-    code = int(steering.get(DOWNLOAD_EXIT_CODE_ANNOTATION) or 0)
-    if code:
-        out[EXIT_CODE_ANNOTATION] = str(code)
-        reason = next((str(r) for r, c in contract.EXIT_CODES.items() if c == code),
-                      str(contract.Reason.DOWNLOAD_FAILED))
-        out[MESSAGE_ANNOTATION] = json.dumps({
-            "phase": str(contract.Phase.FAILED), "reason": reason,
-            "message": f"simulated download failure: {reason}", **base})
-        return out
+    failure = _steered_failure(steering.get(DOWNLOAD_EXIT_CODE_ANNOTATION),
+                               contract.Reason.DOWNLOAD_FAILED, "download", base)
+    if failure:
+        return out | failure
     commit = revision if re.fullmatch(r"[0-9a-f]{40}", revision) else hashlib.sha1(
         f"{repo}@{revision}".encode()).hexdigest()
     parsed = job_spec.parse_download_spec(spec)
@@ -235,15 +244,10 @@ def quantize_pod_annotations(pod: dict[str, Any], steering: dict[str, str]) -> d
         out[DURATION_ANNOTATION] = steering[QUANTIZE_DURATION_ANNOTATION]
     parsed = job_spec.parse_quantize_spec(json.loads(raw))
     base = {"format": parsed.format, "commit": parsed.commit}
-    code = int(steering.get(QUANTIZE_EXIT_CODE_ANNOTATION) or 0)
-    if code:
-        out[EXIT_CODE_ANNOTATION] = str(code)
-        reason = next((str(r) for r, c in contract.EXIT_CODES.items() if c == code),
-                      str(contract.Reason.QUANTIZE_FAILED))
-        out[MESSAGE_ANNOTATION] = json.dumps({
-            "phase": str(contract.Phase.FAILED), "reason": reason,
-            "message": f"simulated quantize failure: {reason}", **base})
-        return out
+    failure = _steered_failure(steering.get(QUANTIZE_EXIT_CODE_ANNOTATION),
+                               contract.Reason.QUANTIZE_FAILED, "quantize", base)
+    if failure:
+        return out | failure
     weights = int(SIM_CHECKPOINT_BYTES * facts.WEIGHT_BYTES_FACTOR[parsed.format])
     out[MESSAGE_ANNOTATION] = json.dumps({
         "phase": str(contract.Phase.QUANTIZED), **base, "path": str(parsed.output_dir),
