@@ -166,6 +166,15 @@ def test_a_failed_service_write_becomes_the_next_reconciles_error() -> None:
     asyncio.run(scenario())
 
 
+def _holding(view: FakeView, writer: FakeWriter, now: list[float]) -> DeploymentController:
+    """A controller holding status details 2 s, on a clock the test moves."""
+    controller = DeploymentController(view=view, writer=writer, events=lambda *_: None,
+                                      clock=lambda: datetime(2026, 11, 23, tzinfo=UTC))
+    controller.status_writes.min_interval = 2.0
+    controller.status_writes.monotonic = lambda: now[0]
+    return controller
+
+
 def test_a_detail_right_after_a_write_is_held_and_requeued_while_ready_is_written_at_once(
         ) -> None:
     view = FakeView()
@@ -174,11 +183,7 @@ def test_a_detail_right_after_a_write_is_held_and_requeued_while_ready_is_writte
     now = [0.0]
 
     async def scenario() -> None:
-        controller = DeploymentController(
-            view=view, writer=writer, events=lambda *_: None,
-            clock=lambda: datetime(2026, 11, 23, tzinfo=UTC))
-        controller.status_writes.min_interval = 2.0
-        controller.status_writes.monotonic = lambda: now[0]
+        controller = _holding(view, writer, now)
         await controller.reconcile(KEY)
         assert len(writer.status_patches) == 1
         assert _ready(writer)["reason"] == "RollingOut"
@@ -212,11 +217,7 @@ def test_a_detail_is_held_even_while_the_view_still_shows_the_status_before_the_
     now = [0.0]
 
     async def scenario() -> None:
-        controller = DeploymentController(
-            view=view, writer=writer, events=lambda *_: None,
-            clock=lambda: datetime(2026, 11, 23, tzinfo=UTC))
-        controller.status_writes.min_interval = 2.0
-        controller.status_writes.monotonic = lambda: now[0]
+        controller = _holding(view, writer, now)
         await controller.reconcile(KEY)
         view.children = {m["kind"]: _as_observed(m) for m in writer.applied}
         view.dep = view.children["Deployment"] | {"status": {
