@@ -108,7 +108,7 @@ def test_without_lws_a_multi_node_spec_says_lws_is_required(
 @pytest.fixture
 def h100_pool(cluster: ClusterUnderTest) -> Iterator[str]:
     """Four 8-GPU H100 nodes only this test's serving pods select; removed after."""
-    pool = uuid.uuid4().hex[:8]
+    pool = f"p{uuid.uuid4().hex[:8]}"  # a letter first: "02923046" would read as a number
     names = cluster.add_nodes("h100", 4, labels={"test-pool": pool})
     yield pool
     cluster.remove_nodes(names)

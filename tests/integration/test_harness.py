@@ -67,7 +67,7 @@ def test_nodes_carry_gfd_labels_and_gpu_capacity(cluster: ClusterUnderTest,
 def test_scheduler_places_gpu_pods_only_on_matching_nodes_with_room(
         cluster: ClusterUnderTest, core: client.CoreV1Api, api_client: client.ApiClient,
         namespace: str) -> None:
-    pool = uuid.uuid4().hex[:8]
+    pool = f"p{uuid.uuid4().hex[:8]}"
     # Two 4-GPU L40S nodes (room for four 2-GPU pods) and an H100 node in the same pool,
     # which the product selector must keep pods off.
     l40s = set(cluster.add_nodes("l40s", 2, labels={"test-pool": pool}))
