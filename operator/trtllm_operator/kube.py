@@ -167,6 +167,39 @@ def make_client(kubeconfig: str | None = None, connections: int | None = None) -
                        transport=transport)
 
 
+def _is_entry(entry: dict[str, Any], manager: str, operation: str) -> bool:
+    return (entry.get("manager") == manager and entry.get("operation") == operation
+            and not entry.get("subresource"))
+
+
+def _union(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """The union of two field sets in the ``FieldsV1`` trie form."""
+    out = dict(a)
+    for key, sub in b.items():
+        out[key] = _union(out[key], sub) if key in out else sub
+    return out
+
+
+def folded_managed_fields(entries: list[dict[str, Any]],
+                          manager: str) -> list[dict[str, Any]] | None:
+    """``managedFields`` with ``manager``'s "Update" entries (of the main resource) folded
+    into its "Apply" entry, or None when there is nothing to fold: an "Apply" entry and at
+    least one "Update" entry of the same manager. Fields only an "Update" entry holds are
+    never removed by that manager's applies; after the fold they are, like any field it
+    applied. Other managers' entries are kept as they are."""
+    target = next((i for i, e in enumerate(entries) if _is_entry(e, manager, "Apply")), None)
+    updates = [e for e in entries if _is_entry(e, manager, "Update")]
+    if target is None or not updates:
+        return None
+    fields: dict[str, Any] = dict(entries[target].get("fieldsV1") or {})
+    for entry in updates:
+        if entry.get("apiVersion") == entries[target].get("apiVersion"):
+            fields = _union(fields, entry.get("fieldsV1") or {})
+    folded = dict(entries[target]) | {"fieldsV1": fields}
+    return [folded if i == target else e for i, e in enumerate(entries)
+            if not _is_entry(e, manager, "Update")]
+
+
 class Kube:
     """Writes on behalf of the controllers, held to a client-side rate limit.
 
@@ -205,6 +238,50 @@ class Kube:
         obj = codecs.from_dict(manifest)
         applied = await self.client.apply(obj, force=True)
         result: dict[str, Any] = applied.to_dict()  # type: ignore[no-untyped-call]
+        meta = result.get("metadata") or {}
+        folded = folded_managed_fields(meta.get("managedFields") or [], FIELD_MANAGER)
+        if folded is None:
+            return result
+        # A child this operator created (see create_child) was applied for the first time:
+        # its fields were still held by the create's "Update" entry as well, so the apply
+        # could not drop any. Fold that entry into the apply's (what client-go's csaupgrade
+        # does), on the condition that nothing changed in between, and apply again.
+        await self._throttle()
+        resource: Any = type(obj)
+        await self.client.patch(resource, meta["name"], [
+            {"op": "test", "path": "/metadata/resourceVersion",
+             "value": meta["resourceVersion"]},
+            {"op": "replace", "path": "/metadata/managedFields", "value": folded},
+        ], namespace=meta.get("namespace"), patch_type=PatchType.JSON)
+        metrics.FIELD_OWNERSHIP_FOLDS.inc()
+        await self._throttle()
+        again: dict[str, Any] = (await self.client.apply(obj, force=True)).to_dict()  # type: ignore[no-untyped-call]
+        return again
+
+    @_counted("create")
+    async def create_child(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """Create a child the watch has not seen; return the object.
+
+        A create costs the API server a fraction of a server-side apply (no merge of field
+        sets; at 1,000 new objects a Deployment apply took 0.14 s against 0.01 s for a
+        create). It leaves the fields under an "Update" entry of the operator's field
+        manager; the first apply of the child folds that entry into its own (see
+        :meth:`_apply`), so a field a later spec drops is still removed. When the child
+        exists after all (a watch lagging behind, a restart), it is applied instead."""
+        if manifest.get("kind") == "Service":
+            async with self._services:
+                return await self._create_or_apply(manifest)
+        return await self._create_or_apply(manifest)
+
+    async def _create_or_apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        await self._throttle()
+        try:
+            created = await self.client.create(codecs.from_dict(manifest))
+        except ApiError as exc:
+            if exc.status.code != 409:
+                raise
+            return await self._apply(manifest)
+        result: dict[str, Any] = created.to_dict()  # type: ignore[no-untyped-call]
         return result
 
     @_counted("apply")

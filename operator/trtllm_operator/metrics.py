@@ -34,6 +34,10 @@ API_THROTTLE_SECONDS = Histogram(
     "trtllm_operator_api_rate_limiter_duration_seconds",
     "Time one write waited on the client-side write limit (apiWriteQps/apiWriteBurst).",
     registry=REGISTRY, buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+FIELD_OWNERSHIP_FOLDS = Counter(
+    "trtllm_operator_field_ownership_folds_total",
+    "Children made by create whose fields were handed to the operator's apply entry at their "
+    "first apply (once per child).", registry=REGISTRY)
 BUILDS_STARTED = Counter(
     "trtllm_operator_builds_started_total", "Build Jobs created, by GPU type.",
     ["gpu"], registry=REGISTRY)

@@ -93,6 +93,7 @@ class FakeWriter:
         self.created: list[dict[str, Any]] = []
         self.handed_over: list[tuple[str, dict[str, Any]]] = []
         self.deleted: list[tuple[str, str]] = []
+        self.child_creates: list[str] = []
 
     async def delete(self, resource: Any, namespace: str, name: str) -> bool:
         self.deleted.append((resource.__name__, name))
@@ -106,6 +107,12 @@ class FakeWriter:
         self.applied.append(manifest)
         return {"metadata": {"generation": 1}, "status": {"replicas": 1}, "spec": manifest.get(
             "spec", {})}
+
+    async def create_child(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """A child the view does not show yet: noted, then answered as an apply would be (so
+        a writer that refuses or delays applies does the same to creates)."""
+        self.child_creates.append(manifest["kind"])
+        return await self.apply(manifest)
 
     async def patch_status(self, kind: str, namespace: str, name: str,
                            status: dict[str, Any]) -> None:
@@ -302,6 +309,10 @@ def test_a_hand_edit_or_a_deleted_child_is_written_again() -> None:
     again, _events, _ready = _run(view)
     assert [m["kind"] for m in again.applied] == ["Deployment", "Service"]
     assert again.applied == first.applied[1:]  # the options ConfigMap is unchanged
+    # New children are created (cheaper for the API server); the hand-edited Deployment is
+    # applied, the deleted Service created again.
+    assert first.child_creates == ["ConfigMap", "Deployment", "Service"]
+    assert again.child_creates == ["Service"]
 
 
 def test_a_spec_change_is_written_even_if_it_only_drops_a_field() -> None:
@@ -313,6 +324,7 @@ def test_a_spec_change_is_written_even_if_it_only_drops_a_field() -> None:
     again, _events, _ready = _run(view)
     assert [m["kind"] for m in again.applied] == ["Deployment"]
     assert "pool" not in again.applied[0]["spec"]["template"]["spec"]["nodeSelector"]
+    assert again.child_creates == []  # an apply: only it removes the dropped field
 
 
 def test_a_pytorch_engine_with_a_volume_model_is_served_from_the_model_claim() -> None:

@@ -11,7 +11,7 @@ import pytest
 from lightkube import ApiError
 from lightkube.models.meta_v1 import Status
 
-from trtllm_operator.kube import Kube, not_served
+from trtllm_operator.kube import Kube, folded_managed_fields, not_served
 from trtllm_operator.workqueue import TokenBucket
 
 CONFIGMAP = {"apiVersion": "v1", "kind": "ConfigMap",
@@ -134,3 +134,36 @@ def test_a_kind_no_longer_served_is_told_apart_from_other_refusals() -> None:
     assert not not_served(refusal(422))
     assert not not_served(refusal(403))
     assert not not_served(RuntimeError("boom"))
+
+
+def _entry(manager: str, operation: str, fields: dict[str, Any],
+           subresource: str | None = None) -> dict[str, Any]:
+    entry = {"manager": manager, "operation": operation, "apiVersion": "apps/v1",
+             "fieldsType": "FieldsV1", "fieldsV1": fields}
+    return entry | ({"subresource": subresource} if subresource else {})
+
+
+def test_the_create_entry_is_folded_into_the_apply_entry() -> None:
+    entries = [
+        _entry("trtllm-operator", "Apply", {"f:metadata": {"f:labels": {"f:app": {}}}}),
+        _entry("kube-controller-manager", "Update",
+               {"f:metadata": {"f:annotations": {"f:deployment.kubernetes.io/revision": {}}}}),
+        _entry("trtllm-operator", "Update", {"f:metadata": {"f:labels": {
+            "f:app": {}, "f:tier": {}}}, "f:spec": {"f:replicas": {}}}),
+        _entry("trtllm-operator", "Update", {"f:status": {"f:x": {}}}, subresource="status"),
+    ]
+    folded = folded_managed_fields(entries, "trtllm-operator")
+    assert folded == [
+        _entry("trtllm-operator", "Apply", {"f:metadata": {"f:labels": {
+            "f:app": {}, "f:tier": {}}}, "f:spec": {"f:replicas": {}}}),
+        entries[1],  # other managers and the status subresource's entry stay as they are
+        entries[3],
+    ]
+
+
+def test_nothing_to_fold_without_both_entries() -> None:
+    created = [_entry("trtllm-operator", "Update", {"f:data": {"f:a": {}}})]
+    applied = [_entry("trtllm-operator", "Apply", {"f:data": {"f:a": {}}}),
+               _entry("someone-else", "Update", {"f:data": {"f:b": {}}})]
+    assert folded_managed_fields(created, "trtllm-operator") is None
+    assert folded_managed_fields(applied, "trtllm-operator") is None

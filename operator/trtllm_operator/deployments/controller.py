@@ -84,6 +84,7 @@ CREATED_GRACE_SECONDS = 30.0
 
 class Writer(Protocol):
     async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]: ...
+    async def create_child(self, manifest: dict[str, Any]) -> dict[str, Any]: ...
     async def create_if_absent(self, manifest: dict[str, Any]) -> bool: ...
     async def patch_status(self, kind: str, namespace: str, name: str,
                            status: dict[str, Any]) -> None: ...
@@ -948,10 +949,13 @@ class DeploymentController:
             return None
 
         async def write() -> dict[str, Any]:
-            applied = await self.writer.apply(desired)
-            if observed is None:
-                self.created[ident] = (want, time.monotonic())
-            return applied
+            if observed is not None:
+                return await self.writer.apply(desired)
+            # New to the watch: a create, far cheaper for the API server than an apply (see
+            # Kube.create_child); an existing one is applied instead.
+            made = await self.writer.create_child(desired)
+            self.created[ident] = (want, time.monotonic())
+            return made
         return write
 
     async def _apply_service(self, d: LLMDeployment, manifest: dict[str, Any]) -> None:
