@@ -40,7 +40,7 @@ class OperatorSettings(BaseSettings):
     fairness still queues the operator's requests against everyone else's."""
     api_write_burst: int = Field(default=400, ge=1)
     """API writes allowed at once before api_write_qps paces them."""
-    status_detail_seconds: float = Field(default=5.0, ge=0)
+    status_detail_seconds: float = Field(default=15.0, ge=0)
     """Least time between two LLMDeployment status writes that change only details (counts,
     messages, the Available and Progressing conditions mirrored from the Deployment); a change
     of a condition's status (Ready, Reconciling, Stalled) or generation is written at once, and

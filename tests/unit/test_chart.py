@@ -259,7 +259,7 @@ def test_settings_reach_the_operator_as_environment(render: Any) -> None:
         "TRTLLM_OPERATOR_API_WRITE_QPS": "200",
         "TRTLLM_OPERATOR_API_WRITE_BURST": "400",
         "TRTLLM_OPERATOR_RECONCILE_ERROR_AFTER": "3",
-        "TRTLLM_OPERATOR_STATUS_DETAIL_SECONDS": "5",
+        "TRTLLM_OPERATOR_STATUS_DETAIL_SECONDS": "15",
         "TRTLLM_OPERATOR_METRICS_PORT": "8080",
         "TRTLLM_OPERATOR_HEALTH_PORT": "8081",
         "TRTLLM_OPERATOR_LOG_FORMAT": "json",

@@ -12,6 +12,7 @@ import pytest
 
 from tests.unit.test_deployment_controller import KEY, FakeView, FakeWriter, _as_observed
 from trtllm_operator.deployments.controller import DeploymentController
+from trtllm_operator.pods import PodFact
 from trtllm_operator.write_lane import WriteLane
 
 
@@ -205,6 +206,36 @@ def test_a_detail_right_after_a_write_is_held_and_requeued_while_ready_is_writte
         assert len(writer.status_patches) == 2
         assert _ready(writer)["status"] == "True"
         assert result is None
+
+    asyncio.run(scenario())
+
+
+def test_a_problem_right_after_a_write_is_written_at_once() -> None:
+    """A reason that names a problem is no detail: pods the scheduler cannot place show at
+    once (with its message), even though Ready stays False and Reconciling True, and the last
+    write was a moment ago."""
+    view = FakeView()
+    writer = SlowServices()
+    writer.go.set()
+    now = [0.0]
+
+    async def scenario() -> None:
+        controller = _holding(view, writer, now)
+        await controller.reconcile(KEY)
+        assert _ready(writer)["reason"] == "RollingOut"
+        view.body["status"] = writer.status_patches[-1]
+        view.children = {m["kind"]: _as_observed(m) for m in writer.applied}
+        view.dep = view.children["Deployment"] | {"status": {
+            "observedGeneration": 1, "replicas": 1, "updatedReplicas": 1}}
+        view.pods = [PodFact("server-abc", phase="Pending", unschedulable=(
+            "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."))]
+        now[0] = 0.5
+        await controller.reconcile(KEY)
+        assert len(writer.status_patches) == 2
+        ready = _ready(writer)
+        assert ready["status"] == "False"
+        assert ready["reason"] not in ("RollingOut", "ServicePending")
+        assert "Insufficient nvidia.com/gpu" in ready["message"]
 
     asyncio.run(scenario())
 

@@ -369,12 +369,15 @@ _DETAIL_CONDITIONS = frozenset({DeploymentConditionType.AVAILABLE,
 
 
 def _headline(wire: Mapping[str, Any]) -> tuple[object, ...]:
-    """What a status write may not wait for: the generation observed and each condition's
-    status (Ready, Reconciling, Stalled, ...). Reasons, messages, counts and the conditions
-    mirrored from the Deployment are details (see StatusWrites.hold)."""
+    """What a status write may not wait for: the generation observed, each condition's status
+    (Ready, Reconciling, Stalled, ...) and any reason that names a problem (ImagePullBackOff,
+    GroupPending, ...). Counts, messages, moves between reasons that say work goes on
+    (RollingOut, ServicePending, ...) and the conditions mirrored from the Deployment are
+    details (see StatusWrites.hold)."""
     return (wire.get("observedGeneration"), frozenset(
-        (c.get("type"), c.get("status")) for c in wire.get("conditions") or []
-        if c.get("type") not in _DETAIL_CONDITIONS))
+        (c.get("type"), c.get("status"),
+         "waiting" if c.get("reason") in _WAITING_REASONS else c.get("reason"))
+        for c in wire.get("conditions") or [] if c.get("type") not in _DETAIL_CONDITIONS))
 
 
 def _serving_gpu(dep: Mapping[str, Any] | None) -> str | None:
