@@ -2,8 +2,9 @@
 
 Reads of cluster facts come from kopf's watches kept in memory; this module only writes:
 build Jobs and the script ConfigMap by create (they never change once made), other
-children by server-side apply under one field manager, status through the status subresource
-(merge patch, and only when it differs), deletions. The client is lightkube's async client, so
+children by create when new and server-side apply under one field manager after that (see
+:meth:`Kube.create_child`), status through the status subresource (merge patch, and only when
+it differs), deletions. The client is lightkube's async client, so
 no call blocks kopf's event loop.
 """
 
@@ -180,24 +181,35 @@ def _union(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def folded_managed_fields(entries: list[dict[str, Any]],
-                          manager: str) -> list[dict[str, Any]] | None:
-    """``managedFields`` with ``manager``'s "Update" entries (of the main resource) folded
-    into its "Apply" entry, or None when there is nothing to fold: an "Apply" entry and at
-    least one "Update" entry of the same manager. Fields only an "Update" entry holds are
-    never removed by that manager's applies; after the fold they are, like any field it
-    applied. Other managers' entries are kept as they are."""
+def fold_patch(entries: list[dict[str, Any]], manager: str) -> list[dict[str, Any]] | None:
+    """A JSON patch folding ``manager``'s "Update" entries (of the main resource) in
+    ``managedFields`` into its "Apply" entry, or None when there is nothing to fold (not both
+    kinds of entry). Fields only an "Update" entry holds are never removed by that manager's
+    applies; after the fold they are, like any field it applied. The patch first tests that
+    each entry it changes is still what ``entries`` says (another writer's change to its own
+    entry does not matter; a field an autoscaler took from ours since does, and fails it),
+    and leaves every other entry as it is."""
     target = next((i for i, e in enumerate(entries) if _is_entry(e, manager, "Apply")), None)
-    updates = [e for e in entries if _is_entry(e, manager, "Update")]
+    updates = [i for i, e in enumerate(entries) if _is_entry(e, manager, "Update")]
     if target is None or not updates:
         return None
+    tests = [{"op": "test", "path": f"/metadata/managedFields/{i}/{key}",
+              "value": entries[i].get(key)}
+             for i in (target, *updates) for key in ("manager", "operation", "fieldsV1")]
     fields: dict[str, Any] = dict(entries[target].get("fieldsV1") or {})
-    for entry in updates:
-        if entry.get("apiVersion") == entries[target].get("apiVersion"):
-            fields = _union(fields, entry.get("fieldsV1") or {})
-    folded = dict(entries[target]) | {"fieldsV1": fields}
-    return [folded if i == target else e for i, e in enumerate(entries)
-            if not _is_entry(e, manager, "Update")]
+    for i in updates:
+        if entries[i].get("apiVersion") == entries[target].get("apiVersion"):
+            fields = _union(fields, entries[i].get("fieldsV1") or {})
+    return [*tests,
+            {"op": "replace", "path": f"/metadata/managedFields/{target}/fieldsV1",
+             "value": fields},
+            *({"op": "remove", "path": f"/metadata/managedFields/{i}"}
+              for i in sorted(updates, reverse=True))]
+
+
+FOLD_ATTEMPTS = 4
+"""Applies of a child before its create's field ownership is left unfolded this time (each
+fold the API server refuses because our entries changed in between costs one more apply)."""
 
 
 class Kube:
@@ -234,29 +246,39 @@ class Kube:
         return await self._apply(manifest)
 
     async def _apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
-        await self._throttle()
         obj = codecs.from_dict(manifest)
-        applied = await self.client.apply(obj, force=True)
-        result: dict[str, Any] = applied.to_dict()  # type: ignore[no-untyped-call]
-        meta = result.get("metadata") or {}
-        folded = folded_managed_fields(meta.get("managedFields") or [], FIELD_MANAGER)
-        if folded is None:
-            return result
-        # A child this operator created (see create_child) was applied for the first time:
-        # its fields were still held by the create's "Update" entry as well, so the apply
-        # could not drop any. Fold that entry into the apply's (what client-go's csaupgrade
-        # does), on the condition that nothing changed in between, and apply again.
-        await self._throttle()
         resource: Any = type(obj)
-        await self.client.patch(resource, meta["name"], [
-            {"op": "test", "path": "/metadata/resourceVersion",
-             "value": meta["resourceVersion"]},
-            {"op": "replace", "path": "/metadata/managedFields", "value": folded},
-        ], namespace=meta.get("namespace"), patch_type=PatchType.JSON)
-        metrics.FIELD_OWNERSHIP_FOLDS.inc()
-        await self._throttle()
-        again: dict[str, Any] = (await self.client.apply(obj, force=True)).to_dict()  # type: ignore[no-untyped-call]
-        return again
+        for _ in range(FOLD_ATTEMPTS):
+            await self._throttle()
+            applied = await self.client.apply(obj, force=True)
+            result: dict[str, Any] = applied.to_dict()  # type: ignore[no-untyped-call]
+            meta = result.get("metadata") or {}
+            patch = fold_patch(meta.get("managedFields") or [], FIELD_MANAGER)
+            if patch is None:
+                return result
+            # A child this operator created (see create_child), applied for the first time:
+            # its fields are still held by the create's "Update" entry as well, so this apply
+            # could not drop any. Fold that entry into the apply's (what client-go's
+            # csaupgrade does for kubectl), then apply again.
+            await self._throttle()
+            try:
+                await self.client.patch(resource, meta["name"], patch,
+                                        namespace=meta.get("namespace"),
+                                        patch_type=PatchType.JSON)
+            except ApiError as exc:
+                if exc.status.code != 422:  # 422: a test failed, our entries changed
+                    raise
+                continue
+            metrics.FIELD_OWNERSHIP_FOLDS.inc()
+            await self._throttle()
+            again: dict[str, Any] = (
+                await self.client.apply(obj, force=True)).to_dict()  # type: ignore[no-untyped-call]
+            return again
+        log.warning("the field ownership of %s %s/%s is not folded yet (changed under each of "
+                    "%d tries); the next apply tries again", manifest["kind"],
+                    manifest["metadata"].get("namespace"), manifest["metadata"]["name"],
+                    FOLD_ATTEMPTS)
+        return result
 
     @_counted("create")
     async def create_child(self, manifest: dict[str, Any]) -> dict[str, Any]:

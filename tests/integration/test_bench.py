@@ -9,25 +9,32 @@ from pathlib import Path
 from trtllm_operator.localcluster import bench
 
 
-def test_a_tiny_fleet_converges_in_both_modes_and_the_report_has_its_fields(
+def test_a_tiny_fleet_converges_in_every_mode_and_the_report_has_its_fields(
         tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     rc = bench.main(["--deployments", "3", "--idle-seconds", "2", "--timeout", "240",
-                     "--out", str(out)])
+                     "--modes", "floor,objects,operator", "--out", str(out)])
     result = json.loads(out.read_text())
     assert rc == 0, result
-    for mode in ("floor", "operator"):
+    for mode in ("floor", "objects", "operator"):
         r = result[mode]
         assert r["converged"] is True
         assert r["counts"]["exist"] == r["counts"]["available"] == 3
         for key in ("all_exist_s", "all_available_s", "apply_to_deployment_ms",
                     "requests_run", "requests_idle", "writes_run", "writes_idle"):
             assert key in r, (mode, key)
-        assert r["requests_run"].get("POST deployments" if mode == "floor"
-                                     else "APPLY deployments", 0) >= 3
+        # New children are created, by the bare client and by the operator alike.
+        assert r["requests_run"].get("POST deployments", 0) >= 3
+    for mode in ("objects", "operator"):
+        r = result[mode]
+        assert r["counts"]["ready"] == 3
+        assert r["all_ready_s"] is not None
+        assert r["requests_run"].get("POST llmdeployments", 0) == 3
+        assert r["requests_run"].get("PATCH llmdeployments/status", 0) >= 3
+    # The objects mode writes exactly what it stands for: two statuses and one Event each.
+    assert result["objects"]["requests_run"]["PATCH llmdeployments/status"] == 6
+    assert result["objects"]["events_by_reason"].get("bench LLMDeployment Ready") == 3
     op = result["operator"]
-    assert op["counts"]["ready"] == 3
-    assert op["all_ready_s"] is not None
     assert op["operator_peak_rss_mib"] > 0
     assert op["operator_cpu_s"] > 0
 

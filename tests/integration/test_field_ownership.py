@@ -110,3 +110,34 @@ def test_creating_a_child_that_exists_applies_it_instead(
 
     assert made["data"] == {"a": "new", "stale": "x"}  # another manager's key stays
     assert _ours(made) == [("Apply", "")]
+
+
+@pytest.mark.parametrize("scaled", ["before the first apply", "after the first apply"])
+def test_a_size_a_scaler_set_survives_the_fold_of_a_child_made_without_replicas(
+        scaled: str, cluster: ClusterUnderTest, namespace: str,
+        api_client: client.ApiClient) -> None:
+    """While an autoscaler owns replicas the operator leaves them out of the Deployment; the
+    create's entry then holds the defaulted replicas, and folding it must not reset a size an
+    autoscaler sets through the scale subresource."""
+    apps = client.AppsV1Api(api_client)
+
+    def manifest(tier: str) -> dict[str, Any]:
+        m = _deployment(namespace, {"app": "child", "tier": tier}, [])
+        del m["spec"]["replicas"]
+        return m
+
+    def scale() -> None:
+        apps.patch_namespaced_deployment_scale("child", namespace, {"spec": {"replicas": 3}},
+                                               field_manager="an-autoscaler")
+
+    _run(cluster, lambda kube: kube.create_child(manifest("a")))
+    if scaled == "before the first apply":
+        scale()
+    _run(cluster, lambda kube: kube.apply(manifest("b")))
+    if scaled == "after the first apply":
+        scale()
+    _run(cluster, lambda kube: kube.apply(manifest("c")))
+
+    stored = apps.read_namespaced_deployment("child", namespace)
+    assert stored.metadata.labels["tier"] == "c"
+    assert stored.spec.replicas == 3

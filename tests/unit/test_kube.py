@@ -11,7 +11,8 @@ import pytest
 from lightkube import ApiError
 from lightkube.models.meta_v1 import Status
 
-from trtllm_operator.kube import Kube, folded_managed_fields, not_served
+from trtllm_operator.kube import Kube, fold_patch, not_served
+from trtllm_operator.metrics import REGISTRY
 from trtllm_operator.workqueue import TokenBucket
 
 CONFIGMAP = {"apiVersion": "v1", "kind": "ConfigMap",
@@ -152,18 +153,93 @@ def test_the_create_entry_is_folded_into_the_apply_entry() -> None:
             "f:app": {}, "f:tier": {}}}, "f:spec": {"f:replicas": {}}}),
         _entry("trtllm-operator", "Update", {"f:status": {"f:x": {}}}, subresource="status"),
     ]
-    folded = folded_managed_fields(entries, "trtllm-operator")
-    assert folded == [
+    patch = fold_patch(entries, "trtllm-operator")
+    assert patch is not None
+    tests = [op for op in patch if op["op"] == "test"]
+    changes = [op for op in patch if op["op"] != "test"]
+    # Every entry it changes is tested first, by index, as it was read; no other entry is.
+    assert patch[:len(tests)] == tests
+    assert {(op["path"], str(op["value"])) for op in tests} == {
+        (f"/metadata/managedFields/{i}/{key}", str(entries[i][key]))
+        for i in (0, 2) for key in ("manager", "operation", "fieldsV1")}
+    assert changes == [
+        {"op": "replace", "path": "/metadata/managedFields/0/fieldsV1",
+         "value": {"f:metadata": {"f:labels": {"f:app": {}, "f:tier": {}}},
+                   "f:spec": {"f:replicas": {}}}},
+        {"op": "remove", "path": "/metadata/managedFields/2"},
+    ]
+    # Applied the way the API server applies a JSON patch: the other entries stay as they are.
+    assert _apply_patch(entries, changes) == [
         _entry("trtllm-operator", "Apply", {"f:metadata": {"f:labels": {
             "f:app": {}, "f:tier": {}}}, "f:spec": {"f:replicas": {}}}),
-        entries[1],  # other managers and the status subresource's entry stay as they are
-        entries[3],
-    ]
+        entries[1], entries[3]]
+
+
+def test_several_create_entries_are_removed_from_the_last() -> None:
+    entries = [_entry("trtllm-operator", "Update", {"f:data": {"f:a": {}}}),
+               _entry("trtllm-operator", "Apply", {"f:data": {"f:b": {}}}),
+               _entry("trtllm-operator", "Update", {"f:data": {"f:c": {}}})]
+    patch = fold_patch(entries, "trtllm-operator")
+    assert patch is not None
+    changes = [op for op in patch if op["op"] != "test"]
+    assert _apply_patch(entries, changes) == [_entry(
+        "trtllm-operator", "Apply", {"f:data": {"f:b": {}, "f:a": {}, "f:c": {}}})]
+
+
+def _apply_patch(entries: list[dict[str, Any]],
+                 ops: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = [dict(e) for e in entries]
+    for op in ops:
+        index, *rest = op["path"].removeprefix("/metadata/managedFields/").split("/")
+        if op["op"] == "remove":
+            del out[int(index)]
+        else:
+            out[int(index)][rest[0]] = op["value"]
+    return out
 
 
 def test_nothing_to_fold_without_both_entries() -> None:
     created = [_entry("trtllm-operator", "Update", {"f:data": {"f:a": {}}})]
     applied = [_entry("trtllm-operator", "Apply", {"f:data": {"f:a": {}}}),
                _entry("someone-else", "Update", {"f:data": {"f:b": {}}})]
-    assert folded_managed_fields(created, "trtllm-operator") is None
-    assert folded_managed_fields(applied, "trtllm-operator") is None
+    assert fold_patch(created, "trtllm-operator") is None
+    assert fold_patch(applied, "trtllm-operator") is None
+
+
+class FoldingClient(FakeClient):
+    """A child made by create: each apply answers with both of the operator's entries until a
+    fold patch is accepted; the first fold is refused (422: a test failed, as when the
+    entries changed between the apply and the patch)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+        self.folded = False
+
+    async def apply(self, obj: Any, force: bool = False) -> Any:
+        self.calls.append("apply")
+        entries = [_entry("trtllm-operator", "Apply", {"f:data": {"f:a": {}}})]
+        if not self.folded:
+            entries.append(_entry("trtllm-operator", "Update", {"f:data": {"f:b": {}}}))
+        body = {"metadata": {"name": "options", "namespace": "ml", "managedFields": entries},
+                "data": {"a": "1"}}
+        return type("Answer", (), {"to_dict": lambda self: body})()
+
+    async def patch(self, *args: Any, **kwargs: Any) -> None:
+        self.calls.append("fold")
+        if self.calls.count("fold") == 1:
+            raise _api_error(422, "Invalid")
+        self.folded = True
+
+
+def test_a_refused_fold_is_tried_again_after_a_new_apply_and_then_applied_once_more() -> None:
+    client = FoldingClient()
+    kube = Kube(client)  # type: ignore[arg-type]
+    before = REGISTRY.get_sample_value("trtllm_operator_field_ownership_folds_total") or 0.0
+    manifest = CONFIGMAP | {"data": {"a": "1"}}
+
+    result = asyncio.run(kube.apply(manifest))
+
+    assert client.calls == ["apply", "fold", "apply", "fold", "apply"]
+    assert [e["operation"] for e in result["metadata"]["managedFields"]] == ["Apply"]
+    assert REGISTRY.get_sample_value("trtllm_operator_field_ownership_folds_total") == before + 1

@@ -2,11 +2,15 @@
 
     python -m trtllm_operator.localcluster.bench --deployments 100 [--nodes 20] [--out f.json]
 
-Two modes, each on a fresh local cluster with the same simulated H100 nodes:
+Three modes, each on a fresh local cluster with the same simulated H100 nodes:
 
 - **floor**: a bare client creates, for each of N names, exactly the Deployment and Service the
   operator would make (built by the operator's own builders from a Built engine). What the
   control plane needs to get N serving Deployments available, with no operator in the way.
+- **objects** (optional): the floor plus what no operator of LLMDeployments can avoid: the
+  bare client also creates each LLMDeployment (owning its children), writes its status once at
+  once and once when its Deployment is available (Ready), and posts one Event. The same
+  status fields as the operator's, so the API server's work per write is comparable.
 - **operator**: the operator builds one engine, then N LLMDeployments of it are created; timed
   until every child exists, every Deployment is available and every LLMDeployment is Ready.
 
@@ -75,9 +79,11 @@ def llmd_manifest(name: str) -> dict[str, Any]:
             "spec": {"engineRef": {"name": ENGINE}, "gpu": H100, "replicas": 1}}
 
 
-def floor_children(engine: dict[str, Any], name: str, uid: str) -> list[dict[str, Any]]:
+def floor_children(engine: dict[str, Any], name: str, uid: str,
+                   owned: bool = False) -> list[dict[str, Any]]:
     """What the operator applies for LLMDeployment ``name`` of a Built ``engine``, from its own
-    builders (the spec-hash annotation included), less the owner reference."""
+    builders (the spec-hash annotation included), less the owner reference unless ``owned``
+    (``uid`` is then the LLMDeployment's)."""
     d = LLMDeployment.model_validate(
         llmd_manifest(name) | {"metadata": {"name": name, "namespace": NAMESPACE, "uid": uid}})
     e = LLMEngine.model_validate(engine)
@@ -87,10 +93,55 @@ def floor_children(engine: dict[str, Any], name: str, uid: str) -> list[dict[str
     manifests = [*([options] if options else []),
                  builders.deployment(d, e, serving, e.spec.storage.claim_name),
                  builders.service(d, ENGINE)]
-    for m in manifests:
+    for m in manifests if not owned else ():
         # No LLMDeployment exists to own them: the garbage collector would delete them.
         del m["metadata"]["ownerReferences"]
     return [builders.with_spec_hash(m) for m in manifests]
+
+
+def _conditions(ready: bool) -> list[dict[str, Any]]:
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+    def c(type_: str, status: str, reason: str, message: str) -> dict[str, Any]:
+        return {"type": type_, "status": status, "reason": reason, "message": message,
+                "observedGeneration": 1, "lastTransitionTime": now}
+    built = c("EngineReady", "True", "EngineBuilt", f"engine for {H100} built (ffffffffffff)")
+    if ready:
+        return [built,
+                c("Available", "True", "MinimumReplicasAvailable",
+                  "Deployment has minimum availability."),
+                c("Progressing", "False", "RolloutComplete",
+                  "1 replica(s) on the current engine and settings"),
+                c("Ready", "True", "Ready", "1/1 replicas ready")]
+    return [built,
+            c("Available", "Unknown", "Pending",
+              "the Deployment has not reported availability yet"),
+            c("Progressing", "True", "RollingOut", "0/1 updated, 0/1 available"),
+            c("Ready", "False", "RollingOut", "0/1 ready, 0/1 updated"),
+            c("Reconciling", "True", "RollingOut", "0/1 ready, 0/1 updated")]
+
+
+def minimal_status(name: str, ready: bool) -> dict[str, Any]:
+    """The status an LLMDeployment of the bench has when its Deployment is made (``ready``
+    False) and once it is available: the fields and conditions the operator writes."""
+    count = 1 if ready else 0
+    return {"observedGeneration": 1, "gpu": H100, "gpuReason": "named by spec.gpu",
+            "engineFingerprint": "f" * 64, "replicasOwner": "spec.replicas", "slices": [],
+            "endpoint": f"http://{name}.{NAMESPACE}.svc.cluster.local:8000/v1",
+            "selector": f"app.kubernetes.io/instance={name},app.kubernetes.io/name=trtllm-serve",
+            "replicas": count, "readyReplicas": count, "replicaSummary": f"{count}/1",
+            "conditions": _conditions(ready)}
+
+
+def ready_event(name: str, uid: str) -> dict[str, Any]:
+    """The one Event of an LLMDeployment that became Ready (as the operator posts it)."""
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return {"metadata": {"generateName": f"{name}.", "namespace": NAMESPACE},
+            "involvedObject": {"apiVersion": f"{GROUP}/{VERSION}", "kind": "LLMDeployment",
+                               "name": name, "namespace": NAMESPACE, "uid": uid},
+            "reason": "Ready", "message": "1/1 replicas ready", "type": "Normal",
+            "source": {"component": "bench"}, "firstTimestamp": now, "lastTimestamp": now,
+            "count": 1}
 
 
 def synthetic_built(engine: dict[str, Any]) -> dict[str, Any]:
@@ -256,11 +307,14 @@ class Progress:
     ready: dict[str, float] = field(default_factory=dict)
     cond: threading.Condition = field(default_factory=threading.Condition)
 
-    def note(self, table: dict[str, float], name: str) -> None:
+    def note(self, table: dict[str, float], name: str) -> bool:
+        """Note ``name``'s first arrival in ``table``; True if this was it."""
         with self.cond:
-            if name not in table:
-                table[name] = time.monotonic()
-                self.cond.notify_all()
+            if name in table:
+                return False
+            table[name] = time.monotonic()
+            self.cond.notify_all()
+            return True
 
     def wait(self, done: Callable[[], bool], deadline: float) -> bool:
         with self.cond:
@@ -296,8 +350,9 @@ def _watch(list_fn: Callable[..., Any], on: Callable[[dict[str, Any]], None],
             w.stop()
 
 
-def start_watches(api: Any, progress: Progress, stop: threading.Event,
-                  with_llmd: bool) -> list[threading.Thread]:
+def start_watches(api: Any, progress: Progress, stop: threading.Event, with_llmd: bool,
+                  on_available: Callable[[str], None] | None = None
+                  ) -> list[threading.Thread]:
     from kubernetes import client
 
     def deployments(**kw: Any) -> Any:
@@ -307,8 +362,10 @@ def start_watches(api: Any, progress: Progress, stop: threading.Event,
         name = obj["metadata"]["name"]
         progress.note(progress.exists, name)
         status = obj.get("status") or {}
-        if int(status.get("availableReplicas") or 0) >= int(obj["spec"].get("replicas") or 0):
-            progress.note(progress.available, name)
+        available = int(status.get("availableReplicas") or 0) >= int(
+            obj["spec"].get("replicas") or 0)
+        if available and progress.note(progress.available, name) and on_available is not None:
+            on_available(name)
 
     def llmds(**kw: Any) -> Any:
         return client.CustomObjectsApi(api).list_namespaced_custom_object(
@@ -394,6 +451,7 @@ def run_mode(mode: str, cfg: Settings, workdir: Path) -> dict[str, Any]:
         api.rest_client.pool_manager.connection_pool_kw["maxsize"] = CREATE_THREADS + 4
         objects = client.CustomObjectsApi(api)
         operator: OperatorProcess | None = None
+        later = ThreadPoolExecutor(CREATE_THREADS)  # the objects mode's Ready writes
         try:
             engine = engine_manifest(root)
             if mode == "operator":
@@ -407,7 +465,23 @@ def run_mode(mode: str, cfg: Settings, workdir: Path) -> dict[str, Any]:
                 engine = synthetic_built(engine)
             progress = Progress(cfg.deployments)
             stop = threading.Event()
-            start_watches(api, progress, stop, with_llmd=mode == "operator")
+            uids: dict[str, str] = {}
+
+            def ready(name: str) -> None:
+                try:
+                    objects.patch_namespaced_custom_object_status(
+                        GROUP, VERSION, NAMESPACE, "llmdeployments", name,
+                        {"status": minimal_status(name, ready=True)})
+                    core: Any = client.CoreV1Api(api)  # a plain dict manifest
+                    core.create_namespaced_event(NAMESPACE, ready_event(name, uids[name]))
+                except Exception as exc:  # that object never shows Ready: the run times out
+                    log.warning("Ready of %s not written: %r", name, exc)
+
+            def ready_later(name: str) -> None:
+                later.submit(ready, name)
+
+            start_watches(api, progress, stop, with_llmd=mode != "floor",
+                          on_available=ready_later if mode == "objects" else None)
             time.sleep(1.0)  # the watches are open before the first create
             applied: dict[str, float] = {}
             profiler = None
@@ -429,13 +503,22 @@ def run_mode(mode: str, cfg: Settings, workdir: Path) -> dict[str, Any]:
                         return
                     apps: Any = client.AppsV1Api(api)  # plain dict manifests, not models
                     core: Any = client.CoreV1Api(api)
-                    for m in floor_children(engine, name, f"uid-{name}"):
+                    uid = f"uid-{name}"
+                    if mode == "objects":
+                        made: Any = objects.create_namespaced_custom_object(
+                            GROUP, VERSION, NAMESPACE, "llmdeployments", llmd_manifest(name))
+                        uid = uids[name] = made["metadata"]["uid"]
+                    for m in floor_children(engine, name, uid, owned=mode == "objects"):
                         if m["kind"] == "Deployment":
                             apps.create_namespaced_deployment(NAMESPACE, m)
                         elif m["kind"] == "ConfigMap":
                             core.create_namespaced_config_map(NAMESPACE, m)
                         else:
                             core.create_namespaced_service(NAMESPACE, m)
+                    if mode == "objects":
+                        objects.patch_namespaced_custom_object_status(
+                            GROUP, VERSION, NAMESPACE, "llmdeployments", name,
+                            {"status": minimal_status(name, ready=False)})
                 return run
 
             _create_all([create(n) for n in names])
@@ -445,12 +528,12 @@ def run_mode(mode: str, cfg: Settings, workdir: Path) -> dict[str, Any]:
             done = {
                 "exist": progress.wait(lambda: len(progress.exists) >= n, deadline),
                 "available": progress.wait(lambda: len(progress.available) >= n, deadline),
-                "ready": mode != "operator" or progress.wait(
+                "ready": mode == "floor" or progress.wait(
                     lambda: len(progress.ready) >= n, deadline)}
             result["converged"] = all(done.values())
             result["counts"] = {"exist": len(progress.exists),
                                 "available": len(progress.available),
-                                "ready": len(progress.ready) if mode == "operator" else None}
+                                "ready": len(progress.ready) if mode != "floor" else None}
 
             def last(table: dict[str, float]) -> float | None:
                 return round(max(table.values()) - t0, 2) if len(table) >= n else None
@@ -469,7 +552,7 @@ def run_mode(mode: str, cfg: Settings, workdir: Path) -> dict[str, Any]:
                 result["operator_cpu_run_s"] = round(proc_usage(operator.proc.pid)[1] - cpu0, 2)
             result["all_exist_s"] = last(progress.exists)
             result["all_available_s"] = last(progress.available)
-            result["all_ready_s"] = last(progress.ready) if mode == "operator" else None
+            result["all_ready_s"] = last(progress.ready) if mode != "floor" else None
             latency = [(progress.exists[k] - applied[k]) * 1000 for k in progress.exists
                        if k in applied]
             result["apply_to_deployment_ms"] = {
@@ -498,6 +581,7 @@ def run_mode(mode: str, cfg: Settings, workdir: Path) -> dict[str, Any]:
                 result["operator_cpu_s"] = round(cpu, 2)
             stop.set()
         finally:
+            later.shutdown(wait=False, cancel_futures=True)
             if operator is not None:
                 operator.stop()
     return result
@@ -670,22 +754,26 @@ def engines_report(r: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- report
 
 
-def table(floor: dict[str, Any], op: dict[str, Any]) -> str:
+def table(runs: dict[str, dict[str, Any]]) -> str:
+    """One row per mode run; times of the others as ratios of the floor's. With the objects
+    mode run too, a last line gives the operator's times as ratios of that mode's."""
     def s(v: Any) -> str:
         return "-" if v is None else f"{v}"
 
     def ratio(a: Any, b: Any) -> str:
         return f" ({a / b:.2f}x floor)" if a is not None and b else ""
 
+    floor = runs["floor"]
     base = floor.get("all_available_s")
+    any_run = next(iter(runs.values()))
     lines = [
-        f"N = {op['deployments']} LLMDeployments, {op['nodes']} simulated H100 nodes",
+        f"N = {any_run['deployments']} LLMDeployments, {any_run['nodes']} simulated H100 nodes",
         "| mode | all exist | all available | all Ready | apply->Deployment p50 / p99 ms "
         "| writes (run) | writes (idle) | peak RSS MiB | CPU s |",
         "|---|---|---|---|---|---|---|---|---|"]
-    for r in (floor, op):
+    for r in runs.values():
         lat = r["apply_to_deployment_ms"]
-        is_op = r is op
+        is_op = r is not floor
         exist = ratio(r["all_exist_s"], floor["all_exist_s"]) if is_op else ""
         avail = ratio(r["all_available_s"], base) if is_op else ""
         ready = f" s{ratio(r['all_ready_s'], base)}" if r["all_ready_s"] else ""
@@ -696,6 +784,12 @@ def table(floor: dict[str, Any], op: dict[str, Any]) -> str:
             f"| {s(lat['p50'])} / {s(lat['p99'])} | {r['writes_run']} "
             f"| {r['writes_idle']} in {r['idle_seconds']:.0f} s "
             f"| {s(r.get('operator_peak_rss_mib'))} | {s(r.get('operator_cpu_s'))} |")
+    objects, op = runs.get("objects"), runs.get("operator")
+    if objects is not None and op is not None:
+        parts = [f"{label} {op[key] / objects[key]:.2f}x" for label, key in (
+            ("all exist", "all_exist_s"), ("all available", "all_available_s"),
+            ("all Ready", "all_ready_s")) if op.get(key) and objects.get(key)]
+        lines.append("operator / objects: " + ", ".join(parts))
     return "\n".join(lines)
 
 
@@ -716,7 +810,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--build-seconds", type=float, default=2.0)
     parser.add_argument("--timeout", type=float, default=900.0)
     parser.add_argument("--modes", default="floor,operator",
-                        help="floor,operator (a fleet of LLMDeployments) or engines")
+                        help="floor,operator or floor,objects,operator (a fleet of "
+                             "LLMDeployments), or engines")
     parser.add_argument("--engines", type=int, default=200,
                         help="engines mode: LLMEngines, each built for 3 GPU types")
     parser.add_argument("--node-change", type=int, default=50,
@@ -752,9 +847,10 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({k: v for k, v in results[mode].items()
                               if not k.startswith("requests")}), flush=True)
     args.out.write_text(json.dumps(results, indent=2, default=str))
-    if "floor" in results and "operator" in results:
-        print(table(results["floor"], results["operator"]))
-    for mode in ("floor", "operator"):
+    runs = {m: r for m, r in results.items() if m in ("floor", "objects", "operator")}
+    if "floor" in runs and len(runs) > 1:
+        print(table(runs))
+    for mode in runs:
         if mode in results:
             print(f"{mode} writes during the run:")
             print("\n".join(_writes_breakdown(results[mode], "requests_run")))
@@ -766,7 +862,7 @@ def main(argv: list[str] | None = None) -> int:
         for fn, own, total in profile_summary(args.profile.read_text()):
             print(f"  {total:7d} {own:7d}  {fn}")
     print(f"JSON: {args.out}")
-    converged = all(results[m].get("converged") for m in ("floor", "operator") if m in results)
+    converged = all(r.get("converged") for r in runs.values())
     return 0 if converged else 1
 
 
