@@ -555,9 +555,11 @@ def run_mode(mode: str, cfg: Settings, workdir: Path) -> dict[str, Any]:
             result["all_ready_s"] = last(progress.ready) if mode != "floor" else None
             latency = [(progress.exists[k] - applied[k]) * 1000 for k in progress.exists
                        if k in applied]
-            result["apply_to_deployment_ms"] = {
-                "p50": _round(percentile(latency, 0.50)), "p90": _round(percentile(latency, 0.90)),
-                "p99": _round(percentile(latency, 0.99)), "max": _round(max(latency, default=None))}
+            result["apply_to_deployment_ms"] = _percentiles(latency)
+            # How long after its Deployment became available an LLMDeployment said Ready.
+            result["available_to_ready_ms"] = _percentiles([
+                (progress.ready[k] - progress.available[k]) * 1000 for k in progress.ready
+                if k in progress.available])
             after = request_counts(api)
             result["requests_run"] = diff(after, before)
             result["writes_run"] = writes(result["requests_run"])
@@ -589,6 +591,11 @@ def run_mode(mode: str, cfg: Settings, workdir: Path) -> dict[str, Any]:
 
 def _round(v: float | None) -> float | None:
     return None if v is None else round(v, 1)
+
+
+def _percentiles(values: list[float]) -> dict[str, float | None]:
+    return {"p50": _round(percentile(values, 0.50)), "p90": _round(percentile(values, 0.90)),
+            "p99": _round(percentile(values, 0.99)), "max": _round(max(values, default=None))}
 
 
 # --------------------------------------------------------------------------- engine fleet
