@@ -437,7 +437,8 @@ async def cleanup(**_: Any) -> None:
 
 
 @kopf.index(API_GROUP, API_VERSION, "llmengines")
-def engine_bodies(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Key, Any]:
+async def engine_bodies(namespace: str | None, name: str, body: kopf.Body,
+                        **_: Any) -> dict[Key, Any]:
     """Each LLMEngine as a plain dict, by (namespace, name)."""
     return {(namespace or "", name): _slim_body(body)}
 
@@ -460,7 +461,7 @@ def _slim_body(body: kopf.Body) -> dict[str, Any]:
 
 
 @kopf.index(API_GROUP, API_VERSION, "llmengines")
-def engine_builds(namespace: str | None, name: str, status: kopf.Status,
+async def engine_builds(namespace: str | None, name: str, status: kopf.Status,
                   **_: Any) -> dict[tuple[str, str], Any] | None:
     """Which LLMEngines record which build Job, and in what state: (namespace, job) ->
     (engine, target status). Lets one engine reuse another's identical build."""
@@ -473,7 +474,7 @@ def engine_builds(namespace: str | None, name: str, status: kopf.Status,
 
 
 @kopf.index(API_GROUP, API_VERSION, "llmengines")
-def model_caches(namespace: str | None, name: str, status: kopf.Status,
+async def model_caches(namespace: str | None, name: str, status: kopf.Status,
                  **_: Any) -> dict[tuple[str, str], Any] | None:
     """Which LLMEngines record which download Job, and its state: (namespace, job) ->
     (engine, status.modelCache or status.calibrationData). Lets an engine reuse a checkpoint
@@ -487,7 +488,7 @@ def model_caches(namespace: str | None, name: str, status: kopf.Status,
 
 
 @kopf.index(API_GROUP, API_VERSION, "llmengines")
-def checkpoint_sizes(namespace: str | None, spec: kopf.Spec, status: kopf.Status,
+async def checkpoint_sizes(namespace: str | None, spec: kopf.Spec, status: kopf.Status,
                      **_: Any) -> dict[CheckpointKey, int] | None:
     """Checkpoint sizes the builds measured (built, or failed after measuring, such as a
     ModelDoesNotFit refusal), by model identity: the memory-fit check of any engine of the
@@ -499,7 +500,7 @@ def checkpoint_sizes(namespace: str | None, spec: kopf.Spec, status: kopf.Status
 
 
 @kopf.index("", "v1", "nodes", labels={gpus.PRODUCT_LABEL: kopf.PRESENT})
-def gpu_nodes(name: str, labels: kopf.Labels, status: kopf.Status,
+async def gpu_nodes(name: str, labels: kopf.Labels, status: kopf.Status,
               **_: Any) -> dict[str, NodeFact] | None:
     """GPU nodes by product: (name, allocatable GPUs, compute capability)."""
     fact = node_fact(name, labels, status)
@@ -507,7 +508,7 @@ def gpu_nodes(name: str, labels: kopf.Labels, status: kopf.Status,
 
 
 @kopf.index("", "v1", "nodes", labels={gpus.PRODUCT_LABEL: kopf.PRESENT})
-def gpu_node_names(name: str, labels: kopf.Labels, status: kopf.Status,
+async def gpu_node_names(name: str, labels: kopf.Labels, status: kopf.Status,
                    **_: Any) -> dict[str, tuple[str, int, dict[str, str]]] | None:
     """GPU nodes by product: (node name, allocatable GPUs, labels), for the free-GPU count of
     the nodes a pod's nodeSelector allows."""
@@ -516,7 +517,7 @@ def gpu_node_names(name: str, labels: kopf.Labels, status: kopf.Status,
 
 
 @kopf.index("", "v1", "pods")
-def gpu_pods(spec: kopf.Spec, status: kopf.Status, **_: Any) -> dict[str, int] | None:
+async def gpu_pods(spec: kopf.Spec, status: kopf.Status, **_: Any) -> dict[str, int] | None:
     """GPUs held by bound, unfinished pods (anyone's), by node: what is free on a GPU node.
     kopf watches pods once for all its handlers; this keeps one number per GPU pod."""
     held = gpu_usage.pod_gpus(spec, status)
@@ -524,7 +525,7 @@ def gpu_pods(spec: kopf.Spec, status: kopf.Status, **_: Any) -> dict[str, int] |
 
 
 @kopf.index("batch", "v1", "jobs", labels=JOB_LABELS)
-def build_jobs(namespace: str | None, name: str, body: kopf.Body,
+async def build_jobs(namespace: str | None, name: str, body: kopf.Body,
                      **_: Any) -> dict[tuple[str, str], Any]:
     """Build Jobs by (namespace, name), metadata and status only."""
     return {(namespace or "", name): {"metadata": {"name": name,
@@ -533,7 +534,7 @@ def build_jobs(namespace: str | None, name: str, body: kopf.Body,
 
 
 @kopf.index("batch", "v1", "jobs", labels=JOB_LABELS)
-def engine_jobs(namespace: str | None, name: str, labels: kopf.Labels,
+async def engine_jobs(namespace: str | None, name: str, labels: kopf.Labels,
                 **_: Any) -> dict[tuple[str, str], str] | None:
     """Build Jobs by the LLMEngine that created them."""
     engine = labels.get(ENGINE_LABEL)
@@ -546,7 +547,7 @@ def _job_of(pod_labels: Mapping[str, str]) -> str | None:
 
 
 @kopf.index("", "v1", "pods", labels=JOB_LABELS)
-def build_pods(namespace: str | None, labels: kopf.Labels, body: kopf.Body,
+async def build_pods(namespace: str | None, labels: kopf.Labels, body: kopf.Body,
                **_: Any) -> dict[tuple[str, str], Any] | None:
     """Build pods by (namespace, Job name): phase, conditions, termination messages."""
     job = _job_of(labels)
@@ -562,7 +563,7 @@ def build_pods(namespace: str | None, labels: kopf.Labels, body: kopf.Body,
 
 
 @kopf.index("", "v1", "configmaps", labels=BUILD_LABELS)
-def build_configmaps(namespace: str | None, name: str, **_: Any) -> dict[Key, bool]:
+async def build_configmaps(namespace: str | None, name: str, **_: Any) -> dict[Key, bool]:
     """The build-script ConfigMaps that exist (name only: the content is immutable)."""
     return {(namespace or "", name): True}
 
@@ -671,7 +672,7 @@ async def on_node(name: str, type: str, labels: kopf.Labels, status: kopf.Status
 
 
 @kopf.index("", "v1", "persistentvolumeclaims")
-def claims(namespace: str | None, name: str, spec: kopf.Spec, status: kopf.Status,
+async def claims(namespace: str | None, name: str, spec: kopf.Spec, status: kopf.Status,
            **_: Any) -> dict[Key, ClaimFact]:
     """Every claim's phase and access modes. Users' claims carry no label of ours, so all are
     indexed; three small fields each, and clusters hold few claims."""
@@ -679,7 +680,7 @@ def claims(namespace: str | None, name: str, spec: kopf.Spec, status: kopf.Statu
 
 
 @kopf.index(API_GROUP, API_VERSION, "llmengines")
-def engines_by_claim(namespace: str | None, name: str, spec: kopf.Spec,
+async def engines_by_claim(namespace: str | None, name: str, spec: kopf.Spec,
                      **_: Any) -> dict[Key, str] | None:
     """Which LLMEngines mount which claims (storage and model volume), by (namespace, claim)."""
     names = [(spec.get("storage") or {}).get("claimName"),
@@ -703,14 +704,14 @@ async def on_claim(namespace: str | None, name: str, **kwargs: Any) -> None:
 
 
 @kopf.index(API_GROUP, API_VERSION, "llmdeployments")
-def deployment_bodies(namespace: str | None, name: str, body: kopf.Body,
+async def deployment_bodies(namespace: str | None, name: str, body: kopf.Body,
                       **_: Any) -> dict[Key, Any]:
     """Each LLMDeployment as a plain dict, by (namespace, name)."""
     return {(namespace or "", name): _slim_body(body)}
 
 
 @kopf.index(API_GROUP, API_VERSION, "llmdeployments")
-def deployments_by_engine(namespace: str | None, name: str, spec: kopf.Spec,
+async def deployments_by_engine(namespace: str | None, name: str, spec: kopf.Spec,
                           **_: Any) -> dict[Key, str] | None:
     """Which LLMDeployments use which LLMEngine (in-use protection, re-evaluation)."""
     engine = (spec.get("engineRef") or {}).get("name")
@@ -742,27 +743,27 @@ def _unpacked(packed: bytes | None) -> dict[str, Any] | None:
 
 
 @kopf.index("apps", "v1", "deployments", labels=SERVING_LABELS)
-def serving_deployments(namespace: str | None, name: str, body: kopf.Body,
+async def serving_deployments(namespace: str | None, name: str, body: kopf.Body,
                         **_: Any) -> dict[Key, Any]:
     """The operator's trtllm-serve Deployments: what it owns of them, and their status."""
     return {(namespace or "", name): _child(body, "spec", "status")}
 
 
 @kopf.index("", "v1", "services", labels=SERVING_LABELS)
-def serving_services(namespace: str | None, name: str, body: kopf.Body,
+async def serving_services(namespace: str | None, name: str, body: kopf.Body,
                      **_: Any) -> dict[Key, Any]:
     """The operator's Services in front of trtllm-serve: compared before any apply."""
     return {(namespace or "", name): _child(body, "spec")}
 
 
 @kopf.index("", "v1", "configmaps", labels=SERVING_LABELS)
-def serving_configmaps(namespace: str | None, name: str, body: kopf.Body,
+async def serving_configmaps(namespace: str | None, name: str, body: kopf.Body,
                        **_: Any) -> dict[Key, Any]:
     """The operator's extra LLM API options ConfigMaps: compared before any apply."""
     return {(namespace or "", name): _child(body, "data")}
 
 
-def serving_group_sets(namespace: str | None, name: str, body: kopf.Body,
+async def serving_group_sets(namespace: str | None, name: str, body: kopf.Body,
                        **_: Any) -> dict[Key, Any]:
     """The operator's multi-node LeaderWorkerSets by their own name (a single-type
     deployment's is :func:`multinode.lws_name`, a slice's is named for its GPU type), as the
@@ -771,20 +772,20 @@ def serving_group_sets(namespace: str | None, name: str, body: kopf.Body,
 
 
 @kopf.index("apps", "v1", "deployments", labels=SERVING_LABELS)
-def serving_workloads(namespace: str | None, name: str, labels: kopf.Labels,
+async def serving_workloads(namespace: str | None, name: str, labels: kopf.Labels,
                       **_: Any) -> dict[Key, tuple[str, str]] | None:
     """Which Deployments serve which LLMDeployment (one per GPU type with spec.slices)."""
     owner = labels.get(DEPLOYMENT_LABEL)
     return {(namespace or "", owner): ("Deployment", name)} if owner else None
 
 
-def serving_group_workloads(namespace: str | None, name: str, labels: kopf.Labels,
+async def serving_group_workloads(namespace: str | None, name: str, labels: kopf.Labels,
                             **_: Any) -> dict[Key, tuple[str, str]] | None:
     """Which LeaderWorkerSets serve which LLMDeployment."""
     owner = labels.get(DEPLOYMENT_LABEL)
     return {(namespace or "", owner): ("LeaderWorkerSet", name)} if owner else None
 @kopf.index("autoscaling", "v2", "horizontalpodautoscalers", labels=SERVING_LABELS)
-def serving_hpas(namespace: str | None, name: str, body: kopf.Body,
+async def serving_hpas(namespace: str | None, name: str, body: kopf.Body,
                  **_: Any) -> dict[Key, Any]:
     """The operator's HPAs (and KEDA's for its ScaledObjects, which copy their labels):
     compared before any apply."""
@@ -792,7 +793,7 @@ def serving_hpas(namespace: str | None, name: str, body: kopf.Body,
 
 
 @kopf.index("autoscaling", "v2", "horizontalpodautoscalers", labels=SERVING_LABELS)
-def serving_autoscalers(namespace: str | None, name: str, status: kopf.Status,
+async def serving_autoscalers(namespace: str | None, name: str, status: kopf.Status,
                         **_: Any) -> dict[Key, autoscaling.HPAFact]:
     """What each HPA reports (conditions, sizes, last scale): the Autoscaling condition."""
     return {(namespace or "", name): autoscaling.observe_hpa(name, status)}
@@ -804,7 +805,7 @@ async def on_serving_hpa(namespace: str | None, labels: kopf.Labels, **kwargs: A
 
 
 @kopf.index("", "v1", "pods", labels=SERVING_LABELS)
-def serving_pods(namespace: str | None, name: str, labels: kopf.Labels, meta: kopf.Meta,
+async def serving_pods(namespace: str | None, name: str, labels: kopf.Labels, meta: kopf.Meta,
                  status: kopf.Status, **_: Any) -> dict[Key, PodFact] | None:
     """Per LLMDeployment, each serving pod's fact: unschedulable, or stuck and why."""
     owner = labels.get(DEPLOYMENT_LABEL)

@@ -3,6 +3,7 @@ managedFields and kubectl's last-applied copy (held for every object, read by no
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import kopf
@@ -30,7 +31,7 @@ def _body() -> dict[str, object]:
 def test_bodies_keep_what_is_read_and_drop_managed_fields_and_last_applied() -> None:
     raw = _body()
     for index in (deployment_bodies, engine_bodies):
-        held = index(namespace="ml", name="d", body=kopf.Body(raw))[("ml", "d")]
+        held = asyncio.run(index(namespace="ml", name="d", body=kopf.Body(raw)))[("ml", "d")]
         meta = held["metadata"]
         assert "managedFields" not in meta
         assert meta["annotations"] == {"team.example/x": "y"}
@@ -54,7 +55,8 @@ def test_children_are_held_compact_and_read_back_as_the_compared_parts() -> None
                         "managedFields": [{"manager": "x"}], "resourceVersion": "9"},
            "spec": {"replicas": 2, "template": {"spec": {"containers": [{"name": "c"}]}}},
            "status": {"readyReplicas": 1}}
-    packed = serving_deployments(namespace="ml", name="d", body=kopf.Body(dep))[("ml", "d")]
+    packed = asyncio.run(serving_deployments(namespace="ml", name="d",
+                                             body=kopf.Body(dep)))[("ml", "d")]
     assert isinstance(packed, bytes)
     view = IndexView()
     view.indexes["serving_deployments"] = {("ml", "d"): [packed]}

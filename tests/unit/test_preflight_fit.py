@@ -249,9 +249,10 @@ def test_the_checkpoint_sizes_index_keeps_every_measured_size() -> None:
         {"gpu": L40S, "state": "Failed", "checkpointBytes": 12},  # refused as too big
         {"gpu": A100, "state": "Built"},
     ]}
-    assert checkpoint_sizes(namespace="ml", spec=spec_, status=status) == {
+    assert asyncio.run(checkpoint_sizes(namespace="ml", spec=spec_, status=status)) == {
         ("huggingFace", "org/m", "r"): 10}
-    assert checkpoint_sizes(namespace="ml", spec=spec_, status={"targets": []}) is None
+    assert asyncio.run(checkpoint_sizes(namespace="ml", spec=spec_,
+                                        status={"targets": []})) is None
 
 
 def test_a_built_target_records_the_checkpoint_size_the_build_measured() -> None:
