@@ -176,6 +176,19 @@ def _holding(view: FakeView, writer: FakeWriter, now: list[float]) -> Deployment
     return controller
 
 
+async def _written_then_rolling_on(controller: DeploymentController, view: FakeView,
+                                   writer: FakeWriter) -> None:
+    """The first reconcile writes Ready False, RollingOut; the view then shows that status, the
+    children, and the Deployment one step further (a new replica, not yet ready)."""
+    await controller.reconcile(KEY)
+    assert len(writer.status_patches) == 1
+    assert _ready(writer)["reason"] == "RollingOut"
+    view.body["status"] = writer.status_patches[-1]
+    view.children = {m["kind"]: _as_observed(m) for m in writer.applied}
+    view.dep = view.children["Deployment"] | {"status": {
+        "observedGeneration": 1, "replicas": 1, "updatedReplicas": 1}}
+
+
 def test_a_detail_right_after_a_write_is_held_and_requeued_while_ready_is_written_at_once(
         ) -> None:
     view = FakeView()
@@ -185,15 +198,8 @@ def test_a_detail_right_after_a_write_is_held_and_requeued_while_ready_is_writte
 
     async def scenario() -> None:
         controller = _holding(view, writer, now)
-        await controller.reconcile(KEY)
-        assert len(writer.status_patches) == 1
-        assert _ready(writer)["reason"] == "RollingOut"
-        first = writer.status_patches[-1]
-        view.body["status"] = first
         # The Deployment's rollout moves on (a detail): held, the reconcile comes back then.
-        view.children = {m["kind"]: _as_observed(m) for m in writer.applied}
-        view.dep = view.children["Deployment"] | {"status": {
-            "observedGeneration": 1, "replicas": 1, "updatedReplicas": 1}}
+        await _written_then_rolling_on(controller, view, writer)
         now[0] = 0.5
         result = await controller.reconcile(KEY)
         assert len(writer.status_patches) == 1
@@ -221,12 +227,7 @@ def test_a_problem_right_after_a_write_is_written_at_once() -> None:
 
     async def scenario() -> None:
         controller = _holding(view, writer, now)
-        await controller.reconcile(KEY)
-        assert _ready(writer)["reason"] == "RollingOut"
-        view.body["status"] = writer.status_patches[-1]
-        view.children = {m["kind"]: _as_observed(m) for m in writer.applied}
-        view.dep = view.children["Deployment"] | {"status": {
-            "observedGeneration": 1, "replicas": 1, "updatedReplicas": 1}}
+        await _written_then_rolling_on(controller, view, writer)
         view.pods = [PodFact("server-abc", phase="Pending", unschedulable=(
             "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."))]
         now[0] = 0.5
