@@ -37,9 +37,10 @@ BROKEN_DEADLINE = 40.0  # well under the 60 s resync: a missing watch cannot hid
 pytestmark = pytest.mark.usefixtures("gpu_fleet")
 
 SERVE_OPTIONS = {"kv_cache_config": {"enable_block_reuse": True}}
+SERVE_OPTIONS_EDITED = {"kv_cache_config": {"enable_block_reuse": False}}
 
 CHECKS = ("engine built", "auto targets built", "build failure explained",
-          "serve options written", "deployment ready", "events recorded",
+          "serve options written", "serve options changed", "deployment ready", "events recorded",
           "removed target stopped", "deployment drift repaired", "service recreated",
           "deletion held while in use", "engine released", "fleet ready on two gpu types",
           "inference pool made", "slice removed", "inference pool removed",
@@ -75,6 +76,13 @@ class Flow:
     def _apply(self, obj: dict[str, Any]) -> None:
         self.kubectl("apply", "-n", self.ns, "-f", "-", input=yaml.safe_dump(obj))
 
+    @staticmethod
+    def _server(options: dict[str, Any]) -> dict[str, Any]:
+        return {"apiVersion": "trtllm.dev/v1alpha1", "kind": "LLMDeployment",
+                "metadata": {"name": "server"},
+                "spec": {"engineRef": {"name": "served"}, "gpu": H100, "replicas": 1,
+                         "serve": {"extraLlmApiOptions": options}}}
+
     def _engine(self, name: str, targets: list[str], batch: int, **build: Any) -> dict[str, Any]:
         """An engine with its own fingerprint (``batch``): env is not a build input, so
         engines differing only in SIM_* env vars would share one build."""
@@ -97,11 +105,8 @@ class Flow:
             {"name": stages.MESSAGE_ENV, "value": summary}]))
         self._apply(self._engine("shrinking", [H100, L40S], 64, env=[
             {"name": stages.DURATION_ENV, "value": "600s"}]))
-        # extraLlmApiOptions: the operator server-side-applies a ConfigMap for them.
-        self._apply({"apiVersion": "trtllm.dev/v1alpha1", "kind": "LLMDeployment",
-                     "metadata": {"name": "server"},
-                     "spec": {"engineRef": {"name": "served"}, "gpu": H100, "replicas": 1,
-                              "serve": {"extraLlmApiOptions": SERVE_OPTIONS}}})
+        # extraLlmApiOptions: the operator creates a ConfigMap for them (applied on a change).
+        self._apply(self._server(SERVE_OPTIONS))
         # One fleet over two GPU types, with an InferencePool (the CRD is installed).
         self._apply(self._engine("both", [H100, L40S], 65))
         self._apply(self._fleet([H100, L40S], PICKER))
@@ -230,14 +235,19 @@ class Flow:
         self._advance_fleet(ready)
         self._advance_scaling()
         server = self._get("llmdeployments", "server")
-        if "serve options written" not in self.passed:
+        if "serve options changed" not in self.passed:
             try:
                 options = self.core.read_namespaced_config_map("server-llm-api-options", self.ns)
+                written = yaml.safe_load((options.data or {}).get(
+                    "extra-llm-api-options.yaml", ""))
                 # Metrics are on by default: the file also turns them on.
-                if yaml.safe_load((options.data or {}).get(
-                        "extra-llm-api-options.yaml", "")) == SERVE_OPTIONS | {
-                            "return_perf_metrics": True}:
+                if written == SERVE_OPTIONS | {"return_perf_metrics": True} and (
+                        "serve options written" not in self.passed):
                     self.passed.add("serve options written")
+                    # Edited: the ConfigMap the operator created is now applied (a patch).
+                    self._apply(self._server(SERVE_OPTIONS_EDITED))
+                elif written == SERVE_OPTIONS_EDITED | {"return_perf_metrics": True}:
+                    self.passed.add("serve options changed")
             except ApiException as exc:
                 if exc.status != 404:
                     raise
