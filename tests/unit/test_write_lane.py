@@ -176,6 +176,14 @@ def _holding(view: FakeView, writer: FakeWriter, now: list[float]) -> Deployment
     return controller
 
 
+def _fleet_of_one() -> tuple[FakeView, SlowServices, list[float]]:
+    """A view of one LLMDeployment, a writer whose Service writes succeed at once, and the
+    clock the test moves."""
+    writer = SlowServices()
+    writer.go.set()
+    return FakeView(), writer, [0.0]
+
+
 async def _written_then_rolling_on(controller: DeploymentController, view: FakeView,
                                    writer: FakeWriter) -> None:
     """The first reconcile writes Ready False, RollingOut; the view then shows that status, the
@@ -191,10 +199,7 @@ async def _written_then_rolling_on(controller: DeploymentController, view: FakeV
 
 def test_a_detail_right_after_a_write_is_held_and_requeued_while_ready_is_written_at_once(
         ) -> None:
-    view = FakeView()
-    writer = SlowServices()
-    writer.go.set()
-    now = [0.0]
+    view, writer, now = _fleet_of_one()
 
     async def scenario() -> None:
         controller = _holding(view, writer, now)
@@ -220,10 +225,7 @@ def test_a_problem_right_after_a_write_is_written_at_once() -> None:
     """A reason that names a problem is no detail: pods the scheduler cannot place show at
     once (with its message), even though Ready stays False and Reconciling True, and the last
     write was a moment ago."""
-    view = FakeView()
-    writer = SlowServices()
-    writer.go.set()
-    now = [0.0]
+    view, writer, now = _fleet_of_one()
 
     async def scenario() -> None:
         controller = _holding(view, writer, now)
