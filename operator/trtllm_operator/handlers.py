@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import json
 import logging
 from collections.abc import Mapping
@@ -734,10 +735,14 @@ def _child(body: kopf.Body, *parts: str) -> bytes:
     return json.dumps(out, separators=(",", ":"), default=dict).encode()
 
 
-def _unpacked(packed: bytes | None) -> dict[str, Any] | None:
-    """A child as :func:`_child` kept it (a fresh copy each time)."""
-    if packed is None:
-        return None
+def _unpacked(packed: bytes | None) -> Mapping[str, Any] | None:
+    """A child as :func:`_child` kept it: read-only, and shared by every reader of the same
+    watched version (one reconcile reads its Deployment three times)."""
+    return None if packed is None else _decoded(packed)
+
+
+@functools.lru_cache(maxsize=128)
+def _decoded(packed: bytes) -> Mapping[str, Any]:
     child: dict[str, Any] = json.loads(packed)
     return child
 
@@ -862,9 +867,13 @@ async def _on_serving_child(namespace: str | None, labels: kopf.Labels,
                             kwargs: Mapping[str, Any]) -> None:
     _bind(kwargs)
     body = kwargs.get("body") or {}
-    if kwargs.get("type") == "DELETED" and RUNTIME.deployment_controller is not None:
-        RUNTIME.deployment_controller.forget_child(
-            str(body.get("kind")), namespace or "", str(kwargs.get("name")))
+    controller = RUNTIME.deployment_controller
+    child = (str(body.get("kind")), namespace or "", str(kwargs.get("name")))
+    if controller is not None:
+        if kwargs.get("type") == "DELETED":
+            controller.forget_child(*child)
+        elif controller.is_child_echo(*child, body):
+            return  # the operator's own write, as it answered: nothing new to reconcile
     owner = labels.get(DEPLOYMENT_LABEL)
     if owner and RUNTIME.deployments is not None:
         RUNTIME.deployments.add((namespace or "", owner))

@@ -59,3 +59,43 @@ def test_status_changes_name_the_fields_and_condition_types_that_differ() -> Non
     assert status_changes(old, new) == {"readyReplicas", "condition/Ready",
                                         "condition/Reconciling"}
     assert status_changes(new, new) == set()
+
+
+class _VersionedWriter(FakeWriter):
+    """Answers each write with the object at a new resourceVersion, as the API server does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.versions: dict[str, str] = {}
+
+    async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        made = await super().apply(manifest)
+        version = str(100 + len(self.applied))
+        self.versions[manifest["kind"]] = version
+        return made | {"metadata": made["metadata"] | {"resourceVersion": version}}
+
+
+def test_a_childs_event_is_an_echo_only_at_the_version_its_own_write_answered() -> None:
+    view, writer = FakeView(), _VersionedWriter()
+    controller = DeploymentController(view=view, writer=writer, events=lambda *_: None,
+                                      clock=lambda: datetime(2026, 11, 23, tzinfo=UTC))
+    asyncio.run(controller.reconcile(KEY))
+    assert set(writer.versions) == {"ConfigMap", "Deployment", "Service"}
+
+    def event(kind: str, version: str) -> dict[str, Any]:
+        return {"kind": kind, "metadata": {"name": "server", "resourceVersion": version}}
+
+    made = writer.versions["Deployment"]
+    # A later version (the Deployment controller's status write) is news; so is another
+    # child's version, or a child of another LLMDeployment.
+    assert not controller.is_child_echo("Deployment", "ml", "server", event("Deployment", "999"))
+    assert not controller.is_child_echo("Service", "ml", "server", event("Service", made))
+    assert not controller.is_child_echo("Deployment", "ml", "other", event("Deployment", made))
+    assert not controller.is_child_echo("Deployment", "ml", "server", {"metadata": {}})
+    # The creation itself is the echo, once.
+    assert controller.is_child_echo("Deployment", "ml", "server", event("Deployment", made))
+    assert not controller.is_child_echo("Deployment", "ml", "server", event("Deployment", made))
+    # Deleted before its echo arrived: whatever comes next is news.
+    service = writer.versions["Service"]
+    controller.forget_child("Service", "ml", "server")
+    assert not controller.is_child_echo("Service", "ml", "server", event("Service", service))

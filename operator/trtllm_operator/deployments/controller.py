@@ -449,6 +449,9 @@ class DeploymentController:
     the child was deleted before the record was made."""
     lws_refusal: str = ""
     """When forbidden, the API server's refusal (names the operator's account), for status."""
+    _written: dict[tuple[str, str, str], str] = field(default_factory=dict)
+    """(kind, namespace, name) -> resourceVersion of the object this controller's last create
+    or apply of that child answered with, until its watch event arrives (see is_child_echo)."""
     _status_echo: dict[Key, bytes] = field(default_factory=dict)
     """Per LLMDeployment, :func:`status_echo` of its last status write (see is_status_echo)."""
     service_lane: WriteLane | None = None
@@ -953,11 +956,15 @@ class DeploymentController:
 
         async def write() -> dict[str, Any]:
             if observed is not None:
-                return await self.writer.apply(desired)
-            # New to the watch: a create, far cheaper for the API server than an apply (see
-            # Kube.create_child); an existing one is applied instead.
-            made = await self.writer.create_child(desired)
-            self.created[ident] = (want, time.monotonic())
+                made = await self.writer.apply(desired)
+            else:
+                # New to the watch: a create, far cheaper for the API server than an apply
+                # (see Kube.create_child); an existing one is applied instead.
+                made = await self.writer.create_child(desired)
+                self.created[ident] = (want, time.monotonic())
+            version = (made.get("metadata") or {}).get("resourceVersion")
+            if version:
+                self._written[ident] = str(version)
             return made
         return write
 
@@ -997,9 +1004,24 @@ class DeploymentController:
         were a third of its reconciles)."""
         return self._status_echo.get(key) == status_echo(body, body.get("status") or {})
 
+    def is_child_echo(self, kind: str, namespace: str, name: str,
+                      body: Mapping[str, Any]) -> bool:
+        """``body`` (a child's watch event) is the object exactly as this controller's own
+        last write of it answered: the reconcile that wrote it has already read that state,
+        so the event brings nothing new (a new LLMDeployment's three creates were a third of
+        its reconciles). Any later change (a controller's status write, a hand edit, a
+        delete) has another resourceVersion and is reconciled."""
+        ident = (kind, namespace, name)
+        version = (body.get("metadata") or {}).get("resourceVersion")
+        if version is None or self._written.get(ident) != str(version):
+            return False
+        del self._written[ident]
+        return True
+
     def forget_child(self, kind: str, namespace: str, name: str) -> None:
         """The watch saw this child deleted: the next reconcile creates it again."""
         self.created.pop((kind, namespace, name), None)
+        self._written.pop((kind, namespace, name), None)
 
     def _status(self, d: LLMDeployment, chosen: EngineChoice, preflight: Finding | None,
                 dep: Mapping[str, Any] | None, facts: ClusterFacts,
