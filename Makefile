@@ -47,7 +47,7 @@ unit: venv
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
 test: lint binaries
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest --durations=25 $(PYTEST_ARGS)
 
 crds: venv
 	$(BIN)/python -m trtllm_operator.crdgen --out crds
