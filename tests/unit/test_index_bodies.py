@@ -4,6 +4,7 @@ managedFields and kubectl's last-applied copy (held for every object, read by no
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 
 import kopf
@@ -66,5 +67,11 @@ def test_children_are_held_compact_and_read_back_as_the_compared_parts() -> None
         "spec": dep["spec"], "status": dep["status"]}
     assert view.serving_child("Deployment", "ml", "d") == seen
     assert view.serving_child("Service", "ml", "d") is None
-    seen["spec"]["replicas"] = 5  # a fresh copy each time
-    assert view.serving_deployment("ml", "d")["spec"]["replicas"] == 2  # type: ignore[index]
+    # Decoded once per watched version, and shared (read-only) by the reads of that version.
+    assert view.serving_deployment("ml", "d") is seen
+    newer = copy.deepcopy(dep)
+    newer["status"]["readyReplicas"] = 2  # type: ignore[index]
+    view.indexes["serving_deployments"] = {("ml", "d"): [asyncio.run(serving_deployments(
+        namespace="ml", name="d", body=kopf.Body(newer)))[("ml", "d")]]}
+    assert view.serving_deployment("ml", "d")["status"] == {  # type: ignore[index]
+        "readyReplicas": 2}
