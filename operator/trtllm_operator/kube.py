@@ -113,9 +113,11 @@ def namespace_terminating(exc: ApiError) -> bool:
 
 
 def invalid_refusal(exc: Exception) -> str | None:
-    """The API server's message when it refused a write as invalid (422): the object built
-    from the user's spec breaks a rule of Kubernetes itself, and retrying cannot help."""
-    if isinstance(exc, ApiError) and exc.status.code == 422:
+    """The API server's message when it refused a write as invalid: the object built from the
+    user's spec breaks a rule of Kubernetes itself (422), or holds a value its Go type cannot
+    take, such as an affinity weight past int32 (400, "cannot be handled as a Deployment";
+    a create answers so where an apply answered 422). Retrying cannot help."""
+    if isinstance(exc, ApiError) and exc.status.code in (400, 422):
         return exc.status.message or "the object is invalid"
     return None
 

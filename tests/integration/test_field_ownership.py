@@ -12,7 +12,7 @@ import pytest
 from kubernetes import client
 
 from trtllm_operator import metrics
-from trtllm_operator.kube import FIELD_MANAGER, Kube, make_client
+from trtllm_operator.kube import FIELD_MANAGER, Kube, invalid_refusal, make_client
 from trtllm_operator.workqueue import TokenBucket
 
 from ..conftest import ClusterUnderTest
@@ -141,3 +141,30 @@ def test_a_size_a_scaler_set_survives_the_fold_of_a_child_made_without_replicas(
     stored = apps.read_namespaced_deployment("child", namespace)
     assert stored.metadata.labels["tier"] == "c"
     assert stored.spec.replicas == 3
+
+
+def test_a_child_the_api_server_cannot_decode_is_a_refusal_by_create_and_by_apply(
+        cluster: ClusterUnderTest, namespace: str) -> None:
+    """A value the CRD accepts but the child's Go type cannot hold (an affinity weight past
+    int32, found by the e2e fuzz test) is refused on both paths, and recognised as a refusal
+    of the spec (a status reason), not a failure to retry."""
+    bad = _deployment(namespace, {"app": "child"}, [])
+    bad["spec"]["template"]["spec"]["affinity"] = {"nodeAffinity": {
+        "preferredDuringSchedulingIgnoredDuringExecution": [{
+            "weight": -9223372036854775808,
+            "preference": {"matchExpressions": [
+                {"key": "pool", "operator": "In", "values": ["a"]}]}}]}}
+
+    async def both(kube: Kube) -> list[str | None]:
+        refusals: list[str | None] = []
+        for write in (kube.create_child, kube.apply):
+            try:
+                await write(bad)
+            except Exception as exc:  # noqa: BLE001 - what the API server answered is the point
+                refusals.append(invalid_refusal(exc))
+            else:
+                refusals.append("written")
+        return refusals
+    create, apply = _run(cluster, both)
+    assert create is not None and "cannot be handled as a Deployment" in create, create
+    assert apply is not None and apply != "written", apply
